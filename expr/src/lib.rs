@@ -1,0 +1,1 @@
+//! Sonde's expression language: compile and evaluate tracepoint expressions (work in progress, issue 3).
