@@ -24,10 +24,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(true)
         .build_server(true)
+        // Ordered maps make the encoding deterministic, so a content hash of it is stable.
+        .btree_map(".")
         .compile_fds(fds)?;
 
     pbjson_build::Builder::new()
         .register_descriptors(&descriptor_bytes)?
+        .btree_map(["."])
         .build(&[".deepproto", ".sonde"])?;
     Ok(())
 }

@@ -28,7 +28,10 @@ pub mod pb {
                 #[allow(clippy::all, missing_docs)] // generated code
                 pub mod v1 {
                     include!(concat!(env!("OUT_DIR"), "/deepproto.proto.common.v1.rs"));
-                    include!(concat!(env!("OUT_DIR"), "/deepproto.proto.common.v1.serde.rs"));
+                    include!(concat!(
+                        env!("OUT_DIR"),
+                        "/deepproto.proto.common.v1.serde.rs"
+                    ));
                 }
             }
             /// `deepproto.proto.resource`
@@ -37,7 +40,10 @@ pub mod pb {
                 #[allow(clippy::all, missing_docs)] // generated code
                 pub mod v1 {
                     include!(concat!(env!("OUT_DIR"), "/deepproto.proto.resource.v1.rs"));
-                    include!(concat!(env!("OUT_DIR"), "/deepproto.proto.resource.v1.serde.rs"));
+                    include!(concat!(
+                        env!("OUT_DIR"),
+                        "/deepproto.proto.resource.v1.serde.rs"
+                    ));
                 }
             }
             /// `deepproto.proto.tracepoint`
@@ -45,8 +51,14 @@ pub mod pb {
                 /// `deepproto.proto.tracepoint.v1`
                 #[allow(clippy::all, missing_docs)] // generated code
                 pub mod v1 {
-                    include!(concat!(env!("OUT_DIR"), "/deepproto.proto.tracepoint.v1.rs"));
-                    include!(concat!(env!("OUT_DIR"), "/deepproto.proto.tracepoint.v1.serde.rs"));
+                    include!(concat!(
+                        env!("OUT_DIR"),
+                        "/deepproto.proto.tracepoint.v1.rs"
+                    ));
+                    include!(concat!(
+                        env!("OUT_DIR"),
+                        "/deepproto.proto.tracepoint.v1.serde.rs"
+                    ));
                 }
             }
             /// `deepproto.proto.poll`
@@ -55,7 +67,10 @@ pub mod pb {
                 #[allow(clippy::all, missing_docs)] // generated code
                 pub mod v1 {
                     include!(concat!(env!("OUT_DIR"), "/deepproto.proto.poll.v1.rs"));
-                    include!(concat!(env!("OUT_DIR"), "/deepproto.proto.poll.v1.serde.rs"));
+                    include!(concat!(
+                        env!("OUT_DIR"),
+                        "/deepproto.proto.poll.v1.serde.rs"
+                    ));
                 }
             }
         }

@@ -1,0 +1,606 @@
+//! The `sonde` command line: `server`, `tracepoint add|get|list|edit|rm`, `agents`, `validate`.
+//!
+//! Client commands talk to the HTTP API (`--server`, default `http://127.0.0.1:3300`). Output is
+//! a table for people, or JSON with `-o json`. Exit codes: 0 done; 1 refused (invalid input, not
+//! found, not allowed); 2 bad usage; 3 the server could not be reached or failed.
+
+mod client;
+mod output;
+mod serve;
+
+use std::{collections::BTreeMap, io::Read as _, path::PathBuf, process::ExitCode};
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use sonde_proto::{
+    common::{AnyValue, KeyValue, any_value},
+    sonde::CreateTracepointRequest,
+    tracepoint::{LabelExpression, Metric, MetricType, TracePointConfig, label_expression},
+};
+
+use crate::server::{Limits, ServerConfig, validate};
+
+pub use client::Client;
+
+/// Sonde: metrics on any line of running code, without a redeploy.
+#[derive(Debug, Parser)]
+#[command(name = "sonde", version, about, long_about = None, propagate_version = true)]
+pub struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the control plane: gRPC for agents, HTTP API for people, embedded durable store.
+    Server(Box<ServerConfig>),
+    /// Create, show, list, edit and remove tracepoints.
+    #[command(subcommand, visible_alias = "tp")]
+    Tracepoint(Box<TracepointCommand>),
+    /// List the agents that polled recently, with the status of each tracepoint they hold.
+    Agents(ClientOpts),
+    /// Check a tracepoint JSON file offline, with the server's own validation.
+    Validate {
+        /// The file: `{"tracepoint": {...}}` or a bare tracepoint object; `-` reads stdin.
+        file: PathBuf,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum TracepointCommand {
+    /// Create a tracepoint from flags or a JSON file.
+    Add {
+        #[command(flatten)]
+        spec: SpecArgs,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Show one tracepoint.
+    Get {
+        /// The tracepoint's ID.
+        id: String,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// List tracepoints.
+    #[command(visible_alias = "ls")]
+    List {
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Change a tracepoint: the flags given replace those parts, the rest stays.
+    Edit {
+        /// The tracepoint's ID.
+        id: String,
+        #[command(flatten)]
+        spec: SpecArgs,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+    /// Remove tracepoints.
+    #[command(visible_alias = "delete")]
+    Rm {
+        /// IDs of the tracepoints to remove.
+        #[arg(required = true)]
+        ids: Vec<String>,
+        #[command(flatten)]
+        client: ClientOpts,
+    },
+}
+
+/// How to reach the server, and how to print.
+#[derive(Debug, Clone, Args)]
+pub struct ClientOpts {
+    /// The server's HTTP API.
+    #[arg(long, env = "SONDE_SERVER", default_value = "http://127.0.0.1:3300")]
+    pub server: String,
+    /// Bearer token (the server's --admin-token or --read-token).
+    #[arg(long, env = "SONDE_TOKEN", hide_env_values = true)]
+    pub token: Option<String>,
+    /// Tenant (sent as X-Scope-OrgID).
+    #[arg(long, env = "SONDE_TENANT")]
+    pub tenant: Option<String>,
+    /// PEM CA certificate to trust for an https server with a private certificate.
+    #[arg(long, env = "SONDE_CA_CERT")]
+    pub ca_cert: Option<PathBuf>,
+    /// Output format.
+    #[arg(short, long, value_enum, default_value_t = Output::Table)]
+    pub output: Output,
+}
+
+/// Output format of client commands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Output {
+    /// Aligned columns for people.
+    Table,
+    /// JSON for scripts (the API's own shape).
+    Json,
+}
+
+/// What a tracepoint should be, from flags (or a file).
+#[derive(Debug, Default, Args)]
+struct SpecArgs {
+    /// The line, as FILE:LINE (`src/checkout.rs:42`).
+    location: Option<String>,
+    /// Read the tracepoint from a JSON file (`{"tracepoint": {...}}` or bare); `-` reads stdin.
+    #[arg(short = 'f', long = "file", conflicts_with = "location")]
+    file: Option<PathBuf>,
+    /// Act only when this expression is true (`order.total > 100`); "" removes it.
+    #[arg(long)]
+    condition: Option<String>,
+    /// Log line template, `{expr}` interpolated; "" removes it.
+    #[arg(long = "log")]
+    log_msg: Option<String>,
+    /// Fires allowed (-1 unlimited).
+    #[arg(long, allow_hyphen_values = true)]
+    fire_count: Option<i64>,
+    /// Minimum milliseconds between fires.
+    #[arg(long)]
+    fire_period: Option<u64>,
+    /// Any other argument, KEY=VALUE (repeatable; KEY= removes it).
+    #[arg(long = "arg", value_name = "KEY=VALUE")]
+    args: Vec<String>,
+    /// A watch expression (repeatable; replaces all watches).
+    #[arg(long = "watch", value_name = "EXPR")]
+    watches: Vec<String>,
+    /// Only agents whose resource has KEY=VALUE (repeatable; replaces all targeting).
+    #[arg(long = "target", value_name = "KEY=VALUE")]
+    targets: Vec<String>,
+    /// A metric, TYPE:NAME with TYPE counter, gauge, histogram or summary (repeatable; replaces
+    /// all metrics).
+    #[arg(long = "metric", value_name = "TYPE:NAME")]
+    metrics: Vec<String>,
+    /// The metric's value expression (default 1). Needs exactly one --metric.
+    #[arg(long, value_name = "EXPR", requires = "metrics")]
+    value: Option<String>,
+    /// A label from an expression, KEY=EXPR (repeatable). Needs exactly one --metric.
+    #[arg(long = "label", value_name = "KEY=EXPR", requires = "metrics")]
+    labels: Vec<String>,
+    /// A label with a fixed value, KEY=VALUE (repeatable). Needs exactly one --metric.
+    #[arg(long = "static-label", value_name = "KEY=VALUE", requires = "metrics")]
+    static_labels: Vec<String>,
+    /// The metric's namespace (default `deep`).
+    #[arg(long, requires = "metrics")]
+    namespace: Option<String>,
+    /// The metric's unit, appended to its name (`seconds`).
+    #[arg(long, requires = "metrics")]
+    unit: Option<String>,
+    /// The metric's help text.
+    #[arg(long = "help-text", requires = "metrics")]
+    help_text: Option<String>,
+}
+
+/// A failed command: its exit code and one line for stderr.
+#[derive(Debug)]
+pub struct CliError {
+    code: u8,
+    message: String,
+}
+
+impl CliError {
+    /// Refused: bad input, not found, not allowed (exit 1).
+    pub fn refused(message: impl Into<String>) -> Self {
+        Self {
+            code: 1,
+            message: message.into(),
+        }
+    }
+
+    /// Bad usage of the command line (exit 2).
+    pub fn usage(message: impl Into<String>) -> Self {
+        Self {
+            code: 2,
+            message: message.into(),
+        }
+    }
+
+    /// The server could not be reached or failed (exit 3).
+    pub fn unavailable(message: impl Into<String>) -> Self {
+        Self {
+            code: 3,
+            message: message.into(),
+        }
+    }
+}
+
+impl Cli {
+    /// Runs the command and returns the process exit code.
+    pub fn run(self) -> ExitCode {
+        if let Command::Server(config) = self.command {
+            return serve::run(*config);
+        }
+        match self.dispatch() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(err) => {
+                eprintln!("error: {}", err.message);
+                ExitCode::from(err.code)
+            }
+        }
+    }
+
+    fn dispatch(self) -> Result<(), CliError> {
+        match self.command {
+            Command::Server(_) => unreachable!("handled in run"),
+            Command::Validate { file } => validate_file(&file),
+            Command::Agents(client) => {
+                let c = Client::new(&client)?;
+                let agents = c.get_json("/api/agents")?;
+                output::agents(&client, &agents);
+                Ok(())
+            }
+            Command::Tracepoint(cmd) => tracepoint(*cmd),
+        }
+    }
+}
+
+fn tracepoint(cmd: TracepointCommand) -> Result<(), CliError> {
+    match cmd {
+        TracepointCommand::Add { spec, client } => {
+            let tp = match &spec.file {
+                Some(file) => {
+                    let mut tp = read_tracepoint_file(file)?;
+                    spec.apply(&mut tp)?;
+                    tp
+                }
+                None => {
+                    if spec.location.is_none() {
+                        return Err(CliError::usage(
+                            "give the line as FILE:LINE (e.g. src/checkout.rs:42) or a file with -f",
+                        ));
+                    }
+                    let mut tp = TracePointConfig::default();
+                    spec.apply(&mut tp)?;
+                    tp
+                }
+            };
+            let c = Client::new(&client)?;
+            let created = c.send_tracepoint("POST", "/api/tracepoints", &tp)?;
+            output::created(&client, &created);
+            Ok(())
+        }
+        TracepointCommand::Get { id, client } => {
+            let c = Client::new(&client)?;
+            let tp = c.get_tracepoint(&id)?;
+            output::tracepoint(&client, &tp);
+            Ok(())
+        }
+        TracepointCommand::List { client } => {
+            let c = Client::new(&client)?;
+            let list = c.list_tracepoints()?;
+            output::tracepoints(&client, &list);
+            Ok(())
+        }
+        TracepointCommand::Edit { id, spec, client } => {
+            let c = Client::new(&client)?;
+            let mut tp = match &spec.file {
+                Some(file) => read_tracepoint_file(file)?,
+                None => c.get_tracepoint(&id)?,
+            };
+            spec.apply(&mut tp)?;
+            tp.id.clear();
+            let edited = c.send_tracepoint(
+                "PUT",
+                &format!("/api/tracepoints/{}", client::path_segment(&id)),
+                &tp,
+            )?;
+            output::tracepoint(&client, &edited);
+            Ok(())
+        }
+        TracepointCommand::Rm { ids, client } => {
+            let c = Client::new(&client)?;
+            let mut failed: Option<CliError> = None;
+            let mut count = 0;
+            for id in &ids {
+                match c.delete_tracepoint(id) {
+                    Ok(tp) => output::removed(&client, &tp),
+                    Err(err) => {
+                        eprintln!("error: {}", err.message);
+                        count += 1;
+                        // The worst outcome decides the exit code (unreachable over refused).
+                        if failed.as_ref().is_none_or(|f| err.code > f.code) {
+                            failed = Some(err);
+                        }
+                    }
+                }
+            }
+            match failed {
+                Some(err) => Err(CliError {
+                    code: err.code,
+                    message: format!("{count} of {} tracepoints not removed", ids.len()),
+                }),
+                None => Ok(()),
+            }
+        }
+    }
+}
+
+fn read_source(file: &PathBuf) -> Result<String, CliError> {
+    if file.as_os_str() == "-" {
+        let mut s = String::new();
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .map_err(|e| CliError::refused(format!("reading stdin: {e}")))?;
+        Ok(s)
+    } else {
+        std::fs::read_to_string(file)
+            .map_err(|e| CliError::refused(format!("reading {}: {e}", file.display())))
+    }
+}
+
+/// Parses `{"tracepoint": {...}}` or a bare tracepoint object.
+pub fn parse_tracepoint_json(text: &str) -> Result<TracePointConfig, String> {
+    let value: serde_json::Value =
+        serde_json::from_str(text).map_err(|e| format!("not JSON: {e}"))?;
+    if value.get("tracepoint").is_some() {
+        let req: CreateTracepointRequest =
+            serde_json::from_value(value).map_err(|e| e.to_string())?;
+        req.tracepoint
+            .ok_or_else(|| "tracepoint: is null".to_owned())
+    } else {
+        serde_json::from_value(value).map_err(|e| e.to_string())
+    }
+}
+
+fn read_tracepoint_file(file: &PathBuf) -> Result<TracePointConfig, CliError> {
+    let text = read_source(file)?;
+    parse_tracepoint_json(&text).map_err(|e| CliError::refused(format!("{}: {e}", file.display())))
+}
+
+fn validate_file(file: &PathBuf) -> Result<(), CliError> {
+    let tp = read_tracepoint_file(file)?;
+    validate(&tp, &Limits::default())
+        .map_err(|e| CliError::refused(format!("{}: {e}", file.display())))?;
+    println!(
+        "ok: {} is a valid tracepoint at {}:{}",
+        file.display(),
+        tp.path,
+        tp.line_number
+    );
+    Ok(())
+}
+
+fn split_pair<'a>(flag: &str, s: &'a str) -> Result<(&'a str, &'a str), CliError> {
+    s.split_once('=')
+        .filter(|(k, _)| !k.is_empty())
+        .ok_or_else(|| CliError::usage(format!("{flag} {s:?}: expected KEY=VALUE")))
+}
+
+fn string_value(s: &str) -> AnyValue {
+    AnyValue {
+        value: Some(any_value::Value::StringValue(s.to_owned())),
+    }
+}
+
+impl SpecArgs {
+    /// Applies the flags given to `tp`; flags not given leave it as it is.
+    fn apply(&self, tp: &mut TracePointConfig) -> Result<(), CliError> {
+        if let Some(location) = &self.location {
+            let (path, line) = location
+                .rsplit_once(':')
+                .and_then(|(p, l)| Some((p, l.parse::<u32>().ok()?)))
+                .filter(|(p, l)| !p.is_empty() && *l > 0)
+                .ok_or_else(|| {
+                    CliError::usage(format!(
+                        "{location:?} is not FILE:LINE (e.g. src/checkout.rs:42)"
+                    ))
+                })?;
+            tp.path = path.to_owned();
+            tp.line_number = line;
+        }
+        let mut set_arg = |key: &str, value: &str| {
+            if value.is_empty() {
+                tp.args.remove(key);
+            } else {
+                tp.args.insert(key.to_owned(), value.to_owned());
+            }
+        };
+        if let Some(c) = &self.condition {
+            set_arg("condition", c);
+        }
+        if let Some(l) = &self.log_msg {
+            set_arg("log_msg", l);
+        }
+        if let Some(n) = self.fire_count {
+            set_arg("fire_count", &n.to_string());
+        }
+        if let Some(p) = self.fire_period {
+            set_arg("fire_period", &p.to_string());
+        }
+        for pair in &self.args {
+            let (k, v) = split_pair("--arg", pair)?;
+            set_arg(k, v);
+        }
+        if !self.watches.is_empty() {
+            tp.watches = self.watches.clone();
+        }
+        if !self.targets.is_empty() {
+            tp.targeting = self
+                .targets
+                .iter()
+                .map(|pair| {
+                    let (k, v) = split_pair("--target", pair)?;
+                    Ok(KeyValue {
+                        key: k.to_owned(),
+                        value: Some(string_value(v)),
+                    })
+                })
+                .collect::<Result<_, CliError>>()?;
+        }
+        if !self.metrics.is_empty() {
+            let per_metric = self.value.is_some()
+                || !self.labels.is_empty()
+                || !self.static_labels.is_empty()
+                || self.namespace.is_some()
+                || self.unit.is_some()
+                || self.help_text.is_some();
+            if per_metric && self.metrics.len() > 1 {
+                return Err(CliError::usage(
+                    "--value, --label, --static-label, --namespace, --unit and --help-text apply to one metric: give one --metric, or use -f with a JSON file for several",
+                ));
+            }
+            tp.metrics = self
+                .metrics
+                .iter()
+                .map(|spec| self.metric(spec))
+                .collect::<Result<_, _>>()?;
+        }
+        Ok(())
+    }
+
+    fn metric(&self, spec: &str) -> Result<Metric, CliError> {
+        let (kind, name) = spec.split_once(':').ok_or_else(|| {
+            CliError::usage(format!(
+                "--metric {spec:?}: expected TYPE:NAME, e.g. counter:orders"
+            ))
+        })?;
+        let kind = match kind.to_ascii_lowercase().as_str() {
+            "counter" => MetricType::Counter,
+            "gauge" => MetricType::Gauge,
+            "histogram" => MetricType::Histogram,
+            "summary" => MetricType::Summary,
+            other => {
+                return Err(CliError::usage(format!(
+                    "--metric {spec:?}: unknown type {other:?} (counter, gauge, histogram or summary)"
+                )));
+            }
+        };
+        let mut labels = Vec::new();
+        for pair in &self.labels {
+            let (k, v) = split_pair("--label", pair)?;
+            labels.push(LabelExpression {
+                key: k.to_owned(),
+                value: Some(label_expression::Value::Expression(v.to_owned())),
+            });
+        }
+        for pair in &self.static_labels {
+            let (k, v) = split_pair("--static-label", pair)?;
+            labels.push(LabelExpression {
+                key: k.to_owned(),
+                value: Some(label_expression::Value::Static(string_value(v))),
+            });
+        }
+        Ok(Metric {
+            name: name.to_owned(),
+            label_expressions: labels,
+            r#type: kind as i32,
+            expression: self.value.clone(),
+            namespace: self.namespace.clone(),
+            help: self.help_text.clone(),
+            unit: self.unit.clone(),
+        })
+    }
+}
+
+/// Resource attributes as a sorted map, for display.
+pub(crate) fn attributes(kvs: &[KeyValue]) -> BTreeMap<String, String> {
+    kvs.iter()
+        .map(|kv| {
+            let value = match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+                Some(any_value::Value::StringValue(s)) => s.clone(),
+                Some(any_value::Value::IntValue(i)) => i.to_string(),
+                Some(any_value::Value::BoolValue(b)) => b.to_string(),
+                Some(any_value::Value::DoubleValue(d)) => d.to_string(),
+                _ => String::new(),
+            };
+            (kv.key.clone(), value)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> SpecArgs {
+        #[derive(Parser)]
+        struct T {
+            #[command(flatten)]
+            spec: SpecArgs,
+        }
+        T::try_parse_from(std::iter::once("t").chain(args.iter().copied()))
+            .unwrap()
+            .spec
+    }
+
+    #[test]
+    fn flags_build_a_tracepoint() {
+        let spec = parse(&[
+            "src/checkout.rs:42",
+            "--condition",
+            "order.total > 100",
+            "--metric",
+            "histogram:order_total",
+            "--value",
+            "order.total",
+            "--label",
+            "country=order.country",
+            "--static-label",
+            "team=shop",
+            "--target",
+            "service.name=checkout",
+            "--fire-count",
+            "-1",
+        ]);
+        let mut tp = TracePointConfig::default();
+        spec.apply(&mut tp).unwrap();
+        assert_eq!(tp.path, "src/checkout.rs");
+        assert_eq!(tp.line_number, 42);
+        assert_eq!(tp.args["condition"], "order.total > 100");
+        assert_eq!(tp.args["fire_count"], "-1");
+        assert_eq!(tp.metrics.len(), 1);
+        assert_eq!(tp.metrics[0].r#type, MetricType::Histogram as i32);
+        assert_eq!(tp.metrics[0].label_expressions.len(), 2);
+        assert_eq!(tp.targeting[0].key, "service.name");
+        validate(&tp, &Limits::default()).unwrap();
+    }
+
+    #[test]
+    fn an_edit_keeps_what_is_not_given_and_removes_empty_args() {
+        let mut tp = TracePointConfig {
+            path: "a.rs".into(),
+            line_number: 3,
+            ..Default::default()
+        };
+        tp.args.insert("condition".into(), "x > 1".into());
+        tp.args.insert("log_msg".into(), "hi".into());
+        parse(&["--condition", ""]).apply(&mut tp).unwrap();
+        assert_eq!(tp.path, "a.rs");
+        assert!(!tp.args.contains_key("condition"));
+        assert_eq!(tp.args["log_msg"], "hi");
+    }
+
+    #[test]
+    fn bad_locations_and_specs_are_usage_errors() {
+        for args in [
+            &["a.rs"][..],
+            &["a.rs:0"],
+            &[":3"],
+            &["a.rs:3", "--metric", "timer:x"],
+        ] {
+            let err = parse(args)
+                .apply(&mut TracePointConfig::default())
+                .unwrap_err();
+            assert_eq!(err.code, 2, "{args:?}: {}", err.message);
+        }
+        let err = parse(&[
+            "a.rs:3",
+            "--metric",
+            "counter:a",
+            "--metric",
+            "counter:b",
+            "--value",
+            "x",
+        ])
+        .apply(&mut TracePointConfig::default())
+        .unwrap_err();
+        assert_eq!(err.code, 2);
+    }
+
+    #[test]
+    fn files_may_hold_the_wrapper_or_a_bare_tracepoint() {
+        let a =
+            parse_tracepoint_json(r#"{"tracepoint": {"path": "a.py", "line_number": 3}}"#).unwrap();
+        let b = parse_tracepoint_json(r#"{"path": "a.py", "lineNumber": 3}"#).unwrap();
+        assert_eq!(a, b);
+        assert!(parse_tracepoint_json(r#"{"path": "a.py", "lineNumbr": 3}"#).is_err());
+    }
+}

@@ -1,0 +1,219 @@
+//! How client commands print: aligned tables for people, the API's JSON for scripts.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use sonde_proto::tracepoint::{MetricType, TracePointConfig, label_expression};
+
+use super::{ClientOpts, Output, attributes};
+
+/// Prints rows under a header, columns padded to the widest cell.
+fn table(header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (w, cell) in widths.iter_mut().zip(row) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let line = |cells: Vec<&str>| {
+        let mut out = String::new();
+        for (i, (cell, w)) in cells.iter().zip(&widths).enumerate() {
+            if i + 1 == cells.len() {
+                out.push_str(cell);
+            } else {
+                out.push_str(&format!("{cell:<w$}  "));
+            }
+        }
+        println!("{}", out.trim_end());
+    };
+    line(header.to_vec());
+    for row in rows {
+        line(row.iter().map(String::as_str).collect());
+    }
+}
+
+fn json(value: &impl serde::Serialize) {
+    match serde_json::to_string_pretty(value) {
+        Ok(s) => println!("{s}"),
+        Err(e) => eprintln!("error: {e}"),
+    }
+}
+
+fn metric_type(t: i32) -> &'static str {
+    match MetricType::try_from(t) {
+        Ok(MetricType::Counter) => "counter",
+        Ok(MetricType::Gauge) => "gauge",
+        Ok(MetricType::Histogram) => "histogram",
+        Ok(MetricType::Summary) => "summary",
+        Err(_) => "?",
+    }
+}
+
+fn metrics_cell(tp: &TracePointConfig) -> String {
+    tp.metrics
+        .iter()
+        .map(|m| format!("{}:{}", metric_type(m.r#type), m.name))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+fn targeting_cell(tp: &TracePointConfig) -> String {
+    attributes(&tp.targeting)
+        .into_iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",")
+}
+
+/// After `add`: the ID alone in table mode (easy to capture in a script), the JSON otherwise.
+pub fn created(opts: &ClientOpts, tp: &TracePointConfig) {
+    match opts.output {
+        Output::Json => json(&serde_json::json!({ "tracepoint": tp })),
+        Output::Table => println!("{}", tp.id),
+    }
+}
+
+/// After `rm`.
+pub fn removed(opts: &ClientOpts, tp: &TracePointConfig) {
+    match opts.output {
+        Output::Json => json(&serde_json::json!({ "tracepoint": tp })),
+        Output::Table => println!("removed {} ({}:{})", tp.id, tp.path, tp.line_number),
+    }
+}
+
+/// One tracepoint in full.
+pub fn tracepoint(opts: &ClientOpts, tp: &TracePointConfig) {
+    if opts.output == Output::Json {
+        return json(&serde_json::json!({ "tracepoint": tp }));
+    }
+    println!("id:        {}", tp.id);
+    println!("location:  {}:{}", tp.path, tp.line_number);
+    for (k, v) in &tp.args {
+        println!("arg:       {k} = {v}");
+    }
+    for w in &tp.watches {
+        println!("watch:     {w}");
+    }
+    let target = targeting_cell(tp);
+    if !target.is_empty() {
+        println!("targeting: {target}");
+    }
+    for m in &tp.metrics {
+        println!(
+            "metric:    {} {} = {}",
+            metric_type(m.r#type),
+            crate::server::exposed_name(m.namespace.as_deref(), &m.name, m.unit.as_deref()),
+            m.expression
+                .as_deref()
+                .filter(|e| !e.is_empty())
+                .unwrap_or("1")
+        );
+        for l in &m.label_expressions {
+            let value = match &l.value {
+                Some(label_expression::Value::Expression(e)) => e.clone(),
+                Some(label_expression::Value::Static(v)) => format!(
+                    "{:?}",
+                    attributes(&[sonde_proto::common::KeyValue {
+                        key: String::new(),
+                        value: Some(v.clone())
+                    }])
+                    .into_values()
+                    .next()
+                    .unwrap_or_default()
+                ),
+                None => String::new(),
+            };
+            println!("  label:   {} = {value}", l.key);
+        }
+    }
+}
+
+/// The tracepoint list.
+pub fn tracepoints(opts: &ClientOpts, list: &[TracePointConfig]) {
+    if opts.output == Output::Json {
+        return json(&serde_json::json!({ "tracepoints": list }));
+    }
+    let rows: Vec<Vec<String>> = list
+        .iter()
+        .map(|tp| {
+            vec![
+                tp.id.clone(),
+                format!("{}:{}", tp.path, tp.line_number),
+                metrics_cell(tp),
+                tp.args.get("condition").cloned().unwrap_or_default(),
+                targeting_cell(tp),
+            ]
+        })
+        .collect();
+    table(
+        &["ID", "LOCATION", "METRICS", "CONDITION", "TARGETING"],
+        &rows,
+    );
+}
+
+fn ago(ms: u64) -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default();
+    let secs = now.saturating_sub(ms) / 1000;
+    match secs {
+        0..=59 => format!("{secs}s ago"),
+        60..=3599 => format!("{}m ago", secs / 60),
+        _ => format!("{}h ago", secs / 3600),
+    }
+}
+
+/// The agent list (`GET /api/agents`).
+pub fn agents(opts: &ClientOpts, value: &serde_json::Value) {
+    if opts.output == Output::Json {
+        return json(value);
+    }
+    let empty = Vec::new();
+    let agents = value
+        .get("agents")
+        .and_then(|a| a.as_array())
+        .unwrap_or(&empty);
+    let s = |v: &serde_json::Value, key: &str| {
+        v.get(key).and_then(|x| x.as_str()).unwrap_or("").to_owned()
+    };
+    let rows: Vec<Vec<String>> = agents
+        .iter()
+        .map(|a| {
+            let resource = a.get("resource").cloned().unwrap_or_default();
+            let mut counts = std::collections::BTreeMap::<String, usize>::new();
+            for t in a
+                .get("tracepoints")
+                .and_then(|t| t.as_array())
+                .unwrap_or(&empty)
+            {
+                *counts.entry(s(t, "state")).or_default() += 1;
+            }
+            let status = counts
+                .iter()
+                .map(|(state, n)| format!("{n} {state}"))
+                .collect::<Vec<_>>()
+                .join(", ");
+            vec![
+                s(a, "id"),
+                s(a, "kind"),
+                s(&resource, "service.name"),
+                s(&resource, "telemetry.sdk.language"),
+                s(a, "address"),
+                ago(a.get("last_seen_ms").and_then(|m| m.as_u64()).unwrap_or(0)),
+                status,
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "ID",
+            "KIND",
+            "SERVICE",
+            "LANGUAGE",
+            "ADDRESS",
+            "LAST SEEN",
+            "TRACEPOINTS",
+        ],
+        &rows,
+    );
+}

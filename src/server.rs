@@ -1,0 +1,289 @@
+//! [`Server`]: the control plane. gRPC for agents on one port, HTTP for people and tools on
+//! another, both over the same in-memory tracepoint lists backed by the durable store.
+//!
+//! ```no_run
+//! # async fn run() -> anyhow::Result<()> {
+//! use sonde::server::{Server, ServerConfig};
+//!
+//! let server = Server::bind(ServerConfig::ephemeral("/tmp/sonde-data")).await?;
+//! println!("grpc on {}, http on {}", server.grpc_addr(), server.http_addr());
+//! let running = server.spawn();
+//! // ...
+//! running.shutdown().await?;
+//! # Ok(())
+//! # }
+//! ```
+
+mod agents;
+mod auth;
+mod config;
+mod grpc;
+mod http;
+mod metrics;
+mod net;
+mod snapshots;
+mod state;
+mod store;
+mod validate;
+
+use std::{net::SocketAddr, sync::Arc, time::Duration};
+
+use anyhow::Context as _;
+use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
+
+pub use agents::{AgentKind, AgentView, TracepointStatusView};
+pub use config::{LogFormat, ServerConfig};
+pub use state::{DEFAULT_TENANT, Resource};
+pub use store::{SqliteStore, Store, StoreError, StoredRecord};
+pub use validate::{
+    KNOWN_ARGS, LANGUAGE_ATTRIBUTE, Limits, Position, ValidationError, exposed_name, is_foreign,
+    validate,
+};
+
+use self::{
+    agents::Agents, auth::Auth, metrics::ServerMetrics, snapshots::Snapshots, state::Tracepoints,
+};
+
+/// Longest accepted tenant name (as Cortex, Loki and Tempo limit `X-Scope-OrgID`).
+const MAX_TENANT_LEN: usize = 150;
+
+/// State shared by every request.
+#[derive(Debug)]
+pub(crate) struct App {
+    config: ServerConfig,
+    tracepoints: Tracepoints,
+    agents: Agents,
+    snapshots: Snapshots,
+    metrics: ServerMetrics,
+    auth: Auth,
+    shutdown: watch::Receiver<bool>,
+}
+
+impl App {
+    fn refresh_gauges(&self) {
+        self.metrics
+            .tracepoints
+            .set(self.tracepoints.total() as i64);
+        self.metrics.agents.set(self.agents.live() as i64);
+    }
+}
+
+/// Why a tenant name was refused.
+#[derive(Debug, thiserror::Error)]
+#[error("tenant {0:?} is not valid: use 1 to 150 characters of letters, digits and !-_.*'()")]
+pub struct BadTenant(String);
+
+/// The tenant a request names (`X-Scope-OrgID`), or [`DEFAULT_TENANT`].
+pub(crate) fn tenant_from(header: Option<&str>) -> Result<String, BadTenant> {
+    match header.map(str::trim) {
+        None | Some("") => Ok(DEFAULT_TENANT.to_owned()),
+        Some(t)
+            if t.len() <= MAX_TENANT_LEN
+                && t.chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "!-_.*'()".contains(c))
+                && t != "."
+                && t != ".." =>
+        {
+            Ok(t.to_owned())
+        }
+        Some(t) => Err(BadTenant(t.to_owned())),
+    }
+}
+
+/// A bound, not yet running server.
+pub struct Server {
+    app: Arc<App>,
+    grpc: TcpListener,
+    http: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    shutdown_tx: watch::Sender<bool>,
+}
+
+impl std::fmt::Debug for Server {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Server")
+            .field("grpc", &self.grpc_addr())
+            .field("http", &self.http_addr())
+            .field("tls", &self.tls.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Server {
+    /// Opens the store, loads the tracepoints and binds both ports.
+    pub async fn bind(config: ServerConfig) -> anyhow::Result<Self> {
+        let store = SqliteStore::open(&config.data_dir)
+            .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
+        tracing::info!(path = %store.path().display(), "store opened");
+        Self::bind_with_store(config, Arc::new(store)).await
+    }
+
+    /// As [`Server::bind`], with a store of the caller's choosing.
+    pub async fn bind_with_store(
+        config: ServerConfig,
+        store: Arc<dyn Store>,
+    ) -> anyhow::Result<Self> {
+        let tls = match (&config.tls_cert, &config.tls_key) {
+            (Some(cert), Some(key)) => Some(net::tls_acceptor(cert, key)?),
+            (None, None) => None,
+            _ => anyhow::bail!("--tls-cert and --tls-key go together"),
+        };
+        let tracepoints = tokio::task::block_in_place(|| Tracepoints::load(store, config.limits()))
+            .context("loading tracepoints from the store")?;
+        let grpc = TcpListener::bind(SocketAddr::new(config.listen, config.grpc_port))
+            .await
+            .with_context(|| {
+                format!(
+                    "binding the gRPC port {}:{}",
+                    config.listen, config.grpc_port
+                )
+            })?;
+        let http = TcpListener::bind(SocketAddr::new(config.listen, config.http_port))
+            .await
+            .with_context(|| {
+                format!(
+                    "binding the HTTP port {}:{}",
+                    config.listen, config.http_port
+                )
+            })?;
+        let (shutdown_tx, shutdown) = watch::channel(false);
+        let app = Arc::new(App {
+            agents: Agents::new(config.agent_ttl()),
+            snapshots: Snapshots::new(config.snapshots_per_tracepoint, 1000),
+            metrics: ServerMetrics::new(),
+            auth: Auth::from_config(&config),
+            tracepoints,
+            config,
+            shutdown,
+        });
+        app.refresh_gauges();
+        Ok(Self {
+            app,
+            grpc,
+            http,
+            tls,
+            shutdown_tx,
+        })
+    }
+
+    /// Where the gRPC API listens.
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// Where the HTTP API listens.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// Runs until `signal` completes, then shuts down gracefully.
+    pub async fn run_until(
+        self,
+        signal: impl std::future::Future<Output = ()>,
+    ) -> anyhow::Result<()> {
+        let running = self.spawn();
+        signal.await;
+        running.shutdown().await
+    }
+
+    /// Starts serving in the background.
+    pub fn spawn(self) -> RunningServer {
+        let (grpc_addr, http_addr) = (self.grpc_addr(), self.http_addr());
+        tracing::info!(%grpc_addr, %http_addr, tls = self.tls.is_some(), "listening");
+        if !self.app.config.listen.is_loopback() {
+            if !self.app.config.any_api_token() {
+                tracing::warn!(
+                    "the HTTP API is exposed on {} with no --admin-token: anyone who can reach it can change tracepoints",
+                    self.app.config.listen
+                );
+            }
+            if !self.app.config.any_agent_credential() {
+                tracing::warn!(
+                    "the agent API is exposed on {} with no --agent-token or --agent-basic",
+                    self.app.config.listen
+                );
+            }
+        }
+        let grpc = tokio::spawn(net::serve(
+            self.grpc,
+            self.tls.clone(),
+            grpc::router(self.app.clone()),
+            self.app.shutdown.clone(),
+        ));
+        let http = tokio::spawn(net::serve(
+            self.http,
+            self.tls,
+            http::router(self.app.clone()),
+            self.app.shutdown.clone(),
+        ));
+        let app = self.app.clone();
+        let mut shutdown = self.app.shutdown.clone();
+        let housekeeping = tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(30));
+            loop {
+                tokio::select! {
+                    _ = tick.tick() => {
+                        app.agents.prune();
+                        app.refresh_gauges();
+                    }
+                    () = net::stopped(&mut shutdown) => break,
+                }
+            }
+        });
+        RunningServer {
+            grpc_addr,
+            http_addr,
+            shutdown_tx: self.shutdown_tx,
+            tasks: vec![grpc, http, housekeeping],
+        }
+    }
+}
+
+/// A server running in the background; [`RunningServer::shutdown`] stops it gracefully.
+#[derive(Debug)]
+pub struct RunningServer {
+    grpc_addr: SocketAddr,
+    http_addr: SocketAddr,
+    shutdown_tx: watch::Sender<bool>,
+    tasks: Vec<JoinHandle<()>>,
+}
+
+impl RunningServer {
+    /// Where the gRPC API listens.
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc_addr
+    }
+
+    /// Where the HTTP API listens.
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    /// Stops accepting, ends watch streams, lets requests in flight finish, and waits.
+    pub async fn shutdown(self) -> anyhow::Result<()> {
+        let _ = self.shutdown_tx.send(true);
+        for task in self.tasks {
+            task.await.context("a server task failed")?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tenants_default_and_are_checked() {
+        assert_eq!(tenant_from(None).unwrap(), DEFAULT_TENANT);
+        assert_eq!(tenant_from(Some("  ")).unwrap(), DEFAULT_TENANT);
+        assert_eq!(tenant_from(Some("team-a")).unwrap(), "team-a");
+        assert!(tenant_from(Some("a/b")).is_err());
+        assert!(tenant_from(Some("..")).is_err());
+        assert!(tenant_from(Some(&"x".repeat(151))).is_err());
+    }
+}

@@ -1,0 +1,288 @@
+//! [`Agents`]: the agents that polled or watch recently, with their resource and reported status.
+
+use std::{
+    collections::HashMap,
+    hash::{DefaultHasher, Hash as _, Hasher as _},
+    net::IpAddr,
+    sync::Mutex,
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
+};
+
+use serde::Serialize;
+use sonde_proto::sonde::{StatusReport, TracepointState};
+
+use super::state::Resource;
+
+/// How an agent talks to the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AgentKind {
+    /// Deep's poll (Deep's agents, or Sonde's agent in poll mode).
+    Poll,
+    /// Sonde's watch stream.
+    Watch,
+}
+
+/// The status an agent reported for one tracepoint.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct TracepointStatusView {
+    /// The tracepoint.
+    pub id: String,
+    /// `bound`, `unbound`, `error`, `disarmed` or `unspecified`.
+    pub state: &'static str,
+    /// Why, for anything but `bound`.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    /// `file:line` of the sites it is bound to.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub sites: Vec<String>,
+}
+
+/// One agent as `GET /api/agents` shows it.
+#[derive(Debug, Clone, Serialize)]
+pub struct AgentView {
+    /// The agent's ID (its own for Sonde agents, derived from resource and address for pollers).
+    pub id: String,
+    /// How it talks to the server.
+    pub kind: AgentKind,
+    /// Its address as the server saw it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub address: Option<IpAddr>,
+    /// Its resource attributes.
+    pub resource: std::collections::BTreeMap<String, String>,
+    /// First contact, Unix milliseconds.
+    pub first_seen_ms: u64,
+    /// Last poll, watch message or report, Unix milliseconds.
+    pub last_seen_ms: u64,
+    /// Polls answered (including watch messages sent).
+    pub polls: u64,
+    /// Whether a watch stream is open now.
+    pub watching: bool,
+    /// The hash of the list it last received.
+    pub current_hash: String,
+    /// Per-tracepoint status, as last reported (Sonde agents only).
+    pub tracepoints: Vec<TracepointStatusView>,
+}
+
+#[derive(Debug)]
+struct Agent {
+    view: AgentView,
+    last_seen: Instant,
+    watches: usize,
+}
+
+/// The agents of every tenant.
+#[derive(Debug)]
+pub struct Agents {
+    ttl: Duration,
+    inner: Mutex<HashMap<(String, String), Agent>>,
+}
+
+impl Agents {
+    /// Agents are listed while seen within `ttl` or while they hold a watch.
+    pub fn new(ttl: Duration) -> Self {
+        Self {
+            ttl,
+            inner: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// The ID of a poller that sends no ID of its own: derived from its resource and address.
+    pub fn poller_id(resource: &Resource, address: Option<IpAddr>) -> String {
+        let mut h = DefaultHasher::new();
+        resource.hash(&mut h);
+        address.hash(&mut h);
+        format!("poll-{:016x}", h.finish())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Agent>> {
+        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Records a poll (or a message sent on a watch) answered with `hash`.
+    pub fn seen(
+        &self,
+        tenant: &str,
+        id: &str,
+        kind: AgentKind,
+        resource: &Resource,
+        address: Option<IpAddr>,
+        hash: &str,
+    ) {
+        let now = Instant::now();
+        let mut agents = self.lock();
+        // The common case, an agent already known, allocates nothing.
+        if let Some(agent) = agents.get_mut(&(tenant.to_owned(), id.to_owned())) {
+            agent.last_seen = now;
+            agent.view.last_seen_ms = unix_ms();
+            agent.view.polls += 1;
+            if agent.view.current_hash != hash {
+                agent.view.current_hash = hash.to_owned();
+            }
+            if agent.view.resource.len() != resource.pairs().len() {
+                agent.view.resource = resource.pairs().iter().cloned().collect();
+            }
+            return;
+        }
+        let ms = unix_ms();
+        agents.insert(
+            (tenant.to_owned(), id.to_owned()),
+            Agent {
+                view: AgentView {
+                    id: id.to_owned(),
+                    kind,
+                    address,
+                    resource: resource.pairs().iter().cloned().collect(),
+                    first_seen_ms: ms,
+                    last_seen_ms: ms,
+                    polls: 1,
+                    watching: false,
+                    current_hash: hash.to_owned(),
+                    tracepoints: Vec::new(),
+                },
+                last_seen: now,
+                watches: 0,
+            },
+        );
+    }
+
+    /// Marks a watch stream opened (`true`) or closed (`false`).
+    pub fn watching(&self, tenant: &str, id: &str, open: bool) {
+        let mut agents = self.lock();
+        if let Some(agent) = agents.get_mut(&(tenant.to_owned(), id.to_owned())) {
+            if open {
+                agent.watches += 1;
+            } else {
+                agent.watches = agent.watches.saturating_sub(1);
+                agent.last_seen = Instant::now();
+                agent.view.last_seen_ms = unix_ms();
+            }
+            agent.view.watching = agent.watches > 0;
+        }
+    }
+
+    /// Stores an agent's status report (it replaces the previous one).
+    pub fn report(&self, tenant: &str, report: &StatusReport, address: Option<IpAddr>) {
+        let resource = report
+            .resource
+            .as_ref()
+            .map(|r| Resource::from_attributes(&r.attributes))
+            .unwrap_or_default();
+        let key = (tenant.to_owned(), report.agent_id.clone());
+        let mut agents = self.lock();
+        if !agents.contains_key(&key) {
+            drop(agents);
+            self.seen(
+                tenant,
+                &report.agent_id,
+                AgentKind::Watch,
+                &resource,
+                address,
+                "",
+            );
+            agents = self.lock();
+        }
+        if let Some(agent) = agents.get_mut(&key) {
+            agent.last_seen = Instant::now();
+            agent.view.last_seen_ms = unix_ms();
+            agent.view.tracepoints = report
+                .tracepoints
+                .iter()
+                .map(|s| TracepointStatusView {
+                    id: s.tracepoint_id.clone(),
+                    state: match TracepointState::try_from(s.state) {
+                        Ok(TracepointState::Bound) => "bound",
+                        Ok(TracepointState::Unbound) => "unbound",
+                        Ok(TracepointState::Error) => "error",
+                        Ok(TracepointState::Disarmed) => "disarmed",
+                        _ => "unspecified",
+                    },
+                    message: s.message.clone(),
+                    sites: s.sites.clone(),
+                })
+                .collect();
+        }
+    }
+
+    /// The tenant's agents seen within the TTL or watching now, most recent first.
+    pub fn list(&self, tenant: &str) -> Vec<AgentView> {
+        let now = Instant::now();
+        let agents = self.lock();
+        let mut out: Vec<_> = agents
+            .iter()
+            .filter(|((t, _), a)| t == tenant && (a.watches > 0 || now - a.last_seen <= self.ttl))
+            .map(|(_, a)| a.view.clone())
+            .collect();
+        out.sort_by(|a, b| b.last_seen_ms.cmp(&a.last_seen_ms).then(a.id.cmp(&b.id)));
+        out
+    }
+
+    /// How many agents are live over all tenants.
+    pub fn live(&self) -> usize {
+        let now = Instant::now();
+        self.lock()
+            .values()
+            .filter(|a| a.watches > 0 || now - a.last_seen <= self.ttl)
+            .count()
+    }
+
+    /// Forgets agents not seen for ten TTLs (their memory is bounded by the live set).
+    pub fn prune(&self) {
+        let now = Instant::now();
+        let horizon = self.ttl * 10;
+        self.lock()
+            .retain(|_, a| a.watches > 0 || now - a.last_seen <= horizon);
+    }
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sonde_proto::sonde::TracepointStatus;
+
+    #[test]
+    fn agents_expire_after_the_ttl_unless_watching() {
+        let agents = Agents::new(Duration::from_millis(30));
+        let r = Resource::from_pairs([("service.name".into(), "shop".into())]);
+        agents.seen("t", "a", AgentKind::Poll, &r, None, "h1");
+        agents.seen("t", "b", AgentKind::Watch, &r, None, "h1");
+        agents.watching("t", "b", true);
+        assert_eq!(agents.list("t").len(), 2);
+        assert!(agents.list("other").is_empty(), "tenants are separate");
+        std::thread::sleep(Duration::from_millis(60));
+        let live: Vec<_> = agents.list("t").into_iter().map(|a| a.id).collect();
+        assert_eq!(live, vec!["b"]);
+    }
+
+    #[test]
+    fn a_report_replaces_the_previous_status() {
+        let agents = Agents::new(Duration::from_secs(60));
+        let status = |id: &str, state: TracepointState| TracepointStatus {
+            tracepoint_id: id.into(),
+            state: state as i32,
+            message: String::new(),
+            sites: vec![],
+        };
+        let mut report = StatusReport {
+            agent_id: "a".into(),
+            tracepoints: vec![
+                status("1", TracepointState::Bound),
+                status("2", TracepointState::Unbound),
+            ],
+            ..Default::default()
+        };
+        agents.report("t", &report, None);
+        report.tracepoints = vec![status("2", TracepointState::Error)];
+        agents.report("t", &report, None);
+        let list = agents.list("t");
+        assert_eq!(list[0].tracepoints.len(), 1);
+        assert_eq!(list[0].tracepoints[0].state, "error");
+    }
+}

@@ -1,0 +1,431 @@
+//! The gRPC face for agents and tools: Deep's `PollConfig/poll` and `SnapshotService/send`,
+//! Sonde's `WatchService`, `StatusService` and `TracepointService`.
+
+use std::{pin::Pin, sync::Arc, time::Instant};
+
+use futures_util::Stream;
+use sonde_proto::{
+    poll::{
+        PollRequest, PollResponse, ResponseType,
+        poll_config_server::{PollConfig, PollConfigServer},
+    },
+    sonde::{
+        CreateTracepointRequest, DeleteTracepointRequest, GetTracepointRequest,
+        ListTracepointsRequest, ListTracepointsResponse, StatusReport, StatusReportResponse,
+        TracepointResponse, UpdateTracepointRequest, WatchRequest,
+        status_service_server::{StatusService, StatusServiceServer},
+        tracepoint_service_server::{TracepointService, TracepointServiceServer},
+        watch_service_server::{WatchService, WatchServiceServer},
+    },
+    tracepoint::{
+        Snapshot, SnapshotResponse,
+        snapshot_service_server::{SnapshotService, SnapshotServiceServer},
+    },
+};
+use tokio::sync::mpsc;
+use tonic::{Request, Response, Status, codec::CompressionEncoding, metadata::MetadataMap};
+
+use super::{
+    App,
+    agents::{AgentKind, Agents},
+    auth::{Access, Denied},
+    net::PeerAddr,
+    state::{ChangeError, Resource, TenantList},
+    tenant_from,
+};
+
+/// Every gRPC service, as one router.
+pub(crate) fn router(app: Arc<App>) -> axum::Router {
+    let svc = Grpc { app };
+    let gzip = CompressionEncoding::Gzip;
+    tonic::service::Routes::new(
+        PollConfigServer::new(svc.clone())
+            .accept_compressed(gzip)
+            .send_compressed(gzip),
+    )
+    .add_service(
+        SnapshotServiceServer::new(svc.clone())
+            .accept_compressed(gzip)
+            .send_compressed(gzip),
+    )
+    .add_service(WatchServiceServer::new(svc.clone()).accept_compressed(gzip))
+    .add_service(StatusServiceServer::new(svc.clone()).accept_compressed(gzip))
+    .add_service(TracepointServiceServer::new(svc).accept_compressed(gzip))
+    .prepare()
+    .into_axum_router()
+}
+
+#[derive(Debug, Clone)]
+struct Grpc {
+    app: Arc<App>,
+}
+
+fn denied(d: Denied) -> Status {
+    match d {
+        Denied::Unauthenticated => Status::unauthenticated(d.to_string()),
+        Denied::Forbidden => Status::permission_denied(d.to_string()),
+    }
+}
+
+fn change_status(err: ChangeError) -> Status {
+    match err {
+        ChangeError::Invalid(e) => Status::invalid_argument(e.to_string()),
+        ChangeError::NotFound(_) => Status::not_found(err.to_string()),
+        ChangeError::TenantFull { .. } => Status::resource_exhausted(err.to_string()),
+        ChangeError::Store(e) => {
+            tracing::error!(%e, "store failure");
+            Status::unavailable(e.to_string())
+        }
+    }
+}
+
+fn authorization(md: &MetadataMap) -> Option<&str> {
+    md.get("authorization").and_then(|v| v.to_str().ok())
+}
+
+impl Grpc {
+    fn agent_context<T>(
+        &self,
+        req: &Request<T>,
+    ) -> Result<(String, Option<std::net::IpAddr>), Status> {
+        self.app
+            .auth
+            .agent(authorization(req.metadata()))
+            .map_err(denied)?;
+        let tenant = tenant_from(
+            req.metadata()
+                .get("x-scope-orgid")
+                .and_then(|v| v.to_str().ok()),
+        )
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let peer = req.extensions().get::<PeerAddr>().map(|p| p.0.ip());
+        Ok((tenant, peer))
+    }
+
+    fn api_context<T>(&self, req: &Request<T>, access: Access) -> Result<String, Status> {
+        self.app
+            .auth
+            .api(authorization(req.metadata()), access)
+            .map_err(denied)?;
+        tenant_from(
+            req.metadata()
+                .get("x-scope-orgid")
+                .and_then(|v| v.to_str().ok()),
+        )
+        .map_err(|e| Status::invalid_argument(e.to_string()))
+    }
+
+    fn observe(&self, method: &str, started: Instant) {
+        self.app
+            .metrics
+            .grpc_requests
+            .with_label_values(&[method])
+            .observe(started.elapsed().as_secs_f64());
+    }
+
+    async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&App) -> Result<T, ChangeError> + Send + 'static,
+    ) -> Result<T, Status> {
+        let app = self.app.clone();
+        let result = tokio::task::spawn_blocking(move || f(&app))
+            .await
+            .map_err(|e| Status::internal(format!("store task failed: {e}")))?
+            .map_err(change_status);
+        self.app.refresh_gauges();
+        result
+    }
+}
+
+/// The poll answer for one client: UPDATE with the list unless `current_hash` is non-empty and
+/// equal to the client's hash.
+pub(crate) fn poll_answer(
+    list: &TenantList,
+    resource: &Resource,
+    current_hash: &str,
+) -> PollResponse {
+    let ts_nanos = now_nanos();
+    let hash = list.hash_for_client(resource);
+    if !current_hash.is_empty() && current_hash == hash {
+        return PollResponse {
+            ts_nanos,
+            current_hash: hash,
+            response: Vec::new(),
+            response_type: ResponseType::NoChange as i32,
+        };
+    }
+    let (matching, hash) = list.for_client(resource);
+    PollResponse {
+        ts_nanos,
+        current_hash: hash,
+        response: matching.into_iter().map(|e| e.config.clone()).collect(),
+        response_type: ResponseType::Update as i32,
+    }
+}
+
+pub(crate) fn now_nanos() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or_default()
+}
+
+fn result_label(resp: &PollResponse) -> &'static str {
+    if resp.response_type == ResponseType::Update as i32 {
+        "update"
+    } else {
+        "no_change"
+    }
+}
+
+#[tonic::async_trait]
+impl PollConfig for Grpc {
+    async fn poll(&self, req: Request<PollRequest>) -> Result<Response<PollResponse>, Status> {
+        let started = Instant::now();
+        let (tenant, peer) = self.agent_context(&req)?;
+        let req = req.into_inner();
+        let resource = req
+            .resource
+            .as_ref()
+            .map(|r| Resource::from_attributes(&r.attributes))
+            .unwrap_or_default();
+        let list = self.app.tracepoints.list(&tenant);
+        let resp = poll_answer(&list, &resource, &req.current_hash);
+        let id = Agents::poller_id(&resource, peer);
+        self.app.agents.seen(
+            &tenant,
+            &id,
+            AgentKind::Poll,
+            &resource,
+            peer,
+            &resp.current_hash,
+        );
+        self.app
+            .metrics
+            .polls
+            .with_label_values(&["grpc", result_label(&resp)])
+            .inc();
+        self.observe("poll", started);
+        Ok(Response::new(resp))
+    }
+}
+
+#[tonic::async_trait]
+impl SnapshotService for Grpc {
+    async fn send(&self, req: Request<Snapshot>) -> Result<Response<SnapshotResponse>, Status> {
+        let started = Instant::now();
+        let (tenant, _) = self.agent_context(&req)?;
+        let snapshot = req.into_inner();
+        if snapshot
+            .tracepoint
+            .as_ref()
+            .is_none_or(|tp| tp.id.is_empty())
+        {
+            return Err(Status::invalid_argument(
+                "tracepoint: a snapshot must name the tracepoint (tracepoint.ID) it was taken for",
+            ));
+        }
+        self.app
+            .metrics
+            .snapshots
+            .with_label_values(&[&tenant])
+            .inc();
+        self.app.snapshots.add(&tenant, snapshot);
+        self.observe("send", started);
+        Ok(Response::new(SnapshotResponse {}))
+    }
+}
+
+type WatchStream = Pin<Box<dyn Stream<Item = Result<PollResponse, Status>> + Send + 'static>>;
+
+#[tonic::async_trait]
+impl WatchService for Grpc {
+    type WatchStream = WatchStream;
+
+    async fn watch(&self, req: Request<WatchRequest>) -> Result<Response<WatchStream>, Status> {
+        let (tenant, peer) = self.agent_context(&req)?;
+        let req = req.into_inner();
+        if req.agent_id.is_empty() || req.agent_id.len() > 128 {
+            return Err(Status::invalid_argument(
+                "agent_id: required, at most 128 characters (a UUID made at agent start-up)",
+            ));
+        }
+        let resource = req
+            .resource
+            .as_ref()
+            .map(|r| Resource::from_attributes(&r.attributes))
+            .unwrap_or_default();
+        let mut lists = self.app.tracepoints.subscribe(&tenant);
+        let mut shutdown = self.app.shutdown.clone();
+        let app = self.app.clone();
+        let heartbeat = std::time::Duration::from_secs(app.config.watch_heartbeat_secs.max(1));
+        let (tx, rx) = mpsc::channel::<Result<PollResponse, Status>>(4);
+
+        app.agents.seen(
+            &tenant,
+            &req.agent_id,
+            AgentKind::Watch,
+            &resource,
+            peer,
+            &req.current_hash,
+        );
+        app.agents.watching(&tenant, &req.agent_id, true);
+        app.metrics.watchers.inc();
+
+        tokio::spawn(async move {
+            let mut last_hash = req.current_hash;
+            let mut first = true;
+            loop {
+                let list = lists.borrow_and_update().clone();
+                let hash = list.hash_for_client(&resource);
+                if first || hash != last_hash {
+                    let resp = poll_answer(&list, &resource, &last_hash);
+                    app.metrics
+                        .polls
+                        .with_label_values(&["watch", result_label(&resp)])
+                        .inc();
+                    app.agents.seen(
+                        &tenant,
+                        &req.agent_id,
+                        AgentKind::Watch,
+                        &resource,
+                        peer,
+                        &resp.current_hash,
+                    );
+                    last_hash = resp.current_hash.clone();
+                    if tx.send(Ok(resp)).await.is_err() {
+                        break;
+                    }
+                    first = false;
+                }
+                tokio::select! {
+                    changed = lists.changed() => if changed.is_err() { break },
+                    _ = shutdown.changed() => break,
+                    _ = tx.closed() => break,
+                    _ = tokio::time::sleep(heartbeat) => {
+                        let keepalive = PollResponse {
+                            ts_nanos: now_nanos(),
+                            current_hash: last_hash.clone(),
+                            response: Vec::new(),
+                            response_type: ResponseType::NoChange as i32,
+                        };
+                        if tx.send(Ok(keepalive)).await.is_err() { break }
+                    }
+                }
+            }
+            app.agents.watching(&tenant, &req.agent_id, false);
+            app.metrics.watchers.dec();
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+}
+
+#[tonic::async_trait]
+impl StatusService for Grpc {
+    async fn report(
+        &self,
+        req: Request<StatusReport>,
+    ) -> Result<Response<StatusReportResponse>, Status> {
+        let started = Instant::now();
+        let (tenant, peer) = self.agent_context(&req)?;
+        let report = req.into_inner();
+        if report.agent_id.is_empty() || report.agent_id.len() > 128 {
+            return Err(Status::invalid_argument(
+                "agent_id: required, at most 128 characters",
+            ));
+        }
+        self.app.agents.report(&tenant, &report, peer);
+        self.app
+            .metrics
+            .status_reports
+            .with_label_values(&[&tenant])
+            .inc();
+        self.observe("report", started);
+        Ok(Response::new(StatusReportResponse {}))
+    }
+}
+
+#[tonic::async_trait]
+impl TracepointService for Grpc {
+    async fn create(
+        &self,
+        req: Request<CreateTracepointRequest>,
+    ) -> Result<Response<TracepointResponse>, Status> {
+        let tenant = self.api_context(&req, Access::Write)?;
+        let config = req
+            .into_inner()
+            .tracepoint
+            .ok_or_else(|| Status::invalid_argument("tracepoint: is required"))?;
+        let entry = self
+            .blocking(move |app| app.tracepoints.create(&tenant, config))
+            .await?;
+        Ok(Response::new(TracepointResponse {
+            tracepoint: Some(entry.config.clone()),
+        }))
+    }
+
+    async fn get(
+        &self,
+        req: Request<GetTracepointRequest>,
+    ) -> Result<Response<TracepointResponse>, Status> {
+        let tenant = self.api_context(&req, Access::Read)?;
+        let id = req.into_inner().id;
+        let list = self.app.tracepoints.list(&tenant);
+        let entry = list
+            .get(&id)
+            .ok_or_else(|| Status::not_found(format!("no tracepoint with ID {id}")))?;
+        Ok(Response::new(TracepointResponse {
+            tracepoint: Some(entry.config.clone()),
+        }))
+    }
+
+    async fn list(
+        &self,
+        req: Request<ListTracepointsRequest>,
+    ) -> Result<Response<ListTracepointsResponse>, Status> {
+        let tenant = self.api_context(&req, Access::Read)?;
+        let list = self.app.tracepoints.list(&tenant);
+        Ok(Response::new(ListTracepointsResponse {
+            tracepoints: list.iter().map(|e| e.config.clone()).collect(),
+        }))
+    }
+
+    async fn update(
+        &self,
+        req: Request<UpdateTracepointRequest>,
+    ) -> Result<Response<TracepointResponse>, Status> {
+        let tenant = self.api_context(&req, Access::Write)?;
+        let config = req
+            .into_inner()
+            .tracepoint
+            .ok_or_else(|| Status::invalid_argument("tracepoint: is required"))?;
+        if config.id.is_empty() {
+            return Err(Status::invalid_argument(
+                "tracepoint.ID: names the tracepoint to edit and is required",
+            ));
+        }
+        let id = config.id.clone();
+        let entry = self
+            .blocking(move |app| app.tracepoints.update(&tenant, &id, config))
+            .await?;
+        Ok(Response::new(TracepointResponse {
+            tracepoint: Some(entry.config.clone()),
+        }))
+    }
+
+    async fn delete(
+        &self,
+        req: Request<DeleteTracepointRequest>,
+    ) -> Result<Response<TracepointResponse>, Status> {
+        let tenant = self.api_context(&req, Access::Write)?;
+        let id = req.into_inner().id;
+        let entry = self
+            .blocking(move |app| app.tracepoints.delete(&tenant, &id))
+            .await?;
+        Ok(Response::new(TracepointResponse {
+            tracepoint: Some(entry.config.clone()),
+        }))
+    }
+}

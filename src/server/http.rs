@@ -1,0 +1,444 @@
+//! The HTTP API: Deep's tracepoint routes (what Deep's Grafana data source calls) and Sonde's own.
+//!
+//! | route | what |
+//! |---|---|
+//! | `GET /api/tracepoints` | Deep's poll over HTTP: the list for the resource in the query (`hash`, `ts`, other parameters are resource attributes) |
+//! | `POST /api/tracepoints` | create: body `{"tracepoint": {...}}`, answer `{"tracepoint": {... "ID": ...}}` |
+//! | `GET /api/tracepoints/{id}` | one tracepoint |
+//! | `PUT /api/tracepoints/{id}` | replace one tracepoint (edit) |
+//! | `DELETE /api/tracepoints/{id}` | remove one; answers with what was removed |
+//! | `GET /api/tracepoints/{id}/snapshots` | the latest snapshots agents sent for it |
+//! | `GET /api/agents` | agents seen recently, with resource and per-tracepoint status |
+//! | `GET /healthz`, `GET /metrics` | liveness; the server's own Prometheus metrics |
+//!
+//! The tracepoint routes also exist without the `/api` prefix, as in Deep. Bodies and answers are
+//! proto3 JSON, or binary protobuf with `Content-Type`/`Accept: application/protobuf`. The tenant
+//! comes from `X-Scope-OrgID`. Errors are `{"error": {"code", "field", "message", "position"}}`.
+
+use std::{sync::Arc, time::Instant};
+
+use axum::{
+    Json, Router,
+    body::{Body, Bytes},
+    extract::{MatchedPath, Path, Query, Request, State},
+    http::{HeaderMap, HeaderValue, StatusCode, header},
+    middleware::{self, Next},
+    response::{IntoResponse, Response},
+    routing::get,
+};
+use prost::Message as _;
+use serde::Serialize;
+use sonde_proto::{
+    poll::PollResponse,
+    sonde::{CreateTracepointRequest, TracepointResponse},
+    tracepoint::TracePointConfig,
+};
+
+use super::{
+    App,
+    auth::{Access, Denied},
+    grpc::poll_answer,
+    state::{ChangeError, Entry, Resource},
+    tenant_from,
+    validate::Position,
+};
+
+/// The HTTP router.
+pub(crate) fn router(app: Arc<App>) -> Router {
+    let tracepoints = || {
+        Router::new()
+            .route("/tracepoints", get(poll_list).post(create))
+            .route("/tracepoints/{id}", get(get_one).put(update).delete(delete))
+            .route("/tracepoints/{id}/snapshots", get(snapshots))
+    };
+    Router::new()
+        .nest("/api", tracepoints().route("/agents", get(agents)))
+        .merge(tracepoints())
+        .route("/healthz", get(healthz))
+        .route("/metrics", get(metrics))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(middleware::from_fn_with_state(app.clone(), observe))
+        .with_state(app)
+}
+
+/// An error answer: status plus `{"error": {...}}`.
+#[derive(Debug)]
+pub(crate) struct ApiError {
+    status: StatusCode,
+    body: ErrorBody,
+}
+
+#[derive(Debug, Serialize)]
+struct ErrorBody {
+    code: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<String>,
+    message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    position: Option<Position>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            body: ErrorBody {
+                code,
+                field: None,
+                message: message.into(),
+                position: None,
+            },
+        }
+    }
+
+    fn invalid(field: &str, message: impl Into<String>) -> Self {
+        let mut e = Self::new(StatusCode::BAD_REQUEST, "invalid_argument", message);
+        e.body.field = Some(field.to_owned());
+        e
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        #[derive(Serialize)]
+        struct Wrapper {
+            error: ErrorBody,
+        }
+        (self.status, Json(Wrapper { error: self.body })).into_response()
+    }
+}
+
+impl From<Denied> for ApiError {
+    fn from(d: Denied) -> Self {
+        match d {
+            Denied::Unauthenticated => {
+                let mut e = Self::new(StatusCode::UNAUTHORIZED, "unauthenticated", d.to_string());
+                e.body.message =
+                    "missing or invalid credentials: send Authorization: Bearer <token>".into();
+                e
+            }
+            Denied::Forbidden => {
+                Self::new(StatusCode::FORBIDDEN, "permission_denied", d.to_string())
+            }
+        }
+    }
+}
+
+impl From<ChangeError> for ApiError {
+    fn from(err: ChangeError) -> Self {
+        match err {
+            ChangeError::Invalid(v) => Self {
+                status: StatusCode::BAD_REQUEST,
+                body: ErrorBody {
+                    code: "invalid_argument",
+                    field: Some(v.field),
+                    message: v.message,
+                    position: v.position,
+                },
+            },
+            ChangeError::NotFound(_) => {
+                Self::new(StatusCode::NOT_FOUND, "not_found", err.to_string())
+            }
+            ChangeError::TenantFull { .. } => {
+                Self::new(StatusCode::CONFLICT, "resource_exhausted", err.to_string())
+            }
+            ChangeError::Store(e) => {
+                tracing::error!(%e, "store failure");
+                Self::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "unavailable",
+                    e.to_string(),
+                )
+            }
+        }
+    }
+}
+
+struct Ctx {
+    tenant: String,
+    protobuf: bool,
+}
+
+fn context(app: &App, headers: &HeaderMap, access: Access) -> Result<Ctx, ApiError> {
+    app.auth
+        .api(header_str(headers, header::AUTHORIZATION), access)
+        .map_err(ApiError::from)?;
+    let tenant = tenant_from(header_str(headers, "x-scope-orgid"))
+        .map_err(|e| ApiError::invalid("X-Scope-OrgID", e.to_string()))?;
+    let protobuf = header_str(headers, header::ACCEPT).is_some_and(is_protobuf);
+    Ok(Ctx { tenant, protobuf })
+}
+
+fn header_str(headers: &HeaderMap, name: impl header::AsHeaderName) -> Option<&str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+fn is_protobuf(media: &str) -> bool {
+    media.contains("application/protobuf") || media.contains("application/x-protobuf")
+}
+
+fn protobuf_response(message: &impl prost::Message) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/protobuf"),
+        )],
+        message.encode_to_vec(),
+    )
+        .into_response()
+}
+
+fn json_response(value: &impl Serialize) -> Response {
+    match serde_json::to_vec(value) {
+        Ok(body) => (
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
+            body,
+        )
+            .into_response(),
+        Err(e) => ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string())
+            .into_response(),
+    }
+}
+
+fn tracepoint_response(ctx: &Ctx, entry: &Entry) -> Response {
+    let resp = TracepointResponse {
+        tracepoint: Some(entry.config.clone()),
+    };
+    if ctx.protobuf {
+        protobuf_response(&resp)
+    } else {
+        json_response(&resp)
+    }
+}
+
+/// Reads the body within the configured limit and parses `{"tracepoint": {...}}` (JSON or
+/// protobuf).
+async fn read_tracepoint(
+    app: &App,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<TracePointConfig, ApiError> {
+    let limit = app.config.max_body_bytes;
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!("the body is larger than the limit of {limit} bytes"),
+        )
+    };
+    if header_str(headers, header::CONTENT_LENGTH)
+        .and_then(|v| v.parse::<usize>().ok())
+        .is_some_and(|len| len > limit)
+    {
+        return Err(too_large());
+    }
+    let bytes: Bytes = axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| too_large())?;
+    let request = if header_str(headers, header::CONTENT_TYPE).is_some_and(is_protobuf) {
+        CreateTracepointRequest::decode(bytes).map_err(|e| {
+            ApiError::invalid(
+                "body",
+                format!("not a valid protobuf CreateTracepointRequest: {e}"),
+            )
+        })?
+    } else {
+        if bytes.iter().all(u8::is_ascii_whitespace) {
+            return Err(ApiError::invalid(
+                "body",
+                "is empty: send {\"tracepoint\": {...}}",
+            ));
+        }
+        serde_json::from_slice::<CreateTracepointRequest>(&bytes).map_err(|e| {
+            ApiError::invalid("body", format!("not a valid tracepoint request: {e}"))
+        })?
+    };
+    request
+        .tracepoint
+        .ok_or_else(|| ApiError::invalid("tracepoint", "is required: send {\"tracepoint\": {...}}"))
+}
+
+async fn blocking<T: Send + 'static>(
+    app: &Arc<App>,
+    f: impl FnOnce(&App) -> Result<T, ChangeError> + Send + 'static,
+) -> Result<T, ApiError> {
+    let app2 = app.clone();
+    let result = tokio::task::spawn_blocking(move || f(&app2))
+        .await
+        .map_err(|e| ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "internal", e.to_string()))?
+        .map_err(ApiError::from);
+    app.refresh_gauges();
+    result
+}
+
+async fn poll_list(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Query(params): Query<Vec<(String, String)>>,
+) -> Result<Response, ApiError> {
+    let ctx = context(&app, &headers, Access::Read)?;
+    let mut hash = String::new();
+    let mut attrs = Vec::new();
+    for (key, value) in params {
+        match key.as_str() {
+            "hash" => hash = value,
+            "ts" => {}
+            _ => attrs.push((key, value)),
+        }
+    }
+    let resource = Resource::from_pairs(attrs);
+    let list = app.tracepoints.list(&ctx.tenant);
+    let resp: PollResponse = poll_answer(&list, &resource, &hash);
+    app.metrics
+        .polls
+        .with_label_values(&[
+            "http",
+            if resp.response.is_empty() && !hash.is_empty() {
+                "no_change"
+            } else {
+                "update"
+            },
+        ])
+        .inc();
+    Ok(if ctx.protobuf {
+        protobuf_response(&resp)
+    } else {
+        json_response(&resp)
+    })
+}
+
+async fn create(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let ctx = context(&app, &headers, Access::Write)?;
+    let config = read_tracepoint(&app, &headers, body).await?;
+    let tenant = ctx.tenant.clone();
+    let entry = blocking(&app, move |app| app.tracepoints.create(&tenant, config)).await?;
+    tracing::info!(tenant = %ctx.tenant, id = %entry.config.id, path = %entry.config.path,
+        line = entry.config.line_number, "tracepoint created");
+    Ok(tracepoint_response(&ctx, &entry))
+}
+
+async fn get_one(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let ctx = context(&app, &headers, Access::Read)?;
+    let list = app.tracepoints.list(&ctx.tenant);
+    let entry = list
+        .get(&id)
+        .ok_or_else(|| ApiError::from(ChangeError::NotFound(id.clone())))?;
+    Ok(tracepoint_response(&ctx, entry))
+}
+
+async fn update(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let ctx = context(&app, &headers, Access::Write)?;
+    let config = read_tracepoint(&app, &headers, body).await?;
+    let tenant = ctx.tenant.clone();
+    let id2 = id.clone();
+    let entry = blocking(&app, move |app| {
+        app.tracepoints.update(&tenant, &id2, config)
+    })
+    .await?;
+    tracing::info!(tenant = %ctx.tenant, %id, "tracepoint edited");
+    Ok(tracepoint_response(&ctx, &entry))
+}
+
+async fn delete(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let ctx = context(&app, &headers, Access::Write)?;
+    let tenant = ctx.tenant.clone();
+    let id2 = id.clone();
+    let entry = blocking(&app, move |app| app.tracepoints.delete(&tenant, &id2)).await?;
+    tracing::info!(tenant = %ctx.tenant, %id, "tracepoint deleted");
+    Ok(tracepoint_response(&ctx, &entry))
+}
+
+async fn snapshots(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let ctx = context(&app, &headers, Access::Read)?;
+    let snaps = app.snapshots.for_tracepoint(&ctx.tenant, &id);
+    let list: Vec<_> = snaps.iter().map(|s| &**s).collect();
+    #[derive(Serialize)]
+    struct Snapshots<'a> {
+        snapshots: Vec<&'a sonde_proto::tracepoint::Snapshot>,
+    }
+    Ok(json_response(&Snapshots { snapshots: list }))
+}
+
+async fn agents(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Response, ApiError> {
+    let ctx = context(&app, &headers, Access::Read)?;
+    #[derive(Serialize)]
+    struct Agents {
+        agents: Vec<super::agents::AgentView>,
+    }
+    Ok(json_response(&Agents {
+        agents: app.agents.list(&ctx.tenant),
+    }))
+}
+
+async fn healthz() -> Response {
+    json_response(&serde_json::json!({"status": "ok"}))
+}
+
+async fn metrics(State(app): State<Arc<App>>) -> Response {
+    app.refresh_gauges();
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+        )],
+        app.metrics.render(),
+    )
+        .into_response()
+}
+
+async fn not_found(req: Request) -> ApiError {
+    ApiError::new(
+        StatusCode::NOT_FOUND,
+        "not_found",
+        format!("no route {} {}", req.method(), req.uri().path()),
+    )
+}
+
+async fn method_not_allowed(req: Request) -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        format!("{} is not allowed on {}", req.method(), req.uri().path()),
+    )
+}
+
+async fn observe(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
+    let started = Instant::now();
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let method = req.method().as_str().to_owned();
+    let resp = next.run(req).await;
+    app.metrics
+        .http_requests
+        .with_label_values(&[route.as_str(), method.as_str(), resp.status().as_str()])
+        .observe(started.elapsed().as_secs_f64());
+    resp
+}

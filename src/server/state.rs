@@ -1,0 +1,534 @@
+//! [`Tracepoints`]: the live tracepoint lists of every tenant, in memory, backed by the [`Store`].
+//!
+//! Each tenant's list is an immutable [`TenantList`] published through a `tokio::sync::watch`
+//! channel: a poll reads the current `Arc` (no lock held while it works), a watch stream awaits the
+//! next one, and a write builds a new list and publishes it after the store has committed. Writes
+//! are serialized by one mutex (they are rare); reads never wait for them.
+//!
+//! # The hash an agent sees
+//! Each tracepoint carries a 64-bit digest of its protobuf encoding (deterministic: maps are
+//! ordered). The hash of a client's list is FNV-1a over the digests of the tracepoints that match
+//! the client, in ID order. An edit changes the digest, so it changes the hash of every client that
+//! sees the tracepoint, and only theirs.
+
+use std::{
+    collections::{BTreeMap, HashMap},
+    sync::{Arc, Mutex, RwLock},
+    time::{SystemTime, UNIX_EPOCH},
+};
+
+use prost::Message as _;
+use sonde_proto::{
+    common::{KeyValue, any_value},
+    tracepoint::TracePointConfig,
+};
+use tokio::sync::watch;
+
+use super::{
+    store::{Store, StoreError, StoredRecord},
+    validate::{Limits, ValidationError, validate},
+};
+
+/// The tenant used when a request names none.
+pub const DEFAULT_TENANT: &str = "single-tenant";
+
+/// A tracepoint as the server holds it.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// The configuration, exactly as served to agents.
+    pub config: TracePointConfig,
+    /// FNV-1a 64 of the encoded configuration.
+    pub digest: u64,
+    /// Creation time, Unix milliseconds.
+    pub created_ms: i64,
+}
+
+/// One tenant's tracepoints at one moment, ordered by ID.
+#[derive(Debug, Default)]
+pub struct TenantList {
+    entries: BTreeMap<String, Arc<Entry>>,
+}
+
+impl TenantList {
+    /// All tracepoints, in ID order.
+    pub fn iter(&self) -> impl Iterator<Item = &Arc<Entry>> {
+        self.entries.values()
+    }
+
+    /// How many tracepoints the tenant has.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// One tracepoint by ID.
+    pub fn get(&self, id: &str) -> Option<&Arc<Entry>> {
+        self.entries.get(id)
+    }
+
+    /// The tracepoints that apply to a client with these resource attributes, and the hash of
+    /// that list.
+    pub fn for_client<'a>(&'a self, resource: &Resource) -> (Vec<&'a Arc<Entry>>, String) {
+        let mut hash = Fnv64::new();
+        let matching: Vec<_> = self
+            .entries
+            .values()
+            .filter(|e| resource.matches(&e.config.targeting))
+            .inspect(|e| hash.write(&e.digest.to_le_bytes()))
+            .collect();
+        (matching, format!("{:016x}", hash.finish()))
+    }
+
+    /// Only the hash of [`TenantList::for_client`].
+    pub fn hash_for_client(&self, resource: &Resource) -> String {
+        let mut hash = Fnv64::new();
+        for e in self.entries.values() {
+            if resource.matches(&e.config.targeting) {
+                hash.write(&e.digest.to_le_bytes());
+            }
+        }
+        format!("{:016x}", hash.finish())
+    }
+}
+
+/// A client's resource attributes, as strings, for targeting.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Hash)]
+pub struct Resource {
+    attrs: Vec<(String, String)>,
+}
+
+impl Resource {
+    /// From protobuf attributes; scalar values are compared by their string form, other kinds are
+    /// ignored.
+    pub fn from_attributes(attrs: &[KeyValue]) -> Self {
+        let mut attrs: Vec<_> = attrs
+            .iter()
+            .filter_map(|kv| {
+                let value = match kv.value.as_ref()?.value.as_ref()? {
+                    any_value::Value::StringValue(s) => s.clone(),
+                    any_value::Value::BoolValue(b) => b.to_string(),
+                    any_value::Value::IntValue(i) => i.to_string(),
+                    any_value::Value::DoubleValue(d) => d.to_string(),
+                    _ => return None,
+                };
+                Some((kv.key.clone(), value))
+            })
+            .collect();
+        attrs.sort();
+        Self { attrs }
+    }
+
+    /// From `(key, value)` pairs.
+    pub fn from_pairs(pairs: impl IntoIterator<Item = (String, String)>) -> Self {
+        let mut attrs: Vec<_> = pairs.into_iter().collect();
+        attrs.sort();
+        Self { attrs }
+    }
+
+    /// The attributes, sorted by key.
+    pub fn pairs(&self) -> &[(String, String)] {
+        &self.attrs
+    }
+
+    /// The value of one attribute.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.attrs
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
+    }
+
+    /// Deep's rule: every targeting key present with an equal string value. No targeting, or a
+    /// client with no attributes, matches everything.
+    pub fn matches(&self, targeting: &[KeyValue]) -> bool {
+        if self.attrs.is_empty() {
+            return true;
+        }
+        targeting.iter().all(|kv| {
+            let want = match kv.value.as_ref().and_then(|v| v.value.as_ref()) {
+                Some(any_value::Value::StringValue(s)) => s.as_str(),
+                _ => return false,
+            };
+            self.get(&kv.key) == Some(want)
+        })
+    }
+}
+
+/// Why a change to the tracepoints was refused or failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ChangeError {
+    /// The tracepoint is not acceptable; nothing was stored.
+    #[error(transparent)]
+    Invalid(#[from] ValidationError),
+    /// No tracepoint with that ID in this tenant.
+    #[error("no tracepoint with ID {0}")]
+    NotFound(String),
+    /// The tenant already holds the most tracepoints allowed.
+    #[error("the tenant already holds {limit} tracepoints, the limit; delete some first")]
+    TenantFull {
+        /// The limit.
+        limit: usize,
+    },
+    /// The store failed; nothing changed.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+#[derive(Debug)]
+struct Tenant {
+    tx: watch::Sender<Arc<TenantList>>,
+}
+
+/// Every tenant's tracepoints, kept in memory and written through to the store.
+#[derive(Debug)]
+pub struct Tracepoints {
+    store: Arc<dyn Store>,
+    limits: Limits,
+    tenants: RwLock<HashMap<String, Arc<Tenant>>>,
+    write: Mutex<()>,
+}
+
+impl Tracepoints {
+    /// Loads every tenant's tracepoints from the store.
+    pub fn load(store: Arc<dyn Store>, limits: Limits) -> Result<Self, StoreError> {
+        let mut by_tenant: HashMap<String, BTreeMap<String, Arc<Entry>>> = HashMap::new();
+        for record in store.load_all()? {
+            let config = match TracePointConfig::decode(record.config.as_slice()) {
+                Ok(config) => config,
+                Err(err) => {
+                    tracing::error!(tenant = %record.tenant, id = %record.id, %err,
+                        "skipping a stored tracepoint that does not decode");
+                    continue;
+                }
+            };
+            let entry = Entry {
+                digest: digest(&record.config),
+                config,
+                created_ms: record.created_ms,
+            };
+            by_tenant
+                .entry(record.tenant)
+                .or_default()
+                .insert(record.id, Arc::new(entry));
+        }
+        let tenants = by_tenant
+            .into_iter()
+            .map(|(name, entries)| {
+                let (tx, _) = watch::channel(Arc::new(TenantList { entries }));
+                (name, Arc::new(Tenant { tx }))
+            })
+            .collect();
+        Ok(Self {
+            store,
+            limits,
+            tenants: RwLock::new(tenants),
+            write: Mutex::new(()),
+        })
+    }
+
+    /// The tenant's current list (empty for a tenant never written to).
+    pub fn list(&self, tenant: &str) -> Arc<TenantList> {
+        let tenants = self.tenants.read().unwrap_or_else(|p| p.into_inner());
+        match tenants.get(tenant) {
+            Some(t) => t.tx.borrow().clone(),
+            None => Arc::default(),
+        }
+    }
+
+    /// A receiver that sees every new list of the tenant (creating the tenant's channel).
+    pub fn subscribe(&self, tenant: &str) -> watch::Receiver<Arc<TenantList>> {
+        self.tenant(tenant).tx.subscribe()
+    }
+
+    /// Total tracepoints over all tenants.
+    pub fn total(&self) -> usize {
+        let tenants = self.tenants.read().unwrap_or_else(|p| p.into_inner());
+        tenants.values().map(|t| t.tx.borrow().len()).sum()
+    }
+
+    fn tenant(&self, tenant: &str) -> Arc<Tenant> {
+        if let Some(t) = self
+            .tenants
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(tenant)
+        {
+            return t.clone();
+        }
+        let mut tenants = self.tenants.write().unwrap_or_else(|p| p.into_inner());
+        tenants
+            .entry(tenant.to_owned())
+            .or_insert_with(|| {
+                let (tx, _) = watch::channel(Arc::default());
+                Arc::new(Tenant { tx })
+            })
+            .clone()
+    }
+
+    /// Validates and stores a new tracepoint under a fresh ID; returns it as stored.
+    /// Blocking (it writes to the store).
+    pub fn create(
+        &self,
+        tenant: &str,
+        mut config: TracePointConfig,
+    ) -> Result<Arc<Entry>, ChangeError> {
+        if !config.id.is_empty() {
+            return Err(ValidationError::new(
+                "ID",
+                "is assigned by the server: leave it empty (edit an existing tracepoint with PUT /api/tracepoints/{id})",
+            )
+            .into());
+        }
+        validate(&config, &self.limits)?;
+        config.id = uuid::Uuid::new_v4().to_string();
+        let _guard = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        let t = self.tenant(tenant);
+        let current = t.tx.borrow().clone();
+        if current.len() >= self.limits.max_tracepoints_per_tenant {
+            return Err(ChangeError::TenantFull {
+                limit: self.limits.max_tracepoints_per_tenant,
+            });
+        }
+        let now = now_ms();
+        let entry = self.write_through(tenant, config, now, now)?;
+        publish(&t, &current, |entries| {
+            entries.insert(entry.config.id.clone(), entry.clone());
+        });
+        Ok(entry)
+    }
+
+    /// Validates and replaces the tracepoint `id`; the body's ID must be empty or equal `id`.
+    /// Blocking.
+    pub fn update(
+        &self,
+        tenant: &str,
+        id: &str,
+        mut config: TracePointConfig,
+    ) -> Result<Arc<Entry>, ChangeError> {
+        if !config.id.is_empty() && config.id != id {
+            return Err(ValidationError::new(
+                "ID",
+                format!(
+                    "is {:?} but the request edits {id:?}: leave it empty or make them equal",
+                    config.id
+                ),
+            )
+            .into());
+        }
+        validate(&config, &self.limits)?;
+        config.id = id.to_owned();
+        let _guard = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        let t = self.tenant(tenant);
+        let current = t.tx.borrow().clone();
+        let Some(old) = current.get(id) else {
+            return Err(ChangeError::NotFound(id.to_owned()));
+        };
+        let entry = self.write_through(tenant, config, old.created_ms, now_ms())?;
+        publish(&t, &current, |entries| {
+            entries.insert(id.to_owned(), entry.clone());
+        });
+        Ok(entry)
+    }
+
+    /// Removes the tracepoint `id`; returns what it was. Blocking.
+    pub fn delete(&self, tenant: &str, id: &str) -> Result<Arc<Entry>, ChangeError> {
+        let _guard = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        let t = self.tenant(tenant);
+        let current = t.tx.borrow().clone();
+        let Some(old) = current.get(id).cloned() else {
+            return Err(ChangeError::NotFound(id.to_owned()));
+        };
+        self.store.delete(tenant, id)?;
+        publish(&t, &current, |entries| {
+            entries.remove(id);
+        });
+        Ok(old)
+    }
+
+    fn write_through(
+        &self,
+        tenant: &str,
+        config: TracePointConfig,
+        created_ms: i64,
+        updated_ms: i64,
+    ) -> Result<Arc<Entry>, StoreError> {
+        let encoded = config.encode_to_vec();
+        self.store.put(&StoredRecord {
+            tenant: tenant.to_owned(),
+            id: config.id.clone(),
+            config: encoded.clone(),
+            created_ms,
+            updated_ms,
+        })?;
+        Ok(Arc::new(Entry {
+            digest: digest(&encoded),
+            config,
+            created_ms,
+        }))
+    }
+}
+
+fn publish(
+    t: &Tenant,
+    current: &TenantList,
+    change: impl FnOnce(&mut BTreeMap<String, Arc<Entry>>),
+) {
+    let mut entries = current.entries.clone();
+    change(&mut entries);
+    t.tx.send_replace(Arc::new(TenantList { entries }));
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or_default()
+}
+
+fn digest(bytes: &[u8]) -> u64 {
+    let mut h = Fnv64::new();
+    h.write(bytes);
+    h.finish()
+}
+
+/// FNV-1a, 64-bit: stable across builds and platforms (unlike `DefaultHasher`), which matters
+/// because agents keep the hash across server restarts.
+struct Fnv64(u64);
+
+impl Fnv64 {
+    fn new() -> Self {
+        Self(0xcbf2_9ce4_8422_2325)
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.0 ^= u64::from(*b);
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::server::store::SqliteStore;
+    use sonde_proto::common::AnyValue;
+
+    fn target(key: &str, value: &str) -> KeyValue {
+        KeyValue {
+            key: key.into(),
+            value: Some(AnyValue {
+                value: Some(any_value::Value::StringValue(value.into())),
+            }),
+        }
+    }
+
+    fn tp(path: &str, targeting: Vec<KeyValue>) -> TracePointConfig {
+        TracePointConfig {
+            path: path.into(),
+            line_number: 7,
+            targeting,
+            ..Default::default()
+        }
+    }
+
+    fn open() -> (tempfile::TempDir, Tracepoints) {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SqliteStore::open(dir.path()).unwrap());
+        (dir, Tracepoints::load(store, Limits::default()).unwrap())
+    }
+
+    #[test]
+    fn targeting_follows_deeps_rule() {
+        let client = Resource::from_pairs([("service.name".into(), "shop".into())]);
+        assert!(client.matches(&[]));
+        assert!(client.matches(&[target("service.name", "shop")]));
+        assert!(!client.matches(&[target("service.name", "billing")]));
+        assert!(!client.matches(&[target("service.name", "shop"), target("env", "prod")]));
+        assert!(Resource::default().matches(&[target("service.name", "billing")]));
+    }
+
+    #[test]
+    fn an_edit_changes_the_hash_only_for_clients_that_see_it() {
+        let (_dir, tps) = open();
+        let shop = Resource::from_pairs([("service.name".into(), "shop".into())]);
+        let billing = Resource::from_pairs([("service.name".into(), "billing".into())]);
+        let a = tps
+            .create("t", tp("a.rs", vec![target("service.name", "shop")]))
+            .unwrap();
+        let shop_before = tps.list("t").hash_for_client(&shop);
+        let billing_before = tps.list("t").hash_for_client(&billing);
+
+        let mut edited = a.config.clone();
+        edited.line_number = 8;
+        tps.update("t", &a.config.id, edited).unwrap();
+        assert_ne!(tps.list("t").hash_for_client(&shop), shop_before);
+        assert_eq!(tps.list("t").hash_for_client(&billing), billing_before);
+        let current = tps.list("t");
+        let (list, hash) = current.for_client(&shop);
+        assert_eq!(list.len(), 1);
+        assert_eq!(hash, tps.list("t").hash_for_client(&shop));
+    }
+
+    #[test]
+    fn tenants_do_not_see_each_other() {
+        let (_dir, tps) = open();
+        let a = tps.create("a", tp("x.rs", vec![])).unwrap();
+        assert_eq!(tps.list("b").len(), 0);
+        assert!(matches!(
+            tps.delete("b", &a.config.id),
+            Err(ChangeError::NotFound(_))
+        ));
+        assert!(matches!(
+            tps.update("b", &a.config.id, tp("x.rs", vec![])),
+            Err(ChangeError::NotFound(_))
+        ));
+        assert_eq!(tps.list("a").len(), 1);
+    }
+
+    #[test]
+    fn the_tenant_limit_is_enforced() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(SqliteStore::open(dir.path()).unwrap());
+        let limits = Limits {
+            max_tracepoints_per_tenant: 2,
+            ..Limits::default()
+        };
+        let tps = Tracepoints::load(store, limits).unwrap();
+        tps.create("t", tp("a.rs", vec![])).unwrap();
+        tps.create("t", tp("b.rs", vec![])).unwrap();
+        assert!(matches!(
+            tps.create("t", tp("c.rs", vec![])),
+            Err(ChangeError::TenantFull { limit: 2 })
+        ));
+        tps.create("other", tp("c.rs", vec![])).unwrap();
+    }
+
+    #[test]
+    fn a_reload_gives_the_same_lists_and_hashes() {
+        let dir = tempfile::tempdir().unwrap();
+        let everyone = Resource::default();
+        let (ids, hash) = {
+            let store = Arc::new(SqliteStore::open(dir.path()).unwrap());
+            let tps = Tracepoints::load(store, Limits::default()).unwrap();
+            let a = tps.create("t", tp("a.rs", vec![])).unwrap();
+            let b = tps.create("t", tp("b.rs", vec![])).unwrap();
+            tps.delete("t", &b.config.id).unwrap();
+            (
+                vec![a.config.id.clone()],
+                tps.list("t").hash_for_client(&everyone),
+            )
+        };
+        let store = Arc::new(SqliteStore::open(dir.path()).unwrap());
+        let tps = Tracepoints::load(store, Limits::default()).unwrap();
+        let list = tps.list("t");
+        assert_eq!(
+            list.iter().map(|e| e.config.id.clone()).collect::<Vec<_>>(),
+            ids
+        );
+        assert_eq!(list.hash_for_client(&everyone), hash);
+    }
+}
