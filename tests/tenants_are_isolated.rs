@@ -1,0 +1,53 @@
+//! A request of tenant A never sees, edits or deletes tenant B's tracepoints, over HTTP and gRPC.
+
+mod common;
+
+use common::TestServer;
+use sonde_proto::sonde::{
+    DeleteTracepointRequest, GetTracepointRequest,
+    tracepoint_service_client::TracepointServiceClient,
+};
+
+const A: &[(&str, &str)] = &[("X-Scope-OrgID", "tenant-a")];
+const B: &[(&str, &str)] = &[("X-Scope-OrgID", "tenant-b")];
+const BODY: &str = r#"{"tracepoint": {"path": "a.rs", "line_number": 1}}"#;
+
+#[test]
+fn tenant_b_cannot_reach_tenant_a() {
+    let server = TestServer::start();
+    let (status, json) = server.request("POST", "/api/tracepoints", Some(BODY), A);
+    assert_eq!(status, 200);
+    let id = json["tracepoint"]["ID"].as_str().unwrap().to_owned();
+
+    assert!(server.ids(B).is_empty(), "B lists nothing");
+    assert!(
+        server.ids(&[]).is_empty(),
+        "the default tenant lists nothing"
+    );
+    for (method, body) in [("GET", None), ("PUT", Some(BODY)), ("DELETE", None)] {
+        let (status, json) = server.request(method, &format!("/api/tracepoints/{id}"), body, B);
+        assert_eq!(status, 404, "{method} by B: {json}");
+    }
+    let (status, _) = server.request("GET", &format!("/api/tracepoints/{id}/snapshots"), None, B);
+    assert_eq!(status, 200);
+
+    server.rt.block_on(async {
+        let mut client = TracepointServiceClient::new(server.channel().await);
+        let mut get = tonic::Request::new(GetTracepointRequest { id: id.clone() });
+        get.metadata_mut()
+            .insert("x-scope-orgid", "tenant-b".parse().unwrap());
+        assert_eq!(
+            client.get(get).await.unwrap_err().code(),
+            tonic::Code::NotFound
+        );
+        let mut del = tonic::Request::new(DeleteTracepointRequest { id: id.clone() });
+        del.metadata_mut()
+            .insert("x-scope-orgid", "tenant-b".parse().unwrap());
+        assert_eq!(
+            client.delete(del).await.unwrap_err().code(),
+            tonic::Code::NotFound
+        );
+    });
+
+    assert_eq!(server.ids(A), vec![id], "A still has its tracepoint");
+}
