@@ -1,0 +1,226 @@
+//! The `sonde` CLI against a real server: add, get, list, edit, rm, agents and validate, with the
+//! documented exit codes (0 done, 1 refused, 2 usage, 3 unreachable) and `-o json`.
+
+mod common;
+
+use std::process::{Command, Output};
+
+use common::TestServer;
+
+fn sonde(server: &TestServer, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_sonde"))
+        .args(args)
+        .env("SONDE_SERVER", &server.http)
+        .env_remove("SONDE_TOKEN")
+        .env_remove("SONDE_TENANT")
+        .output()
+        .expect("run sonde")
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+#[test]
+fn add_list_get_edit_rm() {
+    let server = TestServer::start();
+    let add = sonde(
+        &server,
+        &[
+            "tracepoint",
+            "add",
+            "src/checkout.rs:42",
+            "--condition",
+            "order.total > 100",
+            "--metric",
+            "histogram:order_total",
+            "--value",
+            "order.total",
+            "--label",
+            "country=order.country",
+            "--target",
+            "service.name=checkout",
+        ],
+    );
+    assert!(add.status.success(), "{}", stderr(&add));
+    let id = stdout(&add).trim().to_owned();
+    assert_eq!(server.ids(&[]), vec![id.clone()], "add prints the new ID");
+
+    let list = sonde(&server, &["tracepoint", "list"]);
+    assert!(list.status.success());
+    let text = stdout(&list);
+    assert!(text.starts_with("ID"), "a header line: {text}");
+    assert!(
+        text.contains(&id)
+            && text.contains("src/checkout.rs:42")
+            && text.contains("histogram:order_total"),
+        "{text}"
+    );
+
+    let json = sonde(&server, &["tracepoint", "list", "-o", "json"]);
+    let parsed: serde_json::Value = serde_json::from_slice(&json.stdout).expect("JSON output");
+    assert_eq!(
+        parsed["tracepoints"][0]["metrics"][0]["labelExpressions"][0]["expression"],
+        "order.country"
+    );
+
+    let edit = sonde(
+        &server,
+        &[
+            "tracepoint",
+            "edit",
+            &id,
+            "--condition",
+            "",
+            "--fire-count",
+            "5",
+        ],
+    );
+    assert!(edit.status.success(), "{}", stderr(&edit));
+    let get = sonde(&server, &["tracepoint", "get", &id, "-o", "json"]);
+    let tp: serde_json::Value = serde_json::from_slice(&get.stdout).unwrap();
+    assert_eq!(tp["tracepoint"]["args"]["fire_count"], "5");
+    assert!(
+        tp["tracepoint"]["args"].get("condition").is_none(),
+        "--condition \"\" removed it"
+    );
+    assert_eq!(
+        tp["tracepoint"]["lineNumber"], 42,
+        "what was not given stays"
+    );
+    assert_eq!(tp["tracepoint"]["metrics"][0]["name"], "order_total");
+
+    let get = sonde(&server, &["tracepoint", "get", &id]);
+    assert!(
+        stdout(&get).contains("location:  src/checkout.rs:42"),
+        "{}",
+        stdout(&get)
+    );
+
+    let rm = sonde(&server, &["tracepoint", "rm", &id]);
+    assert!(rm.status.success());
+    assert!(server.ids(&[]).is_empty());
+    let again = sonde(&server, &["tracepoint", "rm", &id]);
+    assert_eq!(
+        again.status.code(),
+        Some(1),
+        "removing a missing tracepoint is refused"
+    );
+}
+
+#[test]
+fn refusals_are_one_line_with_exit_code_1() {
+    let server = TestServer::start();
+    let bad = sonde(
+        &server,
+        &["tracepoint", "add", "a.rs:3", "--condition", "x >"],
+    );
+    assert_eq!(bad.status.code(), Some(1));
+    let err = stderr(&bad);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with("error: args.condition:") && err.contains("column"),
+        "{err}"
+    );
+    assert!(server.ids(&[]).is_empty());
+
+    let usage = sonde(&server, &["tracepoint", "add", "a.rs"]);
+    assert_eq!(usage.status.code(), Some(2), "{}", stderr(&usage));
+    let usage = sonde(&server, &["tracepoint", "bogus"]);
+    assert_eq!(usage.status.code(), Some(2));
+}
+
+#[test]
+fn an_unreachable_server_is_exit_code_3() {
+    let server = TestServer::start();
+    // A port nothing listens on: bind one, then free it.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let out = Command::new(env!("CARGO_BIN_EXE_sonde"))
+        .args([
+            "tracepoint",
+            "list",
+            "--server",
+            &format!("http://127.0.0.1:{port}"),
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(3), "{}", stderr(&out));
+    assert!(stderr(&out).contains("cannot reach"), "{}", stderr(&out));
+    drop(server);
+}
+
+#[test]
+fn agents_and_tenants() {
+    let server = TestServer::start();
+    server.rt.block_on(async {
+        common::poll(
+            &server.channel().await,
+            "",
+            &[
+                ("service.name", "shop"),
+                ("telemetry.sdk.language", "python"),
+            ],
+            None,
+        )
+        .await;
+    });
+    let agents = sonde(&server, &["agents"]);
+    assert!(agents.status.success());
+    let text = stdout(&agents);
+    assert!(
+        text.contains("shop") && text.contains("python") && text.contains("poll"),
+        "{text}"
+    );
+
+    let add = sonde(
+        &server,
+        &["tracepoint", "add", "a.rs:1", "--tenant", "team-x"],
+    );
+    assert!(add.status.success());
+    assert!(server.ids(&[]).is_empty());
+    assert_eq!(server.ids(&[("X-Scope-OrgID", "team-x")]).len(), 1);
+}
+
+#[test]
+fn validate_checks_files_offline() {
+    let dir = tempfile::tempdir().unwrap();
+    let good = dir.path().join("good.json");
+    std::fs::write(
+        &good,
+        r#"{"tracepoint": {"path": "a.rs", "line_number": 3, "args": {"condition": "x > 1"}}}"#,
+    )
+    .unwrap();
+    let bad = dir.path().join("bad.json");
+    std::fs::write(
+        &bad,
+        r#"{"path": "a.rs", "line_number": 3, "metrics": [{"name": "no good"}]}"#,
+    )
+    .unwrap();
+    let run = |f: &std::path::Path| {
+        Command::new(env!("CARGO_BIN_EXE_sonde"))
+            .arg("validate")
+            .arg(f)
+            .output()
+            .unwrap()
+    };
+    let ok = run(&good);
+    assert!(ok.status.success(), "{}", stderr(&ok));
+    assert!(stdout(&ok).starts_with("ok:"));
+    let refused = run(&bad);
+    assert_eq!(refused.status.code(), Some(1));
+    assert!(
+        stderr(&refused).contains("metrics[0].name"),
+        "{}",
+        stderr(&refused)
+    );
+    let missing = run(&dir.path().join("none.json"));
+    assert_eq!(missing.status.code(), Some(1));
+}
