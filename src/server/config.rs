@@ -57,7 +57,7 @@ pub struct ServerConfig {
     pub max_body_bytes: usize,
 
     /// Most tracepoints one tenant may hold.
-    #[arg(long, env = "SONDE_MAX_TRACEPOINTS", default_value_t = 1000)]
+    #[arg(long, env = "SONDE_MAX_TRACEPOINTS_PER_TENANT", default_value_t = 1000)]
     pub max_tracepoints_per_tenant: usize,
 
     /// Snapshots kept per tracepoint (the latest ones).
