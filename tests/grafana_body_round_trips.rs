@@ -51,7 +51,9 @@ fn expected(id: &str) -> TracePointConfig {
                     },
                     LabelExpression {
                         key: "shop".into(),
-                        value: Some(label_expression::Value::Static(string("main").unwrap())),
+                        value: Some(label_expression::Value::Static(
+                            string("main").expect("a value"),
+                        )),
                     },
                 ],
                 r#type: MetricType::Counter as i32,

@@ -1,2 +1,130 @@
-//! Sonde's in-process agent. Not built yet: probe sites, the hit pipeline and providers are issue 4.
-#![forbid(unsafe_code)]
+//! Sonde's in-process agent: probe sites at lines of code, tracepoints from the control plane,
+//! and metrics into the application's Prometheus registry.
+//!
+//! ```
+//! use sonde_agent::{Agent, PrometheusProvider, probe};
+//! use sonde_proto::tracepoint::{Metric, TracePointConfig};
+//!
+//! fn checkout(total: f64) {
+//!     probe!(total); // disarmed: one relaxed atomic load
+//! }
+//!
+//! let registry = prometheus::Registry::new();
+//! let agent = Agent::builder()
+//!     .service_name("shop")
+//!     .provider(PrometheusProvider::new(registry.clone()))
+//!     .offline() // no control plane: tracepoints come from `apply`
+//!     .start()?;
+//!
+//! // Every site of the binary is known at start-up.
+//! let site = sonde_agent::sites().find(|s| s.names() == ["total"]).unwrap();
+//!
+//! // What the control plane would send: count hits of that line, valued by `total`.
+//! agent.apply(vec![TracePointConfig {
+//!     id: "tp-1".into(),
+//!     path: site.file().into(),
+//!     line_number: site.line(),
+//!     metrics: vec![Metric { name: "checkout_value".into(), expression: Some("total".into()), ..Default::default() }],
+//!     ..Default::default()
+//! }]);
+//! assert!(site.is_armed());
+//! checkout(12.5);
+//! checkout(7.5);
+//!
+//! let text = prometheus::TextEncoder::new().encode_to_string(&registry.gather())?;
+//! assert!(text.contains("deep_checkout_value_total 20"), "{text}");
+//! agent.shutdown();
+//! assert!(!site.is_armed());
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! See [`probe!`] for what a site captures, [`Agent::builder`] for the configuration, and
+//! [`MetricProvider`] to add a metrics backend.
+
+mod agent;
+mod capture;
+mod client;
+mod install;
+mod pipeline;
+mod prometheus;
+mod provider;
+mod site;
+mod tracepoint;
+
+pub use agent::{Agent, AgentBuilder, AgentHandle, ClientMode, StartError};
+pub use capture::{Capture, DebugCapture, DisplayCapture};
+pub use install::{TracepointState, TracepointStatus};
+pub use pipeline::{Budgets, OVERFLOW_LABEL};
+pub use prometheus::PrometheusProvider;
+pub use provider::{
+    Instrument, MetricKind, MetricProvider, MetricSpec, ProviderError, RecordError, Series,
+};
+pub use site::{Site, path_matches, sites};
+
+/// Items the macros expand to. Not a public API.
+#[doc(hidden)]
+pub mod __macro_support {
+    pub use crate::capture::{Capture, DebugCapture, DisplayCapture};
+    pub use crate::site::{SITES, Site};
+    pub use linkme;
+}
+
+/// Marks a probe site at this line and names what it captures.
+///
+/// ```
+/// # use sonde_agent::probe;
+/// # struct Cart { items: Vec<u32> }
+/// # impl Cart { fn total(&self) -> f64 { 1.0 } }
+/// # let (order_id, cart, request) = (7u64, Cart { items: vec![] }, "GET /");
+/// probe!(order_id, total = cart.total(), ?request, %order_id);
+/// ```
+///
+/// - `x` captures the variable `x` by reference (its type implements [`Capture`]);
+/// - `name = expr` captures the value of `expr` under `name`, evaluated only when armed;
+/// - `?x` captures `x`'s `Debug` rendering, `%x` its `Display` rendering.
+///
+/// Disarmed (no tracepoint bound), the site costs one relaxed atomic load and a branch and
+/// allocates nothing; nothing is captured or evaluated.
+#[macro_export]
+macro_rules! probe {
+    ($($args:tt)*) => {
+        $crate::__probe_munch!(@site [] [] $($args)*)
+    };
+}
+
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __probe_munch {
+    // Done: emit the site.
+    (@site [$($name:expr),*] [$($value:expr),*] $(,)?) => {{
+        static __SONDE_SITE: $crate::__macro_support::Site = $crate::__macro_support::Site::new(
+            file!(), line!(), module_path!(), &[$($name),*],
+        );
+        #[$crate::__macro_support::linkme::distributed_slice($crate::__macro_support::SITES)]
+        #[linkme(crate = $crate::__macro_support::linkme)]
+        static __SONDE_SITE_REF: &'static $crate::__macro_support::Site = &__SONDE_SITE;
+        if __SONDE_SITE.is_armed() {
+            __SONDE_SITE.hit(&[$($value),*]);
+        }
+    }};
+    (@site [$($n:expr),*] [$($v:expr),*] ? $x:ident $(, $($rest:tt)*)?) => {
+        $crate::__probe_munch!(@site [$($n,)* stringify!($x)]
+            [$($v,)* &$crate::__macro_support::DebugCapture(&$x) as &dyn $crate::__macro_support::Capture]
+            $($($rest)*)?)
+    };
+    (@site [$($n:expr),*] [$($v:expr),*] % $x:ident $(, $($rest:tt)*)?) => {
+        $crate::__probe_munch!(@site [$($n,)* stringify!($x)]
+            [$($v,)* &$crate::__macro_support::DisplayCapture(&$x) as &dyn $crate::__macro_support::Capture]
+            $($($rest)*)?)
+    };
+    (@site [$($n:expr),*] [$($v:expr),*] $x:ident = $e:expr $(, $($rest:tt)*)?) => {
+        $crate::__probe_munch!(@site [$($n,)* stringify!($x)]
+            [$($v,)* &($e) as &dyn $crate::__macro_support::Capture]
+            $($($rest)*)?)
+    };
+    (@site [$($n:expr),*] [$($v:expr),*] $x:ident $(, $($rest:tt)*)?) => {
+        $crate::__probe_munch!(@site [$($n,)* stringify!($x)]
+            [$($v,)* &$x as &dyn $crate::__macro_support::Capture]
+            $($($rest)*)?)
+    };
+}

@@ -1,0 +1,430 @@
+//! [`Agent`]: configuration ([`AgentBuilder`]) and the running agent ([`AgentHandle`]).
+//!
+//! The agent's client runs on a thread of its own with its own single-threaded tokio runtime, so
+//! it works in applications with or without tokio, and `start()` never waits for the network.
+
+use std::{
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    thread::JoinHandle,
+    time::Duration,
+};
+
+use sonde_proto::tracepoint::TracePointConfig;
+use tokio::sync::watch;
+
+use crate::{
+    client::{self, ClientConfig},
+    install::{Installer, TracepointStatus},
+    pipeline::Budgets,
+    provider::MetricProvider,
+    site,
+};
+
+/// Only one agent runs in a process at a time: probe sites are global.
+static RUNNING: AtomicBool = AtomicBool::new(false);
+
+/// Entry point: `Agent::builder()`.
+#[derive(Debug)]
+pub struct Agent;
+
+impl Agent {
+    /// A builder with defaults (server `http://127.0.0.1:43315`, watch with poll fallback,
+    /// 10 s poll interval, no providers).
+    pub fn builder() -> AgentBuilder {
+        AgentBuilder::default()
+    }
+}
+
+/// How the agent follows the control plane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ClientMode {
+    /// Sonde's watch stream when the server offers it, else Deep's poll.
+    #[default]
+    Auto,
+    /// Only the watch stream.
+    Watch,
+    /// Only Deep's poll (works against a Deep server).
+    Poll,
+}
+
+/// Why the agent did not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    /// Another agent is running in this process.
+    #[error("a Sonde agent is already running in this process")]
+    AlreadyRunning,
+    /// A setting is not valid.
+    #[error("invalid agent configuration: {0}")]
+    Config(String),
+    /// The agent's thread could not be started.
+    #[error("starting the agent thread: {0}")]
+    Thread(#[from] std::io::Error),
+}
+
+/// Configuration of an agent.
+pub struct AgentBuilder {
+    service_name: Option<String>,
+    attributes: Vec<(String, String)>,
+    servers: Vec<String>,
+    token: Option<String>,
+    basic: Option<(String, String)>,
+    tenant: Option<String>,
+    ca_pem: Option<Vec<u8>>,
+    poll_interval: Duration,
+    mode: ClientMode,
+    providers: Vec<Arc<dyn MetricProvider>>,
+    budgets: Budgets,
+    log_level: tracing::Level,
+    offline: bool,
+    env_error: Option<String>,
+}
+
+impl std::fmt::Debug for AgentBuilder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentBuilder")
+            .field("service_name", &self.service_name)
+            .field("servers", &self.servers)
+            .field("mode", &self.mode)
+            .field("providers", &self.providers.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for AgentBuilder {
+    fn default() -> Self {
+        Self {
+            service_name: None,
+            attributes: Vec::new(),
+            servers: Vec::new(),
+            token: None,
+            basic: None,
+            tenant: None,
+            ca_pem: None,
+            poll_interval: Duration::from_secs(10),
+            mode: ClientMode::Auto,
+            providers: Vec::new(),
+            budgets: Budgets::default(),
+            log_level: tracing::Level::INFO,
+            offline: false,
+            env_error: None,
+        }
+    }
+}
+
+impl AgentBuilder {
+    /// `service.name` of this process (default: the executable's name).
+    pub fn service_name(mut self, name: impl Into<String>) -> Self {
+        self.service_name = Some(name.into());
+        self
+    }
+
+    /// Adds a resource attribute (tracepoints target agents by these).
+    pub fn resource_attribute(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.attributes.push((key.into(), value.into()));
+        self
+    }
+
+    /// A control-plane gRPC URL (`http://host:43315`, `https://...`); several are tried in turn.
+    pub fn server(mut self, url: impl Into<String>) -> Self {
+        self.servers.push(url.into());
+        self
+    }
+
+    /// Bearer token sent as `authorization` metadata.
+    pub fn token(mut self, token: impl Into<String>) -> Self {
+        self.token = Some(token.into());
+        self
+    }
+
+    /// Basic credentials (`Basic <base64(user:password)>`), as Deep's agents send.
+    pub fn basic_auth(mut self, user: impl Into<String>, password: impl Into<String>) -> Self {
+        self.basic = Some((user.into(), password.into()));
+        self
+    }
+
+    /// Tenant, sent as `x-scope-orgid`.
+    pub fn tenant(mut self, tenant: impl Into<String>) -> Self {
+        self.tenant = Some(tenant.into());
+        self
+    }
+
+    /// A PEM CA certificate to trust for `https://` servers (else the system's roots).
+    pub fn tls_ca_pem(mut self, pem: impl Into<Vec<u8>>) -> Self {
+        self.ca_pem = Some(pem.into());
+        self
+    }
+
+    /// Interval of Deep's poll (when polling).
+    pub fn poll_interval(mut self, interval: Duration) -> Self {
+        self.poll_interval = interval;
+        self
+    }
+
+    /// Watch, poll, or watch with poll fallback (the default).
+    pub fn mode(mut self, mode: ClientMode) -> Self {
+        self.mode = mode;
+        self
+    }
+
+    /// Adds a metrics backend.
+    pub fn provider(mut self, provider: impl MetricProvider) -> Self {
+        self.providers.push(Arc::new(provider));
+        self
+    }
+
+    /// Local safety limits per tracepoint.
+    pub fn budgets(mut self, budgets: Budgets) -> Self {
+        self.budgets = budgets;
+        self
+    }
+
+    /// Level of the `tracing` events that log tracepoints (`log_msg`) emit (default INFO).
+    pub fn log_level(mut self, level: tracing::Level) -> Self {
+        self.log_level = level;
+        self
+    }
+
+    /// No control plane: tracepoints come only from [`AgentHandle::apply`].
+    pub fn offline(mut self) -> Self {
+        self.offline = true;
+        self
+    }
+
+    /// Reads `SONDE_SERVER` (comma-separated URLs), `SONDE_SERVICE_NAME`, `SONDE_TOKEN`,
+    /// `SONDE_TENANT`, `SONDE_POLL_INTERVAL_MS`, `SONDE_CLIENT_MODE` (`auto`, `watch`, `poll`),
+    /// `SONDE_RESOURCE_ATTRIBUTES` (`k=v,k=v`) and `SONDE_CA_CERT` (a PEM file). Values set on the
+    /// builder before this call are replaced by the environment's.
+    pub fn from_env(mut self) -> Self {
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+        if let Some(servers) = var("SONDE_SERVER") {
+            self.servers = servers
+                .split(',')
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .collect();
+        }
+        if let Some(name) = var("SONDE_SERVICE_NAME") {
+            self.service_name = Some(name);
+        }
+        if let Some(token) = var("SONDE_TOKEN") {
+            self.token = Some(token);
+        }
+        if let Some(tenant) = var("SONDE_TENANT") {
+            self.tenant = Some(tenant);
+        }
+        if let Some(ms) = var("SONDE_POLL_INTERVAL_MS") {
+            match ms.trim().parse::<u64>() {
+                Ok(ms) => self.poll_interval = Duration::from_millis(ms),
+                Err(_) => {
+                    self.env_error = Some(format!("SONDE_POLL_INTERVAL_MS: not a number: {ms:?}"))
+                }
+            }
+        }
+        if let Some(mode) = var("SONDE_CLIENT_MODE") {
+            match mode.trim() {
+                "auto" => self.mode = ClientMode::Auto,
+                "watch" => self.mode = ClientMode::Watch,
+                "poll" => self.mode = ClientMode::Poll,
+                other => {
+                    self.env_error = Some(format!(
+                        "SONDE_CLIENT_MODE: {other:?} is not auto, watch or poll"
+                    ))
+                }
+            }
+        }
+        if let Some(attrs) = var("SONDE_RESOURCE_ATTRIBUTES") {
+            for pair in attrs.split(',').filter(|p| !p.trim().is_empty()) {
+                match pair.split_once('=') {
+                    Some((k, v)) if !k.trim().is_empty() => self
+                        .attributes
+                        .push((k.trim().to_owned(), v.trim().to_owned())),
+                    _ => {
+                        self.env_error = Some(format!(
+                            "SONDE_RESOURCE_ATTRIBUTES: {pair:?} is not key=value"
+                        ))
+                    }
+                }
+            }
+        }
+        if let Some(path) = var("SONDE_CA_CERT") {
+            match std::fs::read(&path) {
+                Ok(pem) => self.ca_pem = Some(pem),
+                Err(e) => self.env_error = Some(format!("SONDE_CA_CERT: reading {path}: {e}")),
+            }
+        }
+        self
+    }
+
+    /// Starts the agent. Returns at once; the client connects in the background.
+    pub fn start(self) -> Result<AgentHandle, StartError> {
+        if let Some(err) = self.env_error {
+            return Err(StartError::Config(err));
+        }
+        let servers = if self.servers.is_empty() {
+            vec!["http://127.0.0.1:43315".to_owned()]
+        } else {
+            self.servers
+        };
+        for s in &servers {
+            if !(s.starts_with("http://") || s.starts_with("https://")) {
+                return Err(StartError::Config(format!(
+                    "server {s:?}: expected an http:// or https:// URL"
+                )));
+            }
+        }
+        if self.poll_interval.is_zero() {
+            return Err(StartError::Config(
+                "the poll interval must not be zero".into(),
+            ));
+        }
+        if RUNNING.swap(true, Ordering::AcqRel) {
+            return Err(StartError::AlreadyRunning);
+        }
+        let agent_id = uuid::Uuid::new_v4().to_string();
+        let service_name = self.service_name.unwrap_or_else(default_service_name);
+        let mut resource = vec![
+            ("service.name".to_owned(), service_name),
+            ("service.instance.id".to_owned(), agent_id.clone()),
+            ("telemetry.sdk.language".to_owned(), "rust".to_owned()),
+            ("telemetry.sdk.name".to_owned(), "sonde".to_owned()),
+            (
+                "telemetry.sdk.version".to_owned(),
+                env!("CARGO_PKG_VERSION").to_owned(),
+            ),
+            ("process.pid".to_owned(), std::process::id().to_string()),
+        ];
+        for (k, v) in self.attributes {
+            match resource.iter_mut().find(|(key, _)| *key == k) {
+                Some(slot) => slot.1 = v,
+                None => resource.push((k, v)),
+            }
+        }
+        let installer = Installer::new(
+            site::sites().collect(),
+            self.providers,
+            self.budgets,
+            self.log_level,
+        );
+        let installer = Arc::new(Mutex::new(installer));
+        let (shutdown_tx, shutdown_rx) = watch::channel(false);
+        let thread = if self.offline {
+            None
+        } else {
+            let config = ClientConfig {
+                servers,
+                token: self.token,
+                basic: self.basic,
+                tenant: self.tenant,
+                ca_pem: self.ca_pem,
+                poll_interval: self.poll_interval,
+                mode: self.mode,
+                resource,
+                agent_id: agent_id.clone(),
+            };
+            let installer = installer.clone();
+            let spawned = std::thread::Builder::new()
+                .name("sonde-agent".into())
+                .spawn(move || client::run_thread(config, installer, shutdown_rx));
+            match spawned {
+                Ok(handle) => Some(handle),
+                Err(e) => {
+                    RUNNING.store(false, Ordering::Release);
+                    return Err(StartError::Thread(e));
+                }
+            }
+        };
+        Ok(AgentHandle {
+            agent_id,
+            installer,
+            shutdown_tx,
+            thread,
+            stopped: false,
+        })
+    }
+}
+
+fn default_service_name() -> String {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.file_stem().map(|s| s.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "unknown_service:rust".to_owned())
+}
+
+/// A running agent. [`AgentHandle::shutdown`] (or dropping it) disarms every site, unregisters
+/// the tracepoint metrics and stops the client thread.
+#[derive(Debug)]
+pub struct AgentHandle {
+    agent_id: String,
+    installer: Arc<Mutex<Installer>>,
+    shutdown_tx: watch::Sender<bool>,
+    thread: Option<JoinHandle<()>>,
+    stopped: bool,
+}
+
+impl std::fmt::Debug for Installer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Installer").finish_non_exhaustive()
+    }
+}
+
+impl AgentHandle {
+    /// This agent instance's ID (also its `service.instance.id`).
+    pub fn agent_id(&self) -> &str {
+        &self.agent_id
+    }
+
+    /// Installs a tracepoint list directly, replacing what is installed (as an UPDATE from the
+    /// control plane would). Meant for offline agents and tests.
+    pub fn apply(&self, tracepoints: Vec<TracePointConfig>) {
+        self.installer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .apply(&tracepoints);
+    }
+
+    /// What became of each tracepoint held.
+    pub fn statuses(&self) -> Vec<TracepointStatus> {
+        self.installer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .statuses()
+    }
+
+    /// How many times a tracepoint fired in this process.
+    pub fn fires(&self, tracepoint_id: &str) -> Option<u64> {
+        self.installer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .fires(tracepoint_id)
+    }
+
+    /// Stops the agent: the client thread ends, sites disarm, metrics unregister.
+    pub fn shutdown(mut self) {
+        self.stop();
+    }
+
+    fn stop(&mut self) {
+        if self.stopped {
+            return;
+        }
+        self.stopped = true;
+        let _ = self.shutdown_tx.send(true);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+        self.installer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        RUNNING.store(false, Ordering::Release);
+    }
+}
+
+impl Drop for AgentHandle {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}

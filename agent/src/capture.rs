@@ -1,0 +1,380 @@
+//! [`Capture`]: how a variable at a probe site becomes a [`Value`] the expressions read.
+//!
+//! A probe site holds its variables by reference (`&dyn Capture`) and converts nothing until an
+//! armed tracepoint's expression asks for a variable; then only the path asked for is walked.
+//! `order.total` on a type that implements [`Capture::field`] (as `#[derive(Capture)]` does)
+//! converts one float, not the whole `order`.
+
+use std::{
+    borrow::Cow,
+    collections::{BTreeMap, HashMap},
+    fmt,
+};
+
+use sonde_expr::{EvalError, Lookup, Path, Segment, Value};
+
+/// A value a probe site can capture.
+///
+/// Implemented for primitives, strings, `Option`, slices, `Vec`, arrays, string-keyed maps,
+/// references and boxes; for your own types derive it (`#[derive(sonde_agent::Capture)]`) or
+/// implement [`Capture::capture`] (and [`Capture::field`] to let paths skip the rest).
+pub trait Capture {
+    /// The whole value.
+    fn capture(&self) -> Value;
+
+    /// One field, without converting the others. `None`: no such field, or this type does not
+    /// offer field access (then the whole value is converted and the field taken from it).
+    fn field(&self, name: &str) -> Option<&dyn Capture> {
+        let _ = name;
+        None
+    }
+}
+
+impl<T: Capture + ?Sized> Capture for &T {
+    fn capture(&self) -> Value {
+        (**self).capture()
+    }
+    fn field(&self, name: &str) -> Option<&dyn Capture> {
+        (**self).field(name)
+    }
+}
+
+impl<T: Capture + ?Sized> Capture for &mut T {
+    fn capture(&self) -> Value {
+        (**self).capture()
+    }
+    fn field(&self, name: &str) -> Option<&dyn Capture> {
+        (**self).field(name)
+    }
+}
+
+impl<T: Capture + ?Sized> Capture for Box<T> {
+    fn capture(&self) -> Value {
+        (**self).capture()
+    }
+    fn field(&self, name: &str) -> Option<&dyn Capture> {
+        (**self).field(name)
+    }
+}
+
+impl<T: Capture + ?Sized> Capture for std::sync::Arc<T> {
+    fn capture(&self) -> Value {
+        (**self).capture()
+    }
+    fn field(&self, name: &str) -> Option<&dyn Capture> {
+        (**self).field(name)
+    }
+}
+
+impl<T: Capture + ?Sized> Capture for std::rc::Rc<T> {
+    fn capture(&self) -> Value {
+        (**self).capture()
+    }
+    fn field(&self, name: &str) -> Option<&dyn Capture> {
+        (**self).field(name)
+    }
+}
+
+macro_rules! signed {
+    ($($t:ty),*) => {$(
+        impl Capture for $t {
+            fn capture(&self) -> Value { Value::Int(i64::from(*self)) }
+        }
+    )*};
+}
+signed!(i8, i16, i32, i64);
+
+macro_rules! unsigned {
+    ($($t:ty),*) => {$(
+        impl Capture for $t {
+            fn capture(&self) -> Value { Value::UInt(u64::from(*self)) }
+        }
+    )*};
+}
+unsigned!(u8, u16, u32, u64);
+
+impl Capture for isize {
+    fn capture(&self) -> Value {
+        Value::Int(*self as i64)
+    }
+}
+
+impl Capture for usize {
+    fn capture(&self) -> Value {
+        Value::UInt(*self as u64)
+    }
+}
+
+impl Capture for i128 {
+    fn capture(&self) -> Value {
+        i64::try_from(*self).map_or(Value::Float(*self as f64), Value::Int)
+    }
+}
+
+impl Capture for u128 {
+    fn capture(&self) -> Value {
+        u64::try_from(*self).map_or(Value::Float(*self as f64), Value::UInt)
+    }
+}
+
+impl Capture for f32 {
+    fn capture(&self) -> Value {
+        Value::Float(f64::from(*self))
+    }
+}
+
+impl Capture for f64 {
+    fn capture(&self) -> Value {
+        Value::Float(*self)
+    }
+}
+
+impl Capture for bool {
+    fn capture(&self) -> Value {
+        Value::Bool(*self)
+    }
+}
+
+impl Capture for char {
+    fn capture(&self) -> Value {
+        Value::Str(self.to_string())
+    }
+}
+
+impl Capture for () {
+    fn capture(&self) -> Value {
+        Value::None
+    }
+}
+
+impl Capture for str {
+    fn capture(&self) -> Value {
+        Value::Str(self.to_owned())
+    }
+}
+
+impl Capture for String {
+    fn capture(&self) -> Value {
+        Value::Str(self.clone())
+    }
+}
+
+impl Capture for Cow<'_, str> {
+    fn capture(&self) -> Value {
+        Value::Str(self.to_string())
+    }
+}
+
+impl Capture for std::time::Duration {
+    /// Seconds, as a float (the unit Prometheus uses for durations).
+    fn capture(&self) -> Value {
+        Value::Float(self.as_secs_f64())
+    }
+}
+
+impl<T: Capture> Capture for Option<T> {
+    fn capture(&self) -> Value {
+        self.as_ref().map_or(Value::None, Capture::capture)
+    }
+    fn field(&self, name: &str) -> Option<&dyn Capture> {
+        self.as_ref()?.field(name)
+    }
+}
+
+impl<T: Capture> Capture for [T] {
+    fn capture(&self) -> Value {
+        Value::List(self.iter().map(Capture::capture).collect())
+    }
+}
+
+impl<T: Capture, const N: usize> Capture for [T; N] {
+    fn capture(&self) -> Value {
+        self.as_slice().capture()
+    }
+}
+
+impl<T: Capture> Capture for Vec<T> {
+    fn capture(&self) -> Value {
+        self.as_slice().capture()
+    }
+}
+
+impl<V: Capture, S: std::hash::BuildHasher> Capture for HashMap<String, V, S> {
+    fn capture(&self) -> Value {
+        Value::Map(self.iter().map(|(k, v)| (k.clone(), v.capture())).collect())
+    }
+    fn field(&self, name: &str) -> Option<&dyn Capture> {
+        self.get(name).map(|v| v as &dyn Capture)
+    }
+}
+
+impl<V: Capture> Capture for BTreeMap<String, V> {
+    fn capture(&self) -> Value {
+        Value::Map(self.iter().map(|(k, v)| (k.clone(), v.capture())).collect())
+    }
+    fn field(&self, name: &str) -> Option<&dyn Capture> {
+        self.get(name).map(|v| v as &dyn Capture)
+    }
+}
+
+impl Capture for Value {
+    fn capture(&self) -> Value {
+        self.clone()
+    }
+}
+
+/// Captures the `Debug` rendering of a value (`probe!(?request)`).
+#[derive(Debug)]
+pub struct DebugCapture<'a, T: fmt::Debug + ?Sized>(pub &'a T);
+
+impl<T: fmt::Debug + ?Sized> Capture for DebugCapture<'_, T> {
+    fn capture(&self) -> Value {
+        Value::Str(format!("{:?}", self.0))
+    }
+}
+
+/// Captures the `Display` rendering of a value (`probe!(%user_id)`).
+#[derive(Debug)]
+pub struct DisplayCapture<'a, T: fmt::Display + ?Sized>(pub &'a T);
+
+impl<T: fmt::Display + ?Sized> Capture for DisplayCapture<'_, T> {
+    fn capture(&self) -> Value {
+        Value::Str(self.0.to_string())
+    }
+}
+
+/// The variables of one hit: the site's names and the captured references, side by side.
+pub(crate) struct HitVars<'a> {
+    pub names: &'static [&'static str],
+    pub values: &'a [&'a dyn Capture],
+}
+
+impl HitVars<'_> {
+    fn find(&self, name: &str) -> Option<&dyn Capture> {
+        let i = self.names.iter().position(|n| *n == name)?;
+        self.values.get(i).copied()
+    }
+}
+
+impl Lookup for HitVars<'_> {
+    fn get(&self, name: &str) -> Option<Cow<'_, Value>> {
+        self.find(name).map(|v| Cow::Owned(v.capture()))
+    }
+
+    fn get_path(&self, path: &Path) -> Result<Cow<'_, Value>, EvalError> {
+        let mut node = self.find(path.root()).ok_or(EvalError::MissingVariable)?;
+        let segments = path.segments();
+        let mut walked = 0;
+        for seg in segments {
+            match seg {
+                Segment::Field(name) => match node.field(name) {
+                    Some(next) => {
+                        node = next;
+                        walked += 1;
+                    }
+                    None => break,
+                },
+                Segment::Index(_) => break,
+            }
+        }
+        let value = node.capture();
+        if walked == segments.len() {
+            return Ok(Cow::Owned(value));
+        }
+        // This type offers no field access below here: walk the converted value.
+        let mut cur = &value;
+        for seg in &segments[walked..] {
+            cur = match seg {
+                Segment::Field(name) => cur.field(name).ok_or(EvalError::MissingField)?,
+                Segment::Index(i) => cur.index(*i).ok_or(EvalError::IndexOutOfBounds)?,
+            };
+        }
+        Ok(Cow::Owned(cur.clone()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cell::Cell;
+
+    struct Order {
+        total: f64,
+        country: String,
+        converted: Cell<u32>,
+    }
+
+    impl Capture for Order {
+        fn capture(&self) -> Value {
+            self.converted.set(self.converted.get() + 1);
+            Value::Record(vec![
+                ("total".into(), self.total.capture()),
+                ("country".into(), self.country.capture()),
+            ])
+        }
+        fn field(&self, name: &str) -> Option<&dyn Capture> {
+            match name {
+                "total" => Some(&self.total),
+                "country" => Some(&self.country),
+                _ => None,
+            }
+        }
+    }
+
+    #[test]
+    fn paths_convert_only_the_leaf() {
+        let order = Order {
+            total: 12.5,
+            country: "NZ".into(),
+            converted: Cell::new(0),
+        };
+        let items = vec![1u32, 2, 3];
+        let values: [&dyn Capture; 2] = [&order, &items];
+        let vars = HitVars {
+            names: &["order", "items"],
+            values: &values,
+        };
+        let total = sonde_expr::compile("order.total * 2", sonde_expr::ExprKind::Value).unwrap();
+        assert_eq!(total.eval_f64(&vars), Ok(25.0));
+        let label = sonde_expr::compile("order.country", sonde_expr::ExprKind::Label).unwrap();
+        let mut out = String::new();
+        label.eval_label(&vars, &mut out).unwrap();
+        assert_eq!(out, "NZ");
+        assert_eq!(
+            order.converted.get(),
+            0,
+            "the whole order was never converted"
+        );
+
+        let len =
+            sonde_expr::compile("len(items) + items[2]", sonde_expr::ExprKind::Value).unwrap();
+        assert_eq!(len.eval_f64(&vars), Ok(6.0));
+        let missing = sonde_expr::compile("order.nope", sonde_expr::ExprKind::Label).unwrap();
+        assert!(missing.eval_label(&vars, &mut out).is_err());
+        assert_eq!(
+            order.converted.get(),
+            1,
+            "an unknown field falls back to the whole value"
+        );
+    }
+
+    #[test]
+    fn primitives_and_containers() {
+        assert_eq!(7u8.capture(), Value::UInt(7));
+        assert_eq!((-7i32).capture(), Value::Int(-7));
+        assert_eq!(Some("x").capture(), Value::Str("x".into()));
+        assert_eq!(None::<u8>.capture(), Value::None);
+        assert_eq!(u128::MAX.capture(), Value::Float(u128::MAX as f64));
+        assert_eq!(
+            DebugCapture(&Some(1)).capture(),
+            Value::Str("Some(1)".into())
+        );
+        let mut m = HashMap::new();
+        m.insert("k".to_owned(), 1i64);
+        assert!(m.field("k").is_some());
+        assert_eq!(
+            std::time::Duration::from_millis(1500).capture(),
+            Value::Float(1.5)
+        );
+    }
+}

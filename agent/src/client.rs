@@ -1,0 +1,376 @@
+//! The control-plane client: Sonde's watch stream when the server offers it, else Deep's poll;
+//! exponential backoff with full jitter, a circuit breaker, and the last configuration kept (the
+//! installed tracepoints stay armed) while the server is unreachable.
+//!
+//! After every change it applies, and whenever a tracepoint's status changes on the hot path, it
+//! reports the status of every tracepoint (`sonde.v1.StatusService/Report`); against a server
+//! without that service (Deep's) reporting is switched off after the first `UNIMPLEMENTED`.
+
+use std::{
+    sync::{Arc, Mutex, atomic::Ordering},
+    time::Duration,
+};
+
+use base64::Engine as _;
+use sonde_proto::{
+    common::{AnyValue, KeyValue, any_value},
+    poll::{PollRequest, PollResponse, ResponseType, poll_config_client::PollConfigClient},
+    resource::Resource,
+    sonde::{
+        StatusReport, TracepointState as WireState, TracepointStatus as WireStatus, WatchRequest,
+        status_service_client::StatusServiceClient, watch_service_client::WatchServiceClient,
+    },
+};
+use tokio::sync::watch;
+use tonic::{
+    Code, Status,
+    metadata::{Ascii, MetadataValue},
+    transport::{Certificate, Channel, ClientTlsConfig, Endpoint},
+};
+
+use crate::{
+    agent::ClientMode,
+    install::{Installer, TracepointState},
+};
+
+/// Settings of the client.
+#[derive(Debug, Clone)]
+pub(crate) struct ClientConfig {
+    pub servers: Vec<String>,
+    pub token: Option<String>,
+    pub basic: Option<(String, String)>,
+    pub tenant: Option<String>,
+    pub ca_pem: Option<Vec<u8>>,
+    pub poll_interval: Duration,
+    pub mode: ClientMode,
+    pub resource: Vec<(String, String)>,
+    pub agent_id: String,
+}
+
+/// First retry delay; doubles per consecutive failure up to [`BACKOFF_MAX`].
+const BACKOFF_BASE: Duration = Duration::from_millis(200);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// Consecutive failures that open the circuit, and how long it stays open.
+const BREAKER_THRESHOLD: u32 = 8;
+const BREAKER_OPEN: Duration = Duration::from_secs(30);
+/// How often a watch checks for status changes made on the hot path.
+const STATUS_TICK: Duration = Duration::from_millis(500);
+
+/// Runs the client on the calling thread until shutdown.
+pub(crate) fn run_thread(
+    config: ClientConfig,
+    installer: Arc<Mutex<Installer>>,
+    shutdown: watch::Receiver<bool>,
+) {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            tracing::error!(%err, "sonde agent: cannot start its runtime; tracepoints stay off");
+            return;
+        }
+    };
+    rt.block_on(Client::new(config, installer).run(shutdown));
+}
+
+struct Client {
+    config: ClientConfig,
+    installer: Arc<Mutex<Installer>>,
+    resource: Resource,
+    auth: Option<MetadataValue<Ascii>>,
+    tenant: Option<MetadataValue<Ascii>>,
+    hash: String,
+    watch_supported: bool,
+    status_supported: bool,
+    failures: u32,
+    server: usize,
+}
+
+enum Ended {
+    /// The server closed the stream or the poll loop ended: reconnect soon.
+    Reconnect,
+    /// The call failed.
+    Failed(String),
+    /// Shut down.
+    Shutdown,
+}
+
+impl Client {
+    fn new(config: ClientConfig, installer: Arc<Mutex<Installer>>) -> Self {
+        let resource = Resource {
+            attributes: config
+                .resource
+                .iter()
+                .map(|(k, v)| KeyValue {
+                    key: k.clone(),
+                    value: Some(AnyValue {
+                        value: Some(any_value::Value::StringValue(v.clone())),
+                    }),
+                })
+                .collect(),
+            dropped_attributes_count: 0,
+        };
+        let auth = match (&config.token, &config.basic) {
+            (Some(token), _) => format!("Bearer {token}").parse().ok(),
+            (None, Some((user, pass))) => format!(
+                "Basic {}",
+                base64::engine::general_purpose::STANDARD.encode(format!("{user}:{pass}"))
+            )
+            .parse()
+            .ok(),
+            (None, None) => None,
+        };
+        let tenant = config.tenant.as_deref().and_then(|t| t.parse().ok());
+        Self {
+            watch_supported: config.mode != ClientMode::Poll,
+            config,
+            installer,
+            resource,
+            auth,
+            tenant,
+            hash: String::new(),
+            status_supported: true,
+            failures: 0,
+            server: 0,
+        }
+    }
+
+    fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut req = tonic::Request::new(message);
+        if let Some(auth) = &self.auth {
+            req.metadata_mut().insert("authorization", auth.clone());
+        }
+        if let Some(tenant) = &self.tenant {
+            req.metadata_mut().insert("x-scope-orgid", tenant.clone());
+        }
+        req
+    }
+
+    async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        loop {
+            if *shutdown.borrow() {
+                return;
+            }
+            let url = self.config.servers[self.server % self.config.servers.len()].clone();
+            let ended = match self.connect(&url).await {
+                Ok(channel) => {
+                    if self.watch_supported {
+                        self.watch(channel, &mut shutdown).await
+                    } else {
+                        self.poll_loop(channel, &mut shutdown).await
+                    }
+                }
+                Err(e) => Ended::Failed(format!("connecting to {url}: {e}")),
+            };
+            let delay = match ended {
+                Ended::Shutdown => return,
+                Ended::Reconnect => BACKOFF_BASE,
+                Ended::Failed(err) => {
+                    self.failures += 1;
+                    self.server += 1;
+                    if self.failures == 1 || self.failures.is_multiple_of(BREAKER_THRESHOLD) {
+                        tracing::warn!(failures = self.failures, %err,
+                            "sonde agent: control plane unreachable; keeping the installed tracepoints");
+                    }
+                    if self.failures.is_multiple_of(BREAKER_THRESHOLD) {
+                        tracing::warn!(open_for = ?BREAKER_OPEN, "sonde agent: circuit open");
+                        BREAKER_OPEN
+                    } else {
+                        backoff(self.failures)
+                    }
+                }
+            };
+            tokio::select! {
+                _ = tokio::time::sleep(delay) => {}
+                _ = shutdown.changed() => return,
+            }
+        }
+    }
+
+    async fn connect(&self, url: &str) -> Result<Channel, String> {
+        let mut endpoint = Endpoint::from_shared(url.to_owned())
+            .map_err(|e| format!("bad URL: {e}"))?
+            .connect_timeout(Duration::from_secs(5))
+            .tcp_nodelay(true)
+            .http2_keep_alive_interval(Duration::from_secs(30))
+            .keep_alive_timeout(Duration::from_secs(10))
+            .keep_alive_while_idle(true);
+        if url.starts_with("https://") {
+            let mut tls = ClientTlsConfig::new().with_native_roots();
+            if let Some(pem) = &self.config.ca_pem {
+                tls = tls.ca_certificate(Certificate::from_pem(pem));
+            }
+            endpoint = endpoint.tls_config(tls).map_err(|e| format!("TLS: {e}"))?;
+        }
+        endpoint.connect().await.map_err(|e| e.to_string())
+    }
+
+    fn apply(&mut self, resp: &PollResponse) -> bool {
+        self.hash = resp.current_hash.clone();
+        if resp.response_type != ResponseType::Update as i32 {
+            return false;
+        }
+        self.installer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .apply(&resp.response);
+        tracing::info!(tracepoints = resp.response.len(), hash = %resp.current_hash,
+            "sonde agent: tracepoints updated");
+        true
+    }
+
+    async fn watch(&mut self, channel: Channel, shutdown: &mut watch::Receiver<bool>) -> Ended {
+        let mut client = WatchServiceClient::new(channel.clone());
+        let request = self.request(WatchRequest {
+            resource: Some(self.resource.clone()),
+            current_hash: self.hash.clone(),
+            agent_id: self.config.agent_id.clone(),
+        });
+        let mut stream = match client.watch(request).await {
+            Ok(resp) => resp.into_inner(),
+            Err(status)
+                if status.code() == Code::Unimplemented && self.config.mode == ClientMode::Auto =>
+            {
+                tracing::info!(interval = ?self.config.poll_interval,
+                    "sonde agent: the server has no watch stream; polling");
+                self.watch_supported = false;
+                return self.poll_loop(channel, shutdown).await;
+            }
+            Err(status) => return Ended::Failed(describe(&status)),
+        };
+        let mut tick = tokio::time::interval(STATUS_TICK);
+        loop {
+            tokio::select! {
+                message = stream.message() => match message {
+                    Ok(Some(resp)) => {
+                        self.failures = 0;
+                        if self.apply(&resp) {
+                            self.report(&channel).await;
+                        }
+                    }
+                    Ok(None) => return Ended::Reconnect,
+                    Err(status) => return Ended::Failed(describe(&status)),
+                },
+                _ = tick.tick() => self.report_if_dirty(&channel).await,
+                _ = shutdown.changed() => return Ended::Shutdown,
+            }
+        }
+    }
+
+    async fn poll_loop(&mut self, channel: Channel, shutdown: &mut watch::Receiver<bool>) -> Ended {
+        let mut client = PollConfigClient::new(channel.clone());
+        loop {
+            let request = self.request(PollRequest {
+                ts_nanos: now_nanos(),
+                current_hash: self.hash.clone(),
+                resource: Some(self.resource.clone()),
+            });
+            match client.poll(request).await {
+                Ok(resp) => {
+                    self.failures = 0;
+                    let resp = resp.into_inner();
+                    if self.apply(&resp) {
+                        self.report(&channel).await;
+                    } else {
+                        self.report_if_dirty(&channel).await;
+                    }
+                }
+                Err(status) => return Ended::Failed(describe(&status)),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(self.config.poll_interval) => {}
+                _ = shutdown.changed() => return Ended::Shutdown,
+            }
+        }
+    }
+
+    async fn report_if_dirty(&mut self, channel: &Channel) {
+        let dirty = {
+            let installer = self.installer.lock().unwrap_or_else(|p| p.into_inner());
+            installer.dirty.swap(false, Ordering::Relaxed)
+        };
+        if dirty {
+            self.report(channel).await;
+        }
+    }
+
+    async fn report(&mut self, channel: &Channel) {
+        if !self.status_supported {
+            return;
+        }
+        let statuses = {
+            let installer = self.installer.lock().unwrap_or_else(|p| p.into_inner());
+            installer.dirty.store(false, Ordering::Relaxed);
+            installer.statuses()
+        };
+        let report = StatusReport {
+            agent_id: self.config.agent_id.clone(),
+            resource: Some(self.resource.clone()),
+            ts_nanos: now_nanos(),
+            tracepoints: statuses
+                .into_iter()
+                .map(|s| WireStatus {
+                    tracepoint_id: s.id,
+                    state: match s.state {
+                        TracepointState::Bound => WireState::Bound,
+                        TracepointState::Unbound => WireState::Unbound,
+                        TracepointState::Error => WireState::Error,
+                        TracepointState::Disarmed => WireState::Disarmed,
+                    } as i32,
+                    message: s.message,
+                    sites: s.sites,
+                })
+                .collect(),
+        };
+        let request = self.request(report);
+        match StatusServiceClient::new(channel.clone())
+            .report(request)
+            .await
+        {
+            Ok(_) => {}
+            Err(status) if status.code() == Code::Unimplemented => {
+                tracing::debug!("sonde agent: the server takes no status reports");
+                self.status_supported = false;
+            }
+            Err(status) => {
+                tracing::debug!(error = %describe(&status), "sonde agent: status report failed")
+            }
+        }
+    }
+}
+
+fn describe(status: &Status) -> String {
+    format!("{:?}: {}", status.code(), status.message())
+}
+
+/// Exponential backoff with full jitter: a random delay up to `base * 2^(failures-1)`, capped.
+fn backoff(failures: u32) -> Duration {
+    let exp = BACKOFF_BASE.saturating_mul(1u32 << failures.saturating_sub(1).min(16));
+    let cap = exp.min(BACKOFF_MAX);
+    cap.mul_f64(fastrand::f64()).max(Duration::from_millis(50))
+}
+
+fn now_nanos() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_with_jitter_and_is_capped() {
+        for failures in 1..40 {
+            let d = backoff(failures);
+            assert!(d <= BACKOFF_MAX, "{failures}: {d:?}");
+            assert!(d >= Duration::from_millis(50));
+        }
+        let early: Duration = (0..200).map(|_| backoff(1)).max().unwrap();
+        assert!(early <= BACKOFF_BASE);
+    }
+}

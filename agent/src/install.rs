@@ -1,0 +1,417 @@
+//! [`Installer`]: turns a tracepoint list from the control plane into armed sites, and reports
+//! what became of each tracepoint ([`TracepointStatus`]).
+//!
+//! Applying a list is a diff: a tracepoint whose content is unchanged keeps its installed state
+//! (fire counts, series); removed and changed ones are unbound first, so their metrics are
+//! unregistered before replacements register; then new and changed ones are compiled, bound and
+//! published to their sites, and sites left with no tracepoint are disarmed.
+
+use std::{
+    collections::{BTreeSet, HashMap},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+};
+
+use sonde_expr::{Expr, ExprKind, compile};
+use sonde_proto::tracepoint::TracePointConfig;
+
+use crate::{
+    pipeline::{
+        BoundMetric, Budgets, DisarmReason, FireBudget, Installed, InstalledParts, Label, Program,
+    },
+    provider::{MetricProvider, MetricSpec},
+    site::{Site, path_matches},
+    tracepoint::{LabelRule, TracepointSpec},
+};
+
+/// What became of a tracepoint in this process.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TracepointStatus {
+    /// The tracepoint's ID.
+    pub id: String,
+    /// Its state.
+    pub state: TracepointState,
+    /// Why, for anything but bound (and for bound ones that made evaluation errors).
+    pub message: String,
+    /// `file:line` of the sites it is bound to.
+    pub sites: Vec<String>,
+}
+
+/// The state of a tracepoint in this process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TracepointState {
+    /// Installed at one or more sites.
+    Bound,
+    /// No site at that file and line.
+    Unbound,
+    /// Could not be installed (expression or provider error).
+    Error,
+    /// Installed, then disarmed locally (CPU or error budget exceeded).
+    Disarmed,
+}
+
+enum Outcome {
+    Bound {
+        tp: Arc<Installed>,
+        sites: Vec<&'static Site>,
+    },
+    Unbound(String),
+    Failed(String),
+}
+
+struct Entry {
+    spec: TracepointSpec,
+    outcome: Outcome,
+}
+
+/// Installs tracepoint lists.
+pub(crate) struct Installer {
+    sites: Vec<&'static Site>,
+    providers: Vec<Arc<dyn MetricProvider>>,
+    budgets: Budgets,
+    log_level: tracing::Level,
+    entries: HashMap<String, Entry>,
+    armed: Vec<&'static Site>,
+    /// Set by tracepoints when their status changes on the hot path.
+    pub dirty: Arc<AtomicBool>,
+}
+
+impl Installer {
+    pub fn new(
+        sites: Vec<&'static Site>,
+        providers: Vec<Arc<dyn MetricProvider>>,
+        budgets: Budgets,
+        log_level: tracing::Level,
+    ) -> Self {
+        Self {
+            sites,
+            providers,
+            budgets,
+            log_level,
+            entries: HashMap::new(),
+            armed: Vec::new(),
+            dirty: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Replaces the installed tracepoints with `configs`.
+    pub fn apply(&mut self, configs: &[TracePointConfig]) {
+        let mut wanted: HashMap<String, Result<TracepointSpec, String>> = HashMap::new();
+        for cfg in configs {
+            wanted.insert(cfg.id.clone(), TracepointSpec::from_proto(cfg));
+        }
+        // Phase 1: drop what is gone or changed, and republish the sites without them.
+        let before = self.entries.len();
+        self.entries
+            .retain(|id, entry| matches!(wanted.get(id), Some(Ok(spec)) if *spec == entry.spec));
+        if self.entries.len() != before {
+            self.publish();
+        }
+        // Phase 2: install what is new or changed.
+        for (id, spec) in wanted {
+            if self.entries.contains_key(&id) {
+                continue;
+            }
+            let entry = match spec {
+                Ok(spec) => {
+                    let outcome = self.install(&spec);
+                    Entry { spec, outcome }
+                }
+                Err(message) => Entry {
+                    spec: TracepointSpec {
+                        id: id.clone(),
+                        path: String::new(),
+                        line: 0,
+                        condition: None,
+                        log_msg: None,
+                        fire_count: None,
+                        fire_period_ms: None,
+                        window_start_ms: None,
+                        window_end_ms: None,
+                        metrics: Vec::new(),
+                    },
+                    outcome: Outcome::Failed(message),
+                },
+            };
+            self.entries.insert(id, entry);
+        }
+        self.publish();
+    }
+
+    /// Disarms every site and drops every tracepoint (their metrics unregister).
+    pub fn clear(&mut self) {
+        self.entries.clear();
+        self.publish();
+    }
+
+    /// Arms each site with the tracepoints bound to it; disarms sites left with none.
+    fn publish(&mut self) {
+        let mut programs: HashMap<*const Site, (&'static Site, Vec<Arc<Installed>>)> =
+            HashMap::new();
+        for entry in self.entries.values() {
+            if let Outcome::Bound { tp, sites } = &entry.outcome {
+                for site in sites {
+                    programs
+                        .entry(*site as *const Site)
+                        .or_insert_with(|| (*site, Vec::new()))
+                        .1
+                        .push(tp.clone());
+                }
+            }
+        }
+        for site in &self.armed {
+            if !programs.contains_key(&(*site as *const Site)) {
+                site.disarm();
+            }
+        }
+        self.armed = programs.values().map(|(s, _)| *s).collect();
+        for (site, tracepoints) in programs.into_values() {
+            site.arm(Arc::new(Program { tracepoints }));
+        }
+    }
+
+    fn install(&self, spec: &TracepointSpec) -> Outcome {
+        let candidates: Vec<&'static Site> = self
+            .sites
+            .iter()
+            .copied()
+            .filter(|s| s.line() == spec.line && path_matches(&spec.path, s.file()))
+            .collect();
+        if candidates.is_empty() {
+            return Outcome::Unbound(self.unbound_message(spec));
+        }
+        let compiled = match compile_all(spec) {
+            Ok(c) => c,
+            Err(message) => return Outcome::Failed(message),
+        };
+        // Bind to the sites that capture every variable the expressions read.
+        let (sites, missing): (Vec<_>, Vec<_>) = candidates
+            .iter()
+            .map(|s| {
+                (
+                    *s,
+                    compiled
+                        .variables
+                        .iter()
+                        .filter(|v| !s.names().contains(&v.as_str()))
+                        .cloned()
+                        .collect::<Vec<_>>(),
+                )
+            })
+            .partition(|(_, missing)| missing.is_empty());
+        if sites.is_empty() {
+            let (site, missing) = &missing[0];
+            return Outcome::Failed(format!(
+                "the expressions read {} that the site at {} does not capture; it captures: {}",
+                missing
+                    .iter()
+                    .map(|v| format!("`{v}`"))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                site.location(),
+                if site.names().is_empty() {
+                    "nothing".to_owned()
+                } else {
+                    site.names().join(", ")
+                }
+            ));
+        }
+        let sites: Vec<&'static Site> = sites.into_iter().map(|(s, _)| s).collect();
+        let mut metrics = Vec::with_capacity(spec.metrics.len());
+        for (rule, (labels, value)) in spec.metrics.iter().zip(compiled.metrics) {
+            let keys: Vec<&str> = rule.labels.iter().map(|(k, _)| k.as_str()).collect();
+            let metric_spec = MetricSpec {
+                name: &rule.name,
+                help: &rule.help,
+                kind: rule.kind,
+                label_keys: &keys,
+                tracepoint_id: &spec.id,
+            };
+            let mut instruments = Vec::with_capacity(self.providers.len());
+            for provider in &self.providers {
+                match provider.register(&metric_spec) {
+                    Ok(i) => instruments.push(i),
+                    Err(err) => return Outcome::Failed(format!("{}: {err}", provider.name())),
+                }
+            }
+            metrics.push(BoundMetric::new(labels, value, instruments));
+        }
+        let explicit = spec.fire_count.is_some() || spec.fire_period_ms.is_some();
+        let (metric_count, metric_period) = if explicit {
+            (
+                spec.fire_count.unwrap_or(-1),
+                spec.fire_period_ms.unwrap_or(0),
+            )
+        } else {
+            (-1, 0)
+        };
+        let tp = Installed::new(InstalledParts {
+            id: spec.id.clone(),
+            condition: compiled.condition,
+            log: compiled.log,
+            log_level: self.log_level,
+            metrics,
+            metric_budget: FireBudget::new(metric_count, metric_period),
+            // Log lines keep Deep's defaults: once, at most every second, unless args say otherwise.
+            log_budget: FireBudget::new(
+                spec.fire_count.unwrap_or(1),
+                spec.fire_period_ms.unwrap_or(1000),
+            ),
+            window: (spec.window_start_ms, spec.window_end_ms),
+            budgets: self.budgets,
+            dirty: self.dirty.clone(),
+        });
+        Outcome::Bound {
+            tp: Arc::new(tp),
+            sites,
+        }
+    }
+
+    fn unbound_message(&self, spec: &TracepointSpec) -> String {
+        let mut same_file: Vec<&'static Site> = self
+            .sites
+            .iter()
+            .copied()
+            .filter(|s| path_matches(&spec.path, s.file()))
+            .collect();
+        if same_file.is_empty() {
+            return format!(
+                "no probe site in a file matching {:?} ({} sites in this process)",
+                spec.path,
+                self.sites.len()
+            );
+        }
+        same_file.sort_by_key(|s| s.line().abs_diff(spec.line));
+        let nearby: Vec<String> = same_file.iter().take(5).map(|s| s.location()).collect();
+        format!(
+            "no probe site at {}:{}; nearest sites: {}",
+            spec.path,
+            spec.line,
+            nearby.join(", ")
+        )
+    }
+
+    /// The status of every tracepoint held.
+    pub fn statuses(&self) -> Vec<TracepointStatus> {
+        let mut out: Vec<TracepointStatus> = self
+            .entries
+            .iter()
+            .map(|(id, entry)| match &entry.outcome {
+                Outcome::Bound { tp, sites } => {
+                    let sites = sites.iter().map(|s| s.location()).collect();
+                    match tp.disarmed() {
+                        Some(reason) => TracepointStatus {
+                            id: id.clone(),
+                            state: TracepointState::Disarmed,
+                            message: match reason {
+                                DisarmReason::Cpu => format!(
+                                    "disarmed: evaluation used more than {:?} of CPU per {:?}",
+                                    tp.budgets.cpu, tp.budgets.window
+                                ),
+                                DisarmReason::Errors => format!(
+                                    "disarmed: more than {} evaluation errors per {:?}; last: {}",
+                                    tp.budgets.errors,
+                                    tp.budgets.window,
+                                    tp.last_error()
+                                        .map(|(stage, e)| format!("{stage}: {e}"))
+                                        .unwrap_or_default()
+                                ),
+                            },
+                            sites,
+                        },
+                        None => TracepointStatus {
+                            id: id.clone(),
+                            state: TracepointState::Bound,
+                            message: tp
+                                .last_error()
+                                .map(|(stage, e)| {
+                                    format!(
+                                        "{} evaluation errors; last in {stage}: {e}",
+                                        tp.stats.errors.load(Ordering::Relaxed)
+                                    )
+                                })
+                                .unwrap_or_default(),
+                            sites,
+                        },
+                    }
+                }
+                Outcome::Unbound(message) => TracepointStatus {
+                    id: id.clone(),
+                    state: TracepointState::Unbound,
+                    message: message.clone(),
+                    sites: Vec::new(),
+                },
+                Outcome::Failed(message) => TracepointStatus {
+                    id: id.clone(),
+                    state: TracepointState::Error,
+                    message: message.clone(),
+                    sites: Vec::new(),
+                },
+            })
+            .collect();
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        out
+    }
+
+    /// Fires counted by a tracepoint (for tests and diagnostics).
+    pub fn fires(&self, id: &str) -> Option<u64> {
+        match &self.entries.get(id)?.outcome {
+            Outcome::Bound { tp, .. } => Some(tp.stats.fires.load(Ordering::Relaxed)),
+            _ => None,
+        }
+    }
+}
+
+struct Compiled {
+    condition: Option<Expr>,
+    log: Option<Expr>,
+    metrics: Vec<(Vec<Label>, Option<Expr>)>,
+    variables: BTreeSet<String>,
+}
+
+fn compile_all(spec: &TracepointSpec) -> Result<Compiled, String> {
+    let mut variables = BTreeSet::new();
+    let mut one = |field: &str, source: &str, kind: ExprKind| -> Result<Expr, String> {
+        let expr = compile(source, kind).map_err(|e| format!("{field}: {e}"))?;
+        variables.extend(expr.variables().iter().cloned());
+        Ok(expr)
+    };
+    let condition = spec
+        .condition
+        .as_deref()
+        .map(|c| one("args.condition", c, ExprKind::Condition))
+        .transpose()?;
+    let log = spec
+        .log_msg
+        .as_deref()
+        .map(|l| one("args.log_msg", l, ExprKind::Template))
+        .transpose()?;
+    let mut metrics = Vec::with_capacity(spec.metrics.len());
+    for (i, m) in spec.metrics.iter().enumerate() {
+        let value = m
+            .value
+            .as_deref()
+            .map(|v| one(&format!("metrics[{i}].expression"), v, ExprKind::Value))
+            .transpose()?;
+        let mut labels = Vec::with_capacity(m.labels.len());
+        for (j, (_, rule)) in m.labels.iter().enumerate() {
+            labels.push(match rule {
+                LabelRule::Static(s) => Label::Static(s.clone()),
+                LabelRule::Expression(e) => Label::Expr(one(
+                    &format!("metrics[{i}].labelExpressions[{j}].expression"),
+                    e,
+                    ExprKind::Label,
+                )?),
+            });
+        }
+        metrics.push((labels, value));
+    }
+    Ok(Compiled {
+        condition,
+        log,
+        metrics,
+        variables,
+    })
+}

@@ -1,0 +1,527 @@
+//! The hit pipeline: what runs when an armed site is reached. [`Installed`] is one compiled
+//! tracepoint; [`Program`] is the list of them bound to one site.
+//!
+//! Per hit, per tracepoint: re-entrancy guard (once per hit), local disarm flag, time window, fire
+//! budget, condition, then each metric (labels, value, cached series, record) and the log line.
+//! Every evaluation error is counted and remembered for the status report, never turned into a
+//! made-up value. Panics are caught per tracepoint. One hit in [`CPU_SAMPLE_EVERY`] is timed to
+//! charge the CPU budget; past the CPU or the error budget the tracepoint disarms itself.
+
+use std::{
+    cell::{Cell, RefCell},
+    collections::HashMap,
+    hash::{BuildHasher as _, Hasher as _},
+    panic::{AssertUnwindSafe, catch_unwind},
+    sync::{
+        Arc, Mutex, OnceLock, RwLock,
+        atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use sonde_expr::{EvalError, Expr};
+
+use crate::{
+    capture::{Capture, HitVars},
+    provider::{Instrument, RecordError, Series},
+    site::Site,
+    tracepoint::now_unix_ms,
+};
+
+/// One hit in this many is timed for the CPU budget (timing costs two clock reads).
+pub const CPU_SAMPLE_EVERY: u64 = 16;
+
+/// The value label sets beyond the cap are folded into.
+pub const OVERFLOW_LABEL: &str = "sonde_overflow";
+
+/// The tracepoints bound to one site.
+pub(crate) struct Program {
+    pub tracepoints: Vec<Arc<Installed>>,
+}
+
+/// Local safety limits of one tracepoint.
+#[derive(Debug, Clone, Copy)]
+pub struct Budgets {
+    /// CPU time a tracepoint may spend evaluating per [`Budgets::window`].
+    pub cpu: Duration,
+    /// Evaluation errors a tracepoint may make per [`Budgets::window`].
+    pub errors: u64,
+    /// The accounting window.
+    pub window: Duration,
+    /// Label sets per metric before excess ones fold into the overflow series.
+    pub max_series: usize,
+}
+
+impl Default for Budgets {
+    fn default() -> Self {
+        Self {
+            cpu: Duration::from_millis(50),
+            errors: 100,
+            window: Duration::from_secs(10),
+            max_series: 1000,
+        }
+    }
+}
+
+/// A fire budget: at most `remaining` fires (negative = unlimited), at least `period_ms` apart.
+pub(crate) struct FireBudget {
+    remaining: AtomicI64,
+    period_ms: u64,
+    last_ms: AtomicU64,
+}
+
+impl FireBudget {
+    pub fn new(count: i64, period_ms: u64) -> Self {
+        Self {
+            remaining: AtomicI64::new(count),
+            period_ms,
+            last_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// Takes one fire if the budget allows.
+    fn try_fire(&self) -> bool {
+        if self.remaining.load(Ordering::Relaxed) == 0 {
+            return false;
+        }
+        if self.period_ms > 0 {
+            let now = now_unix_ms();
+            let last = self.last_ms.load(Ordering::Relaxed);
+            if last != 0 && now.saturating_sub(last) < self.period_ms {
+                return false;
+            }
+            if self
+                .last_ms
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_err()
+            {
+                return false;
+            }
+        }
+        // Negative means unlimited; positive counts down to zero.
+        self.remaining
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |r| match r {
+                0 => None,
+                r if r < 0 => Some(r),
+                r => Some(r - 1),
+            })
+            .is_ok()
+    }
+}
+
+/// Usage within a fixed window that restarts when it has passed.
+struct WindowCounter {
+    start: Mutex<Instant>,
+    used: AtomicU64,
+}
+
+impl WindowCounter {
+    fn new() -> Self {
+        Self {
+            start: Mutex::new(Instant::now()),
+            used: AtomicU64::new(0),
+        }
+    }
+
+    /// Adds `amount`; returns the total in the current window.
+    fn add(&self, amount: u64, window: Duration) -> u64 {
+        if let Ok(mut start) = self.start.try_lock()
+            && start.elapsed() >= window
+        {
+            *start = Instant::now();
+            self.used.store(0, Ordering::Relaxed);
+        }
+        self.used.fetch_add(amount, Ordering::Relaxed) + amount
+    }
+}
+
+/// Where a label value comes from, compiled.
+pub(crate) enum Label {
+    Static(String),
+    Expr(Expr),
+}
+
+/// A cached series and the label values it was made for.
+type SeriesEntry = (Box<[Box<str>]>, Arc<dyn Series>);
+
+/// One metric of an installed tracepoint, with its series per label set.
+pub(crate) struct BoundMetric {
+    pub labels: Vec<Label>,
+    pub value: Option<Expr>,
+    /// One instrument per provider; dropping them unregisters the metric.
+    pub instruments: Vec<Box<dyn Instrument>>,
+    series: RwLock<HashMap<u64, Vec<SeriesEntry>>>,
+    series_count: AtomicU64,
+    overflow: OnceLock<Option<Arc<dyn Series>>>,
+    /// Hits folded into the overflow series.
+    pub overflowed: AtomicU64,
+}
+
+impl BoundMetric {
+    pub fn new(
+        labels: Vec<Label>,
+        value: Option<Expr>,
+        instruments: Vec<Box<dyn Instrument>>,
+    ) -> Self {
+        Self {
+            labels,
+            value,
+            instruments,
+            series: RwLock::new(HashMap::new()),
+            series_count: AtomicU64::new(0),
+            overflow: OnceLock::new(),
+            overflowed: AtomicU64::new(0),
+        }
+    }
+
+    fn make_series(&self, values: &[&str]) -> Option<Arc<dyn Series>> {
+        let mut all: Vec<Arc<dyn Series>> = Vec::with_capacity(self.instruments.len());
+        for inst in &self.instruments {
+            match inst.series(values) {
+                Ok(s) => all.push(s),
+                Err(err) => tracing::debug!(%err, "creating a series"),
+            }
+        }
+        match all.len() {
+            0 => None,
+            1 => all.pop(),
+            _ => Some(Arc::new(crate::provider::Fanout(all))),
+        }
+    }
+
+    /// The cached series for a label set, creating it (or folding into overflow past the cap).
+    fn series_for(&self, values: &[&str], max_series: usize) -> Option<Arc<dyn Series>> {
+        let mut h = foldhash::fast::FixedState::with_seed(0x50_4e_44_45).build_hasher();
+        for v in values {
+            h.write(v.as_bytes());
+            h.write_u8(0xff);
+        }
+        let key = h.finish();
+        let same = |stored: &[Box<str>]| stored.iter().map(|s| &**s).eq(values.iter().copied());
+        {
+            let map = self.series.read().unwrap_or_else(|p| p.into_inner());
+            if let Some(bucket) = map.get(&key)
+                && let Some((_, s)) = bucket.iter().find(|(k, _)| same(k))
+            {
+                return Some(s.clone());
+            }
+        }
+        if self.series_count.load(Ordering::Relaxed) as usize >= max_series {
+            self.overflowed.fetch_add(1, Ordering::Relaxed);
+            return self
+                .overflow
+                .get_or_init(|| {
+                    let overflow = vec![OVERFLOW_LABEL; values.len()];
+                    self.make_series(&overflow)
+                })
+                .clone();
+        }
+        let mut map = self.series.write().unwrap_or_else(|p| p.into_inner());
+        let bucket = map.entry(key).or_default();
+        if let Some((_, s)) = bucket.iter().find(|(k, _)| same(k)) {
+            return Some(s.clone());
+        }
+        let series = self.make_series(values)?;
+        bucket.push((
+            values.iter().map(|v| Box::<str>::from(*v)).collect(),
+            series.clone(),
+        ));
+        self.series_count.fetch_add(1, Ordering::Relaxed);
+        Some(series)
+    }
+}
+
+/// Why a tracepoint disarmed itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DisarmReason {
+    Cpu,
+    Errors,
+}
+
+/// A compiled, installed tracepoint.
+pub(crate) struct Installed {
+    pub id: String,
+    pub condition: Option<Expr>,
+    pub log: Option<Expr>,
+    pub log_level: tracing::Level,
+    pub metrics: Vec<BoundMetric>,
+    pub metric_budget: FireBudget,
+    pub log_budget: FireBudget,
+    pub window: (Option<u64>, Option<u64>),
+    pub budgets: Budgets,
+    hits: AtomicU64,
+    cpu: WindowCounter,
+    errors: WindowCounter,
+    disarmed: AtomicBool,
+    disarm_reason: Mutex<Option<DisarmReason>>,
+    last_error: Mutex<Option<(&'static str, String)>>,
+    /// Set when the status changed (disarm, first error) and should be reported.
+    pub dirty: Arc<AtomicBool>,
+    pub stats: Stats,
+}
+
+/// Counters of one installed tracepoint.
+#[derive(Debug, Default)]
+pub(crate) struct Stats {
+    pub fires: AtomicU64,
+    pub condition_false: AtomicU64,
+    pub errors: AtomicU64,
+}
+
+pub(crate) struct InstalledParts {
+    pub id: String,
+    pub condition: Option<Expr>,
+    pub log: Option<Expr>,
+    pub log_level: tracing::Level,
+    pub metrics: Vec<BoundMetric>,
+    pub metric_budget: FireBudget,
+    pub log_budget: FireBudget,
+    pub window: (Option<u64>, Option<u64>),
+    pub budgets: Budgets,
+    pub dirty: Arc<AtomicBool>,
+}
+
+impl Installed {
+    pub fn new(p: InstalledParts) -> Self {
+        Self {
+            id: p.id,
+            condition: p.condition,
+            log: p.log,
+            log_level: p.log_level,
+            metrics: p.metrics,
+            metric_budget: p.metric_budget,
+            log_budget: p.log_budget,
+            window: p.window,
+            budgets: p.budgets,
+            hits: AtomicU64::new(0),
+            cpu: WindowCounter::new(),
+            errors: WindowCounter::new(),
+            disarmed: AtomicBool::new(false),
+            disarm_reason: Mutex::new(None),
+            last_error: Mutex::new(None),
+            dirty: p.dirty,
+            stats: Stats::default(),
+        }
+    }
+
+    /// Why it disarmed itself, if it did.
+    pub fn disarmed(&self) -> Option<DisarmReason> {
+        if !self.disarmed.load(Ordering::Relaxed) {
+            return None;
+        }
+        *self.disarm_reason.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The last evaluation error: where (`condition`, `label`, `value`, `log`) and what.
+    pub fn last_error(&self) -> Option<(&'static str, String)> {
+        self.last_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    fn disarm(&self, reason: DisarmReason) {
+        if !self.disarmed.swap(true, Ordering::Relaxed) {
+            *self.disarm_reason.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason);
+            self.dirty.store(true, Ordering::Relaxed);
+            tracing::warn!(tracepoint = %self.id, ?reason, "tracepoint disarmed locally: budget exceeded");
+        }
+    }
+
+    #[cold]
+    fn error(&self, stage: &'static str, err: impl std::fmt::Display) {
+        self.stats.errors.fetch_add(1, Ordering::Relaxed);
+        {
+            let mut last = self.last_error.lock().unwrap_or_else(|p| p.into_inner());
+            if last.is_none() {
+                self.dirty.store(true, Ordering::Relaxed);
+            }
+            *last = Some((stage, err.to_string()));
+        }
+        if self.errors.add(1, self.budgets.window) > self.budgets.errors {
+            self.disarm(DisarmReason::Errors);
+        }
+    }
+
+    fn fire(&self, vars: &HitVars<'_>) {
+        if self.disarmed.load(Ordering::Relaxed) {
+            return;
+        }
+        if self.window.0.is_some() || self.window.1.is_some() {
+            let now = now_unix_ms();
+            if self.window.0.is_some_and(|s| now < s) || self.window.1.is_some_and(|e| now > e) {
+                return;
+            }
+        }
+        let timed = self
+            .hits
+            .fetch_add(1, Ordering::Relaxed)
+            .is_multiple_of(CPU_SAMPLE_EVERY);
+        let started = timed.then(Instant::now);
+        self.run(vars);
+        if let Some(started) = started {
+            let spent = started.elapsed().as_nanos() as u64 * CPU_SAMPLE_EVERY;
+            if self.cpu.add(spent, self.budgets.window) > self.budgets.cpu.as_nanos() as u64 {
+                self.disarm(DisarmReason::Cpu);
+            }
+        }
+    }
+
+    fn run(&self, vars: &HitVars<'_>) {
+        if let Some(cond) = &self.condition {
+            match cond.eval_condition(vars) {
+                Ok(true) => {}
+                Ok(false) => {
+                    self.stats.condition_false.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                Err(e) => return self.error("condition", e),
+            }
+        }
+        let mut fired = false;
+        if !self.metrics.is_empty() && self.metric_budget.try_fire() {
+            fired = true;
+            for m in &self.metrics {
+                self.record(m, vars);
+            }
+        }
+        if let Some(log) = &self.log
+            && self.log_budget.try_fire()
+        {
+            fired = true;
+            let mut msg = String::new();
+            match log.render(vars, &mut msg) {
+                Ok(()) => emit_log(self.log_level, &self.id, &msg),
+                Err(e) => self.error("log", e),
+            }
+        }
+        if fired {
+            self.stats.fires.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn record(&self, m: &BoundMetric, vars: &HitVars<'_>) {
+        let value = match &m.value {
+            None => 1.0,
+            Some(e) => match e.eval_f64(vars) {
+                Ok(v) => v,
+                Err(e) => return self.error("value", e),
+            },
+        };
+        let recorded = LABELS.with(|bufs| {
+            let Ok(mut bufs) = bufs.try_borrow_mut() else {
+                return Ok(());
+            };
+            if bufs.len() < m.labels.len() {
+                bufs.resize_with(m.labels.len(), String::new);
+            }
+            for (label, buf) in m.labels.iter().zip(bufs.iter_mut()) {
+                buf.clear();
+                match label {
+                    Label::Static(s) => buf.push_str(s),
+                    Label::Expr(e) => e.eval_label(vars, buf).map_err(Failure::Eval)?,
+                }
+            }
+            let mut values: [&str; 16] = [""; 16];
+            let n = m.labels.len().min(16);
+            for (slot, buf) in values.iter_mut().zip(bufs.iter()).take(n) {
+                *slot = buf.as_str();
+            }
+            match m.series_for(&values[..n], self.budgets.max_series) {
+                Some(series) => series.record(value).map_err(Failure::Record),
+                None => Ok(()),
+            }
+        });
+        match recorded {
+            Ok(()) => {}
+            Err(Failure::Eval(e)) => self.error("label", e),
+            Err(Failure::Record(e)) => self.error("value", e),
+        }
+    }
+}
+
+enum Failure {
+    Eval(EvalError),
+    Record(RecordError),
+}
+
+fn emit_log(level: tracing::Level, id: &str, msg: &str) {
+    match level {
+        tracing::Level::ERROR => {
+            tracing::error!(target: "sonde::tracepoint", tracepoint = %id, "{msg}")
+        }
+        tracing::Level::WARN => {
+            tracing::warn!(target: "sonde::tracepoint", tracepoint = %id, "{msg}")
+        }
+        tracing::Level::INFO => {
+            tracing::info!(target: "sonde::tracepoint", tracepoint = %id, "{msg}")
+        }
+        tracing::Level::DEBUG => {
+            tracing::debug!(target: "sonde::tracepoint", tracepoint = %id, "{msg}")
+        }
+        tracing::Level::TRACE => {
+            tracing::trace!(target: "sonde::tracepoint", tracepoint = %id, "{msg}")
+        }
+    }
+}
+
+thread_local! {
+    static IN_HIT: Cell<bool> = const { Cell::new(false) };
+    static LABELS: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
+}
+
+struct Exit;
+
+impl Drop for Exit {
+    fn drop(&mut self) {
+        let _ = IN_HIT.try_with(|f| f.set(false));
+    }
+}
+
+/// Runs every tracepoint bound to `site`. A hit inside a hit (a probe reached while evaluating,
+/// or from a provider) is skipped.
+pub(crate) fn hit(site: &'static Site, values: &[&dyn Capture]) {
+    let entered = IN_HIT.try_with(|f| !f.replace(true)).unwrap_or(false);
+    if !entered {
+        return;
+    }
+    let _exit = Exit;
+    let program = site.program.load();
+    let Some(program) = program.as_ref() else {
+        return;
+    };
+    let vars = HitVars {
+        names: site.names(),
+        values,
+    };
+    for tp in &program.tracepoints {
+        if catch_unwind(AssertUnwindSafe(|| tp.fire(&vars))).is_err() {
+            tp.error("panic", "a panic inside the tracepoint was caught");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fire_budgets_count_and_space() {
+        let unlimited = FireBudget::new(-1, 0);
+        assert!((0..1000).all(|_| unlimited.try_fire()));
+        let three = FireBudget::new(3, 0);
+        assert_eq!((0..10).filter(|_| three.try_fire()).count(), 3);
+        let spaced = FireBudget::new(-1, 60_000);
+        assert!(spaced.try_fire());
+        assert!(!spaced.try_fire(), "within the period");
+    }
+
+    #[test]
+    fn window_counters_restart() {
+        let c = WindowCounter::new();
+        assert_eq!(c.add(5, Duration::from_secs(60)), 5);
+        assert_eq!(c.add(5, Duration::from_secs(60)), 10);
+        std::thread::sleep(Duration::from_millis(5));
+        assert_eq!(c.add(5, Duration::from_millis(1)), 5, "a new window");
+    }
+}

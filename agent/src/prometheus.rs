@@ -1,0 +1,394 @@
+//! [`PrometheusProvider`]: tracepoint metrics registered into a `prometheus::Registry`, the one
+//! the application already exposes (or the crate's default registry).
+//!
+//! Names follow Deep's agents: `<namespace>_<name>[_<unit>]`, counters with `_total`. COUNTER adds
+//! the value, GAUGE sets it, HISTOGRAM observes it into latency buckets (5 ms to 10 s, the
+//! `prometheus` defaults). Two tracepoints that define the same metric (same name, kind and label
+//! keys) share it; it goes away with the last of them.
+//!
+//! All tracepoint metrics live in one collector registered once per registry (it also exposes
+//! `sonde_agent_tracepoint_metrics`, how many there are). The registry itself never sees the
+//! individual metrics: it remembers the label names of every name it ever registered, so a
+//! tracepoint deleted and re-created with other labels could not register again. Clashes with the
+//! application's own metrics are checked against the registry's contents instead.
+
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex, OnceLock},
+};
+
+use prometheus::{
+    Counter, CounterVec, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntGauge, Opts,
+    Registry,
+    core::{Collector, Desc},
+    proto::MetricFamily,
+};
+
+use crate::provider::{
+    Instrument, MetricKind, MetricProvider, MetricSpec, ProviderError, RecordError, Series,
+};
+
+/// Registers tracepoint metrics into a Prometheus registry.
+#[derive(Clone)]
+pub struct PrometheusProvider {
+    inner: Arc<Inner>,
+}
+
+type SharedMap = Arc<Mutex<HashMap<String, Shared>>>;
+
+struct Inner {
+    registry: Registry,
+    shared: SharedMap,
+    registered: OnceLock<Result<(), String>>,
+}
+
+impl std::fmt::Debug for PrometheusProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PrometheusProvider").finish_non_exhaustive()
+    }
+}
+
+#[derive(Clone)]
+enum Vector {
+    Counter(CounterVec),
+    Gauge(GaugeVec),
+    Histogram(HistogramVec),
+}
+
+impl Vector {
+    fn collect(&self) -> Vec<MetricFamily> {
+        match self {
+            Vector::Counter(v) => v.collect(),
+            Vector::Gauge(v) => v.collect(),
+            Vector::Histogram(v) => v.collect(),
+        }
+    }
+}
+
+struct Shared {
+    vector: Vector,
+    kind: MetricKind,
+    label_keys: Vec<String>,
+    users: usize,
+}
+
+/// The one collector per registry that exposes every tracepoint metric.
+struct TracepointCollector {
+    count: IntGauge,
+    shared: SharedMap,
+}
+
+impl Collector for TracepointCollector {
+    fn desc(&self) -> Vec<&Desc> {
+        self.count.desc()
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+        self.count.set(shared.len() as i64);
+        let mut out = self.count.collect();
+        for s in shared.values() {
+            out.extend(s.vector.collect());
+        }
+        out
+    }
+}
+
+impl PrometheusProvider {
+    /// Registers into `registry` (clone the application's registry: clones share their metrics).
+    pub fn new(registry: Registry) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                registry,
+                shared: Arc::default(),
+                registered: OnceLock::new(),
+            }),
+        }
+    }
+
+    /// Registers into the `prometheus` crate's default registry.
+    pub fn default_registry() -> Self {
+        Self::new(prometheus::default_registry().clone())
+    }
+
+    /// The registry metrics go to.
+    pub fn registry(&self) -> &Registry {
+        &self.inner.registry
+    }
+
+    fn ensure_collector(&self) -> Result<(), ProviderError> {
+        self.inner
+            .registered
+            .get_or_init(|| {
+                let count = IntGauge::new(
+                    "sonde_agent_tracepoint_metrics",
+                    "Metrics registered by Sonde tracepoints.",
+                )
+                .map_err(|e| e.to_string())?;
+                let collector = TracepointCollector {
+                    count,
+                    shared: self.inner.shared.clone(),
+                };
+                self.inner.registry.register(Box::new(collector)).map_err(|e| match e {
+                    prometheus::Error::AlreadyReg => {
+                        "the registry already has a Sonde PrometheusProvider (use one per registry)".to_owned()
+                    }
+                    other => other.to_string(),
+                })
+            })
+            .clone()
+            .map_err(ProviderError::Backend)
+    }
+}
+
+/// The exposed name: counters end in `_total`.
+fn exposed(spec: &MetricSpec<'_>) -> String {
+    if spec.kind == MetricKind::Counter && !spec.name.ends_with("_total") {
+        format!("{}_total", spec.name)
+    } else {
+        spec.name.to_owned()
+    }
+}
+
+impl MetricProvider for PrometheusProvider {
+    fn name(&self) -> &str {
+        "prometheus"
+    }
+
+    fn register(&self, spec: &MetricSpec<'_>) -> Result<Box<dyn Instrument>, ProviderError> {
+        self.ensure_collector()?;
+        let name = exposed(spec);
+        // The application's own metrics (gathered before taking our lock: gathering calls into
+        // our collector, which takes it too).
+        let taken_by_app = {
+            let families = self.inner.registry.gather();
+            let ours = self.inner.shared.lock().unwrap_or_else(|p| p.into_inner());
+            !ours.contains_key(&name)
+                && families.iter().any(|f| {
+                    let n = f.name();
+                    n == name
+                        || n.strip_suffix("_total") == Some(&name)
+                        || name.strip_suffix("_total") == Some(n)
+                })
+        };
+        if taken_by_app {
+            return Err(ProviderError::Conflict {
+                name,
+                reason: "the registry already has a metric of that name (the application's own?)"
+                    .into(),
+            });
+        }
+        let mut shared = self.inner.shared.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(existing) = shared.get_mut(&name) {
+            if existing.kind != spec.kind
+                || existing
+                    .label_keys
+                    .iter()
+                    .map(String::as_str)
+                    .ne(spec.label_keys.iter().copied())
+            {
+                return Err(ProviderError::Conflict {
+                    name,
+                    reason: format!(
+                        "already defined by another tracepoint as {:?} with labels {:?}",
+                        existing.kind, existing.label_keys
+                    ),
+                });
+            }
+            existing.users += 1;
+            return Ok(Box::new(PromInstrument {
+                name,
+                vector: existing.vector.clone(),
+                shared: self.inner.shared.clone(),
+            }));
+        }
+        let to_err = |e: prometheus::Error| ProviderError::Backend(format!("metric {name}: {e}"));
+        let vector = match spec.kind {
+            MetricKind::Counter => Vector::Counter(
+                CounterVec::new(Opts::new(name.clone(), spec.help), spec.label_keys)
+                    .map_err(to_err)?,
+            ),
+            MetricKind::Gauge => Vector::Gauge(
+                GaugeVec::new(Opts::new(name.clone(), spec.help), spec.label_keys)
+                    .map_err(to_err)?,
+            ),
+            MetricKind::Histogram => Vector::Histogram(
+                HistogramVec::new(HistogramOpts::new(name.clone(), spec.help), spec.label_keys)
+                    .map_err(to_err)?,
+            ),
+            MetricKind::Summary => {
+                return Err(ProviderError::Unsupported(format!(
+                    "metric {name}: SUMMARY is not supported by the Prometheus provider yet; use HISTOGRAM"
+                )));
+            }
+        };
+        shared.insert(
+            name.clone(),
+            Shared {
+                vector: vector.clone(),
+                kind: spec.kind,
+                label_keys: spec.label_keys.iter().map(|k| (*k).to_owned()).collect(),
+                users: 1,
+            },
+        );
+        Ok(Box::new(PromInstrument {
+            name,
+            vector,
+            shared: self.inner.shared.clone(),
+        }))
+    }
+}
+
+struct PromInstrument {
+    name: String,
+    vector: Vector,
+    shared: SharedMap,
+}
+
+impl Instrument for PromInstrument {
+    fn series(&self, label_values: &[&str]) -> Result<Arc<dyn Series>, ProviderError> {
+        let err =
+            |e: prometheus::Error| ProviderError::Backend(format!("metric {}: {e}", self.name));
+        Ok(match &self.vector {
+            Vector::Counter(v) => Arc::new(PromCounter(
+                v.get_metric_with_label_values(label_values).map_err(err)?,
+            )),
+            Vector::Gauge(v) => Arc::new(PromGauge(
+                v.get_metric_with_label_values(label_values).map_err(err)?,
+            )),
+            Vector::Histogram(v) => Arc::new(PromHistogram(
+                v.get_metric_with_label_values(label_values).map_err(err)?,
+            )),
+        })
+    }
+}
+
+impl Drop for PromInstrument {
+    fn drop(&mut self) {
+        let mut shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = shared.get_mut(&self.name) {
+            s.users -= 1;
+            if s.users == 0 {
+                shared.remove(&self.name);
+            }
+        }
+    }
+}
+
+struct PromCounter(Counter);
+struct PromGauge(Gauge);
+struct PromHistogram(Histogram);
+
+impl Series for PromCounter {
+    fn record(&self, value: f64) -> Result<(), RecordError> {
+        if !value.is_finite() {
+            return Err(RecordError::NotFinite);
+        }
+        if value < 0.0 {
+            return Err(RecordError::NegativeCounter);
+        }
+        self.0.inc_by(value);
+        Ok(())
+    }
+}
+
+impl Series for PromGauge {
+    fn record(&self, value: f64) -> Result<(), RecordError> {
+        if value.is_nan() {
+            return Err(RecordError::NotFinite);
+        }
+        self.0.set(value);
+        Ok(())
+    }
+}
+
+impl Series for PromHistogram {
+    fn record(&self, value: f64) -> Result<(), RecordError> {
+        if !value.is_finite() {
+            return Err(RecordError::NotFinite);
+        }
+        self.0.observe(value);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec<'a>(name: &'a str, kind: MetricKind, keys: &'a [&'a str]) -> MetricSpec<'a> {
+        MetricSpec {
+            name,
+            help: "help",
+            kind,
+            label_keys: keys,
+            tracepoint_id: "tp",
+        }
+    }
+
+    fn exposition(r: &Registry) -> String {
+        let mut out = Vec::new();
+        prometheus::Encoder::encode(&prometheus::TextEncoder::new(), &r.gather(), &mut out)
+            .unwrap();
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn counters_get_total_and_shared_metrics_unregister_with_the_last_user() {
+        let registry = Registry::new();
+        let p = PrometheusProvider::new(registry.clone());
+        let a = p
+            .register(&spec("deep_orders", MetricKind::Counter, &["country"]))
+            .unwrap();
+        let b = p
+            .register(&spec("deep_orders", MetricKind::Counter, &["country"]))
+            .unwrap();
+        a.series(&["NZ"]).unwrap().record(2.0).unwrap();
+        b.series(&["NZ"]).unwrap().record(1.0).unwrap();
+        assert!(exposition(&registry).contains("deep_orders_total{country=\"NZ\"} 3"));
+        assert!(matches!(
+            p.register(&spec("deep_orders", MetricKind::Counter, &["city"])),
+            Err(ProviderError::Conflict { .. })
+        ));
+        drop(a);
+        assert!(
+            exposition(&registry).contains("deep_orders_total"),
+            "b still uses it"
+        );
+        drop(b);
+        assert!(
+            !exposition(&registry).contains("deep_orders_total"),
+            "gone with the last user"
+        );
+        p.register(&spec("deep_orders", MetricKind::Counter, &["city"]))
+            .expect("the name is free again");
+    }
+
+    #[test]
+    fn counters_refuse_negative_values_and_summary_is_reported_unsupported() {
+        let p = PrometheusProvider::new(Registry::new());
+        let c = p
+            .register(&spec("deep_c", MetricKind::Counter, &[]))
+            .unwrap();
+        assert_eq!(
+            c.series(&[]).unwrap().record(-1.0),
+            Err(RecordError::NegativeCounter)
+        );
+        assert!(matches!(
+            p.register(&spec("deep_s", MetricKind::Summary, &[])),
+            Err(ProviderError::Unsupported(_))
+        ));
+    }
+
+    #[test]
+    fn an_application_metric_of_the_same_name_is_a_conflict() {
+        let registry = Registry::new();
+        let app = prometheus::IntCounter::new("deep_mine_total", "the app's").unwrap();
+        registry.register(Box::new(app)).unwrap();
+        let p = PrometheusProvider::new(registry);
+        assert!(matches!(
+            p.register(&spec("deep_mine", MetricKind::Counter, &[])),
+            Err(ProviderError::Conflict { .. })
+        ));
+    }
+}

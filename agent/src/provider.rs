@@ -1,0 +1,102 @@
+//! [`MetricProvider`]: where tracepoint measurements go. Implement it to add a backend.
+//!
+//! A provider registers an [`Instrument`] per metric when a tracepoint is installed (dropping the
+//! instrument unregisters it), hands out one [`Series`] per label set, and the hit records into a
+//! cached series: the pipeline keeps the series per label set itself, with the cardinality cap,
+//! so a provider needs no cache of its own.
+
+use std::sync::Arc;
+
+/// The kind of a metric.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum MetricKind {
+    /// Adds the value (monotonic: negative values are refused).
+    Counter,
+    /// Sets the value.
+    Gauge,
+    /// Observes the value into buckets.
+    Histogram,
+    /// Observes the value into quantiles.
+    Summary,
+}
+
+/// What a metric is, as a provider needs it to register.
+#[derive(Debug, Clone, Copy)]
+pub struct MetricSpec<'a> {
+    /// Base name, `<namespace>_<name>[_<unit>]`, without any `_total` (a Prometheus provider adds
+    /// it to counters).
+    pub name: &'a str,
+    /// Help text.
+    pub help: &'a str,
+    /// The kind.
+    pub kind: MetricKind,
+    /// Label keys, in the order values are given to [`Instrument::series`].
+    pub label_keys: &'a [&'a str],
+    /// The tracepoint that feeds it.
+    pub tracepoint_id: &'a str,
+}
+
+/// Why a provider could not register or record.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ProviderError {
+    /// The name is taken by a metric of another kind or with other labels.
+    #[error("metric {name}: {reason}")]
+    Conflict {
+        /// The name.
+        name: String,
+        /// Why it conflicts.
+        reason: String,
+    },
+    /// The provider cannot do this (for example a kind it does not support).
+    #[error("{0}")]
+    Unsupported(String),
+    /// Anything else the backend reported.
+    #[error("{0}")]
+    Backend(String),
+}
+
+/// Why a value was not recorded. Small and `Copy`: it is counted on the hot path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum RecordError {
+    /// A counter was given a negative value.
+    #[error("a counter cannot decrease (negative value)")]
+    NegativeCounter,
+    /// NaN or infinite.
+    #[error("the value is not a finite number")]
+    NotFinite,
+}
+
+/// A backend for tracepoint metrics.
+pub trait MetricProvider: Send + Sync + 'static {
+    /// A short name for status messages (`prometheus`, `opentelemetry`).
+    fn name(&self) -> &str;
+    /// Registers a metric. Dropping the returned instrument unregisters it.
+    fn register(&self, spec: &MetricSpec<'_>) -> Result<Box<dyn Instrument>, ProviderError>;
+}
+
+/// One registered metric.
+pub trait Instrument: Send + Sync {
+    /// The series for one label set (values in the order of [`MetricSpec::label_keys`]).
+    fn series(&self, label_values: &[&str]) -> Result<Arc<dyn Series>, ProviderError>;
+}
+
+/// One labelled series: where a hit records.
+pub trait Series: Send + Sync {
+    /// Adds (counter), sets (gauge) or observes (histogram, summary) `value`.
+    fn record(&self, value: f64) -> Result<(), RecordError>;
+}
+
+/// Several series recorded together (one per provider).
+pub(crate) struct Fanout(pub Vec<Arc<dyn Series>>);
+
+impl Series for Fanout {
+    fn record(&self, value: f64) -> Result<(), RecordError> {
+        let mut result = Ok(());
+        for s in &self.0 {
+            if let Err(e) = s.record(value) {
+                result = Err(e);
+            }
+        }
+        result
+    }
+}

@@ -1,0 +1,169 @@
+//! [`Site`]: a probe site, the static record `probe!` leaves at a line of code.
+//!
+//! # Interest
+//! Every site is a `static` with an `armed` flag. The code at the line reads it with one relaxed
+//! atomic load; while no tracepoint is bound to the site that is the whole cost, and nothing is
+//! allocated or captured. When the agent installs a tracepoint list it computes, once, which sites
+//! each tracepoint binds to, publishes each site's program (the tracepoints to run there) through
+//! an `ArcSwapOption`, and only then sets the flag. Removing a tracepoint clears the flag first and
+//! the program after, so a hit never sees a flag without a program for long, and when it does it
+//! finds nothing to run.
+//!
+//! Sites are collected at link time into one distributed slice ([`linkme`]), so the agent can
+//! enumerate every site of the binary at start-up without any registration call at run time.
+
+use std::sync::{
+    Arc,
+    atomic::{AtomicBool, Ordering},
+};
+
+use arc_swap::ArcSwapOption;
+
+use crate::{capture::Capture, pipeline};
+
+/// A probe site: where it is, what it captures, and whether a tracepoint is bound to it.
+pub struct Site {
+    file: &'static str,
+    line: u32,
+    module: &'static str,
+    names: &'static [&'static str],
+    armed: AtomicBool,
+    pub(crate) program: ArcSwapOption<pipeline::Program>,
+}
+
+impl std::fmt::Debug for Site {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Site")
+            .field("file", &self.file)
+            .field("line", &self.line)
+            .field("module", &self.module)
+            .field("names", &self.names)
+            .field("armed", &self.is_armed())
+            .finish()
+    }
+}
+
+impl Site {
+    /// A disarmed site. Used by `probe!`; not meant to be called by hand.
+    #[doc(hidden)]
+    pub const fn new(
+        file: &'static str,
+        line: u32,
+        module: &'static str,
+        names: &'static [&'static str],
+    ) -> Self {
+        Self {
+            file,
+            line,
+            module,
+            names,
+            armed: AtomicBool::new(false),
+            program: ArcSwapOption::const_empty(),
+        }
+    }
+
+    /// The source file, as `file!()` gave it.
+    pub fn file(&self) -> &'static str {
+        self.file
+    }
+
+    /// The line.
+    pub fn line(&self) -> u32 {
+        self.line
+    }
+
+    /// The module path.
+    pub fn module(&self) -> &'static str {
+        self.module
+    }
+
+    /// The names of the captured variables, in order.
+    pub fn names(&self) -> &'static [&'static str] {
+        self.names
+    }
+
+    /// Whether a tracepoint is bound here: one relaxed load.
+    #[inline(always)]
+    pub fn is_armed(&self) -> bool {
+        self.armed.load(Ordering::Relaxed)
+    }
+
+    /// Runs the bound tracepoints over the captured values. Called by `probe!` when armed.
+    #[doc(hidden)]
+    #[cold]
+    #[inline(never)]
+    pub fn hit(&'static self, values: &[&dyn Capture]) {
+        pipeline::hit(self, values);
+    }
+
+    pub(crate) fn arm(&self, program: Arc<pipeline::Program>) {
+        self.program.store(Some(program));
+        self.armed.store(true, Ordering::Release);
+    }
+
+    pub(crate) fn disarm(&self) {
+        self.armed.store(false, Ordering::Release);
+        self.program.store(None);
+    }
+
+    /// `file:line`.
+    pub fn location(&self) -> String {
+        format!("{}:{}", self.file, self.line)
+    }
+}
+
+/// Every probe site linked into the binary.
+#[linkme::distributed_slice]
+pub static SITES: [&'static Site];
+
+/// Every probe site linked into the binary.
+pub fn sites() -> impl Iterator<Item = &'static Site> {
+    SITES.iter().copied()
+}
+
+/// Whether a tracepoint's `path` names a site's `file`: one is a suffix of the other by whole
+/// path components (so `checkout.rs`, `src/checkout.rs` and `/abs/proj/src/checkout.rs` all name
+/// the site file `src/checkout.rs`). Backslashes count as separators; `.` components are ignored.
+pub fn path_matches(tracepoint_path: &str, site_file: &str) -> bool {
+    fn components(p: &str) -> impl DoubleEndedIterator<Item = &str> {
+        p.split(['/', '\\']).filter(|c| !c.is_empty() && *c != ".")
+    }
+    let mut a = components(tracepoint_path).rev();
+    let mut b = components(site_file).rev();
+    let mut compared = 0;
+    loop {
+        match (a.next(), b.next()) {
+            (Some(x), Some(y)) if x == y => compared += 1,
+            (Some(_), Some(_)) => return false,
+            _ => return compared > 0,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_match_by_whole_components() {
+        for tp in [
+            "checkout.rs",
+            "src/checkout.rs",
+            "/home/me/shop/src/checkout.rs",
+            "./src/checkout.rs",
+        ] {
+            assert!(path_matches(tp, "src/checkout.rs"), "{tp}");
+        }
+        assert!(path_matches(
+            "src/checkout.rs",
+            "/build/shop/src/checkout.rs"
+        ));
+        assert!(
+            !path_matches("out.rs", "src/checkout.rs"),
+            "not a whole component"
+        );
+        assert!(!path_matches("lib/checkout.rs", "src/checkout.rs"));
+        assert!(!path_matches("", "src/checkout.rs"));
+        assert!(path_matches("src\\checkout.rs", "src/checkout.rs"));
+    }
+}

@@ -1,0 +1,217 @@
+//! [`TracepointSpec`]: the agent's own model of a tracepoint, converted once from the wire type.
+//!
+//! This is the one place where `TracePointConfig` (generated protobuf) becomes domain types; the
+//! rest of the agent never sees the wire format.
+
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use sonde_proto::{
+    common::any_value,
+    tracepoint::{MetricType, TracePointConfig, label_expression},
+};
+
+use crate::provider::MetricKind;
+
+/// One tracepoint as the agent understands it.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct TracepointSpec {
+    pub id: String,
+    pub path: String,
+    pub line: u32,
+    pub condition: Option<String>,
+    pub log_msg: Option<String>,
+    /// Fires allowed per action; `None` is the action's default.
+    pub fire_count: Option<i64>,
+    /// Minimum milliseconds between fires; `None` is the action's default.
+    pub fire_period_ms: Option<u64>,
+    /// Active window, Unix milliseconds; `None` = open on that side.
+    pub window_start_ms: Option<u64>,
+    pub window_end_ms: Option<u64>,
+    pub metrics: Vec<MetricRule>,
+}
+
+/// A metric a tracepoint feeds.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct MetricRule {
+    /// The exposed base name, `<namespace>_<name>[_<unit>]` (no `_total`).
+    pub name: String,
+    pub help: String,
+    pub kind: MetricKind,
+    /// The value expression; `None` means 1.
+    pub value: Option<String>,
+    pub labels: Vec<(String, LabelRule)>,
+}
+
+/// Where a label's value comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) enum LabelRule {
+    Static(String),
+    Expression(String),
+}
+
+/// A window bound in milliseconds: numbers below 10^11 are Unix seconds, larger ones
+/// milliseconds; 0 is unset.
+fn window_ms(raw: Option<&String>) -> Result<Option<u64>, String> {
+    match raw.map(|s| s.trim()) {
+        None | Some("") | Some("0") => Ok(None),
+        Some(s) => {
+            let v: u64 = s.parse().map_err(|_| format!("not a time: {s:?}"))?;
+            Ok(Some(if v < 100_000_000_000 {
+                v.saturating_mul(1000)
+            } else {
+                v
+            }))
+        }
+    }
+}
+
+pub(crate) fn now_unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default()
+}
+
+impl TracepointSpec {
+    /// From the wire type; an error names the field.
+    pub fn from_proto(tp: &TracePointConfig) -> Result<Self, String> {
+        let args = &tp.args;
+        let nonempty = |key: &str| args.get(key).filter(|v| !v.trim().is_empty()).cloned();
+        let fire_count = match nonempty("fire_count") {
+            None => None,
+            Some(s) => Some(
+                s.trim()
+                    .parse::<i64>()
+                    .map_err(|_| format!("args.fire_count: not an integer: {s:?}"))?,
+            ),
+        };
+        let fire_period_ms = match nonempty("fire_period") {
+            None => None,
+            Some(s) => Some(
+                s.trim()
+                    .parse::<u64>()
+                    .map_err(|_| format!("args.fire_period: not a number of ms: {s:?}"))?,
+            ),
+        };
+        let window_start_ms =
+            window_ms(args.get("window_start")).map_err(|e| format!("args.window_start: {e}"))?;
+        let window_end_ms =
+            window_ms(args.get("window_end")).map_err(|e| format!("args.window_end: {e}"))?;
+        let metrics = tp
+            .metrics
+            .iter()
+            .enumerate()
+            .map(|(i, m)| {
+                let kind = match MetricType::try_from(m.r#type) {
+                    Ok(MetricType::Counter) => MetricKind::Counter,
+                    Ok(MetricType::Gauge) => MetricKind::Gauge,
+                    Ok(MetricType::Histogram) => MetricKind::Histogram,
+                    Ok(MetricType::Summary) => MetricKind::Summary,
+                    Err(_) => return Err(format!("metrics[{i}].type: unknown type {}", m.r#type)),
+                };
+                let ns = m.namespace.as_deref().filter(|s| !s.is_empty()).unwrap_or("deep");
+                let name = match m.unit.as_deref().filter(|s| !s.is_empty()) {
+                    Some(unit) => format!("{ns}_{}_{unit}", m.name),
+                    None => format!("{ns}_{}", m.name),
+                };
+                let labels = m
+                    .label_expressions
+                    .iter()
+                    .enumerate()
+                    .map(|(j, l)| {
+                        let rule = match &l.value {
+                            Some(label_expression::Value::Expression(e)) => LabelRule::Expression(e.clone()),
+                            Some(label_expression::Value::Static(v)) => LabelRule::Static(match &v.value {
+                                Some(any_value::Value::StringValue(s)) => s.clone(),
+                                Some(any_value::Value::IntValue(n)) => n.to_string(),
+                                Some(any_value::Value::BoolValue(b)) => b.to_string(),
+                                Some(any_value::Value::DoubleValue(d)) => d.to_string(),
+                                _ => {
+                                    return Err(format!(
+                                        "metrics[{i}].labelExpressions[{j}].static: not a scalar"
+                                    ));
+                                }
+                            }),
+                            None => {
+                                return Err(format!("metrics[{i}].labelExpressions[{j}]: no value"));
+                            }
+                        };
+                        Ok((l.key.clone(), rule))
+                    })
+                    .collect::<Result<Vec<_>, _>>()?;
+                Ok(MetricRule {
+                    help: m
+                        .help
+                        .clone()
+                        .filter(|h| !h.is_empty())
+                        .unwrap_or_else(|| format!("Sonde tracepoint metric at {}:{}", tp.path, tp.line_number)),
+                    name,
+                    kind,
+                    value: m.expression.clone().filter(|e| !e.trim().is_empty()),
+                    labels,
+                })
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        Ok(Self {
+            id: tp.id.clone(),
+            path: tp.path.clone(),
+            line: tp.line_number,
+            condition: nonempty("condition"),
+            log_msg: nonempty("log_msg"),
+            fire_count,
+            fire_period_ms,
+            window_start_ms,
+            window_end_ms,
+            metrics,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sonde_proto::{
+        common::AnyValue,
+        tracepoint::{LabelExpression, Metric},
+    };
+
+    #[test]
+    fn converts_names_windows_and_labels() {
+        let mut tp = TracePointConfig {
+            id: "1".into(),
+            path: "src/a.rs".into(),
+            line_number: 3,
+            ..Default::default()
+        };
+        tp.args.insert("window_start".into(), "1700000000".into());
+        tp.args.insert("window_end".into(), "1700000001000".into());
+        tp.args.insert("fire_count".into(), "-1".into());
+        tp.metrics.push(Metric {
+            name: "latency".into(),
+            r#type: MetricType::Histogram as i32,
+            namespace: Some("shop".into()),
+            unit: Some("seconds".into()),
+            label_expressions: vec![
+                LabelExpression {
+                    key: "a".into(),
+                    value: Some(label_expression::Value::Expression("x.y".into())),
+                },
+                LabelExpression {
+                    key: "b".into(),
+                    value: Some(label_expression::Value::Static(AnyValue {
+                        value: Some(any_value::Value::IntValue(3)),
+                    })),
+                },
+            ],
+            ..Default::default()
+        });
+        let spec = TracepointSpec::from_proto(&tp).unwrap();
+        assert_eq!(spec.window_start_ms, Some(1_700_000_000_000));
+        assert_eq!(spec.window_end_ms, Some(1_700_000_001_000));
+        assert_eq!(spec.fire_count, Some(-1));
+        assert_eq!(spec.metrics[0].name, "shop_latency_seconds");
+        assert_eq!(spec.metrics[0].kind, MetricKind::Histogram);
+        assert_eq!(spec.metrics[0].labels[1].1, LabelRule::Static("3".into()));
+        assert_eq!(spec.metrics[0].value, None);
+    }
+}
