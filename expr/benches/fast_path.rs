@@ -4,8 +4,8 @@ mod common;
 
 use std::hint::black_box;
 
-use criterion::{criterion_group, criterion_main, Criterion};
-use sonde_expr::{compile, ExprKind};
+use criterion::{Criterion, criterion_group, criterion_main};
+use sonde_expr::{ExprKind, compile};
 
 fn fast_path(c: &mut Criterion) {
     let vars = common::vars();

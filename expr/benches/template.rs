@@ -4,12 +4,16 @@ mod common;
 
 use std::hint::black_box;
 
-use criterion::{criterion_group, criterion_main, Criterion};
-use sonde_expr::{compile, ExprKind};
+use criterion::{Criterion, criterion_group, criterion_main};
+use sonde_expr::{ExprKind, compile};
 
 fn template(c: &mut Criterion) {
     let vars = common::vars();
-    let t = compile("basket {len(order.items)} for {user.name}", ExprKind::Template).expect("compiles");
+    let t = compile(
+        "basket {len(order.items)} for {user.name}",
+        ExprKind::Template,
+    )
+    .expect("compiles");
     let mut out = String::with_capacity(128);
     c.bench_function("template/basket {len(order.items)} for {user.name}", |b| {
         b.iter(|| {

@@ -13,11 +13,12 @@ use std::sync::Arc;
 
 use rhai::{Dynamic, ParseErrorType, Scope};
 
-use crate::engine::{engine, from_dynamic, MAX_EXPR_DEPTH};
+use crate::engine::{MAX_EXPR_DEPTH, engine, from_dynamic};
 use crate::error::{CompileError, Position};
 use crate::expr::{Body, Expr, Inner, Part, Unit};
 use crate::kind::ExprKind;
 use crate::lookup::Path;
+use crate::native;
 use crate::rewrite::{find_closing_brace, rewrite, slot_name};
 use crate::value::Value;
 
@@ -62,11 +63,18 @@ pub fn compile(source: &str, kind: ExprKind) -> Result<Expr, CompileError> {
 ///
 /// # Errors
 /// A [`CompileError`] with a message and, where it applies, the position in `source`.
-pub fn compile_with(source: &str, kind: ExprKind, options: &CompileOptions) -> Result<Expr, CompileError> {
+pub fn compile_with(
+    source: &str,
+    kind: ExprKind,
+    options: &CompileOptions,
+) -> Result<Expr, CompileError> {
     let max = options.max_source_len.unwrap_or(MAX_SOURCE_LEN);
     if source.len() > max {
         return Err(CompileError::new(
-            format!("the {kind} is {} bytes long; the limit is {max}", source.len()),
+            format!(
+                "the {kind} is {} bytes long; the limit is {max}",
+                source.len()
+            ),
             None,
         ));
     }
@@ -108,10 +116,20 @@ fn check_constant(unit: &Unit, kind: ExprKind, source: &str) -> Result<(), Compi
     if ok {
         return Ok(());
     }
-    let wanted = if kind == ExprKind::Condition { "true or false" } else { "a number" };
+    let wanted = if kind == ExprKind::Condition {
+        "true or false"
+    } else {
+        "a number"
+    };
     Err(CompileError::new(
-        format!("a {kind} must be {wanted}, but this is always the {} `{v}`", v.type_name()),
-        Some(Position::at(source, source.len() - source.trim_start().len())),
+        format!(
+            "a {kind} must be {wanted}, but this is always the {} `{v}`",
+            v.type_name()
+        ),
+        Some(Position::at(
+            source,
+            source.len() - source.trim_start().len(),
+        )),
     ))
 }
 
@@ -142,9 +160,8 @@ fn friendly(err: &ParseErrorType, token: &str) -> Option<String> {
         "print" | "debug" => "printing is not allowed in expressions",
         "import" | "export" => "modules are not allowed in expressions",
         "fn" | "|" => "defining functions is not allowed in expressions",
-        "=" | "+=" | "-=" | "*=" | "/=" | "%=" | "**=" | "<<=" | ">>=" | "&=" | "|=" | "^=" | "??=" => {
-            "assignment is not allowed in expressions (use `==` to compare)"
-        }
+        "=" | "+=" | "-=" | "*=" | "/=" | "%=" | "**=" | "<<=" | ">>=" | "&=" | "|=" | "^="
+        | "??=" => "assignment is not allowed in expressions (use `==` to compare)",
         _ => return None,
     };
     Some(message.to_owned())
@@ -176,7 +193,10 @@ impl Compiler<'_> {
                     } else {
                         format!("available: {}", known.join(", "))
                     };
-                    return Err(self.err(format!("unknown variable `{root}`; {available}"), base + slot.offset));
+                    return Err(self.err(
+                        format!("unknown variable `{root}`; {available}"),
+                        base + slot.offset,
+                    ));
                 }
             }
         }
@@ -199,15 +219,18 @@ impl Compiler<'_> {
         for name in &names {
             scope.push_dynamic(name.as_str(), Dynamic::UNIT);
         }
-        let ast = engine().compile_expression_with_scope(&scope, &rw.text).map_err(|e| {
-            let offset = match (e.1.line(), e.1.position()) {
-                (Some(line), Some(col)) => rw.source_offset_at(line, col),
-                (Some(line), None) => rw.source_offset_at(line, 1),
-                _ => rw.text.len(),
-            };
-            let message = friendly(&e.0, token_at(src, offset)).unwrap_or_else(|| rw.unmangle(&e.0.to_string()));
-            self.err(message, base + offset)
-        })?;
+        let ast = engine()
+            .compile_expression_with_scope(&scope, &rw.text)
+            .map_err(|e| {
+                let offset = match (e.1.line(), e.1.position()) {
+                    (Some(line), Some(col)) => rw.source_offset_at(line, col),
+                    (Some(line), None) => rw.source_offset_at(line, 1),
+                    _ => rw.text.len(),
+                };
+                let message = friendly(&e.0, token_at(src, offset))
+                    .unwrap_or_else(|| rw.unmangle(&e.0.to_string()));
+                self.err(message, base + offset)
+            })?;
         if ids.is_empty() {
             return match engine().eval_ast::<Dynamic>(&ast) {
                 Ok(d) => Ok(Unit::Const(from_dynamic(&d))),
@@ -223,10 +246,12 @@ impl Compiler<'_> {
                 }
             };
         }
+        let native = native::parse(&rw.text, ids.len());
         Ok(Unit::Rhai {
             ast,
             slots: ids,
             names,
+            native,
         })
     }
 
@@ -247,9 +272,14 @@ impl Compiler<'_> {
                     text.push('}');
                     i += 2;
                 }
-                b'}' => return Err(self.err("single `}` in template (write `}}` for a literal brace)", i)),
+                b'}' => {
+                    return Err(
+                        self.err("single `}` in template (write `}}` for a literal brace)", i)
+                    );
+                }
                 b'{' => {
-                    let close = find_closing_brace(src, i + 1).map_err(|e| self.err(e.message, e.offset))?;
+                    let close = find_closing_brace(src, i + 1)
+                        .map_err(|e| self.err(e.message, e.offset))?;
                     let unit = self.unit(i + 1, &src[i + 1..close])?;
                     if let Unit::Const(v) = &unit {
                         v.render(&mut text);

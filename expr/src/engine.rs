@@ -17,10 +17,10 @@
 
 use std::sync::OnceLock;
 
-use rhai::{Dynamic, Engine, EvalAltResult, ImmutableString, OptimizationLevel, INT};
+use rhai::{Dynamic, Engine, EvalAltResult, INT, ImmutableString, OptimizationLevel};
 
 use crate::error::EvalError;
-use crate::value::{write_f64, write_hex, write_i64, write_quoted, Value};
+use crate::value::{Value, write_f64, write_hex, write_i64, write_quoted};
 
 /// Operations one evaluation may perform.
 pub const MAX_OPERATIONS: u64 = 10_000;
@@ -76,12 +76,24 @@ fn register_functions(e: &mut Engine) {
         s.into()
     });
     e.register_fn("int", to_int);
+    // rhai's math package has `int(float) -> float` (the integer part); Python's `int` wins here.
+    e.register_fn("int", |f: f64| to_int(Dynamic::from_float(f)));
     e.register_fn("float", to_float);
-    e.register_fn("lower", |s: ImmutableString| -> ImmutableString { s.to_lowercase().into() });
-    e.register_fn("upper", |s: ImmutableString| -> ImmutableString { s.to_uppercase().into() });
-    e.register_fn("strip", |s: ImmutableString| -> ImmutableString { s.trim().into() });
-    e.register_fn("startswith", |s: ImmutableString, p: ImmutableString| s.starts_with(p.as_str()));
-    e.register_fn("endswith", |s: ImmutableString, p: ImmutableString| s.ends_with(p.as_str()));
+    e.register_fn("lower", |s: ImmutableString| -> ImmutableString {
+        s.to_lowercase().into()
+    });
+    e.register_fn("upper", |s: ImmutableString| -> ImmutableString {
+        s.to_uppercase().into()
+    });
+    e.register_fn("strip", |s: ImmutableString| -> ImmutableString {
+        s.trim().into()
+    });
+    e.register_fn("startswith", |s: ImmutableString, p: ImmutableString| {
+        s.starts_with(p.as_str())
+    });
+    e.register_fn("endswith", |s: ImmutableString, p: ImmutableString| {
+        s.ends_with(p.as_str())
+    });
 }
 
 fn arithmetic(msg: &str) -> Box<EvalAltResult> {
@@ -105,9 +117,16 @@ fn to_int(x: Dynamic) -> RhaiResult<INT> {
     } else if let Ok(b) = x.as_bool() {
         Ok(INT::from(b))
     } else if let Ok(s) = x.as_immutable_string_ref() {
-        s.trim().parse::<INT>().map_err(|_| arithmetic("int(): not an integer"))
+        s.trim()
+            .parse::<INT>()
+            .map_err(|_| arithmetic("int(): not an integer"))
     } else {
-        Err(EvalAltResult::ErrorMismatchDataType("int".into(), x.type_name().into(), rhai::Position::NONE).into())
+        Err(EvalAltResult::ErrorMismatchDataType(
+            "int".into(),
+            x.type_name().into(),
+            rhai::Position::NONE,
+        )
+        .into())
     }
 }
 
@@ -121,9 +140,16 @@ fn to_float(x: Dynamic) -> RhaiResult<f64> {
     } else if let Ok(b) = x.as_bool() {
         Ok(if b { 1.0 } else { 0.0 })
     } else if let Ok(s) = x.as_immutable_string_ref() {
-        s.trim().parse::<f64>().map_err(|_| arithmetic("float(): not a number"))
+        s.trim()
+            .parse::<f64>()
+            .map_err(|_| arithmetic("float(): not a number"))
     } else {
-        Err(EvalAltResult::ErrorMismatchDataType("float".into(), x.type_name().into(), rhai::Position::NONE).into())
+        Err(EvalAltResult::ErrorMismatchDataType(
+            "float".into(),
+            x.type_name().into(),
+            rhai::Position::NONE,
+        )
+        .into())
     }
 }
 
@@ -150,7 +176,10 @@ fn to_dynamic_at(v: &Value, depth: usize) -> Result<Dynamic, EvalError> {
         Value::Str(s) => Dynamic::from(ImmutableString::from(s.as_str())),
         Value::Bytes(b) => Dynamic::from_blob(b.clone()),
         Value::List(items) => Dynamic::from_array(
-            items.iter().map(|x| to_dynamic_at(x, depth + 1)).collect::<Result<_, _>>()?,
+            items
+                .iter()
+                .map(|x| to_dynamic_at(x, depth + 1))
+                .collect::<Result<_, _>>()?,
         ),
         Value::Map(m) => {
             let mut map = rhai::Map::new();
@@ -188,7 +217,11 @@ pub(crate) fn from_dynamic(d: &Dynamic) -> Value {
     } else if let Ok(b) = d.as_blob_ref() {
         Value::Bytes(b.clone())
     } else if let Ok(m) = d.as_map_ref() {
-        Value::Map(m.iter().map(|(k, v)| (k.to_string(), from_dynamic(v))).collect())
+        Value::Map(
+            m.iter()
+                .map(|(k, v)| (k.to_string(), from_dynamic(v)))
+                .collect(),
+        )
     } else {
         Value::Str(d.to_string())
     }
@@ -279,7 +312,10 @@ mod tests {
     fn values_round_trip_through_rhai() {
         let v = Value::Map(
             [
-                ("a".to_owned(), Value::List(vec![Value::Int(1), Value::Float(0.5), Value::None])),
+                (
+                    "a".to_owned(),
+                    Value::List(vec![Value::Int(1), Value::Float(0.5), Value::None]),
+                ),
                 ("b".to_owned(), Value::Bytes(vec![1, 2])),
                 ("c".to_owned(), Value::Str("x".into())),
                 ("d".to_owned(), Value::Bool(false)),

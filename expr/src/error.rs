@@ -116,7 +116,10 @@ mod tests {
 
     #[test]
     fn compile_error_display_is_one_line_with_position() {
-        let e = CompileError::new("unknown variable `x`", Some(Position { line: 1, column: 4 }));
+        let e = CompileError::new(
+            "unknown variable `x`",
+            Some(Position { line: 1, column: 4 }),
+        );
         assert_eq!(e.to_string(), "unknown variable `x` (at line 1, column 4)");
         let e = CompileError::new("too long", None);
         assert_eq!(e.to_string(), "too long");

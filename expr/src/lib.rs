@@ -83,10 +83,11 @@ mod error;
 mod expr;
 mod kind;
 mod lookup;
+mod native;
 mod rewrite;
 mod value;
 
-pub use compile::{compile, compile_with, CompileOptions, MAX_SOURCE_LEN};
+pub use compile::{CompileOptions, MAX_SOURCE_LEN, compile, compile_with};
 pub use engine::{MAX_COLLECTION_SIZE, MAX_EXPR_DEPTH, MAX_OPERATIONS, MAX_STRING_SIZE};
 pub use error::{CompileError, EvalError, Position};
 pub use expr::Expr;

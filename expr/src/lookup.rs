@@ -75,7 +75,9 @@ impl Path {
         for seg in &self.segments {
             v = match seg {
                 Segment::Field(name) => match v {
-                    Value::Map(_) | Value::Record(_) => v.field(name).ok_or(EvalError::MissingField)?,
+                    Value::Map(_) | Value::Record(_) => {
+                        v.field(name).ok_or(EvalError::MissingField)?
+                    }
                     _ => return Err(EvalError::TypeMismatch),
                 },
                 Segment::Index(i) => match v {
@@ -139,7 +141,9 @@ impl Lookup for () {
 
 impl<S: AsRef<str>> Lookup for [(S, Value)] {
     fn get(&self, name: &str) -> Option<Cow<'_, Value>> {
-        self.iter().find(|(k, _)| k.as_ref() == name).map(|(_, v)| Cow::Borrowed(v))
+        self.iter()
+            .find(|(k, _)| k.as_ref() == name)
+            .map(|(_, v)| Cow::Borrowed(v))
     }
 }
 
@@ -216,10 +220,17 @@ mod tests {
         let vars = [("order", order())];
         let p = Path::new(
             "order".into(),
-            vec![Segment::Field("items".into()), Segment::Index(-1), Segment::Field("sku".into())],
+            vec![
+                Segment::Field("items".into()),
+                Segment::Index(-1),
+                Segment::Field("sku".into()),
+            ],
         );
         assert_eq!(p.to_string(), "order.items[-1].sku");
-        assert_eq!(vars.get_path(&p).map(Cow::into_owned), Ok(Value::from("A1")));
+        assert_eq!(
+            vars.get_path(&p).map(Cow::into_owned),
+            Ok(Value::from("A1"))
+        );
     }
 
     #[test]
@@ -229,7 +240,10 @@ mod tests {
         assert_eq!(vars.get_path(&missing), Err(EvalError::MissingVariable));
         let field = Path::new("order".into(), vec![Segment::Field("x".into())]);
         assert_eq!(vars.get_path(&field), Err(EvalError::MissingField));
-        let idx = Path::new("order".into(), vec![Segment::Field("items".into()), Segment::Index(5)]);
+        let idx = Path::new(
+            "order".into(),
+            vec![Segment::Field("items".into()), Segment::Index(5)],
+        );
         assert_eq!(vars.get_path(&idx), Err(EvalError::IndexOutOfBounds));
         let ty = Path::new("order".into(), vec![Segment::Index(0)]);
         assert_eq!(vars.get_path(&ty), Err(EvalError::TypeMismatch));

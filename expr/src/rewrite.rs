@@ -50,12 +50,69 @@ struct Tok {
 
 /// rhai keywords and reserved words: identifiers that are never variables.
 const KEYWORDS: &[&str] = &[
-    "_", "true", "false", "let", "const", "if", "else", "switch", "do", "while", "until", "loop", "for",
-    "in", "continue", "break", "return", "throw", "try", "catch", "fn", "private", "import",
-    "export", "as", "global", "this", "Fn", "call", "curry", "is_shared", "is_def_fn",
-    "is_def_var", "print", "debug", "eval", "type_of", "var", "static", "shared", "goto", "exit",
-    "match", "case", "public", "protected", "new", "use", "with", "module", "package", "super",
-    "thread", "spawn", "go", "await", "async", "sync", "yield", "default", "void", "null", "nil",
+    "_",
+    "true",
+    "false",
+    "let",
+    "const",
+    "if",
+    "else",
+    "switch",
+    "do",
+    "while",
+    "until",
+    "loop",
+    "for",
+    "in",
+    "continue",
+    "break",
+    "return",
+    "throw",
+    "try",
+    "catch",
+    "fn",
+    "private",
+    "import",
+    "export",
+    "as",
+    "global",
+    "this",
+    "Fn",
+    "call",
+    "curry",
+    "is_shared",
+    "is_def_fn",
+    "is_def_var",
+    "print",
+    "debug",
+    "eval",
+    "type_of",
+    "var",
+    "static",
+    "shared",
+    "goto",
+    "exit",
+    "match",
+    "case",
+    "public",
+    "protected",
+    "new",
+    "use",
+    "with",
+    "module",
+    "package",
+    "super",
+    "thread",
+    "spawn",
+    "go",
+    "await",
+    "async",
+    "sync",
+    "yield",
+    "default",
+    "void",
+    "null",
+    "nil",
 ];
 
 /// The name rhai sees for slot `i`.
@@ -247,7 +304,10 @@ impl Rewritten {
         let mut out = 0;
         for (n, l) in self.text.split_inclusive('\n').enumerate() {
             if n + 1 == line {
-                let col = l.char_indices().nth(column.saturating_sub(1)).map_or(l.len(), |(i, _)| i);
+                let col = l
+                    .char_indices()
+                    .nth(column.saturating_sub(1))
+                    .map_or(l.len(), |(i, _)| i);
                 return self.source_offset(out + col);
             }
             out += l.len();
@@ -263,7 +323,10 @@ impl Rewritten {
             out.push_str(&rest[..i]);
             let after = &rest[i + 2..];
             let digits = after.bytes().take_while(u8::is_ascii_digit).count();
-            let slot = after[..digits].parse::<usize>().ok().and_then(|n| self.slots.get(n));
+            let slot = after[..digits]
+                .parse::<usize>()
+                .ok()
+                .and_then(|n| self.slots.get(n));
             let boundary_before = !out.ends_with(|c: char| c.is_ascii_alphanumeric() || c == '_');
             match slot {
                 Some(s) if boundary_before => out.push_str(&s.text),
@@ -368,7 +431,8 @@ pub(crate) fn rewrite(src: &str) -> Result<Rewritten, LexError> {
                     w.copy(t.start, t.end);
                     continue;
                 }
-                let not_a_variable = matches!(next, Some("(" | ":" | "::")) || KEYWORDS.contains(&s);
+                let not_a_variable =
+                    matches!(next, Some("(" | ":" | "::")) || KEYWORDS.contains(&s);
                 match s {
                     "and" | "or" => {
                         close_nots(&mut w, &mut nots, depth, t.start);
@@ -439,10 +503,18 @@ fn parse_path(src: &str, toks: &[Tok], i: usize) -> (Path, usize, usize) {
                 j += 2;
             }
             Some("[") => {
-                let (neg, k) = if text(j + 1) == Some("-") { (true, j + 2) } else { (false, j + 1) };
+                let (neg, k) = if text(j + 1) == Some("-") {
+                    (true, j + 2)
+                } else {
+                    (false, j + 1)
+                };
                 let seg = match (kind(k), text(k), text(k + 1)) {
-                    (Some(Kind::Num), Some(num), Some("]")) if num.bytes().all(|b| b.is_ascii_digit()) => {
-                        num.parse::<i64>().ok().map(|n| Segment::Index(if neg { -n } else { n }))
+                    (Some(Kind::Num), Some(num), Some("]"))
+                        if num.bytes().all(|b| b.is_ascii_digit()) =>
+                    {
+                        num.parse::<i64>()
+                            .ok()
+                            .map(|n| Segment::Index(if neg { -n } else { n }))
                     }
                     (Some(Kind::Str), Some(lit), Some("]")) if !neg && !lit.contains('\\') => {
                         Some(Segment::Field(lit[1..lit.len() - 1].to_owned()))
@@ -487,7 +559,10 @@ mod tests {
         assert_eq!(rw("user.name.contains(\"x\")"), "_v0.contains(\"x\")");
         assert_eq!(rw("len(items) > 3"), "len(_v0) > 3");
         assert_eq!(rw("#{a: x}"), "#{a: _v0}");
-        assert_eq!(rw("if x { \"a\" } else { \"b\" }"), "if _v0 { \"a\" } else { \"b\" }");
+        assert_eq!(
+            rw("if x { \"a\" } else { \"b\" }"),
+            "if _v0 { \"a\" } else { \"b\" }"
+        );
         assert_eq!(rw("items[i]"), "_v0[_v1]");
         assert_eq!(rw("items[-1]"), "_v0");
     }
@@ -495,10 +570,10 @@ mod tests {
     #[test]
     fn python_boolean_words_are_rewritten() {
         assert_eq!(rw("a and b or c"), "_v0 && _v1 || _v2");
-        assert_eq!(rw("not a == b and c"), "!(_v0 == _v1 )&& _v2");
-        assert_eq!(rw("not not a"), "!(!(_v0))");
-        assert_eq!(rw("not (a or b) and c"), "!((_v0 || _v1) )&& _v2");
-        assert_eq!(rw("f(not a, b)"), "f(!(_v0), _v1)");
+        assert_eq!(rw("not a == b and c"), "!( _v0 == _v1 )&& _v2");
+        assert_eq!(rw("not not a"), "!( !( _v0))");
+        assert_eq!(rw("not (a or b) and c"), "!( (_v0 || _v1) )&& _v2");
+        assert_eq!(rw("f(not a, b)"), "f(!( _v0), _v1)");
         assert_eq!(rw("x not in xs"), "_v0 !in _v1");
         assert_eq!(rw("x == None or True"), "_v0 == () || true");
     }
@@ -534,7 +609,10 @@ mod tests {
         // "_v0 + _v1": `_v1` starts at output offset 6, `bad` at source offset 14.
         assert_eq!(r.source_offset(6), 14);
         assert_eq!(r.source_offset_at(1, 7), 14);
-        assert_eq!(r.unmangle("no _v1 and _v0, x_v0"), "no bad and order.total, x_v0");
+        assert_eq!(
+            r.unmangle("no _v1 and _v0, x_v0"),
+            "no bad and order.total, x_v0"
+        );
     }
 
     #[test]

@@ -335,10 +335,16 @@ mod tests {
     fn compound_values_render_with_quoted_strings() {
         let v = Value::Record(vec![
             ("id".into(), Value::Int(7)),
-            ("tags".into(), Value::List(vec!["a\"b".into(), Value::None, Value::Bool(true)])),
+            (
+                "tags".into(),
+                Value::List(vec!["a\"b".into(), Value::None, Value::Bool(true)]),
+            ),
             ("raw".into(), Value::Bytes(vec![0xde, 0xad])),
         ]);
-        assert_eq!(v.to_string(), r#"{"id": 7, "tags": ["a\"b", none, true], "raw": dead}"#);
+        assert_eq!(
+            v.to_string(),
+            r#"{"id": 7, "tags": ["a\"b", none, true], "raw": dead}"#
+        );
         assert_eq!(Value::from("top").to_string(), "top");
     }
 

@@ -1,0 +1,59 @@
+//! Fuzz target: compile any source as any kind, evaluate it over a fixed set of captured values,
+//! and check that the native lane agrees with rhai wherever it answers.
+//!
+//! Input: the first byte picks the kind, the rest is the source (UTF-8).
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use sonde_expr::{compile, ExprKind, Value};
+
+fn vars() -> Vec<(&'static str, Value)> {
+    vec![
+        ("i", Value::Int(-7)),
+        ("u", Value::UInt(u64::MAX)),
+        ("f", Value::Float(2.5)),
+        ("b", Value::Bool(true)),
+        ("s", Value::from("héllo")),
+        ("n", Value::None),
+        ("raw", Value::Bytes(vec![1, 2, 3])),
+        ("xs", Value::List(vec![Value::Int(1), Value::from("a"), Value::Float(0.5)])),
+        ("m", Value::Map([("k".to_owned(), Value::Int(1))].into())),
+        (
+            "order",
+            Value::Record(vec![
+                ("total".into(), Value::Float(12.5)),
+                ("customer".into(), Value::Record(vec![("country".into(), Value::from("NZ"))])),
+            ]),
+        ),
+    ]
+}
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&k, rest)) = data.split_first() else { return };
+    let Ok(src) = std::str::from_utf8(rest) else { return };
+    let kind = match k % 5 {
+        0 => ExprKind::Condition,
+        1 => ExprKind::Value,
+        2 => ExprKind::Label,
+        3 => ExprKind::Template,
+        _ => ExprKind::Any,
+    };
+    let Ok(expr) = compile(src, kind) else { return };
+    let vars = vars();
+    let _ = expr.eval_condition(&vars);
+    let _ = expr.eval_number(&vars);
+    let mut out = String::new();
+    let _ = expr.render(&vars, &mut out);
+    let value = expr.eval(&vars);
+
+    // Differential check: the native lane must agree with rhai on the same expression.
+    if kind != ExprKind::Template && expr.is_native() && !expr.is_fast_path() {
+        if let Ok(rhai) = compile(&format!("if true {{ {src}\n}} else {{ () }}"), ExprKind::Any) {
+            if !rhai.is_native() {
+                let a = value.map(|v| v.to_string());
+                let b = rhai.eval(&vars).map(|v| v.to_string());
+                assert_eq!(a, b, "native and rhai disagree on {src:?}");
+            }
+        }
+    }
+});

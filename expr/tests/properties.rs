@@ -1,0 +1,134 @@
+//! Properties: rendering rules hold for every value, conditions never turn a non-bool into
+//! `false`, and the native lane agrees with rhai on every expression it evaluates.
+
+use proptest::prelude::*;
+use sonde_expr::{EvalError, ExprKind, Value, compile};
+
+fn scalar() -> impl Strategy<Value = Value> {
+    prop_oneof![
+        Just(Value::None),
+        any::<bool>().prop_map(Value::Bool),
+        any::<i64>().prop_map(Value::Int),
+        any::<u64>().prop_map(Value::UInt),
+        any::<f64>().prop_map(Value::Float),
+        "[a-z]{0,6}".prop_map(Value::Str),
+        proptest::collection::vec(any::<u8>(), 0..4).prop_map(Value::Bytes),
+    ]
+}
+
+fn value() -> impl Strategy<Value = Value> {
+    scalar().prop_recursive(3, 16, 4, |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..4).prop_map(Value::List),
+            proptest::collection::btree_map("[a-z]{1,3}", inner, 0..4).prop_map(Value::Map),
+        ]
+    })
+}
+
+fn label(src: &str, v: &Value) -> Result<String, EvalError> {
+    let e = compile(src, ExprKind::Label).expect("compiles");
+    let mut out = String::new();
+    e.eval_label(&[("x", v.clone())], &mut out).map(|()| out)
+}
+
+proptest! {
+    #[test]
+    fn integers_render_in_decimal(i in any::<i64>(), u in any::<u64>()) {
+        prop_assert_eq!(label("x", &Value::Int(i))?, i.to_string());
+        prop_assert_eq!(label("x", &Value::UInt(u))?, u.to_string());
+    }
+
+    #[test]
+    fn finite_floats_render_to_text_that_parses_back(f in any::<f64>().prop_filter("finite", |f| f.is_finite())) {
+        let s = label("x", &Value::Float(f))?;
+        prop_assert_eq!(s.parse::<f64>().ok(), Some(f), "{}", s);
+        // Integral floats keep a fraction or an exponent, so they never read as integers.
+        prop_assert!(s.contains('.') || s.contains('e'), "{}", s);
+    }
+
+    #[test]
+    fn labels_match_value_display_on_both_lanes(v in value()) {
+        let fast = label("x", &v)?;
+        prop_assert_eq!(&fast, &v.to_string());
+        // `str(x)` runs in rhai: same rendering (rhai has no unsigned type, so big UInts differ).
+        if !matches!(v, Value::UInt(u) if u > i64::MAX as u64) && !contains_uint(&v) {
+            prop_assert_eq!(label("str(x)", &v)?, fast);
+        }
+    }
+
+    #[test]
+    fn a_condition_of_a_non_bool_is_an_error(v in value()) {
+        let e = compile("x", ExprKind::Condition).expect("compiles");
+        let r = e.eval_condition(&[("x", v.clone())]);
+        match v {
+            Value::Bool(b) => prop_assert_eq!(r, Ok(b)),
+            _ => prop_assert_eq!(r, Err(EvalError::TypeMismatch)),
+        }
+        let e = compile("if true { x } else { false }", ExprKind::Condition).expect("compiles");
+        let r = e.eval_condition(&[("x", v.clone())]);
+        match v {
+            Value::Bool(b) => prop_assert_eq!(r, Ok(b)),
+            _ => prop_assert_eq!(r, Err(EvalError::TypeMismatch)),
+        }
+    }
+
+    #[test]
+    fn native_lane_agrees_with_rhai(expr in arith(), a in scalar(), b in scalar(), c in scalar()) {
+        // Variable-free expressions that fail are compile errors: nothing to compare.
+        let Ok(native) = compile(&expr, ExprKind::Any) else { return Ok(()) };
+        // An `if` is outside the native subset: the same expression, all in rhai.
+        let rhai = compile(&format!("if true {{ {expr} }} else {{ () }}"), ExprKind::Any).expect("compiles");
+        prop_assume!(native.is_native() && !rhai.is_native());
+        let vars = [("a", a), ("b", b), ("c", c)];
+        let render = |r: Result<Value, EvalError>| r.map(|v| v.to_string());
+        prop_assert_eq!(render(native.eval(&vars)), render(rhai.eval(&vars)), "{}", expr);
+    }
+}
+
+fn contains_uint(v: &Value) -> bool {
+    match v {
+        Value::UInt(_) => true,
+        Value::List(l) => l.iter().any(contains_uint),
+        Value::Map(m) => m.values().any(contains_uint),
+        _ => false,
+    }
+}
+
+/// Operator expressions over `a`, `b`, `c` and literals, inside the native subset.
+fn arith() -> impl Strategy<Value = String> {
+    let leaf = prop_oneof![
+        Just("a".to_owned()),
+        Just("b".to_owned()),
+        Just("c".to_owned()),
+        Just("len(a)".to_owned()),
+        (-5i64..5).prop_map(|i| i.to_string()),
+        (0u32..40).prop_map(|i| format!("{}.5", i)),
+        Just("\"x\"".to_owned()),
+        Just("true".to_owned()),
+        Just("None".to_owned()),
+    ];
+    leaf.prop_recursive(4, 24, 2, |inner| {
+        let op = prop_oneof![
+            Just("+"),
+            Just("-"),
+            Just("*"),
+            Just("/"),
+            Just("%"),
+            Just("=="),
+            Just("!="),
+            Just("<"),
+            Just("<="),
+            Just(">"),
+            Just(">="),
+            Just("&&"),
+            Just("||"),
+            Just("and"),
+            Just("or"),
+        ];
+        prop_oneof![
+            (inner.clone(), op, inner.clone()).prop_map(|(l, o, r)| format!("({l} {o} {r})")),
+            inner.clone().prop_map(|x| format!("-({x})")),
+            inner.prop_map(|x| format!("not {x}")),
+        ]
+    })
+}
