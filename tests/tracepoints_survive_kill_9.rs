@@ -54,13 +54,43 @@ fn acknowledged_writes_survive_sigkill_and_restart() {
 }
 
 #[test]
-fn sigterm_shuts_down_gracefully() {
+fn sigterm_shuts_down_gracefully_and_ends_watch_streams() {
+    use sonde_proto::sonde::{WatchRequest, watch_service_client::WatchServiceClient};
+
     let dir = tempfile::tempdir().unwrap();
     let server = ServerProcess::spawn(dir.path(), &[]);
     let (status, _) = server.request("GET", "/healthz", None);
     assert_eq!(status, 200);
+
+    // An agent holds a watch stream open while the server is told to stop.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let grpc = server.grpc.clone();
+    let mut stream = rt.block_on(async move {
+        let mut client = WatchServiceClient::connect(grpc).await.expect("connect");
+        let mut stream = client
+            .watch(WatchRequest {
+                agent_id: "a".into(),
+                ..Default::default()
+            })
+            .await
+            .expect("watch")
+            .into_inner();
+        stream
+            .message()
+            .await
+            .expect("first message")
+            .expect("open");
+        stream
+    });
+
     let exit = server
-        .terminate(Duration::from_secs(15))
-        .expect("the server exits after SIGTERM");
+        .terminate(Duration::from_secs(8))
+        .expect("the server exits promptly after SIGTERM, open watch or not");
     assert!(exit.success(), "exit status {exit:?}");
+    let after =
+        rt.block_on(async { tokio::time::timeout(Duration::from_secs(5), stream.message()).await });
+    assert!(
+        matches!(after, Ok(Ok(None)) | Ok(Err(_))),
+        "the watch stream ended with the server: {after:?}"
+    );
 }
