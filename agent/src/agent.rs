@@ -17,6 +17,7 @@ use tokio::sync::watch;
 
 use crate::{
     client::{self, ClientConfig},
+    endpoint,
     install::{Installer, TracepointStatus},
     pipeline::Budgets,
     provider::MetricProvider,
@@ -62,6 +63,14 @@ pub enum StartError {
     /// The agent's thread could not be started.
     #[error("starting the agent thread: {0}")]
     Thread(#[from] std::io::Error),
+    /// The metrics endpoint's address could not be bound.
+    #[error("binding the metrics endpoint on {addr}: {source}")]
+    Bind {
+        /// The address.
+        addr: std::net::SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
 }
 
 /// Configuration of an agent.
@@ -79,6 +88,7 @@ pub struct AgentBuilder {
     budgets: Budgets,
     log_level: tracing::Level,
     offline: bool,
+    metrics_endpoint: Option<(std::net::SocketAddr, prometheus::Registry)>,
     env_error: Option<String>,
 }
 
@@ -109,6 +119,7 @@ impl Default for AgentBuilder {
             budgets: Budgets::default(),
             log_level: tracing::Level::INFO,
             offline: false,
+            metrics_endpoint: None,
             env_error: None,
         }
     }
@@ -187,19 +198,32 @@ impl AgentBuilder {
         self
     }
 
+    /// Serves `registry` at `http://<addr>/metrics` from the agent's thread, for applications
+    /// that do not expose one themselves (Sonde's usual port is 9464).
+    pub fn serve_metrics(
+        mut self,
+        addr: std::net::SocketAddr,
+        registry: prometheus::Registry,
+    ) -> Self {
+        self.metrics_endpoint = Some((addr, registry));
+        self
+    }
+
     /// No control plane: tracepoints come only from [`AgentHandle::apply`].
     pub fn offline(mut self) -> Self {
         self.offline = true;
         self
     }
 
-    /// Reads `SONDE_SERVER` (comma-separated URLs), `SONDE_SERVICE_NAME`, `SONDE_TOKEN`,
-    /// `SONDE_TENANT`, `SONDE_POLL_INTERVAL_MS`, `SONDE_CLIENT_MODE` (`auto`, `watch`, `poll`),
-    /// `SONDE_RESOURCE_ATTRIBUTES` (`k=v,k=v`) and `SONDE_CA_CERT` (a PEM file). Values set on the
-    /// builder before this call are replaced by the environment's.
+    /// Reads `SONDE_AGENT_SERVER` (comma-separated gRPC URLs of the control plane, port 43315 —
+    /// not the HTTP API that the CLI's `SONDE_SERVER` names), `SONDE_AGENT_TOKEN` (the server's
+    /// `--agent-token`), `SONDE_AGENT_CA_CERT` (a PEM file), `SONDE_AGENT_POLL_INTERVAL_MS`,
+    /// `SONDE_AGENT_MODE` (`auto`, `watch`, `poll`), `SONDE_SERVICE_NAME`, `SONDE_TENANT` and
+    /// `SONDE_RESOURCE_ATTRIBUTES` (`k=v,k=v`). Values set on the builder before this call are
+    /// replaced by the environment's; a malformed value makes `start()` fail, naming it.
     pub fn from_env(mut self) -> Self {
         let var = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
-        if let Some(servers) = var("SONDE_SERVER") {
+        if let Some(servers) = var("SONDE_AGENT_SERVER") {
             self.servers = servers
                 .split(',')
                 .map(|s| s.trim().to_owned())
@@ -209,28 +233,30 @@ impl AgentBuilder {
         if let Some(name) = var("SONDE_SERVICE_NAME") {
             self.service_name = Some(name);
         }
-        if let Some(token) = var("SONDE_TOKEN") {
+        if let Some(token) = var("SONDE_AGENT_TOKEN") {
             self.token = Some(token);
         }
         if let Some(tenant) = var("SONDE_TENANT") {
             self.tenant = Some(tenant);
         }
-        if let Some(ms) = var("SONDE_POLL_INTERVAL_MS") {
+        if let Some(ms) = var("SONDE_AGENT_POLL_INTERVAL_MS") {
             match ms.trim().parse::<u64>() {
                 Ok(ms) => self.poll_interval = Duration::from_millis(ms),
                 Err(_) => {
-                    self.env_error = Some(format!("SONDE_POLL_INTERVAL_MS: not a number: {ms:?}"))
+                    self.env_error = Some(format!(
+                        "SONDE_AGENT_POLL_INTERVAL_MS: not a number: {ms:?}"
+                    ))
                 }
             }
         }
-        if let Some(mode) = var("SONDE_CLIENT_MODE") {
+        if let Some(mode) = var("SONDE_AGENT_MODE") {
             match mode.trim() {
                 "auto" => self.mode = ClientMode::Auto,
                 "watch" => self.mode = ClientMode::Watch,
                 "poll" => self.mode = ClientMode::Poll,
                 other => {
                     self.env_error = Some(format!(
-                        "SONDE_CLIENT_MODE: {other:?} is not auto, watch or poll"
+                        "SONDE_AGENT_MODE: {other:?} is not auto, watch or poll"
                     ))
                 }
             }
@@ -249,10 +275,12 @@ impl AgentBuilder {
                 }
             }
         }
-        if let Some(path) = var("SONDE_CA_CERT") {
+        if let Some(path) = var("SONDE_AGENT_CA_CERT") {
             match std::fs::read(&path) {
                 Ok(pem) => self.ca_pem = Some(pem),
-                Err(e) => self.env_error = Some(format!("SONDE_CA_CERT: reading {path}: {e}")),
+                Err(e) => {
+                    self.env_error = Some(format!("SONDE_AGENT_CA_CERT: reading {path}: {e}"))
+                }
             }
         }
         self
@@ -310,24 +338,35 @@ impl AgentBuilder {
         );
         let installer = Arc::new(Mutex::new(installer));
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
-        let thread = if self.offline {
+        let endpoint = match self.metrics_endpoint {
+            Some((addr, registry)) => match endpoint::bind(addr) {
+                Ok(listener) => Some((listener, registry)),
+                Err(source) => {
+                    RUNNING.store(false, Ordering::Release);
+                    return Err(StartError::Bind { addr, source });
+                }
+            },
+            None => None,
+        };
+        let metrics_addr = endpoint.as_ref().and_then(|(l, _)| l.local_addr().ok());
+        let client = (!self.offline).then(|| ClientConfig {
+            servers,
+            token: self.token,
+            basic: self.basic,
+            tenant: self.tenant,
+            ca_pem: self.ca_pem,
+            poll_interval: self.poll_interval,
+            mode: self.mode,
+            resource,
+            agent_id: agent_id.clone(),
+        });
+        let thread = if client.is_none() && endpoint.is_none() {
             None
         } else {
-            let config = ClientConfig {
-                servers,
-                token: self.token,
-                basic: self.basic,
-                tenant: self.tenant,
-                ca_pem: self.ca_pem,
-                poll_interval: self.poll_interval,
-                mode: self.mode,
-                resource,
-                agent_id: agent_id.clone(),
-            };
             let installer = installer.clone();
             let spawned = std::thread::Builder::new()
                 .name("sonde-agent".into())
-                .spawn(move || client::run_thread(config, installer, shutdown_rx));
+                .spawn(move || agent_thread(client, endpoint, installer, shutdown_rx));
             match spawned {
                 Ok(handle) => Some(handle),
                 Err(e) => {
@@ -338,12 +377,48 @@ impl AgentBuilder {
         };
         Ok(AgentHandle {
             agent_id,
+            metrics_addr,
             installer,
             shutdown_tx,
             thread,
             stopped: false,
         })
     }
+}
+
+/// The agent's thread: its own single-threaded runtime running the client and the endpoint.
+fn agent_thread(
+    client: Option<ClientConfig>,
+    endpoint: Option<(std::net::TcpListener, prometheus::Registry)>,
+    installer: Arc<Mutex<Installer>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(err) => {
+            tracing::error!(%err, "sonde agent: cannot start its runtime; tracepoints stay off");
+            return;
+        }
+    };
+    rt.block_on(async move {
+        if let Some((listener, registry)) = endpoint {
+            match tokio::net::TcpListener::from_std(listener) {
+                Ok(listener) => {
+                    tokio::spawn(endpoint::serve(listener, registry, shutdown.clone()));
+                }
+                Err(err) => tracing::error!(%err, "sonde agent: metrics endpoint"),
+            }
+        }
+        match client {
+            Some(config) => client::run(config, installer, shutdown).await,
+            None => {
+                let _ = shutdown.wait_for(|stop| *stop).await;
+            }
+        }
+    });
 }
 
 fn default_service_name() -> String {
@@ -358,6 +433,7 @@ fn default_service_name() -> String {
 #[derive(Debug)]
 pub struct AgentHandle {
     agent_id: String,
+    metrics_addr: Option<std::net::SocketAddr>,
     installer: Arc<Mutex<Installer>>,
     shutdown_tx: watch::Sender<bool>,
     thread: Option<JoinHandle<()>>,
@@ -374,6 +450,11 @@ impl AgentHandle {
     /// This agent instance's ID (also its `service.instance.id`).
     pub fn agent_id(&self) -> &str {
         &self.agent_id
+    }
+
+    /// Where the agent's own `/metrics` endpoint listens, if it serves one.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.metrics_addr
     }
 
     /// Installs a tracepoint list directly, replacing what is installed (as an UPDATE from the

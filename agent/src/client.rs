@@ -56,23 +56,13 @@ const BREAKER_OPEN: Duration = Duration::from_secs(30);
 /// How often a watch checks for status changes made on the hot path.
 const STATUS_TICK: Duration = Duration::from_millis(500);
 
-/// Runs the client on the calling thread until shutdown.
-pub(crate) fn run_thread(
+/// Runs the client until shutdown.
+pub(crate) async fn run(
     config: ClientConfig,
     installer: Arc<Mutex<Installer>>,
     shutdown: watch::Receiver<bool>,
 ) {
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(err) => {
-            tracing::error!(%err, "sonde agent: cannot start its runtime; tracepoints stay off");
-            return;
-        }
-    };
-    rt.block_on(Client::new(config, installer).run(shutdown));
+    Client::new(config, installer).run(shutdown).await;
 }
 
 struct Client {

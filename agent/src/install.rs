@@ -7,7 +7,7 @@
 //! published to their sites, and sites left with no tracepoint are disarmed.
 
 use std::{
-    collections::{BTreeSet, HashMap},
+    collections::{BTreeMap, BTreeSet, HashMap},
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -98,7 +98,9 @@ impl Installer {
 
     /// Replaces the installed tracepoints with `configs`.
     pub fn apply(&mut self, configs: &[TracePointConfig]) {
-        let mut wanted: HashMap<String, Result<TracepointSpec, String>> = HashMap::new();
+        // Ordered by ID, so that when two tracepoints conflict (the same metric name with other
+        // labels) the same one wins in every process.
+        let mut wanted: BTreeMap<String, Result<TracepointSpec, String>> = BTreeMap::new();
         for cfg in configs {
             wanted.insert(cfg.id.clone(), TracepointSpec::from_proto(cfg));
         }

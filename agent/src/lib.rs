@@ -44,22 +44,35 @@
 mod agent;
 mod capture;
 mod client;
+mod endpoint;
 mod install;
+#[cfg(feature = "opentelemetry")]
+mod otel;
 mod pipeline;
 mod prometheus;
 mod provider;
+#[cfg(feature = "serde")]
+mod serde_capture;
 mod site;
+mod summary;
 mod tracepoint;
 
 pub use agent::{Agent, AgentBuilder, AgentHandle, ClientMode, StartError};
 pub use capture::{Capture, DebugCapture, DisplayCapture};
 pub use install::{TracepointState, TracepointStatus};
+#[cfg(feature = "opentelemetry")]
+pub use otel::OtelProvider;
 pub use pipeline::{Budgets, OVERFLOW_LABEL};
 pub use prometheus::PrometheusProvider;
 pub use provider::{
     Instrument, MetricKind, MetricProvider, MetricSpec, ProviderError, RecordError, Series,
 };
+#[cfg(feature = "serde")]
+pub use serde_capture::SerdeCapture;
 pub use site::{Site, path_matches, sites};
+pub use sonde_agent_macros::{Capture, instrument};
+pub use sonde_expr::Value;
+pub use summary::{DEFAULT_QUANTILES, SlidingSummary, SummaryWindow};
 
 /// Items the macros expand to. Not a public API.
 #[doc(hidden)]
@@ -67,6 +80,78 @@ pub mod __macro_support {
     pub use crate::capture::{Capture, DebugCapture, DisplayCapture};
     pub use crate::site::{SITES, Site};
     pub use linkme;
+    pub use sonde_expr::Value;
+    pub use std::{borrow::Cow, time::Instant};
+
+    /// Runs an `#[instrument]`ed body. Taking `FnOnce() -> R` fixes the closure's return type
+    /// (so `?` in the body converts errors as in the function) and lets the body move out of
+    /// its captures (so it may return references reborrowed from its arguments).
+    #[inline(always)]
+    pub fn call_once<R, F: FnOnce() -> R>(f: F) -> R {
+        f()
+    }
+
+    /// Fixes an `#[instrument]`ed `async fn` body's output type (so `?` in it converts errors).
+    #[inline(always)]
+    pub fn typed_future<R, F: std::future::Future<Output = R>>(f: F) -> F {
+        f
+    }
+
+    /// An `#[instrument]`ed function's return value, on its way to the exit site. Which of the
+    /// `Ret*` traits' `__sonde_ret` a call on `&&&&Ret(&value)` picks depends on the type, the
+    /// first that applies winning (autoref specialization): `RetCapture` for a type that
+    /// implements [`Capture`] (the value itself, `ok` true); `RetResult` for a `Result` whose
+    /// `Ok` type does (the `Ok` value or none, `ok` whether it is `Ok`); `RetResultAny` for any
+    /// other `Result` (none, `ok`); `RetAny` for anything else (none, `ok` true).
+    #[derive(Debug)]
+    pub struct Ret<'a, T>(pub &'a T);
+
+    /// See [`Ret`].
+    pub trait RetCapture<'a> {
+        /// The value to capture as `ret`, and `ok`.
+        fn __sonde_ret(&self) -> (&'a dyn Capture, bool);
+    }
+    impl<'a, T: Capture> RetCapture<'a> for &&&Ret<'a, T> {
+        fn __sonde_ret(&self) -> (&'a dyn Capture, bool) {
+            (self.0, true)
+        }
+    }
+
+    /// See [`Ret`].
+    pub trait RetResult<'a> {
+        /// The value to capture as `ret`, and `ok`.
+        fn __sonde_ret(&self) -> (&'a dyn Capture, bool);
+    }
+    impl<'a, T: Capture, E> RetResult<'a> for &&Ret<'a, Result<T, E>> {
+        fn __sonde_ret(&self) -> (&'a dyn Capture, bool) {
+            match self.0 {
+                Ok(v) => (v, true),
+                Err(_) => (&(), false),
+            }
+        }
+    }
+
+    /// See [`Ret`].
+    pub trait RetResultAny<'a> {
+        /// The value to capture as `ret`, and `ok`.
+        fn __sonde_ret(&self) -> (&'a dyn Capture, bool);
+    }
+    impl<'a, T, E> RetResultAny<'a> for &Ret<'a, Result<T, E>> {
+        fn __sonde_ret(&self) -> (&'a dyn Capture, bool) {
+            (&(), self.0.is_ok())
+        }
+    }
+
+    /// See [`Ret`].
+    pub trait RetAny<'a> {
+        /// The value to capture as `ret`, and `ok`.
+        fn __sonde_ret(&self) -> (&'a dyn Capture, bool);
+    }
+    impl<'a, T> RetAny<'a> for Ret<'a, T> {
+        fn __sonde_ret(&self) -> (&'a dyn Capture, bool) {
+            (&(), true)
+        }
+    }
 }
 
 /// Marks a probe site at this line and names what it captures.

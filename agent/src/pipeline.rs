@@ -150,7 +150,8 @@ pub(crate) struct BoundMetric {
     pub value: Option<Expr>,
     /// One instrument per provider; dropping them unregisters the metric.
     pub instruments: Vec<Box<dyn Instrument>>,
-    series: RwLock<HashMap<u64, Vec<SeriesEntry>>>,
+    /// Keyed by a foldhash of the label values (so the map's own hasher need not be strong).
+    series: RwLock<HashMap<u64, Vec<SeriesEntry>, foldhash::fast::FixedState>>,
     series_count: AtomicU64,
     overflow: OnceLock<Option<Arc<dyn Series>>>,
     /// Hits folded into the overflow series.
@@ -167,7 +168,9 @@ impl BoundMetric {
             labels,
             value,
             instruments,
-            series: RwLock::new(HashMap::new()),
+            series: RwLock::new(HashMap::with_hasher(foldhash::fast::FixedState::with_seed(
+                0,
+            ))),
             series_count: AtomicU64::new(0),
             overflow: OnceLock::new(),
             overflowed: AtomicU64::new(0),

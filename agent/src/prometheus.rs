@@ -3,7 +3,8 @@
 //!
 //! Names follow Deep's agents: `<namespace>_<name>[_<unit>]`, counters with `_total`. COUNTER adds
 //! the value, GAUGE sets it, HISTOGRAM observes it into latency buckets (5 ms to 10 s, the
-//! `prometheus` defaults). Two tracepoints that define the same metric (same name, kind and label
+//! `prometheus` defaults), SUMMARY observes it into quantiles 0.5, 0.9 and 0.99 over a sliding
+//! 60 s window ([`SlidingSummary`]; the `prometheus` crate has no summary of its own). Two tracepoints that define the same metric (same name, kind and label
 //! keys) share it; it goes away with the last of them.
 //!
 //! All tracepoint metrics live in one collector registered once per registry (it also exposes
@@ -21,11 +22,14 @@ use prometheus::{
     Counter, CounterVec, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntGauge, Opts,
     Registry,
     core::{Collector, Desc},
-    proto::MetricFamily,
+    proto::{self, MetricFamily, MetricType},
 };
 
-use crate::provider::{
-    Instrument, MetricKind, MetricProvider, MetricSpec, ProviderError, RecordError, Series,
+use crate::{
+    provider::{
+        Instrument, MetricKind, MetricProvider, MetricSpec, ProviderError, RecordError, Series,
+    },
+    summary::{DEFAULT_QUANTILES, SlidingSummary, SummaryWindow},
 };
 
 /// Registers tracepoint metrics into a Prometheus registry.
@@ -53,6 +57,7 @@ enum Vector {
     Counter(CounterVec),
     Gauge(GaugeVec),
     Histogram(HistogramVec),
+    Summary(Arc<SummaryVec>),
 }
 
 impl Vector {
@@ -61,7 +66,79 @@ impl Vector {
             Vector::Counter(v) => v.collect(),
             Vector::Gauge(v) => v.collect(),
             Vector::Histogram(v) => v.collect(),
+            Vector::Summary(v) => v.collect(),
         }
+    }
+}
+
+/// SUMMARY metrics, which the `prometheus` crate lacks: one [`SlidingSummary`] per label set,
+/// encoded as a Prometheus summary (quantiles over the window, count and sum over all time).
+struct SummaryVec {
+    name: String,
+    help: String,
+    label_keys: Vec<String>,
+    children: Mutex<HashMap<Vec<String>, Arc<SlidingSummary>>>,
+}
+
+impl SummaryVec {
+    fn child(&self, values: &[&str]) -> Result<Arc<SlidingSummary>, String> {
+        if values.len() != self.label_keys.len() {
+            return Err(format!(
+                "{} label values for {} label keys",
+                values.len(),
+                self.label_keys.len()
+            ));
+        }
+        let key: Vec<String> = values.iter().map(|v| (*v).to_owned()).collect();
+        let mut children = self.children.lock().unwrap_or_else(|p| p.into_inner());
+        Ok(children
+            .entry(key)
+            .or_insert_with(|| Arc::new(SlidingSummary::new(SummaryWindow::default())))
+            .clone())
+    }
+
+    fn collect(&self) -> Vec<MetricFamily> {
+        let children = self.children.lock().unwrap_or_else(|p| p.into_inner());
+        if children.is_empty() {
+            return Vec::new();
+        }
+        let mut family = MetricFamily::default();
+        family.set_name(self.name.clone());
+        family.set_help(self.help.clone());
+        family.set_field_type(MetricType::SUMMARY);
+        for (values, child) in children.iter() {
+            let (count, sum, quantiles) = child.snapshot(DEFAULT_QUANTILES);
+            let mut summary = proto::Summary::default();
+            summary.set_sample_count(count);
+            summary.set_sample_sum(sum);
+            summary.set_quantile(
+                quantiles
+                    .into_iter()
+                    .map(|(q, v)| {
+                        let mut quantile = proto::Quantile::default();
+                        quantile.set_quantile(q);
+                        quantile.set_value(v);
+                        quantile
+                    })
+                    .collect(),
+            );
+            let mut metric = proto::Metric::default();
+            metric.set_label(
+                self.label_keys
+                    .iter()
+                    .zip(values)
+                    .map(|(k, v)| {
+                        let mut pair = proto::LabelPair::default();
+                        pair.set_name(k.clone());
+                        pair.set_value(v.clone());
+                        pair
+                    })
+                    .collect(),
+            );
+            metric.set_summary(summary);
+            family.mut_metric().push(metric);
+        }
+        vec![family]
     }
 }
 
@@ -217,9 +294,18 @@ impl MetricProvider for PrometheusProvider {
                     .map_err(to_err)?,
             ),
             MetricKind::Summary => {
-                return Err(ProviderError::Unsupported(format!(
-                    "metric {name}: SUMMARY is not supported by the Prometheus provider yet; use HISTOGRAM"
-                )));
+                if spec.label_keys.contains(&"quantile") {
+                    return Err(ProviderError::Conflict {
+                        name,
+                        reason: "a summary cannot have a label named quantile".into(),
+                    });
+                }
+                Vector::Summary(Arc::new(SummaryVec {
+                    name: name.clone(),
+                    help: spec.help.to_owned(),
+                    label_keys: spec.label_keys.iter().map(|k| (*k).to_owned()).collect(),
+                    children: Mutex::default(),
+                }))
             }
         };
         shared.insert(
@@ -259,6 +345,11 @@ impl Instrument for PromInstrument {
             Vector::Histogram(v) => Arc::new(PromHistogram(
                 v.get_metric_with_label_values(label_values).map_err(err)?,
             )),
+            Vector::Summary(v) => {
+                Arc::new(PromSummary(v.child(label_values).map_err(|e| {
+                    ProviderError::Backend(format!("metric {}: {e}", self.name))
+                })?))
+            }
         })
     }
 }
@@ -278,6 +369,17 @@ impl Drop for PromInstrument {
 struct PromCounter(Counter);
 struct PromGauge(Gauge);
 struct PromHistogram(Histogram);
+struct PromSummary(Arc<SlidingSummary>);
+
+impl Series for PromSummary {
+    fn record(&self, value: f64) -> Result<(), RecordError> {
+        if !value.is_finite() {
+            return Err(RecordError::NotFinite);
+        }
+        self.0.observe(value);
+        Ok(())
+    }
+}
 
 impl Series for PromCounter {
     fn record(&self, value: f64) -> Result<(), RecordError> {
@@ -365,7 +467,7 @@ mod tests {
     }
 
     #[test]
-    fn counters_refuse_negative_values_and_summary_is_reported_unsupported() {
+    fn counters_refuse_negative_values() {
         let p = PrometheusProvider::new(Registry::new());
         let c = p
             .register(&spec("deep_c", MetricKind::Counter, &[]))
@@ -374,9 +476,43 @@ mod tests {
             c.series(&[]).unwrap().record(-1.0),
             Err(RecordError::NegativeCounter)
         );
+    }
+
+    #[test]
+    fn summaries_expose_quantiles_count_and_sum() {
+        let registry = Registry::new();
+        let p = PrometheusProvider::new(registry.clone());
+        let s = p
+            .register(&spec(
+                "deep_latency_seconds",
+                MetricKind::Summary,
+                &["route"],
+            ))
+            .unwrap();
+        let series = s.series(&["/checkout"]).unwrap();
+        for v in [0.1, 0.2, 0.3, 0.4, 0.5] {
+            series.record(v).unwrap();
+        }
+        let text = exposition(&registry);
+        assert!(
+            text.contains("# TYPE deep_latency_seconds summary"),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"deep_latency_seconds{route="/checkout",quantile="0.5"} 0.3"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"deep_latency_seconds_count{route="/checkout"} 5"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"deep_latency_seconds_sum{route="/checkout"} 1.5"#),
+            "{text}"
+        );
         assert!(matches!(
-            p.register(&spec("deep_s", MetricKind::Summary, &[])),
-            Err(ProviderError::Unsupported(_))
+            p.register(&spec("deep_q", MetricKind::Summary, &["quantile"])),
+            Err(ProviderError::Conflict { .. })
         ));
     }
 

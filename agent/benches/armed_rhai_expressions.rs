@@ -1,0 +1,77 @@
+//! Armed hit, general expressions: a COUNTER with condition `total > 3 && country != "x"`, value
+//! `total * 2` and label `country + "-" + tier`, over plain captured variables (target ≤ 1 µs per
+//! hit).
+//!
+//! `as_written` is that tracepoint. sonde-expr evaluates the condition and the value in its
+//! native lane (simple operators over slots) and the label in rhai (string `+` is not native).
+//! `all_rhai` makes each of the three enter rhai (a function call is never native):
+//! `total > 3 && upper(country) != "X"`, `float(total) * 2`, `country + "-" + tier`.
+//! `condition_false` is a hit the condition rejects.
+
+mod common;
+
+use std::hint::black_box;
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use sonde_agent::probe;
+
+#[inline(never)]
+fn checkout(country: &str, tier: &str, total: f64) {
+    probe!(country, tier, total);
+}
+
+fn armed_rhai_expressions(c: &mut Criterion) {
+    let (agent, registry) = common::agent();
+    let site = common::site(&["country", "tier", "total"]);
+    let mut g = c.benchmark_group("armed_rhai_expressions");
+
+    let variants = [
+        (
+            "as_written",
+            r#"total > 3 && country != "x""#,
+            "total * 2",
+            r#"country + "-" + tier"#,
+        ),
+        (
+            "all_rhai",
+            r#"total > 3 && upper(country) != "X""#,
+            "float(total) * 2",
+            r#"country + "-" + tier"#,
+        ),
+    ];
+    for (name, condition, value, label) in variants {
+        let tp = common::counter_tracepoint(
+            "tp-bench",
+            site,
+            &format!("bench_{name}"),
+            value,
+            vec![common::label("segment", label)],
+            Some(condition),
+        );
+        agent.apply(vec![tp]);
+        common::assert_bound(&agent);
+        checkout("NZ", "gold", 12.5);
+        let text = common::exposition(&registry);
+        assert!(
+            text.contains(&format!(
+                r#"deep_bench_{name}_total{{segment="NZ-gold"}} 25"#
+            )),
+            "{text}"
+        );
+        g.bench_function(name, |b| {
+            b.iter(|| checkout(black_box("NZ"), black_box("gold"), black_box(12.5)))
+        });
+        if name == "as_written" {
+            g.bench_function("condition_false", |b| {
+                b.iter(|| checkout(black_box("NZ"), black_box("gold"), black_box(1.0)))
+            });
+        }
+        common::assert_bound(&agent);
+        assert_eq!(agent.statuses()[0].message, "", "no evaluation errors");
+    }
+    g.finish();
+    agent.shutdown();
+}
+
+criterion_group! { name = benches; config = common::config(); targets = armed_rhai_expressions }
+criterion_main!(benches);
