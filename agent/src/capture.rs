@@ -28,6 +28,13 @@ pub trait Capture {
         let _ = name;
         None
     }
+
+    /// Appends this value's label rendering to `out` without building a [`Value`], if the type
+    /// can (strings do: they are written as they are). `false` means not done.
+    fn render_into(&self, out: &mut String) -> bool {
+        let _ = out;
+        false
+    }
 }
 
 impl<T: Capture + ?Sized> Capture for &T {
@@ -36,6 +43,9 @@ impl<T: Capture + ?Sized> Capture for &T {
     }
     fn field(&self, name: &str) -> Option<&dyn Capture> {
         (**self).field(name)
+    }
+    fn render_into(&self, out: &mut String) -> bool {
+        (**self).render_into(out)
     }
 }
 
@@ -46,6 +56,9 @@ impl<T: Capture + ?Sized> Capture for &mut T {
     fn field(&self, name: &str) -> Option<&dyn Capture> {
         (**self).field(name)
     }
+    fn render_into(&self, out: &mut String) -> bool {
+        (**self).render_into(out)
+    }
 }
 
 impl<T: Capture + ?Sized> Capture for Box<T> {
@@ -54,6 +67,9 @@ impl<T: Capture + ?Sized> Capture for Box<T> {
     }
     fn field(&self, name: &str) -> Option<&dyn Capture> {
         (**self).field(name)
+    }
+    fn render_into(&self, out: &mut String) -> bool {
+        (**self).render_into(out)
     }
 }
 
@@ -64,6 +80,9 @@ impl<T: Capture + ?Sized> Capture for std::sync::Arc<T> {
     fn field(&self, name: &str) -> Option<&dyn Capture> {
         (**self).field(name)
     }
+    fn render_into(&self, out: &mut String) -> bool {
+        (**self).render_into(out)
+    }
 }
 
 impl<T: Capture + ?Sized> Capture for std::rc::Rc<T> {
@@ -72,6 +91,9 @@ impl<T: Capture + ?Sized> Capture for std::rc::Rc<T> {
     }
     fn field(&self, name: &str) -> Option<&dyn Capture> {
         (**self).field(name)
+    }
+    fn render_into(&self, out: &mut String) -> bool {
+        (**self).render_into(out)
     }
 }
 
@@ -151,17 +173,29 @@ impl Capture for str {
     fn capture(&self) -> Value {
         Value::Str(self.to_owned())
     }
+    fn render_into(&self, out: &mut String) -> bool {
+        out.push_str(self);
+        true
+    }
 }
 
 impl Capture for String {
     fn capture(&self) -> Value {
         Value::Str(self.clone())
     }
+    fn render_into(&self, out: &mut String) -> bool {
+        out.push_str(self);
+        true
+    }
 }
 
 impl Capture for Cow<'_, str> {
     fn capture(&self) -> Value {
         Value::Str(self.to_string())
+    }
+    fn render_into(&self, out: &mut String) -> bool {
+        out.push_str(self);
+        true
     }
 }
 
@@ -178,6 +212,9 @@ impl<T: Capture> Capture for Option<T> {
     }
     fn field(&self, name: &str) -> Option<&dyn Capture> {
         self.as_ref()?.field(name)
+    }
+    fn render_into(&self, out: &mut String) -> bool {
+        self.as_ref().is_some_and(|v| v.render_into(out))
     }
 }
 
@@ -259,6 +296,23 @@ impl HitVars<'_> {
 impl Lookup for HitVars<'_> {
     fn get(&self, name: &str) -> Option<Cow<'_, Value>> {
         self.find(name).map(|v| Cow::Owned(v.capture()))
+    }
+
+    fn render_path(&self, path: &Path, out: &mut String) -> Option<Result<(), EvalError>> {
+        let Some(mut node) = self.find(path.root()) else {
+            return Some(Err(EvalError::MissingVariable));
+        };
+        for seg in path.segments() {
+            match seg {
+                Segment::Field(name) => node = node.field(name)?,
+                Segment::Index(_) => return None,
+            }
+        }
+        if node.render_into(out) {
+            return Some(Ok(()));
+        }
+        node.capture().render(out);
+        Some(Ok(()))
     }
 
     fn get_path(&self, path: &Path) -> Result<Cow<'_, Value>, EvalError> {

@@ -214,18 +214,12 @@ impl Expr {
     pub fn render<L: Lookup + ?Sized>(&self, vars: &L, out: &mut String) -> Result<(), EvalError> {
         let len = out.len();
         let r = guard(|| match &self.0.body {
-            Body::Single(u) => self.with_unit(u, vars, |r| {
-                render_res(&r, out);
-                Ok(())
-            }),
+            Body::Single(u) => self.render_unit(u, vars, out),
             Body::Template(parts) => {
                 for part in parts {
                     match part {
                         Part::Text(t) => out.push_str(t),
-                        Part::Unit(u) => self.with_unit(u, vars, |r| {
-                            render_res(&r, out);
-                            Ok(())
-                        })?,
+                        Part::Unit(u) => self.render_unit(u, vars, out)?,
                     }
                 }
                 Ok(())
@@ -282,6 +276,24 @@ impl Expr {
     }
 
     #[inline]
+    /// Renders one unit; a plain path first asks the lookup to write it directly.
+    fn render_unit<L: Lookup + ?Sized>(
+        &self,
+        unit: &Unit,
+        vars: &L,
+        out: &mut String,
+    ) -> Result<(), EvalError> {
+        if let Unit::Path(p) = unit
+            && let Some(done) = vars.render_path(&self.0.paths[*p], out)
+        {
+            return done;
+        }
+        self.with_unit(unit, vars, |r| {
+            render_res(&r, out);
+            Ok(())
+        })
+    }
+
     fn with_unit<L, R>(
         &self,
         unit: &Unit,

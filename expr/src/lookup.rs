@@ -121,6 +121,15 @@ pub trait Lookup {
         let root = self.get(path.root()).ok_or(EvalError::MissingVariable)?;
         path.resolve(root)
     }
+
+    /// Appends the rendering of the value at `path` to `out` (the rules of [`Value::render`]),
+    /// or returns `None` to let the caller go through [`Lookup::get_path`]. Labels and
+    /// templates that are plain paths try this first: override it to write a captured string
+    /// straight into `out` instead of copying it into a [`Value`] first.
+    fn render_path(&self, path: &Path, out: &mut String) -> Option<Result<(), EvalError>> {
+        let _ = (path, out);
+        None
+    }
 }
 
 impl<L: Lookup + ?Sized> Lookup for &L {
@@ -130,6 +139,10 @@ impl<L: Lookup + ?Sized> Lookup for &L {
 
     fn get_path(&self, path: &Path) -> Result<Cow<'_, Value>, EvalError> {
         (**self).get_path(path)
+    }
+
+    fn render_path(&self, path: &Path, out: &mut String) -> Option<Result<(), EvalError>> {
+        (**self).render_path(path, out)
     }
 }
 
