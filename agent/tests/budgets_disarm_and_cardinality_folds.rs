@@ -1,0 +1,185 @@
+//! Local safety: past its error budget or its CPU budget a tracepoint disarms itself and its
+//! status says why; label sets past the cap fold into one overflow series; a log_msg line is
+//! emitted through `tracing` with the tracepoint's ID. One agent per process, so one test walks
+//! through the cases in order.
+
+use std::{
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use sonde_agent::{Agent, Budgets, OVERFLOW_LABEL, PrometheusProvider, TracepointState, probe};
+use sonde_proto::tracepoint::{LabelExpression, Metric, TracePointConfig, label_expression};
+
+fn hit(label: &str, n: i64) {
+    probe!(label, n);
+}
+
+fn site() -> &'static sonde_agent::Site {
+    sonde_agent::sites()
+        .find(|s| s.names() == ["label", "n"])
+        .expect("site")
+}
+
+fn tracepoint(id: &str, metric: Metric) -> TracePointConfig {
+    TracePointConfig {
+        id: id.into(),
+        path: site().file().into(),
+        line_number: site().line(),
+        metrics: vec![metric],
+        ..Default::default()
+    }
+}
+
+fn exposition(r: &prometheus::Registry) -> String {
+    prometheus::TextEncoder::new()
+        .encode_to_string(&r.gather())
+        .unwrap()
+}
+
+/// Captures formatted `tracing` output.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn budgets_cardinality_and_log_lines() {
+    let logs = Captured::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let registry = prometheus::Registry::new();
+    let agent = Agent::builder()
+        .offline()
+        .provider(PrometheusProvider::new(registry.clone()))
+        .budgets(Budgets {
+            errors: 10,
+            max_series: 3,
+            ..Budgets::default()
+        })
+        .start()
+        .unwrap();
+
+    // Cardinality: five label sets, a cap of three; the other two fold into the overflow series.
+    agent.apply(vec![tracepoint(
+        "card",
+        Metric {
+            name: "by_label".into(),
+            label_expressions: vec![LabelExpression {
+                key: "label".into(),
+                value: Some(label_expression::Value::Expression("label".into())),
+            }],
+            ..Default::default()
+        },
+    )]);
+    for l in ["a", "b", "c", "d", "e", "d"] {
+        hit(l, 1);
+    }
+    let text = exposition(&registry);
+    for line in [
+        r#"deep_by_label_total{label="a"} 1"#,
+        r#"deep_by_label_total{label="c"} 1"#,
+        &format!(r#"deep_by_label_total{{label="{OVERFLOW_LABEL}"}} 3"#),
+    ] {
+        assert!(text.contains(line), "missing {line} in {text}");
+    }
+    assert!(!text.contains(r#"label="d""#), "{text}");
+
+    // Error budget: a value expression that fails on every hit disarms after 10 errors.
+    agent.apply(vec![tracepoint(
+        "errors",
+        Metric {
+            name: "bad".into(),
+            expression: Some("label * 2".into()),
+            ..Default::default()
+        },
+    )]);
+    for _ in 0..11 {
+        hit("x", 1);
+    }
+    let status = agent
+        .statuses()
+        .into_iter()
+        .find(|s| s.id == "errors")
+        .unwrap();
+    assert_eq!(status.state, TracepointState::Disarmed, "{status:?}");
+    assert!(
+        status.message.contains("errors") && status.message.contains("value"),
+        "{status:?}"
+    );
+    assert!(
+        !exposition(&registry).contains("deep_bad_total{"),
+        "no made-up values"
+    );
+
+    // CPU budget: with no CPU allowed, the first (timed) hit disarms it.
+    drop(agent);
+    let agent = Agent::builder()
+        .offline()
+        .provider(PrometheusProvider::new(prometheus::Registry::new()))
+        .budgets(Budgets {
+            cpu: Duration::ZERO,
+            ..Budgets::default()
+        })
+        .start()
+        .unwrap();
+    agent.apply(vec![tracepoint(
+        "cpu",
+        Metric {
+            name: "cpu".into(),
+            ..Default::default()
+        },
+    )]);
+    hit("x", 1);
+    let status = agent
+        .statuses()
+        .into_iter()
+        .find(|s| s.id == "cpu")
+        .unwrap();
+    assert_eq!(status.state, TracepointState::Disarmed, "{status:?}");
+    assert!(status.message.contains("CPU"), "{status:?}");
+    let fires = agent.fires("cpu").unwrap();
+    hit("x", 1);
+    assert_eq!(
+        agent.fires("cpu"),
+        Some(fires),
+        "a disarmed tracepoint does nothing"
+    );
+
+    // A log line: rendered, emitted through tracing with the tracepoint's ID, once (Deep's
+    // default fire_count of 1 for log actions).
+    agent.apply(vec![TracePointConfig {
+        id: "log".into(),
+        path: site().file().into(),
+        line_number: site().line(),
+        args: [(
+            "log_msg".to_owned(),
+            "label={label} twice={n * 2}".to_owned(),
+        )]
+        .into(),
+        ..Default::default()
+    }]);
+    hit("first", 21);
+    hit("second", 1);
+    drop(agent);
+    let out = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    assert!(out.contains("label=first twice=42"), "{out}");
+    assert!(out.contains("tracepoint=log"), "{out}");
+    assert!(
+        !out.contains("label=second"),
+        "log lines fire once by default: {out}"
+    );
+}
