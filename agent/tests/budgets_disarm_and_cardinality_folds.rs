@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
 //! Local safety: past its error budget or its CPU budget a tracepoint disarms itself and its
 //! status says why; label sets past the cap fold into one overflow series; a log_msg line is
 //! emitted through `tracing` with the tracepoint's ID. One agent per process, so one test walks
