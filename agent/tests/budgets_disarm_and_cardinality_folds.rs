@@ -1,8 +1,8 @@
-#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
 //! Local safety: past its error budget or its CPU budget a tracepoint disarms itself and its
 //! status says why; label sets past the cap fold into one overflow series; a log_msg line is
 //! emitted through `tracing` with the tracepoint's ID. One agent per process, so one test walks
 //! through the cases in order.
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
 
 use std::{
     sync::{Arc, Mutex},

@@ -71,11 +71,15 @@ struct Agent {
     watches: usize,
 }
 
+/// Agents by ID, per tenant: nested (not keyed by a `(tenant, id)` pair) so that looking up a
+/// known agent, once per poll, borrows the request's strings instead of allocating a key.
+type ByTenant = HashMap<String, HashMap<String, Agent>>;
+
 /// The agents of every tenant.
 #[derive(Debug)]
 pub struct Agents {
     ttl: Duration,
-    inner: Mutex<HashMap<(String, String), Agent>>,
+    inner: Mutex<ByTenant>,
 }
 
 impl Agents {
@@ -95,7 +99,7 @@ impl Agents {
         format!("poll-{:016x}", h.finish())
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), Agent>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, ByTenant> {
         self.inner.lock().unwrap_or_else(|p| p.into_inner())
     }
 
@@ -112,7 +116,7 @@ impl Agents {
         let now = Instant::now();
         let mut agents = self.lock();
         // The common case, an agent already known, allocates nothing.
-        if let Some(agent) = agents.get_mut(&(tenant.to_owned(), id.to_owned())) {
+        if let Some(agent) = agents.get_mut(tenant).and_then(|t| t.get_mut(id)) {
             agent.last_seen = now;
             agent.view.last_seen_ms = unix_ms();
             agent.view.polls += 1;
@@ -125,8 +129,8 @@ impl Agents {
             return;
         }
         let ms = unix_ms();
-        agents.insert(
-            (tenant.to_owned(), id.to_owned()),
+        agents.entry(tenant.to_owned()).or_default().insert(
+            id.to_owned(),
             Agent {
                 view: AgentView {
                     id: id.to_owned(),
@@ -149,7 +153,7 @@ impl Agents {
     /// Marks a watch stream opened (`true`) or closed (`false`).
     pub fn watching(&self, tenant: &str, id: &str, open: bool) {
         let mut agents = self.lock();
-        if let Some(agent) = agents.get_mut(&(tenant.to_owned(), id.to_owned())) {
+        if let Some(agent) = agents.get_mut(tenant).and_then(|t| t.get_mut(id)) {
             if open {
                 agent.watches += 1;
             } else {
@@ -168,9 +172,9 @@ impl Agents {
             .as_ref()
             .map(|r| Resource::from_attributes(&r.attributes))
             .unwrap_or_default();
-        let key = (tenant.to_owned(), report.agent_id.clone());
+        let id = report.agent_id.as_str();
         let mut agents = self.lock();
-        if !agents.contains_key(&key) {
+        if !agents.get(tenant).is_some_and(|t| t.contains_key(id)) {
             drop(agents);
             self.seen(
                 tenant,
@@ -182,7 +186,7 @@ impl Agents {
             );
             agents = self.lock();
         }
-        if let Some(agent) = agents.get_mut(&key) {
+        if let Some(agent) = agents.get_mut(tenant).and_then(|t| t.get_mut(id)) {
             agent.last_seen = Instant::now();
             agent.view.last_seen_ms = unix_ms();
             agent.view.tracepoints = report
@@ -209,9 +213,11 @@ impl Agents {
         let now = Instant::now();
         let agents = self.lock();
         let mut out: Vec<_> = agents
-            .iter()
-            .filter(|((t, _), a)| t == tenant && (a.watches > 0 || now - a.last_seen <= self.ttl))
-            .map(|(_, a)| a.view.clone())
+            .get(tenant)
+            .into_iter()
+            .flat_map(HashMap::values)
+            .filter(|a| a.watches > 0 || now - a.last_seen <= self.ttl)
+            .map(|a| a.view.clone())
             .collect();
         out.sort_by(|a, b| b.last_seen_ms.cmp(&a.last_seen_ms).then(a.id.cmp(&b.id)));
         out
@@ -222,6 +228,7 @@ impl Agents {
         let now = Instant::now();
         self.lock()
             .values()
+            .flat_map(HashMap::values)
             .filter(|a| a.watches > 0 || now - a.last_seen <= self.ttl)
             .count()
     }
@@ -230,8 +237,10 @@ impl Agents {
     pub fn prune(&self) {
         let now = Instant::now();
         let horizon = self.ttl * 10;
-        self.lock()
-            .retain(|_, a| a.watches > 0 || now - a.last_seen <= horizon);
+        self.lock().retain(|_, tenant| {
+            tenant.retain(|_, a| a.watches > 0 || now - a.last_seen <= horizon);
+            !tenant.is_empty()
+        });
     }
 }
 

@@ -36,7 +36,7 @@ use super::{
 
 /// Every gRPC service, as one router.
 pub(crate) fn router(app: Arc<App>) -> axum::Router {
-    let svc = Grpc { app };
+    let svc = Grpc::new(app);
     let gzip = CompressionEncoding::Gzip;
     tonic::service::Routes::new(
         PollConfigServer::new(svc.clone())
@@ -58,6 +58,27 @@ pub(crate) fn router(app: Arc<App>) -> axum::Router {
 #[derive(Debug, Clone)]
 struct Grpc {
     app: Arc<App>,
+    /// The metrics every poll touches, with their labels resolved once (`with_label_values`
+    /// hashes the labels and takes a lock on each call).
+    poll_metrics: PollMetrics,
+}
+
+#[derive(Debug, Clone)]
+struct PollMetrics {
+    no_change: prometheus::IntCounter,
+    update: prometheus::IntCounter,
+    latency: prometheus::Histogram,
+}
+
+impl PollMetrics {
+    fn new(app: &App) -> Self {
+        let polls = |result| app.metrics.polls.with_label_values(&["grpc", result]);
+        Self {
+            no_change: polls("no_change"),
+            update: polls("update"),
+            latency: app.metrics.grpc_requests.with_label_values(&["poll"]),
+        }
+    }
 }
 
 fn denied(d: Denied) -> Status {
@@ -84,6 +105,11 @@ fn authorization(md: &MetadataMap) -> Option<&str> {
 }
 
 impl Grpc {
+    fn new(app: Arc<App>) -> Self {
+        let poll_metrics = PollMetrics::new(&app);
+        Self { app, poll_metrics }
+    }
+
     fn agent_context<T>(
         &self,
         req: &Request<T>,
@@ -200,12 +226,13 @@ impl PollConfig for Grpc {
             peer,
             &resp.current_hash,
         );
-        self.app
-            .metrics
-            .polls
-            .with_label_values(&["grpc", result_label(&resp)])
-            .inc();
-        self.observe("poll", started);
+        let metrics = &self.poll_metrics;
+        if resp.response_type == ResponseType::Update as i32 {
+            metrics.update.inc();
+        } else {
+            metrics.no_change.inc();
+        }
+        metrics.latency.observe(started.elapsed().as_secs_f64());
         Ok(Response::new(resp))
     }
 }
