@@ -42,10 +42,12 @@
 //! [`MetricProvider`] to add a metrics backend.
 
 mod agent;
+mod backends;
 mod capture;
 mod client;
 mod endpoint;
 mod install;
+pub mod metrics;
 #[cfg(feature = "opentelemetry")]
 mod otel;
 mod pipeline;
@@ -53,22 +55,26 @@ mod prometheus;
 mod provider;
 #[cfg(feature = "serde")]
 mod serde_capture;
+mod series_cache;
 mod site;
 mod summary;
 mod tracepoint;
 
 pub use agent::{Agent, AgentBuilder, AgentHandle, ClientMode, StartError};
+pub use backends::{InMemoryProvider, LogProvider, MultiProvider, NullProvider};
 pub use capture::{Capture, DebugCapture, DisplayCapture};
 pub use install::{TracepointState, TracepointStatus};
 #[cfg(feature = "opentelemetry")]
 pub use otel::OtelProvider;
-pub use pipeline::{Budgets, OVERFLOW_LABEL};
+pub use pipeline::Budgets;
 pub use prometheus::PrometheusProvider;
 pub use provider::{
     Instrument, MetricKind, MetricProvider, MetricSpec, ProviderError, RecordError, Series,
+    SeriesSnapshot,
 };
 #[cfg(feature = "serde")]
 pub use serde_capture::SerdeCapture;
+pub use series_cache::OVERFLOW_LABEL;
 pub use site::{Site, path_matches, sites};
 pub use sonde_agent_macros::{Capture, instrument};
 pub use sonde_expr::Value;

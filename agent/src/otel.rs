@@ -267,6 +267,7 @@ mod tests {
             kind,
             label_keys: keys,
             tracepoint_id: "tp",
+            buckets: None,
         }
     }
 

@@ -9,11 +9,9 @@
 
 use std::{
     cell::{Cell, RefCell},
-    collections::HashMap,
-    hash::{BuildHasher as _, Hasher as _},
     panic::{AssertUnwindSafe, catch_unwind},
     sync::{
-        Arc, Mutex, OnceLock, RwLock,
+        Arc, Mutex,
         atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering},
     },
     time::{Duration, Instant},
@@ -24,15 +22,13 @@ use sonde_expr::{EvalError, Expr};
 use crate::{
     capture::{Capture, HitVars},
     provider::{Instrument, RecordError, Series},
+    series_cache::{SeriesCache, make_series},
     site::Site,
     tracepoint::now_unix_ms,
 };
 
 /// One hit in this many is timed for the CPU budget (timing costs two clock reads).
 pub const CPU_SAMPLE_EVERY: u64 = 16;
-
-/// The value label sets beyond the cap are folded into.
-pub const OVERFLOW_LABEL: &str = "sonde_overflow";
 
 /// The tracepoints bound to one site.
 pub(crate) struct Program {
@@ -141,21 +137,13 @@ pub(crate) enum Label {
     Expr(Expr),
 }
 
-/// A cached series and the label values it was made for.
-type SeriesEntry = (Box<[Box<str>]>, Arc<dyn Series>);
-
 /// One metric of an installed tracepoint, with its series per label set.
 pub(crate) struct BoundMetric {
     pub labels: Vec<Label>,
     pub value: Option<Expr>,
     /// One instrument per provider; dropping them unregisters the metric.
     pub instruments: Vec<Box<dyn Instrument>>,
-    /// Keyed by a foldhash of the label values (so the map's own hasher need not be strong).
-    series: RwLock<HashMap<u64, Vec<SeriesEntry>, foldhash::fast::FixedState>>,
-    series_count: AtomicU64,
-    overflow: OnceLock<Option<Arc<dyn Series>>>,
-    /// Hits folded into the overflow series.
-    pub overflowed: AtomicU64,
+    pub series: SeriesCache,
 }
 
 impl BoundMetric {
@@ -168,69 +156,14 @@ impl BoundMetric {
             labels,
             value,
             instruments,
-            series: RwLock::new(HashMap::with_hasher(foldhash::fast::FixedState::with_seed(
-                0,
-            ))),
-            series_count: AtomicU64::new(0),
-            overflow: OnceLock::new(),
-            overflowed: AtomicU64::new(0),
-        }
-    }
-
-    fn make_series(&self, values: &[&str]) -> Option<Arc<dyn Series>> {
-        let mut all: Vec<Arc<dyn Series>> = Vec::with_capacity(self.instruments.len());
-        for inst in &self.instruments {
-            match inst.series(values) {
-                Ok(s) => all.push(s),
-                Err(err) => tracing::debug!(%err, "creating a series"),
-            }
-        }
-        match all.len() {
-            0 => None,
-            1 => all.pop(),
-            _ => Some(Arc::new(crate::provider::Fanout(all))),
+            series: SeriesCache::default(),
         }
     }
 
     /// The cached series for a label set, creating it (or folding into overflow past the cap).
     fn series_for(&self, values: &[&str], max_series: usize) -> Option<Arc<dyn Series>> {
-        let mut h = foldhash::fast::FixedState::with_seed(0x50_4e_44_45).build_hasher();
-        for v in values {
-            h.write(v.as_bytes());
-            h.write_u8(0xff);
-        }
-        let key = h.finish();
-        let same = |stored: &[Box<str>]| stored.iter().map(|s| &**s).eq(values.iter().copied());
-        {
-            let map = self.series.read().unwrap_or_else(|p| p.into_inner());
-            if let Some(bucket) = map.get(&key)
-                && let Some((_, s)) = bucket.iter().find(|(k, _)| same(k))
-            {
-                return Some(s.clone());
-            }
-        }
-        if self.series_count.load(Ordering::Relaxed) as usize >= max_series {
-            self.overflowed.fetch_add(1, Ordering::Relaxed);
-            return self
-                .overflow
-                .get_or_init(|| {
-                    let overflow = vec![OVERFLOW_LABEL; values.len()];
-                    self.make_series(&overflow)
-                })
-                .clone();
-        }
-        let mut map = self.series.write().unwrap_or_else(|p| p.into_inner());
-        let bucket = map.entry(key).or_default();
-        if let Some((_, s)) = bucket.iter().find(|(k, _)| same(k)) {
-            return Some(s.clone());
-        }
-        let series = self.make_series(values)?;
-        bucket.push((
-            values.iter().map(|v| Box::<str>::from(*v)).collect(),
-            series.clone(),
-        ));
-        self.series_count.fetch_add(1, Ordering::Relaxed);
-        Some(series)
+        self.series
+            .get(values, max_series, |v| make_series(&self.instruments, v))
     }
 }
 

@@ -28,6 +28,7 @@ use prometheus::{
 use crate::{
     provider::{
         Instrument, MetricKind, MetricProvider, MetricSpec, ProviderError, RecordError, Series,
+        SeriesSnapshot,
     },
     summary::{DEFAULT_QUANTILES, SlidingSummary, SummaryWindow},
 };
@@ -58,6 +59,7 @@ enum Vector {
     Gauge(GaugeVec),
     Histogram(HistogramVec),
     Summary(Arc<SummaryVec>),
+    Callback(Arc<CallbackGauges>),
 }
 
 impl Vector {
@@ -67,8 +69,57 @@ impl Vector {
             Vector::Gauge(v) => v.collect(),
             Vector::Histogram(v) => v.collect(),
             Vector::Summary(v) => v.collect(),
+            Vector::Callback(v) => v.collect(),
         }
     }
+}
+
+type ReadFn = Arc<dyn Fn() -> f64 + Send + Sync>;
+
+/// Gauges read from callbacks at collection: one family, one callback per label set.
+struct CallbackGauges {
+    name: String,
+    help: String,
+    label_keys: Vec<String>,
+    children: Mutex<Vec<(u64, Vec<String>, ReadFn)>>,
+    next_id: std::sync::atomic::AtomicU64,
+}
+
+impl CallbackGauges {
+    fn collect(&self) -> Vec<MetricFamily> {
+        let children = self.children.lock().unwrap_or_else(|p| p.into_inner());
+        if children.is_empty() {
+            return Vec::new();
+        }
+        let mut family = MetricFamily::default();
+        family.set_name(self.name.clone());
+        family.set_help(self.help.clone());
+        family.set_field_type(MetricType::GAUGE);
+        for (_, values, read) in children.iter() {
+            // A panicking callback must not break the whole scrape.
+            let value = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| read()))
+                .unwrap_or(f64::NAN);
+            let mut gauge = proto::Gauge::default();
+            gauge.set_value(value);
+            let mut metric = proto::Metric::default();
+            metric.set_label(label_pairs(&self.label_keys, values));
+            metric.set_gauge(gauge);
+            family.mut_metric().push(metric);
+        }
+        vec![family]
+    }
+}
+
+fn label_pairs(keys: &[String], values: &[String]) -> Vec<proto::LabelPair> {
+    keys.iter()
+        .zip(values)
+        .map(|(k, v)| {
+            let mut pair = proto::LabelPair::default();
+            pair.set_name(k.clone());
+            pair.set_value(v.clone());
+            pair
+        })
+        .collect()
 }
 
 /// SUMMARY metrics, which the `prometheus` crate lacks: one [`SlidingSummary`] per label set,
@@ -232,6 +283,84 @@ impl MetricProvider for PrometheusProvider {
         "prometheus"
     }
 
+    fn register_callback(
+        &self,
+        spec: &MetricSpec<'_>,
+        label_values: &[&str],
+        read: ReadFn,
+    ) -> Result<Box<dyn Instrument>, ProviderError> {
+        self.ensure_collector()?;
+        let name = spec.name.to_owned();
+        if label_values.len() != spec.label_keys.len() {
+            return Err(ProviderError::Backend(format!(
+                "metric {name}: {} label values for {} label keys",
+                label_values.len(),
+                spec.label_keys.len()
+            )));
+        }
+        let mut shared = self.inner.shared.lock().unwrap_or_else(|p| p.into_inner());
+        let gauges = match shared.get_mut(&name) {
+            Some(existing) => match &existing.vector {
+                Vector::Callback(g)
+                    if existing
+                        .label_keys
+                        .iter()
+                        .map(String::as_str)
+                        .eq(spec.label_keys.iter().copied()) =>
+                {
+                    existing.users += 1;
+                    g.clone()
+                }
+                _ => {
+                    return Err(ProviderError::Conflict {
+                        name,
+                        reason: "already registered as another kind or with other labels".into(),
+                    });
+                }
+            },
+            None => {
+                let g = Arc::new(CallbackGauges {
+                    name: name.clone(),
+                    help: spec.help.to_owned(),
+                    label_keys: spec.label_keys.iter().map(|k| (*k).to_owned()).collect(),
+                    children: Mutex::default(),
+                    next_id: Default::default(),
+                });
+                shared.insert(
+                    name.clone(),
+                    Shared {
+                        vector: Vector::Callback(g.clone()),
+                        kind: MetricKind::Gauge,
+                        label_keys: spec.label_keys.iter().map(|k| (*k).to_owned()).collect(),
+                        users: 1,
+                    },
+                );
+                g
+            }
+        };
+        let id = gauges
+            .next_id
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        gauges
+            .children
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push((
+                id,
+                label_values.iter().map(|v| (*v).to_owned()).collect(),
+                read,
+            ));
+        Ok(Box::new(CallbackInstrument {
+            id,
+            gauges: gauges.clone(),
+            inner: PromInstrument {
+                name,
+                vector: Vector::Callback(gauges),
+                shared: self.inner.shared.clone(),
+            },
+        }))
+    }
+
     fn register(&self, spec: &MetricSpec<'_>) -> Result<Box<dyn Instrument>, ProviderError> {
         self.ensure_collector()?;
         let name = exposed(spec);
@@ -290,8 +419,14 @@ impl MetricProvider for PrometheusProvider {
                     .map_err(to_err)?,
             ),
             MetricKind::Histogram => Vector::Histogram(
-                HistogramVec::new(HistogramOpts::new(name.clone(), spec.help), spec.label_keys)
-                    .map_err(to_err)?,
+                HistogramVec::new(
+                    match spec.buckets {
+                        Some(b) => HistogramOpts::new(name.clone(), spec.help).buckets(b.to_vec()),
+                        None => HistogramOpts::new(name.clone(), spec.help),
+                    },
+                    spec.label_keys,
+                )
+                .map_err(to_err)?,
             ),
             MetricKind::Summary => {
                 if spec.label_keys.contains(&"quantile") {
@@ -350,6 +485,12 @@ impl Instrument for PromInstrument {
                     ProviderError::Backend(format!("metric {}: {e}", self.name))
                 })?))
             }
+            Vector::Callback(_) => {
+                return Err(ProviderError::Unsupported(format!(
+                    "metric {}: a callback gauge is read, not recorded",
+                    self.name
+                )));
+            }
         })
     }
 }
@@ -366,6 +507,30 @@ impl Drop for PromInstrument {
     }
 }
 
+/// One callback of a [`CallbackGauges`]; dropping it removes the callback (and, through
+/// `inner`, the family with its last user).
+struct CallbackInstrument {
+    id: u64,
+    gauges: Arc<CallbackGauges>,
+    inner: PromInstrument,
+}
+
+impl Instrument for CallbackInstrument {
+    fn series(&self, label_values: &[&str]) -> Result<Arc<dyn Series>, ProviderError> {
+        self.inner.series(label_values)
+    }
+}
+
+impl Drop for CallbackInstrument {
+    fn drop(&mut self) {
+        self.gauges
+            .children
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|(id, _, _)| *id != self.id);
+    }
+}
+
 struct PromCounter(Counter);
 struct PromGauge(Gauge);
 struct PromHistogram(Histogram);
@@ -378,6 +543,15 @@ impl Series for PromSummary {
         }
         self.0.observe(value);
         Ok(())
+    }
+
+    fn snapshot(&self) -> Option<SeriesSnapshot> {
+        let (count, sum, quantiles) = self.0.snapshot(DEFAULT_QUANTILES);
+        Some(SeriesSnapshot::Summary {
+            count,
+            sum,
+            quantiles,
+        })
     }
 }
 
@@ -392,6 +566,10 @@ impl Series for PromCounter {
         self.0.inc_by(value);
         Ok(())
     }
+
+    fn snapshot(&self) -> Option<SeriesSnapshot> {
+        Some(SeriesSnapshot::Counter(self.0.get()))
+    }
 }
 
 impl Series for PromGauge {
@@ -402,6 +580,18 @@ impl Series for PromGauge {
         self.0.set(value);
         Ok(())
     }
+
+    fn add(&self, delta: f64) -> Result<(), RecordError> {
+        if !delta.is_finite() {
+            return Err(RecordError::NotFinite);
+        }
+        self.0.add(delta);
+        Ok(())
+    }
+
+    fn snapshot(&self) -> Option<SeriesSnapshot> {
+        Some(SeriesSnapshot::Gauge(self.0.get()))
+    }
 }
 
 impl Series for PromHistogram {
@@ -411,6 +601,22 @@ impl Series for PromHistogram {
         }
         self.0.observe(value);
         Ok(())
+    }
+
+    fn snapshot(&self) -> Option<SeriesSnapshot> {
+        let families = self.0.collect();
+        let h = families.first()?.get_metric().first()?.get_histogram();
+        let mut buckets: Vec<(f64, u64)> = h
+            .get_bucket()
+            .iter()
+            .map(|b| (b.upper_bound(), b.cumulative_count()))
+            .collect();
+        buckets.push((f64::INFINITY, h.get_sample_count()));
+        Some(SeriesSnapshot::Histogram {
+            count: h.get_sample_count(),
+            sum: h.get_sample_sum(),
+            buckets,
+        })
     }
 }
 
@@ -425,6 +631,7 @@ mod tests {
             kind,
             label_keys: keys,
             tracepoint_id: "tp",
+            buckets: None,
         }
     }
 

@@ -32,8 +32,10 @@ pub struct MetricSpec<'a> {
     pub kind: MetricKind,
     /// Label keys, in the order values are given to [`Instrument::series`].
     pub label_keys: &'a [&'a str],
-    /// The tracepoint that feeds it.
+    /// The tracepoint that feeds it (empty for metrics created through the metrics API).
     pub tracepoint_id: &'a str,
+    /// Histogram bucket upper bounds; `None` is the provider's default (latency seconds).
+    pub buckets: Option<&'a [f64]>,
 }
 
 /// Why a provider could not register or record.
@@ -64,6 +66,10 @@ pub enum RecordError {
     /// NaN or infinite.
     #[error("the value is not a finite number")]
     NotFinite,
+    /// The series does not support this operation (for example `add` on a counter of a
+    /// backend whose gauges only set).
+    #[error("this backend does not support the operation for this metric kind")]
+    Unsupported,
 }
 
 /// A backend for tracepoint metrics.
@@ -72,6 +78,22 @@ pub trait MetricProvider: Send + Sync + 'static {
     fn name(&self) -> &str;
     /// Registers a metric. Dropping the returned instrument unregisters it.
     fn register(&self, spec: &MetricSpec<'_>) -> Result<Box<dyn Instrument>, ProviderError>;
+
+    /// Registers a gauge with fixed label values whose value is read from `read` when metrics
+    /// are collected. Dropping the returned handle unregisters it. The default: not supported.
+    fn register_callback(
+        &self,
+        spec: &MetricSpec<'_>,
+        label_values: &[&str],
+        read: Arc<dyn Fn() -> f64 + Send + Sync>,
+    ) -> Result<Box<dyn Instrument>, ProviderError> {
+        let _ = (label_values, read);
+        Err(ProviderError::Unsupported(format!(
+            "metric {}: {} has no callback gauges",
+            spec.name,
+            self.name()
+        )))
+    }
 }
 
 /// One registered metric.
@@ -84,6 +106,46 @@ pub trait Instrument: Send + Sync {
 pub trait Series: Send + Sync {
     /// Adds (counter), sets (gauge) or observes (histogram, summary) `value`.
     fn record(&self, value: f64) -> Result<(), RecordError>;
+
+    /// Gauges: adds `delta` (negative to subtract). Other kinds, or a provider that cannot:
+    /// [`RecordError::Unsupported`].
+    fn add(&self, delta: f64) -> Result<(), RecordError> {
+        let _ = delta;
+        Err(RecordError::Unsupported)
+    }
+
+    /// The series' current state, where the provider can read it back (the in-memory and
+    /// Prometheus providers can; OpenTelemetry cannot).
+    fn snapshot(&self) -> Option<SeriesSnapshot> {
+        None
+    }
+}
+
+/// The state of one series, as read back from a provider.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SeriesSnapshot {
+    /// A counter's total.
+    Counter(f64),
+    /// A gauge's value.
+    Gauge(f64),
+    /// A histogram: observations, their sum, and cumulative counts per bucket upper bound.
+    Histogram {
+        /// Observations.
+        count: u64,
+        /// Their sum.
+        sum: f64,
+        /// `(upper bound, cumulative count)`, the last bound `+Inf`.
+        buckets: Vec<(f64, u64)>,
+    },
+    /// A summary: observations, their sum, and `(quantile, value)` over the window.
+    Summary {
+        /// Observations.
+        count: u64,
+        /// Their sum.
+        sum: f64,
+        /// `(quantile, value)`.
+        quantiles: Vec<(f64, f64)>,
+    },
 }
 
 /// Several series recorded together (one per provider).
@@ -98,5 +160,19 @@ impl Series for Fanout {
             }
         }
         result
+    }
+
+    fn add(&self, delta: f64) -> Result<(), RecordError> {
+        let mut result = Ok(());
+        for s in &self.0 {
+            if let Err(e) = s.add(delta) {
+                result = Err(e);
+            }
+        }
+        result
+    }
+
+    fn snapshot(&self) -> Option<SeriesSnapshot> {
+        self.0.iter().find_map(|s| s.snapshot())
     }
 }

@@ -1,0 +1,485 @@
+//! Providers beside Prometheus and OpenTelemetry: [`NullProvider`] (the default: discards
+//! everything at no cost), [`InMemoryProvider`] (for tests: values readable as snapshots),
+//! [`MultiProvider`] (fans out to several) and [`LogProvider`] (writes every measurement through
+//! `tracing`).
+
+use std::sync::{
+    Arc, Mutex, OnceLock,
+    atomic::{AtomicU64, Ordering},
+};
+
+use crate::{
+    provider::{
+        Fanout, Instrument, MetricKind, MetricProvider, MetricSpec, ProviderError, RecordError,
+        Series, SeriesSnapshot,
+    },
+    summary::{DEFAULT_QUANTILES, SlidingSummary, SummaryWindow},
+};
+
+/// Discards everything. Recording through it allocates nothing and touches no shared memory
+/// beyond one reference count when a series is handed out.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct NullProvider;
+
+struct NullSeries;
+
+impl Series for NullSeries {
+    #[inline]
+    fn record(&self, _value: f64) -> Result<(), RecordError> {
+        Ok(())
+    }
+    #[inline]
+    fn add(&self, _delta: f64) -> Result<(), RecordError> {
+        Ok(())
+    }
+}
+
+fn null_series() -> Arc<dyn Series> {
+    static NULL: OnceLock<Arc<dyn Series>> = OnceLock::new();
+    NULL.get_or_init(|| Arc::new(NullSeries)).clone()
+}
+
+struct NullInstrument;
+
+impl Instrument for NullInstrument {
+    fn series(&self, _label_values: &[&str]) -> Result<Arc<dyn Series>, ProviderError> {
+        Ok(null_series())
+    }
+}
+
+impl MetricProvider for NullProvider {
+    fn name(&self) -> &str {
+        "null"
+    }
+
+    fn register(&self, _spec: &MetricSpec<'_>) -> Result<Box<dyn Instrument>, ProviderError> {
+        Ok(Box::new(NullInstrument))
+    }
+
+    fn register_callback(
+        &self,
+        _spec: &MetricSpec<'_>,
+        _label_values: &[&str],
+        _read: Arc<dyn Fn() -> f64 + Send + Sync>,
+    ) -> Result<Box<dyn Instrument>, ProviderError> {
+        Ok(Box::new(NullInstrument))
+    }
+}
+
+/// Keeps every value in memory, readable through [`Series::snapshot`] (and so through
+/// `Metrics::snapshot`). Meant for tests.
+#[derive(Debug, Clone)]
+pub struct InMemoryProvider {
+    buckets: Vec<f64>,
+    window: SummaryWindow,
+}
+
+impl Default for InMemoryProvider {
+    fn default() -> Self {
+        Self {
+            buckets: crate::metrics::Buckets::LATENCY_SECONDS.to_vec(),
+            window: SummaryWindow::default(),
+        }
+    }
+}
+
+impl InMemoryProvider {
+    /// An empty in-memory backend.
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+struct MemInstrument {
+    kind: MetricKind,
+    buckets: Arc<[f64]>,
+    window: SummaryWindow,
+}
+
+impl Instrument for MemInstrument {
+    fn series(&self, _label_values: &[&str]) -> Result<Arc<dyn Series>, ProviderError> {
+        Ok(match self.kind {
+            MetricKind::Counter => Arc::new(MemCounter(AtomicU64::new(0f64.to_bits()))),
+            MetricKind::Gauge => Arc::new(MemGauge(AtomicU64::new(0f64.to_bits()))),
+            MetricKind::Histogram => Arc::new(MemHistogram {
+                bounds: self.buckets.clone(),
+                state: Mutex::new((0, 0.0, vec![0; self.buckets.len()])),
+            }),
+            MetricKind::Summary => Arc::new(MemSummary(SlidingSummary::new(self.window))),
+        })
+    }
+}
+
+impl MetricProvider for InMemoryProvider {
+    fn name(&self) -> &str {
+        "in-memory"
+    }
+
+    fn register(&self, spec: &MetricSpec<'_>) -> Result<Box<dyn Instrument>, ProviderError> {
+        let mut buckets: Vec<f64> = spec
+            .buckets
+            .map_or_else(|| self.buckets.clone(), <[f64]>::to_vec);
+        buckets.retain(|b| b.is_finite());
+        buckets.sort_by(f64::total_cmp);
+        buckets.dedup();
+        Ok(Box::new(MemInstrument {
+            kind: spec.kind,
+            buckets: buckets.into(),
+            window: self.window,
+        }))
+    }
+
+    fn register_callback(
+        &self,
+        _spec: &MetricSpec<'_>,
+        _label_values: &[&str],
+        read: Arc<dyn Fn() -> f64 + Send + Sync>,
+    ) -> Result<Box<dyn Instrument>, ProviderError> {
+        Ok(Box::new(MemCallback(read)))
+    }
+}
+
+fn add_f64(cell: &AtomicU64, delta: f64) {
+    let _ = cell.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
+        Some((f64::from_bits(bits) + delta).to_bits())
+    });
+}
+
+struct MemCounter(AtomicU64);
+
+impl Series for MemCounter {
+    fn record(&self, value: f64) -> Result<(), RecordError> {
+        if !value.is_finite() {
+            return Err(RecordError::NotFinite);
+        }
+        if value < 0.0 {
+            return Err(RecordError::NegativeCounter);
+        }
+        add_f64(&self.0, value);
+        Ok(())
+    }
+    fn snapshot(&self) -> Option<SeriesSnapshot> {
+        Some(SeriesSnapshot::Counter(f64::from_bits(
+            self.0.load(Ordering::Relaxed),
+        )))
+    }
+}
+
+struct MemGauge(AtomicU64);
+
+impl Series for MemGauge {
+    fn record(&self, value: f64) -> Result<(), RecordError> {
+        if value.is_nan() {
+            return Err(RecordError::NotFinite);
+        }
+        self.0.store(value.to_bits(), Ordering::Relaxed);
+        Ok(())
+    }
+    fn add(&self, delta: f64) -> Result<(), RecordError> {
+        if !delta.is_finite() {
+            return Err(RecordError::NotFinite);
+        }
+        add_f64(&self.0, delta);
+        Ok(())
+    }
+    fn snapshot(&self) -> Option<SeriesSnapshot> {
+        Some(SeriesSnapshot::Gauge(f64::from_bits(
+            self.0.load(Ordering::Relaxed),
+        )))
+    }
+}
+
+struct MemHistogram {
+    bounds: Arc<[f64]>,
+    /// Count, sum, and per-bucket (non-cumulative) counts.
+    state: Mutex<(u64, f64, Vec<u64>)>,
+}
+
+impl Series for MemHistogram {
+    fn record(&self, value: f64) -> Result<(), RecordError> {
+        if !value.is_finite() {
+            return Err(RecordError::NotFinite);
+        }
+        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        state.0 += 1;
+        state.1 += value;
+        if let Some(i) = self.bounds.iter().position(|b| value <= *b) {
+            state.2[i] += 1;
+        }
+        Ok(())
+    }
+    fn snapshot(&self) -> Option<SeriesSnapshot> {
+        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
+        let mut cumulative = 0;
+        let mut buckets: Vec<(f64, u64)> = self
+            .bounds
+            .iter()
+            .zip(&state.2)
+            .map(|(b, n)| {
+                cumulative += n;
+                (*b, cumulative)
+            })
+            .collect();
+        buckets.push((f64::INFINITY, state.0));
+        Some(SeriesSnapshot::Histogram {
+            count: state.0,
+            sum: state.1,
+            buckets,
+        })
+    }
+}
+
+struct MemSummary(SlidingSummary);
+
+impl Series for MemSummary {
+    fn record(&self, value: f64) -> Result<(), RecordError> {
+        if !value.is_finite() {
+            return Err(RecordError::NotFinite);
+        }
+        self.0.observe(value);
+        Ok(())
+    }
+    fn snapshot(&self) -> Option<SeriesSnapshot> {
+        let (count, sum, quantiles) = self.0.snapshot(DEFAULT_QUANTILES);
+        Some(SeriesSnapshot::Summary {
+            count,
+            sum,
+            quantiles,
+        })
+    }
+}
+
+struct MemCallback(Arc<dyn Fn() -> f64 + Send + Sync>);
+
+struct MemCallbackSeries(Arc<dyn Fn() -> f64 + Send + Sync>);
+
+impl Series for MemCallbackSeries {
+    fn record(&self, _value: f64) -> Result<(), RecordError> {
+        Err(RecordError::Unsupported)
+    }
+    fn snapshot(&self) -> Option<SeriesSnapshot> {
+        Some(SeriesSnapshot::Gauge((self.0)()))
+    }
+}
+
+impl Instrument for MemCallback {
+    fn series(&self, _label_values: &[&str]) -> Result<Arc<dyn Series>, ProviderError> {
+        Ok(Arc::new(MemCallbackSeries(self.0.clone())))
+    }
+}
+
+/// Sends everything to several providers.
+#[derive(Clone, Default)]
+pub struct MultiProvider {
+    providers: Vec<Arc<dyn MetricProvider>>,
+}
+
+impl std::fmt::Debug for MultiProvider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.providers.iter().map(|p| p.name()))
+            .finish()
+    }
+}
+
+impl MultiProvider {
+    /// No providers yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds a provider.
+    pub fn with(mut self, provider: impl MetricProvider) -> Self {
+        self.providers.push(Arc::new(provider));
+        self
+    }
+}
+
+struct MultiInstrument(Vec<Box<dyn Instrument>>);
+
+impl Instrument for MultiInstrument {
+    fn series(&self, label_values: &[&str]) -> Result<Arc<dyn Series>, ProviderError> {
+        let mut all = Vec::with_capacity(self.0.len());
+        for i in &self.0 {
+            all.push(i.series(label_values)?);
+        }
+        Ok(if all.len() == 1 {
+            all.remove(0)
+        } else {
+            Arc::new(Fanout(all))
+        })
+    }
+}
+
+impl MetricProvider for MultiProvider {
+    fn name(&self) -> &str {
+        "multi"
+    }
+
+    fn register(&self, spec: &MetricSpec<'_>) -> Result<Box<dyn Instrument>, ProviderError> {
+        let all = self
+            .providers
+            .iter()
+            .map(|p| p.register(spec))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Box::new(MultiInstrument(all)))
+    }
+
+    fn register_callback(
+        &self,
+        spec: &MetricSpec<'_>,
+        label_values: &[&str],
+        read: Arc<dyn Fn() -> f64 + Send + Sync>,
+    ) -> Result<Box<dyn Instrument>, ProviderError> {
+        let all = self
+            .providers
+            .iter()
+            .map(|p| p.register_callback(spec, label_values, read.clone()))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(Box::new(MultiInstrument(all)))
+    }
+}
+
+/// Writes every measurement through `tracing` at INFO (target `sonde::metrics`): for debugging
+/// and for services whose logs are their metrics pipeline. Not for hot paths.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct LogProvider;
+
+struct LogInstrument {
+    name: Arc<str>,
+    kind: MetricKind,
+    keys: Arc<[String]>,
+}
+
+struct LogSeries {
+    name: Arc<str>,
+    kind: MetricKind,
+    labels: String,
+}
+
+impl Series for LogSeries {
+    fn record(&self, value: f64) -> Result<(), RecordError> {
+        let op = match self.kind {
+            MetricKind::Counter => "add",
+            MetricKind::Gauge => "set",
+            MetricKind::Histogram | MetricKind::Summary => "observe",
+        };
+        tracing::info!(target: "sonde::metrics", metric = %self.name, labels = %self.labels, op, value);
+        Ok(())
+    }
+    fn add(&self, delta: f64) -> Result<(), RecordError> {
+        tracing::info!(target: "sonde::metrics", metric = %self.name, labels = %self.labels, op = "add", value = delta);
+        Ok(())
+    }
+}
+
+impl Instrument for LogInstrument {
+    fn series(&self, label_values: &[&str]) -> Result<Arc<dyn Series>, ProviderError> {
+        let labels = self
+            .keys
+            .iter()
+            .zip(label_values)
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(",");
+        Ok(Arc::new(LogSeries {
+            name: self.name.clone(),
+            kind: self.kind,
+            labels,
+        }))
+    }
+}
+
+impl MetricProvider for LogProvider {
+    fn name(&self) -> &str {
+        "log"
+    }
+
+    fn register(&self, spec: &MetricSpec<'_>) -> Result<Box<dyn Instrument>, ProviderError> {
+        Ok(Box::new(LogInstrument {
+            name: spec.name.into(),
+            kind: spec.kind,
+            keys: spec.label_keys.iter().map(|k| (*k).to_owned()).collect(),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(kind: MetricKind) -> MetricSpec<'static> {
+        MetricSpec {
+            name: "m",
+            help: "h",
+            kind,
+            label_keys: &[],
+            tracepoint_id: "",
+            buckets: Some(&[1.0, 5.0]),
+        }
+    }
+
+    #[test]
+    fn in_memory_keeps_what_each_kind_means() {
+        let p = InMemoryProvider::new();
+        let c = p
+            .register(&spec(MetricKind::Counter))
+            .unwrap()
+            .series(&[])
+            .unwrap();
+        c.record(2.0).unwrap();
+        c.record(3.0).unwrap();
+        assert_eq!(c.record(-1.0), Err(RecordError::NegativeCounter));
+        assert_eq!(c.snapshot(), Some(SeriesSnapshot::Counter(5.0)));
+
+        let g = p
+            .register(&spec(MetricKind::Gauge))
+            .unwrap()
+            .series(&[])
+            .unwrap();
+        g.record(10.0).unwrap();
+        g.add(-3.0).unwrap();
+        assert_eq!(g.snapshot(), Some(SeriesSnapshot::Gauge(7.0)));
+
+        let h = p
+            .register(&spec(MetricKind::Histogram))
+            .unwrap()
+            .series(&[])
+            .unwrap();
+        for v in [0.5, 2.0, 9.0] {
+            h.record(v).unwrap();
+        }
+        assert_eq!(
+            h.snapshot(),
+            Some(SeriesSnapshot::Histogram {
+                count: 3,
+                sum: 11.5,
+                buckets: vec![(1.0, 1), (5.0, 2), (f64::INFINITY, 3)]
+            })
+        );
+    }
+
+    #[test]
+    fn multi_fans_out_and_null_discards() {
+        let a = InMemoryProvider::new();
+        let m = MultiProvider::new().with(a).with(NullProvider);
+        let s = m
+            .register(&spec(MetricKind::Counter))
+            .unwrap()
+            .series(&[])
+            .unwrap();
+        s.record(4.0).unwrap();
+        assert_eq!(
+            s.snapshot(),
+            Some(SeriesSnapshot::Counter(4.0)),
+            "read back from the first that can"
+        );
+        let n = NullProvider
+            .register(&spec(MetricKind::Gauge))
+            .unwrap()
+            .series(&[])
+            .unwrap();
+        assert_eq!(n.add(1.0), Ok(()));
+        assert_eq!(n.snapshot(), None);
+    }
+}
