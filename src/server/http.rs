@@ -9,13 +9,19 @@
 //! | `DELETE /api/tracepoints/{id}` | remove one; answers with what was removed |
 //! | `GET /api/tracepoints/{id}/snapshots` | the latest snapshots agents sent for it |
 //! | `GET /api/agents` | agents seen recently, with resource and per-tracepoint status |
+//! | `POST /api/sessions/{id}/metrics` | report a number for a session (an agent ID `GET /api/agents` lists): body `{"name", "value", "tags": ["key:value", "bare"]}`, answer `{"success": true}`; exposed on `/metrics` as gauge `sonde_adhoc_<name>` labelled `session`, `tenant`, the tag keys and `tags` (see `adhoc`). Unknown session: 404; a new series past 1000 per tenant: 409. Allowed with an API write token or an agent credential |
 //! | `GET /healthz`, `GET /metrics` | liveness; the server's own Prometheus metrics |
 //!
 //! The tracepoint routes also exist without the `/api` prefix, as in Deep. Bodies and answers are
 //! proto3 JSON, or binary protobuf with `Content-Type`/`Accept: application/protobuf`. The tenant
 //! comes from `X-Scope-OrgID`. Errors are `{"error": {"code", "field", "message", "position"}}`.
+//!
+//! Ad-hoc metrics are what agents (and scripts speaking for a session) report, so that route takes
+//! either credential: whatever `Auth::api` allows to write or `Auth::agent` allows to speak as an
+//! agent. It is therefore open exactly when the API is open or agents are (no agent credential
+//! configured), as agents' status reports and snapshots are. A read token alone is refused (403).
 
-use std::{sync::Arc, time::Instant};
+use std::{collections::HashSet, sync::Arc, time::Instant};
 
 use axum::{
     Json, Router,
@@ -24,7 +30,7 @@ use axum::{
     http::{HeaderMap, HeaderValue, StatusCode, header},
     middleware::{self, Next},
     response::{IntoResponse, Response},
-    routing::get,
+    routing::{get, post},
 };
 use prost::Message as _;
 use serde::Serialize;
@@ -36,11 +42,12 @@ use sonde_proto::{
 
 use super::{
     App,
+    adhoc::{self, CapReached},
     auth::{Access, Denied},
     grpc::poll_answer,
     state::{ChangeError, Entry, Resource},
     tenant_from,
-    validate::Position,
+    validate::{Position, ValidationError},
 };
 
 /// The HTTP router.
@@ -52,7 +59,12 @@ pub(crate) fn router(app: Arc<App>) -> Router {
             .route("/tracepoints/{id}/snapshots", get(snapshots))
     };
     Router::new()
-        .nest("/api", tracepoints().route("/agents", get(agents)))
+        .nest(
+            "/api",
+            tracepoints()
+                .route("/agents", get(agents))
+                .route("/sessions/{id}/metrics", post(session_metric)),
+        )
         .merge(tracepoints())
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
@@ -125,18 +137,30 @@ impl From<Denied> for ApiError {
     }
 }
 
+impl From<ValidationError> for ApiError {
+    fn from(v: ValidationError) -> Self {
+        Self {
+            status: StatusCode::BAD_REQUEST,
+            body: ErrorBody {
+                code: "invalid_argument",
+                field: Some(v.field),
+                message: v.message,
+                position: v.position,
+            },
+        }
+    }
+}
+
+impl From<CapReached> for ApiError {
+    fn from(err: CapReached) -> Self {
+        Self::new(StatusCode::CONFLICT, "resource_exhausted", err.to_string())
+    }
+}
+
 impl From<ChangeError> for ApiError {
     fn from(err: ChangeError) -> Self {
         match err {
-            ChangeError::Invalid(v) => Self {
-                status: StatusCode::BAD_REQUEST,
-                body: ErrorBody {
-                    code: "invalid_argument",
-                    field: Some(v.field),
-                    message: v.message,
-                    position: v.position,
-                },
-            },
+            ChangeError::Invalid(v) => Self::from(v),
             ChangeError::NotFound(_) => {
                 Self::new(StatusCode::NOT_FOUND, "not_found", err.to_string())
             }
@@ -168,6 +192,22 @@ fn context(app: &App, headers: &HeaderMap, access: Access) -> Result<Ctx, ApiErr
         .map_err(|e| ApiError::invalid("X-Scope-OrgID", e.to_string()))?;
     let protobuf = header_str(headers, header::ACCEPT).is_some_and(is_protobuf);
     Ok(Ctx { tenant, protobuf })
+}
+
+/// As [`context`] for reports from agents: an API write token or an agent credential.
+fn report_context(app: &App, headers: &HeaderMap) -> Result<Ctx, ApiError> {
+    let authorization = header_str(headers, header::AUTHORIZATION);
+    if let Err(denied) = app.auth.api(authorization, Access::Write)
+        && app.auth.agent(authorization).is_err()
+    {
+        return Err(denied.into());
+    }
+    let tenant = tenant_from(header_str(headers, "x-scope-orgid"))
+        .map_err(|e| ApiError::invalid("X-Scope-OrgID", e.to_string()))?;
+    Ok(Ctx {
+        tenant,
+        protobuf: false,
+    })
 }
 
 fn header_str(headers: &HeaderMap, name: impl header::AsHeaderName) -> Option<&str> {
@@ -215,13 +255,8 @@ fn tracepoint_response(ctx: &Ctx, entry: &Entry) -> Response {
     }
 }
 
-/// Reads the body within the configured limit and parses `{"tracepoint": {...}}` (JSON or
-/// protobuf).
-async fn read_tracepoint(
-    app: &App,
-    headers: &HeaderMap,
-    body: Body,
-) -> Result<TracePointConfig, ApiError> {
+/// Reads the body within the configured limit (413 past it).
+async fn read_body(app: &App, headers: &HeaderMap, body: Body) -> Result<Bytes, ApiError> {
     let limit = app.config.max_body_bytes;
     let too_large = || {
         ApiError::new(
@@ -236,9 +271,19 @@ async fn read_tracepoint(
     {
         return Err(too_large());
     }
-    let bytes: Bytes = axum::body::to_bytes(body, limit)
+    axum::body::to_bytes(body, limit)
         .await
-        .map_err(|_| too_large())?;
+        .map_err(|_| too_large())
+}
+
+/// Reads the body within the configured limit and parses `{"tracepoint": {...}}` (JSON or
+/// protobuf).
+async fn read_tracepoint(
+    app: &App,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<TracePointConfig, ApiError> {
+    let bytes = read_body(app, headers, body).await?;
     let request = if header_str(headers, header::CONTENT_TYPE).is_some_and(is_protobuf) {
         CreateTracepointRequest::decode(bytes).map_err(|e| {
             ApiError::invalid(
@@ -395,12 +440,54 @@ async fn agents(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Respo
     }))
 }
 
+/// `POST /api/sessions/{id}/metrics`: sets the ad-hoc gauge a report names for a session of the
+/// tenant. Bad input (400), an unknown session (404) or a full tenant (409) change nothing.
+async fn session_metric(
+    State(app): State<Arc<App>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let ctx = report_context(&app, &headers)?;
+    let bytes = read_body(&app, &headers, body).await?;
+    if header_str(&headers, header::CONTENT_TYPE).is_some_and(is_protobuf) {
+        return Err(ApiError::invalid(
+            "body",
+            "ad-hoc metrics are JSON only: send Content-Type: application/json",
+        ));
+    }
+    let sample = adhoc::parse(&bytes)?;
+    let live: HashSet<String> = app
+        .agents
+        .list(&ctx.tenant)
+        .into_iter()
+        .map(|a| a.id)
+        .collect();
+    if !live.contains(&id) {
+        return Err(ApiError::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            format!(
+                "no session {id:?} in this tenant: a session is an agent ID that GET /api/agents lists"
+            ),
+        ));
+    }
+    let name = sample.name.clone();
+    app.adhoc.record(&ctx.tenant, &id, sample, &live)?;
+    tracing::debug!(tenant = %ctx.tenant, session = %id, %name, "ad-hoc metric reported");
+    Ok(json_response(&serde_json::json!({"success": true})))
+}
+
 async fn healthz() -> Response {
     json_response(&serde_json::json!({"status": "ok"}))
 }
 
 async fn metrics(State(app): State<Arc<App>>) -> Response {
     app.refresh_gauges();
+    // Ad-hoc series go with their session (lock order: ad-hoc set, then agents; nothing takes
+    // them the other way round).
+    app.adhoc
+        .prune(|tenant| app.agents.list(tenant).into_iter().map(|a| a.id).collect());
     (
         [(
             header::CONTENT_TYPE,

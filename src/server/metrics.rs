@@ -113,6 +113,14 @@ impl ServerMetrics {
         }
     }
 
+    /// Registers another collector (the ad-hoc session metrics) so that `render` exposes it too.
+    pub fn register(
+        &self,
+        collector: Box<dyn prometheus::core::Collector>,
+    ) -> prometheus::Result<()> {
+        self.registry.register(collector)
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
         let mut out = Vec::new();

@@ -260,6 +260,49 @@ pub fn is_foreign(tp: &TracePointConfig) -> bool {
     })
 }
 
+/// Refuses `value` when it is longer than `limit` characters.
+pub(crate) fn check_len(field: &str, value: &str, limit: usize) -> Result<(), ValidationError> {
+    let len = value.chars().count();
+    if len > limit {
+        return Err(ValidationError::new(
+            field,
+            format!("is {len} characters long; the limit is {limit}"),
+        ));
+    }
+    Ok(())
+}
+
+/// The check every Prometheus name passes (metric names, namespaces, units, label keys; also the
+/// server's ad-hoc metrics): non-empty, at most `max_len` characters of `[a-zA-Z_][a-zA-Z0-9_]*`.
+pub(crate) fn check_prometheus_name(
+    field: &str,
+    name: &str,
+    required: bool,
+    max_len: usize,
+) -> Result<(), ValidationError> {
+    if name.is_empty() {
+        return Err(ValidationError::new(
+            field,
+            if required { "is required" } else { "is empty" },
+        ));
+    }
+    check_len(field, name, max_len)?;
+    if let Some((at, ch)) = name
+        .chars()
+        .enumerate()
+        .find(|&(i, c)| !(c == '_' || c.is_ascii_alphabetic() || (i > 0 && c.is_ascii_digit())))
+    {
+        return Err(ValidationError::new(
+            field,
+            format!(
+                "\"{name}\" is not a legal Prometheus name: character {ch:?} at position {} (use letters, digits and '_', not starting with a digit)",
+                at + 1
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn too_many(field: &str, count: usize, limit: usize) -> ValidationError {
     ValidationError::new(field, format!("has {count} entries; the limit is {limit}"))
 }
@@ -298,39 +341,12 @@ struct Ctx<'a> {
 
 impl Ctx<'_> {
     fn check_len(&self, field: &str, value: &str, limit: usize) -> Result<(), ValidationError> {
-        let len = value.chars().count();
-        if len > limit {
-            return Err(ValidationError::new(
-                field,
-                format!("is {len} characters long; the limit is {limit}"),
-            ));
-        }
-        Ok(())
+        check_len(field, value, limit)
     }
 
     /// Metric names, namespaces, units and label keys: `[a-zA-Z_][a-zA-Z0-9_]*`.
     fn check_name(&self, field: &str, name: &str, required: bool) -> Result<(), ValidationError> {
-        if name.is_empty() {
-            return Err(ValidationError::new(
-                field,
-                if required { "is required" } else { "is empty" },
-            ));
-        }
-        self.check_len(field, name, self.limits.max_name_len)?;
-        if let Some((at, ch)) = name
-            .chars()
-            .enumerate()
-            .find(|&(i, c)| !(c == '_' || c.is_ascii_alphabetic() || (i > 0 && c.is_ascii_digit())))
-        {
-            return Err(ValidationError::new(
-                field,
-                format!(
-                    "\"{name}\" is not a legal Prometheus name: character {ch:?} at position {} (use letters, digits and '_', not starting with a digit)",
-                    at + 1
-                ),
-            ));
-        }
-        Ok(())
+        check_prometheus_name(field, name, required, self.limits.max_name_len)
     }
 
     fn check_expression(
