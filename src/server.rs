@@ -14,6 +14,7 @@
 //! # }
 //! ```
 
+mod adhoc;
 mod agents;
 mod auth;
 mod config;
@@ -41,7 +42,8 @@ pub use validate::{
 };
 
 use self::{
-    agents::Agents, auth::Auth, metrics::ServerMetrics, snapshots::Snapshots, state::Tracepoints,
+    adhoc::AdhocMetrics, agents::Agents, auth::Auth, metrics::ServerMetrics, snapshots::Snapshots,
+    state::Tracepoints,
 };
 
 /// Longest accepted tenant name (as Cortex, Loki and Tempo limit `X-Scope-OrgID`).
@@ -55,6 +57,8 @@ pub(crate) struct App {
     agents: Agents,
     snapshots: Snapshots,
     metrics: ServerMetrics,
+    /// Series reported with `POST /api/sessions/{id}/metrics` (exposed through `metrics`).
+    adhoc: AdhocMetrics,
     auth: Auth,
     shutdown: watch::Receiver<bool>,
 }
@@ -147,10 +151,16 @@ impl Server {
                 )
             })?;
         let (shutdown_tx, shutdown) = watch::channel(false);
+        let metrics = ServerMetrics::new();
+        let adhoc = AdhocMetrics::new(adhoc::MAX_SERIES_PER_TENANT);
+        metrics
+            .register(Box::new(adhoc.clone()))
+            .context("registering the ad-hoc metrics")?;
         let app = Arc::new(App {
             agents: Agents::new(config.agent_ttl()),
             snapshots: Snapshots::new(config.snapshots_per_tracepoint, 1000),
-            metrics: ServerMetrics::new(),
+            metrics,
+            adhoc,
             auth: Auth::from_config(&config),
             tracepoints,
             config,

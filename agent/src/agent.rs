@@ -21,6 +21,7 @@ use crate::{
     install::{Installer, TracepointStatus},
     pipeline::Budgets,
     provider::MetricProvider,
+    self_metrics::SelfMetrics,
     site,
 };
 
@@ -89,6 +90,7 @@ pub struct AgentBuilder {
     log_level: tracing::Level,
     offline: bool,
     metrics_endpoint: Option<(std::net::SocketAddr, prometheus::Registry)>,
+    self_metrics: Option<Arc<dyn MetricProvider>>,
     env_error: Option<String>,
 }
 
@@ -120,6 +122,7 @@ impl Default for AgentBuilder {
             log_level: tracing::Level::INFO,
             offline: false,
             metrics_endpoint: None,
+            self_metrics: None,
             env_error: None,
         }
     }
@@ -206,6 +209,15 @@ impl AgentBuilder {
         registry: prometheus::Registry,
     ) -> Self {
         self.metrics_endpoint = Some((addr, registry));
+        self
+    }
+
+    /// Exports the agent's own metrics (`sonde_agent_*`: fires, errors, evaluation time,
+    /// disarms, overflows, control-plane calls and failures) through `provider`. For
+    /// Prometheus, pass a clone of the same `PrometheusProvider` given to [`AgentBuilder::provider`]
+    /// (one provider per registry).
+    pub fn self_metrics(mut self, provider: impl MetricProvider) -> Self {
+        self.self_metrics = Some(Arc::new(provider));
         self
     }
 
@@ -330,11 +342,13 @@ impl AgentBuilder {
                 None => resource.push((k, v)),
             }
         }
+        let own = self.self_metrics.map(|p| Arc::new(SelfMetrics::new(p)));
         let installer = Installer::new(
             site::sites().collect(),
             self.providers,
             self.budgets,
             self.log_level,
+            own.clone(),
         );
         let installer = Arc::new(Mutex::new(installer));
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
@@ -359,6 +373,7 @@ impl AgentBuilder {
             mode: self.mode,
             resource,
             agent_id: agent_id.clone(),
+            own,
         });
         let thread = if client.is_none() && endpoint.is_none() {
             None

@@ -31,6 +31,7 @@ use tonic::{
 use crate::{
     agent::ClientMode,
     install::{Installer, TracepointState},
+    self_metrics::SelfMetrics,
 };
 
 /// Settings of the client.
@@ -45,6 +46,7 @@ pub(crate) struct ClientConfig {
     pub mode: ClientMode,
     pub resource: Vec<(String, String)>,
     pub agent_id: String,
+    pub own: Option<Arc<SelfMetrics>>,
 }
 
 /// First retry delay; doubles per consecutive failure up to [`BACKOFF_MAX`].
@@ -160,12 +162,20 @@ impl Client {
                 Ended::Failed(err) => {
                     self.failures += 1;
                     self.server += 1;
+                    if let Some(own) = &self.config.own {
+                        own.failures.inc();
+                        own.retries.inc();
+                    }
                     if self.failures == 1 || self.failures.is_multiple_of(BREAKER_THRESHOLD) {
                         tracing::warn!(failures = self.failures, %err,
                             "sonde agent: control plane unreachable; keeping the installed tracepoints");
                     }
                     if self.failures.is_multiple_of(BREAKER_THRESHOLD) {
                         tracing::warn!(open_for = ?BREAKER_OPEN, "sonde agent: circuit open");
+                        if let Some(own) = &self.config.own {
+                            own.breaker_opened.inc();
+                            own.breaker_open.set(1.0);
+                        }
                         BREAKER_OPEN
                     } else {
                         backoff(self.failures)
@@ -176,6 +186,19 @@ impl Client {
                 _ = tokio::time::sleep(delay) => {}
                 _ = shutdown.changed() => return,
             }
+            if delay == BREAKER_OPEN
+                && let Some(own) = &self.config.own
+            {
+                // Half-open: the next attempt decides.
+                own.breaker_half_open.inc();
+                own.breaker_open.set(0.0);
+            }
+        }
+    }
+
+    fn time(&self, kind: &str, started: std::time::Instant) {
+        if let Some(own) = &self.config.own {
+            own.requests.with(&[kind]).record(started.elapsed());
         }
     }
 
@@ -218,7 +241,10 @@ impl Client {
             current_hash: self.hash.clone(),
             agent_id: self.config.agent_id.clone(),
         });
-        let mut stream = match client.watch(request).await {
+        let started = std::time::Instant::now();
+        let watched = client.watch(request).await;
+        self.time("watch", started);
+        let mut stream = match watched {
             Ok(resp) => resp.into_inner(),
             Err(status)
                 if status.code() == Code::Unimplemented && self.config.mode == ClientMode::Auto =>
@@ -257,7 +283,10 @@ impl Client {
                 current_hash: self.hash.clone(),
                 resource: Some(self.resource.clone()),
             });
-            match client.poll(request).await {
+            let started = std::time::Instant::now();
+            let polled = client.poll(request).await;
+            self.time("poll", started);
+            match polled {
                 Ok(resp) => {
                     self.failures = 0;
                     let resp = resp.into_inner();
@@ -315,10 +344,12 @@ impl Client {
                 .collect(),
         };
         let request = self.request(report);
-        match StatusServiceClient::new(channel.clone())
+        let started = std::time::Instant::now();
+        let reported = StatusServiceClient::new(channel.clone())
             .report(request)
-            .await
-        {
+            .await;
+        self.time("report", started);
+        match reported {
             Ok(_) => {}
             Err(status) if status.code() == Code::Unimplemented => {
                 tracing::debug!("sonde agent: the server takes no status reports");

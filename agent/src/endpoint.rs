@@ -12,7 +12,7 @@ use hyper::{
     service::service_fn,
 };
 use hyper_util::rt::TokioIo;
-use prometheus::{Encoder as _, Registry, TextEncoder};
+use prometheus::Registry;
 use tokio::{net::TcpListener, sync::watch};
 
 /// Serves `registry` on `listener` until shutdown.
@@ -73,20 +73,15 @@ async fn answer(
             b"GET /metrics\n".to_vec(),
         ));
     }
-    let encoder = TextEncoder::new();
-    let mut body = Vec::new();
-    if let Err(err) = encoder.encode(&registry.gather(), &mut body) {
-        return Ok(response(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "text/plain",
-            format!("encoding metrics: {err}\n").into_bytes(),
-        ));
-    }
-    Ok(response(
-        StatusCode::OK,
-        "text/plain; version=0.0.4; charset=utf-8",
-        body,
-    ))
+    let accept = req
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok());
+    let (content_type, body) = crate::exposition::encode(&registry, accept);
+    let mut resp = response(StatusCode::OK, content_type, body);
+    resp.headers_mut()
+        .insert(header::VARY, header::HeaderValue::from_static("accept"));
+    Ok(resp)
 }
 
 /// Binds the endpoint's address (synchronously, so `start()` reports a taken port at once).

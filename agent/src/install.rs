@@ -22,6 +22,7 @@ use crate::{
         BoundMetric, Budgets, DisarmReason, FireBudget, Installed, InstalledParts, Label, Program,
     },
     provider::{MetricProvider, MetricSpec},
+    self_metrics::SelfMetrics,
     site::{Site, path_matches},
     tracepoint::{LabelRule, TracepointSpec},
 };
@@ -76,6 +77,7 @@ pub(crate) struct Installer {
     armed: Vec<&'static Site>,
     /// Set by tracepoints when their status changes on the hot path.
     pub dirty: Arc<AtomicBool>,
+    own: Option<Arc<SelfMetrics>>,
 }
 
 impl Installer {
@@ -84,6 +86,7 @@ impl Installer {
         providers: Vec<Arc<dyn MetricProvider>>,
         budgets: Budgets,
         log_level: tracing::Level,
+        own: Option<Arc<SelfMetrics>>,
     ) -> Self {
         Self {
             sites,
@@ -93,6 +96,7 @@ impl Installer {
             entries: HashMap::new(),
             armed: Vec::new(),
             dirty: Arc::new(AtomicBool::new(false)),
+            own,
         }
     }
 
@@ -109,6 +113,9 @@ impl Installer {
         self.entries
             .retain(|id, entry| matches!(wanted.get(id), Some(Ok(spec)) if *spec == entry.spec));
         if self.entries.len() != before {
+            if let Some(own) = &self.own {
+                own.removed.add((before - self.entries.len()) as f64);
+            }
             self.publish();
         }
         // Phase 2: install what is new or changed.
@@ -137,7 +144,13 @@ impl Installer {
                     outcome: Outcome::Failed(message),
                 },
             };
+            if let Some(own) = &self.own {
+                own.installed.inc();
+            }
             self.entries.insert(id, entry);
+        }
+        if let Some(own) = &self.own {
+            own.active.set(self.entries.len() as f64);
         }
         self.publish();
     }
@@ -265,6 +278,7 @@ impl Installer {
             window: (spec.window_start_ms, spec.window_end_ms),
             budgets: self.budgets,
             dirty: self.dirty.clone(),
+            own: self.own.as_ref().map(|m| m.for_tracepoint(&spec.id)),
         });
         Outcome::Bound {
             tp: Arc::new(tp),

@@ -22,6 +22,7 @@ use sonde_expr::{EvalError, Expr};
 use crate::{
     capture::{Capture, HitVars},
     provider::{Instrument, RecordError, Series},
+    self_metrics::TracepointMetrics,
     series_cache::{SeriesCache, make_series},
     site::Site,
     tracepoint::now_unix_ms,
@@ -161,9 +162,15 @@ impl BoundMetric {
     }
 
     /// The cached series for a label set, creating it (or folding into overflow past the cap).
-    fn series_for(&self, values: &[&str], max_series: usize) -> Option<Arc<dyn Series>> {
-        self.series
-            .get(values, max_series, |v| make_series(&self.instruments, v))
+    fn series_for(&self, values: &[&str], max_series: usize) -> (Option<Arc<dyn Series>>, bool) {
+        let before = self.series.overflowed.load(Ordering::Relaxed);
+        let series = self
+            .series
+            .get(values, max_series, |v| make_series(&self.instruments, v));
+        (
+            series,
+            self.series.overflowed.load(Ordering::Relaxed) != before,
+        )
     }
 }
 
@@ -194,6 +201,7 @@ pub(crate) struct Installed {
     /// Set when the status changed (disarm, first error) and should be reported.
     pub dirty: Arc<AtomicBool>,
     pub stats: Stats,
+    own: Option<TracepointMetrics>,
 }
 
 /// Counters of one installed tracepoint.
@@ -215,6 +223,8 @@ pub(crate) struct InstalledParts {
     pub window: (Option<u64>, Option<u64>),
     pub budgets: Budgets,
     pub dirty: Arc<AtomicBool>,
+    /// The agent's own metrics for this tracepoint, when the agent exports them.
+    pub own: Option<TracepointMetrics>,
 }
 
 impl Installed {
@@ -237,6 +247,7 @@ impl Installed {
             last_error: Mutex::new(None),
             dirty: p.dirty,
             stats: Stats::default(),
+            own: p.own,
         }
     }
 
@@ -260,13 +271,22 @@ impl Installed {
         if !self.disarmed.swap(true, Ordering::Relaxed) {
             *self.disarm_reason.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason);
             self.dirty.store(true, Ordering::Relaxed);
+            if let Some(own) = &self.own {
+                own.disarm(match reason {
+                    DisarmReason::Cpu => "cpu",
+                    DisarmReason::Errors => "errors",
+                });
+            }
             tracing::warn!(tracepoint = %self.id, ?reason, "tracepoint disarmed locally: budget exceeded");
         }
     }
 
     #[cold]
-    fn error(&self, stage: &'static str, err: impl std::fmt::Display) {
+    fn error(&self, stage: &'static str, kind: &'static str, err: impl std::fmt::Display) {
         self.stats.errors.fetch_add(1, Ordering::Relaxed);
+        if let Some(own) = &self.own {
+            own.error(stage, kind);
+        }
         {
             let mut last = self.last_error.lock().unwrap_or_else(|p| p.into_inner());
             if last.is_none() {
@@ -296,7 +316,11 @@ impl Installed {
         let started = timed.then(Instant::now);
         self.run(vars);
         if let Some(started) = started {
-            let spent = started.elapsed().as_nanos() as u64 * CPU_SAMPLE_EVERY;
+            let elapsed = started.elapsed();
+            if let Some(own) = &self.own {
+                own.evaluation.record(elapsed);
+            }
+            let spent = elapsed.as_nanos() as u64 * CPU_SAMPLE_EVERY;
             if self.cpu.add(spent, self.budgets.window) > self.budgets.cpu.as_nanos() as u64 {
                 self.disarm(DisarmReason::Cpu);
             }
@@ -309,9 +333,12 @@ impl Installed {
                 Ok(true) => {}
                 Ok(false) => {
                     self.stats.condition_false.fetch_add(1, Ordering::Relaxed);
+                    if let Some(own) = &self.own {
+                        own.condition_false.inc();
+                    }
                     return;
                 }
-                Err(e) => return self.error("condition", e),
+                Err(e) => return self.error("condition", eval_kind(e), e),
             }
         }
         let mut fired = false;
@@ -328,11 +355,14 @@ impl Installed {
             let mut msg = String::new();
             match log.render(vars, &mut msg) {
                 Ok(()) => emit_log(self.log_level, &self.id, &msg),
-                Err(e) => self.error("log", e),
+                Err(e) => self.error("log", eval_kind(e), e),
             }
         }
         if fired {
             self.stats.fires.fetch_add(1, Ordering::Relaxed);
+            if let Some(own) = &self.own {
+                own.fires.inc();
+            }
         }
     }
 
@@ -341,7 +371,7 @@ impl Installed {
             None => 1.0,
             Some(e) => match e.eval_f64(vars) {
                 Ok(v) => v,
-                Err(e) => return self.error("value", e),
+                Err(e) => return self.error("value", eval_kind(e), e),
             },
         };
         let recorded = LABELS.with(|bufs| {
@@ -363,16 +393,42 @@ impl Installed {
             for (slot, buf) in values.iter_mut().zip(bufs.iter()).take(n) {
                 *slot = buf.as_str();
             }
-            match m.series_for(&values[..n], self.budgets.max_series) {
+            let (series, overflowed) = m.series_for(&values[..n], self.budgets.max_series);
+            if overflowed && let Some(own) = &self.own {
+                own.overflow.inc();
+            }
+            match series {
                 Some(series) => series.record(value).map_err(Failure::Record),
                 None => Ok(()),
             }
         });
         match recorded {
             Ok(()) => {}
-            Err(Failure::Eval(e)) => self.error("label", e),
-            Err(Failure::Record(e)) => self.error("value", e),
+            Err(Failure::Eval(e)) => self.error("label", eval_kind(e), e),
+            Err(Failure::Record(e)) => self.error(
+                "value",
+                match e {
+                    RecordError::NegativeCounter => "negative_counter",
+                    RecordError::NotFinite => "not_finite",
+                    RecordError::Unsupported => "unsupported",
+                },
+                e,
+            ),
         }
+    }
+}
+
+/// A short, stable name for an evaluation error (a metric tag).
+fn eval_kind(e: EvalError) -> &'static str {
+    match e {
+        EvalError::MissingVariable => "missing_variable",
+        EvalError::MissingField => "missing_field",
+        EvalError::IndexOutOfBounds => "index_out_of_bounds",
+        EvalError::TypeMismatch => "type_mismatch",
+        EvalError::Arithmetic => "arithmetic",
+        EvalError::BudgetExceeded => "budget_exceeded",
+        EvalError::Panicked => "panic",
+        _ => "runtime",
     }
 }
 
@@ -432,7 +488,7 @@ pub(crate) fn hit(site: &'static Site, values: &[&dyn Capture]) {
     };
     for tp in &program.tracepoints {
         if catch_unwind(AssertUnwindSafe(|| tp.fire(&vars))).is_err() {
-            tp.error("panic", "a panic inside the tracepoint was caught");
+            tp.error("panic", "panic", "a panic inside the tracepoint was caught");
         }
     }
 }

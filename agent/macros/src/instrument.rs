@@ -253,7 +253,7 @@ fn arguments(inputs: &Punctuated<FnArg, Comma>, args: &Args) -> syn::Result<Vec<
 }
 
 /// Whether a type mentions `impl Trait` (which cannot be named inside the body).
-fn mentions_impl(tokens: TokenStream) -> bool {
+pub(crate) fn mentions_impl(tokens: TokenStream) -> bool {
     tokens.into_iter().any(|tt| match tt {
         TokenTree::Ident(ident) => ident == "impl",
         TokenTree::Group(group) => mentions_impl(group.stream()),

@@ -1,6 +1,6 @@
-//! Sonde's agent macros: `#[derive(Capture)]` and `#[instrument]`. Use them through
-//! `sonde-agent`, which re-exports them (`sonde_agent::Capture`, `sonde_agent::instrument`);
-//! their expansions name `::sonde_agent`.
+//! Sonde's agent macros: `#[derive(Capture)]`, `#[instrument]`, `#[timed]` and
+//! `#[track_errors]`. Use them through `sonde-agent`, which re-exports them
+//! (`sonde_agent::Capture`, `sonde_agent::instrument`, …); their expansions name `::sonde_agent`.
 
 #![forbid(unsafe_code)]
 
@@ -9,6 +9,9 @@ use syn::{DeriveInput, ItemFn, parse_macro_input};
 
 mod derive;
 mod instrument;
+mod metric_args;
+mod timed;
+mod track_errors;
 
 /// Derives `sonde_agent::Capture`, so a probe site can capture the type and tracepoint
 /// expressions can read its fields (`order.customer.country`).
@@ -179,6 +182,157 @@ pub fn instrument(args: TokenStream, item: TokenStream) -> TokenStream {
     parse_macro_input!(args with parser);
     let item = parse_macro_input!(item as ItemFn);
     instrument::expand(options, item)
+        .unwrap_or_else(syn::Error::into_compile_error)
+        .into()
+}
+
+/// Times a function: the duration of each call, in seconds, goes into a timer (a histogram with
+/// `Buckets::LATENCY_SECONDS`) of the given name from `sonde_agent::metrics::global()`. Works on
+/// `fn` and `async fn`, free or in an `impl`, generic or not.
+///
+/// ```text
+/// #[timed("name")]
+/// #[timed("name", help = "Help text.", tags(key = "value", ...))]
+/// ```
+/// - `"name"` (required): the metric's name, checked at compile time (ASCII letters, digits,
+///   `_` and `:`). Say the unit: `*_seconds`.
+/// - `help = "..."`: the help text; by default ``Duration of `f`, in seconds.``
+/// - `tags(key = "value", ...)`: constant tags on this site's series; keys are identifiers (not
+///   starting with `__`), values string literals. Sites sharing a name should share tag keys:
+///   a backend such as Prometheus refuses one name with two sets of label keys. For tags that
+///   vary per call, use `Metrics::timer_vec` by hand.
+///
+/// **What is measured.** A guard created on entry records when it drops: when the body returns
+/// (its last expression, an early `return`, an error leaving through `?`) and when a panic
+/// unwinds through it. The body itself is left as written (no closure), so borrows, `return`
+/// and `?` behave exactly as without the attribute. For an `async fn` the clock runs from the
+/// first poll to completion, including time spent waiting; a future dropped before it
+/// completes (cancelled, timed out) records the time until it was dropped. A plain `fn` that
+/// returns a future (`-> impl Future`) times only the creation of the future.
+///
+/// **Which metrics.** Each site resolves its timer from `metrics::global()` on its first call
+/// and keeps it for the life of the process. Install yours with `metrics::set_global` at
+/// start-up, before the first timed call: a call before it resolves (and, as any call to
+/// `global()` does, fixes) the default instance, which discards everything.
+///
+/// **Cost.** After the first call: two clock reads and one histogram observe (with
+/// `PrometheusProvider`, atomic adds); nothing is allocated.
+///
+/// ```
+/// use sonde_agent::metrics::{self, Metrics};
+/// use sonde_agent::{InMemoryProvider, SeriesSnapshot, timed};
+///
+/// metrics::set_global(Metrics::builder().provider(InMemoryProvider::new()).build());
+///
+/// #[timed("checkout_duration_seconds", help = "Checkout latency.", tags(route = "/checkout"))]
+/// fn checkout(items: u32) -> Result<u32, String> {
+///     if items == 0 {
+///         return Err("empty cart".into()); // timed too
+///     }
+///     Ok(items * 2)
+/// }
+///
+/// #[timed("lookup_duration_seconds")]
+/// async fn lookup(id: u64) -> Option<u64> {
+///     Some(id)
+/// }
+///
+/// assert_eq!(checkout(3), Ok(6));
+/// assert!(checkout(0).is_err());
+/// let _future = lookup(7); // timed when it runs
+///
+/// let snap = metrics::global().snapshot();
+/// let timer = snap.iter().find(|m| m.name == "checkout_duration_seconds").unwrap();
+/// assert_eq!(timer.tags, [("route".to_owned(), "/checkout".to_owned())]);
+/// let SeriesSnapshot::Histogram { count, .. } = &timer.value else { panic!() };
+/// assert_eq!(*count, 2);
+/// ```
+#[proc_macro_attribute]
+pub fn timed(args: TokenStream, item: TokenStream) -> TokenStream {
+    let item = parse_macro_input!(item as ItemFn);
+    timed::expand(args.into(), item)
+        .unwrap_or_else(syn::Error::into_compile_error)
+        .into()
+}
+
+/// Counts the errors a function returns: each `Err` adds one to a counter from
+/// `sonde_agent::metrics::global()`, tagged `function` (the function's name) and `error` (the
+/// error's type). Works on `fn` and `async fn` returning `Result<T, E>` (or an alias such as
+/// `io::Result<T>`), free or in an `impl`, generic or not.
+///
+/// ```text
+/// #[track_errors]
+/// #[track_errors("name")]
+/// #[track_errors("name", help = "Help text.", variant)]
+/// ```
+/// - `"name"`: the counter's name, `errors_total` by default (so every tracked function shares
+///   one metric, told apart by its tags), checked at compile time.
+/// - `help = "..."`: the help text.
+/// - `variant`: tag `error` with the error's variant rather than its type (below).
+///
+/// **The `error` tag.** By default, `std::any::type_name::<E>()` with each path shortened to its
+/// last segment: `OrderError`, `Error` for `std::io::Error`, `Box<dyn Error + Send + Sync>`.
+/// That is one series per function and error type, a number fixed by the code, and counting
+/// one allocates nothing (unless the type has generic arguments). With `variant`, the leading
+/// identifier of the error's `Debug` rendering, which for an enum with derived `Debug` is the
+/// variant (`OutOfStock`, `Declined`): finer, and still bounded by the enum's variants, but the
+/// error is formatted (into a 64-byte stack buffer, stopping after the identifier) on each
+/// `Err`, and `E` must implement `Debug`. When the rendering does not start with an identifier
+/// (a string's quote, a number) the type name is used. Do not use `variant` on a type whose
+/// `Debug` starts with data (a hand-written one that prints its message): each distinct first
+/// word would become a series, until they overflow into `sonde_overflow`.
+///
+/// The function's name is its bare identifier: methods of the same name on different types
+/// share a series. The function keeps its signature and behaviour: the body runs in a closure
+/// (an `async` block for an `async fn`) typed with the declared return type, so `return` and
+/// `?` (with its `From` conversion) work as written, and the value is returned unchanged.
+///
+/// **Which metrics.** The counter is resolved from `metrics::global()` on the site's first
+/// `Err` and kept for the life of the process: install yours with `metrics::set_global`
+/// before then. On `Ok` the cost is one branch; an `Err` costs a hashed lookup of the series
+/// under a read lock and an add.
+///
+/// ```
+/// use sonde_agent::metrics::{self, Metrics};
+/// use sonde_agent::{InMemoryProvider, SeriesSnapshot, track_errors};
+///
+/// metrics::set_global(Metrics::builder().provider(InMemoryProvider::new()).build());
+///
+/// #[derive(Debug)]
+/// enum PaymentError {
+///     Declined,
+///     Timeout { after_ms: u64 },
+/// }
+///
+/// #[track_errors]
+/// fn charge(amount: u64) -> Result<u64, PaymentError> {
+///     if amount > 100 {
+///         return Err(PaymentError::Declined);
+///     }
+///     Ok(amount)
+/// }
+///
+/// #[track_errors("payment_errors_total", variant)]
+/// async fn refund(amount: u64) -> Result<(), PaymentError> {
+///     Err(PaymentError::Timeout { after_ms: amount })
+/// }
+///
+/// assert_eq!(charge(5).unwrap(), 5);
+/// assert!(charge(500).is_err());
+/// let _future = refund(5); // counted when it runs and fails
+///
+/// let snap = metrics::global().snapshot();
+/// let errors = snap.iter().find(|m| m.name == "errors_total").unwrap();
+/// assert_eq!(
+///     errors.tags,
+///     [("error".to_owned(), "PaymentError".to_owned()), ("function".to_owned(), "charge".to_owned())]
+/// );
+/// assert_eq!(errors.value, SeriesSnapshot::Counter(1.0));
+/// ```
+#[proc_macro_attribute]
+pub fn track_errors(args: TokenStream, item: TokenStream) -> TokenStream {
+    let item = parse_macro_input!(item as ItemFn);
+    track_errors::expand(args.into(), item)
         .unwrap_or_else(syn::Error::into_compile_error)
         .into()
 }

@@ -1,0 +1,152 @@
+//! [`SelfMetrics`]: the agent's own metrics, `sonde_agent_*`, through any provider
+//! (`AgentBuilder::self_metrics`).
+//!
+//! | metric | tags | what |
+//! |---|---|---|
+//! | `sonde_agent_tracepoints_installed_total` | | tracepoints installed (new or changed) |
+//! | `sonde_agent_tracepoints_removed_total` | | tracepoints removed (deleted or changed) |
+//! | `sonde_agent_tracepoints_active` | | tracepoints held now |
+//! | `sonde_agent_tracepoint_fires_total` | `tracepoint` | hits that recorded or logged |
+//! | `sonde_agent_tracepoint_condition_false_total` | `tracepoint` | hits whose condition was false |
+//! | `sonde_agent_tracepoint_errors_total` | `tracepoint`, `stage`, `kind` | evaluation errors (`stage`: condition, label, value, log, panic) |
+//! | `sonde_agent_tracepoint_evaluation_seconds` | `tracepoint` | time per hit, sampled one hit in 16 |
+//! | `sonde_agent_tracepoint_disarms_total` | `tracepoint`, `reason` | local disarms (`cpu`, `errors`) |
+//! | `sonde_agent_cardinality_overflow_total` | `tracepoint` | records folded into the overflow series |
+//! | `sonde_agent_control_plane_request_duration_seconds` | `kind` | poll, watch (to first message), report |
+//! | `sonde_agent_control_plane_failures_total` | | failed connections and calls |
+//! | `sonde_agent_control_plane_retries_total` | | reconnect attempts after a failure |
+//! | `sonde_agent_circuit_breaker_opened_total`, `..._half_open_total` | | breaker transitions |
+//! | `sonde_agent_circuit_breaker_open` | | 1 while the breaker is open |
+
+use std::sync::Arc;
+
+use crate::{
+    metrics::{Counter, CounterVec, Gauge, Metrics, Timer, TimerVec},
+    provider::MetricProvider,
+};
+
+/// The agent's own instruments.
+#[derive(Debug)]
+pub(crate) struct SelfMetrics {
+    fires: CounterVec,
+    condition_false: CounterVec,
+    errors: CounterVec,
+    evaluation: TimerVec,
+    disarms: CounterVec,
+    overflow: CounterVec,
+    pub installed: Counter,
+    pub removed: Counter,
+    pub active: Gauge,
+    pub requests: TimerVec,
+    pub failures: Counter,
+    pub retries: Counter,
+    pub breaker_opened: Counter,
+    pub breaker_half_open: Counter,
+    pub breaker_open: Gauge,
+}
+
+impl SelfMetrics {
+    pub fn new(provider: Arc<dyn MetricProvider>) -> Self {
+        let m = Metrics::builder()
+            .shared_provider(provider)
+            .namespace("sonde_agent")
+            .build();
+        Self {
+            fires: m.counter_vec(
+                "tracepoint_fires_total",
+                "Tracepoint hits that recorded metrics or logged.",
+                &["tracepoint"],
+            ),
+            condition_false: m.counter_vec(
+                "tracepoint_condition_false_total",
+                "Tracepoint hits whose condition was false.",
+                &["tracepoint"],
+            ),
+            errors: m.counter_vec(
+                "tracepoint_errors_total",
+                "Tracepoint evaluation errors by stage and kind.",
+                &["tracepoint", "stage", "kind"],
+            ),
+            evaluation: m.timer_vec(
+                "tracepoint_evaluation_seconds",
+                "Time spent evaluating a tracepoint per hit (one hit in 16 is timed).",
+                &["tracepoint"],
+            ),
+            disarms: m.counter_vec(
+                "tracepoint_disarms_total",
+                "Tracepoints disarmed locally by a budget.",
+                &["tracepoint", "reason"],
+            ),
+            overflow: m.counter_vec(
+                "cardinality_overflow_total",
+                "Records folded into a metric's overflow series.",
+                &["tracepoint"],
+            ),
+            installed: m.counter("tracepoints_installed_total", "Tracepoints installed."),
+            removed: m.counter("tracepoints_removed_total", "Tracepoints removed."),
+            active: m.gauge("tracepoints_active", "Tracepoints held now."),
+            requests: m.timer_vec(
+                "control_plane_request_duration_seconds",
+                "Control-plane calls: poll, watch (to its first message), report.",
+                &["kind"],
+            ),
+            failures: m.counter(
+                "control_plane_failures_total",
+                "Failed control-plane connections and calls.",
+            ),
+            retries: m.counter(
+                "control_plane_retries_total",
+                "Reconnection attempts after a failure.",
+            ),
+            breaker_opened: m.counter(
+                "circuit_breaker_opened_total",
+                "Times the control-plane circuit breaker opened.",
+            ),
+            breaker_half_open: m.counter(
+                "circuit_breaker_half_open_total",
+                "Times the breaker let one attempt through after being open.",
+            ),
+            breaker_open: m.gauge(
+                "circuit_breaker_open",
+                "1 while the circuit breaker is open.",
+            ),
+        }
+    }
+
+    /// The instruments of one tracepoint, resolved once at install.
+    pub fn for_tracepoint(&self, id: &str) -> TracepointMetrics {
+        TracepointMetrics {
+            fires: self.fires.with(&[id]),
+            condition_false: self.condition_false.with(&[id]),
+            evaluation: self.evaluation.with(&[id]),
+            overflow: self.overflow.with(&[id]),
+            errors: self.errors.clone(),
+            disarms: self.disarms.clone(),
+            id: id.to_owned(),
+        }
+    }
+}
+
+/// One tracepoint's instruments.
+#[derive(Debug)]
+pub(crate) struct TracepointMetrics {
+    pub fires: Counter,
+    pub condition_false: Counter,
+    pub evaluation: Timer,
+    pub overflow: Counter,
+    errors: CounterVec,
+    disarms: CounterVec,
+    id: String,
+}
+
+impl TracepointMetrics {
+    #[cold]
+    pub fn error(&self, stage: &str, kind: &str) {
+        self.errors.add(&[&self.id, stage, kind], 1.0);
+    }
+
+    #[cold]
+    pub fn disarm(&self, reason: &str) {
+        self.disarms.add(&[&self.id, reason], 1.0);
+    }
+}
