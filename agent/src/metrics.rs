@@ -124,6 +124,46 @@ struct Family {
 }
 
 impl Family {
+    /// For each of the family's keys, where its value comes from: `None` for a global tag,
+    /// `Some(i)` for the instrument's own value `i`. Computed once per instrument.
+    fn slots(&self, own_keys: &[String]) -> Arc<[Option<usize>]> {
+        self.keys
+            .iter()
+            .zip(&self.fixed)
+            .map(|(key, fixed)| match fixed {
+                Some(_) => None,
+                None => own_keys.iter().position(|k| k == key),
+            })
+            .collect()
+    }
+
+    /// Records `value` into the series for the own values, mapped through `slots` (no string
+    /// comparison of keys, no reference-count traffic once the series exists).
+    fn record(&self, slots: &[Option<usize>], own_values: &[&str], max: usize, value: f64) -> bool {
+        let mut values: [&str; 16] = [""; 16];
+        if self.keys.len() > values.len() {
+            return false;
+        }
+        for (i, (slot, fixed)) in slots.iter().zip(&self.fixed).enumerate() {
+            values[i] = match (slot, fixed) {
+                (Some(j), _) => own_values.get(*j).copied().unwrap_or(""),
+                (None, Some(v)) => v.as_str(),
+                (None, None) => "",
+            };
+        }
+        let make = |v: &[&str]| {
+            make_series(
+                &self.instruments.lock().unwrap_or_else(|p| p.into_inner()),
+                v,
+            )
+        };
+        self.series
+            .with(&values[..self.keys.len()], max, make, |s| {
+                s.record(value).is_ok()
+            })
+            .unwrap_or(true)
+    }
+
     /// The series for the instrument's own values (in the order of its own keys).
     fn series(
         &self,
@@ -406,10 +446,14 @@ impl Metrics {
     ) -> HandleVec {
         let own: Vec<String> = keys.iter().map(|k| (*k).to_owned()).collect();
         let family = self.family(name, help, kind, &own, buckets);
+        let slots = family
+            .as_ref()
+            .map_or_else(|| Arc::from([]), |f| f.slots(&own));
         HandleVec {
             metrics: self.clone(),
             family,
             own: Arc::new(own),
+            slots,
             buckets: buckets.map(Arc::from),
         }
     }
@@ -669,6 +713,8 @@ struct HandleVec {
     metrics: Metrics,
     family: Option<Arc<Family>>,
     own: Arc<Vec<String>>,
+    /// Where each of the family's label values comes from (see [`Family::slots`]).
+    slots: Arc<[Option<usize>]>,
     buckets: Option<Arc<[f64]>>,
 }
 
@@ -703,15 +749,9 @@ impl HandleVec {
     }
 
     /// Records without building a handle (the hot-path form of `with(..).add(..)`).
-    fn series(&self, values: &[&str]) -> Option<Arc<dyn Series>> {
-        self.family
-            .as_ref()
-            .and_then(|f| f.series(&self.own, values, self.metrics.inner.max_series))
-    }
-
     fn record(&self, values: &[&str], value: f64) {
-        if let Some(s) = self.series(values)
-            && s.record(value).is_err()
+        if let Some(f) = &self.family
+            && !f.record(&self.slots, values, self.metrics.inner.max_series, value)
         {
             self.metrics.inner.errors.fetch_add(1, Ordering::Relaxed);
         }

@@ -194,6 +194,9 @@ impl SummaryVec {
 }
 
 struct Shared {
+    /// The exposed name; the map key adds the label keys, so one name may have several label
+    /// sets (the registry merges them into one family when gathering).
+    name: String,
     vector: Vector,
     kind: MetricKind,
     label_keys: Vec<String>,
@@ -269,6 +272,28 @@ impl PrometheusProvider {
     }
 }
 
+/// The shared map's key: the name and the label keys.
+fn map_key(name: &str, keys: &[&str]) -> String {
+    let mut key = name.to_owned();
+    for k in keys {
+        key.push('\0');
+        key.push_str(k);
+    }
+    key
+}
+
+/// A metric of that name but another kind, if any.
+fn other_kind(
+    shared: &HashMap<String, Shared>,
+    name: &str,
+    kind: MetricKind,
+) -> Option<MetricKind> {
+    shared
+        .values()
+        .find(|s| s.name == name && s.kind != kind)
+        .map(|s| s.kind)
+}
+
 /// The exposed name: counters end in `_total`.
 fn exposed(spec: &MetricSpec<'_>) -> String {
     if spec.kind == MetricKind::Counter && !spec.name.ends_with("_total") {
@@ -298,8 +323,15 @@ impl MetricProvider for PrometheusProvider {
                 spec.label_keys.len()
             )));
         }
+        let key = map_key(&name, spec.label_keys);
         let mut shared = self.inner.shared.lock().unwrap_or_else(|p| p.into_inner());
-        let gauges = match shared.get_mut(&name) {
+        if let Some(kind) = other_kind(&shared, &name, MetricKind::Gauge) {
+            return Err(ProviderError::Conflict {
+                name,
+                reason: format!("already registered as a {kind:?}"),
+            });
+        }
+        let gauges = match shared.get_mut(&key) {
             Some(existing) => match &existing.vector {
                 Vector::Callback(g)
                     if existing
@@ -327,8 +359,9 @@ impl MetricProvider for PrometheusProvider {
                     next_id: Default::default(),
                 });
                 shared.insert(
-                    name.clone(),
+                    key.clone(),
                     Shared {
+                        name: name.clone(),
                         vector: Vector::Callback(g.clone()),
                         kind: MetricKind::Gauge,
                         label_keys: spec.label_keys.iter().map(|k| (*k).to_owned()).collect(),
@@ -355,6 +388,7 @@ impl MetricProvider for PrometheusProvider {
             gauges: gauges.clone(),
             inner: PromInstrument {
                 name,
+                key,
                 vector: Vector::Callback(gauges),
                 shared: self.inner.shared.clone(),
             },
@@ -369,7 +403,7 @@ impl MetricProvider for PrometheusProvider {
         let taken_by_app = {
             let families = self.inner.registry.gather();
             let ours = self.inner.shared.lock().unwrap_or_else(|p| p.into_inner());
-            !ours.contains_key(&name)
+            !ours.values().any(|s| s.name == name)
                 && families.iter().any(|f| {
                     let n = f.name();
                     n == name
@@ -384,26 +418,19 @@ impl MetricProvider for PrometheusProvider {
                     .into(),
             });
         }
+        let key = map_key(&name, spec.label_keys);
         let mut shared = self.inner.shared.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(existing) = shared.get_mut(&name) {
-            if existing.kind != spec.kind
-                || existing
-                    .label_keys
-                    .iter()
-                    .map(String::as_str)
-                    .ne(spec.label_keys.iter().copied())
-            {
-                return Err(ProviderError::Conflict {
-                    name,
-                    reason: format!(
-                        "already defined by another tracepoint as {:?} with labels {:?}",
-                        existing.kind, existing.label_keys
-                    ),
-                });
-            }
+        if let Some(kind) = other_kind(&shared, &name, spec.kind) {
+            return Err(ProviderError::Conflict {
+                name,
+                reason: format!("already defined as a {kind:?}"),
+            });
+        }
+        if let Some(existing) = shared.get_mut(&key) {
             existing.users += 1;
             return Ok(Box::new(PromInstrument {
                 name,
+                key,
                 vector: existing.vector.clone(),
                 shared: self.inner.shared.clone(),
             }));
@@ -444,8 +471,9 @@ impl MetricProvider for PrometheusProvider {
             }
         };
         shared.insert(
-            name.clone(),
+            key.clone(),
             Shared {
+                name: name.clone(),
                 vector: vector.clone(),
                 kind: spec.kind,
                 label_keys: spec.label_keys.iter().map(|k| (*k).to_owned()).collect(),
@@ -454,6 +482,7 @@ impl MetricProvider for PrometheusProvider {
         );
         Ok(Box::new(PromInstrument {
             name,
+            key,
             vector,
             shared: self.inner.shared.clone(),
         }))
@@ -462,6 +491,7 @@ impl MetricProvider for PrometheusProvider {
 
 struct PromInstrument {
     name: String,
+    key: String,
     vector: Vector,
     shared: SharedMap,
 }
@@ -498,10 +528,10 @@ impl Instrument for PromInstrument {
 impl Drop for PromInstrument {
     fn drop(&mut self) {
         let mut shared = self.shared.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(s) = shared.get_mut(&self.name) {
+        if let Some(s) = shared.get_mut(&self.key) {
             s.users -= 1;
             if s.users == 0 {
-                shared.remove(&self.name);
+                shared.remove(&self.key);
             }
         }
     }
@@ -655,10 +685,13 @@ mod tests {
         a.series(&["NZ"]).unwrap().record(2.0).unwrap();
         b.series(&["NZ"]).unwrap().record(1.0).unwrap();
         assert!(exposition(&registry).contains("deep_orders_total{country=\"NZ\"} 3"));
-        assert!(matches!(
-            p.register(&spec("deep_orders", MetricKind::Counter, &["city"])),
-            Err(ProviderError::Conflict { .. })
-        ));
+        assert!(
+            matches!(
+                p.register(&spec("deep_orders_total", MetricKind::Gauge, &["country"])),
+                Err(ProviderError::Conflict { .. })
+            ),
+            "one exposed name cannot be two kinds"
+        );
         drop(a);
         assert!(
             exposition(&registry).contains("deep_orders_total"),
@@ -669,8 +702,32 @@ mod tests {
             !exposition(&registry).contains("deep_orders_total"),
             "gone with the last user"
         );
-        p.register(&spec("deep_orders", MetricKind::Counter, &["city"]))
-            .expect("the name is free again");
+    }
+
+    #[test]
+    fn one_name_may_carry_several_label_sets_in_one_family() {
+        let registry = Registry::new();
+        let p = PrometheusProvider::new(registry.clone());
+        let plain = p
+            .register(&spec("deep_hits", MetricKind::Counter, &[]))
+            .unwrap();
+        let routed = p
+            .register(&spec("deep_hits", MetricKind::Counter, &["route"]))
+            .unwrap();
+        plain.series(&[]).unwrap().record(1.0).unwrap();
+        routed.series(&["/a"]).unwrap().record(2.0).unwrap();
+        let text = exposition(&registry);
+        assert_eq!(
+            text.matches("# TYPE deep_hits_total counter").count(),
+            1,
+            "{text}"
+        );
+        assert!(text.contains("deep_hits_total 1"), "{text}");
+        assert!(text.contains("deep_hits_total{route=\"/a\"} 2"), "{text}");
+        drop(routed);
+        let text = exposition(&registry);
+        assert!(!text.contains("route="), "{text}");
+        assert!(text.contains("deep_hits_total 1"), "{text}");
     }
 
     #[test]

@@ -64,6 +64,15 @@ pub(crate) fn make_series(
     }
 }
 
+fn hash(values: &[&str]) -> u64 {
+    let mut h = foldhash::fast::FixedState::with_seed(0x50_4e_44_45).build_hasher();
+    for v in values {
+        h.write(v.as_bytes());
+        h.write_u8(0xff);
+    }
+    h.finish()
+}
+
 impl SeriesCache {
     /// The cached series for a label set, made with `make` on first use, or the overflow series
     /// once `max_series` label sets exist.
@@ -73,12 +82,7 @@ impl SeriesCache {
         max_series: usize,
         make: impl Fn(&[&str]) -> Option<Arc<dyn Series>>,
     ) -> Option<Arc<dyn Series>> {
-        let mut h = foldhash::fast::FixedState::with_seed(0x50_4e_44_45).build_hasher();
-        for v in values {
-            h.write(v.as_bytes());
-            h.write_u8(0xff);
-        }
-        let key = h.finish();
+        let key = hash(values);
         let same = |stored: &[Box<str>]| stored.iter().map(|s| &**s).eq(values.iter().copied());
         {
             let map = self.map.read().unwrap_or_else(|p| p.into_inner());
@@ -110,6 +114,29 @@ impl SeriesCache {
         ));
         self.count.fetch_add(1, Ordering::Relaxed);
         Some(series)
+    }
+
+    /// Calls `f` with the series for a label set without cloning it when it exists (the read
+    /// lock is held during `f`: keep `f` short); otherwise as [`SeriesCache::get`].
+    pub fn with<R>(
+        &self,
+        values: &[&str],
+        max_series: usize,
+        make: impl Fn(&[&str]) -> Option<Arc<dyn Series>>,
+        f: impl FnOnce(&dyn Series) -> R,
+    ) -> Option<R> {
+        let key = hash(values);
+        {
+            let map = self.map.read().unwrap_or_else(|p| p.into_inner());
+            if let Some(bucket) = map.get(&key)
+                && let Some((_, s)) = bucket
+                    .iter()
+                    .find(|(k, _)| k.iter().map(|s| &**s).eq(values.iter().copied()))
+            {
+                return Some(f(&**s));
+            }
+        }
+        self.get(values, max_series, make).map(|s| f(&*s))
     }
 
     /// Every label set made so far (the overflow series last, if used), with its series.
