@@ -338,6 +338,15 @@ impl Installer {
                             },
                             sites,
                         },
+                        None if tp.expired() => TracepointStatus {
+                            id: id.clone(),
+                            state: TracepointState::Disarmed,
+                            message: format!(
+                                "expired: its window ended at {} (Unix ms); it no longer fires",
+                                entry.spec.window_end_ms.unwrap_or_default()
+                            ),
+                            sites,
+                        },
                         None => TracepointStatus {
                             id: id.clone(),
                             state: TracepointState::Bound,

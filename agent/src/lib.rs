@@ -51,6 +51,8 @@ mod install;
 pub mod metrics;
 #[cfg(feature = "opentelemetry")]
 mod otel;
+#[cfg(feature = "otlp")]
+mod otlp;
 mod pipeline;
 mod process;
 mod prometheus;
@@ -73,6 +75,8 @@ pub use capture::{Capture, DebugCapture, DisplayCapture};
 pub use install::{TracepointState, TracepointStatus};
 #[cfg(feature = "opentelemetry")]
 pub use otel::OtelProvider;
+#[cfg(feature = "otlp")]
+pub use otlp::{OtlpError, OtlpExporter, OtlpExporterBuilder};
 pub use pipeline::Budgets;
 pub use process::register_process_metrics;
 pub use prometheus::PrometheusProvider;

@@ -196,6 +196,8 @@ pub(crate) struct Installed {
     cpu: WindowCounter,
     errors: WindowCounter,
     disarmed: AtomicBool,
+    /// Reached after its window ended (it then does nothing).
+    expired: AtomicBool,
     disarm_reason: Mutex<Option<DisarmReason>>,
     last_error: Mutex<Option<(&'static str, String)>>,
     /// Set when the status changed (disarm, first error) and should be reported.
@@ -243,6 +245,7 @@ impl Installed {
             cpu: WindowCounter::new(),
             errors: WindowCounter::new(),
             disarmed: AtomicBool::new(false),
+            expired: AtomicBool::new(false),
             disarm_reason: Mutex::new(None),
             last_error: Mutex::new(None),
             dirty: p.dirty,
@@ -257,6 +260,11 @@ impl Installed {
             return None;
         }
         *self.disarm_reason.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Whether it was reached after its window ended.
+    pub fn expired(&self) -> bool {
+        self.expired.load(Ordering::Relaxed)
     }
 
     /// The last evaluation error: where (`condition`, `label`, `value`, `log`) and what.
@@ -305,7 +313,16 @@ impl Installed {
         }
         if self.window.0.is_some() || self.window.1.is_some() {
             let now = now_unix_ms();
-            if self.window.0.is_some_and(|s| now < s) || self.window.1.is_some_and(|e| now > e) {
+            if self.window.0.is_some_and(|s| now < s) {
+                return;
+            }
+            if self.window.1.is_some_and(|e| now > e) {
+                if !self.expired.swap(true, Ordering::Relaxed) {
+                    self.dirty.store(true, Ordering::Relaxed);
+                    if let Some(own) = &self.own {
+                        own.expired.inc();
+                    }
+                }
                 return;
             }
         }

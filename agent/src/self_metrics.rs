@@ -5,6 +5,7 @@
 //! |---|---|---|
 //! | `sonde_agent_tracepoints_installed_total` | | tracepoints installed (new or changed) |
 //! | `sonde_agent_tracepoints_removed_total` | | tracepoints removed (deleted or changed) |
+//! | `sonde_agent_tracepoints_expired_total` | | tracepoints hit after their `window_end` (counted once each) |
 //! | `sonde_agent_tracepoints_active` | | tracepoints held now |
 //! | `sonde_agent_tracepoint_fires_total` | `tracepoint` | hits that recorded or logged |
 //! | `sonde_agent_tracepoint_condition_false_total` | `tracepoint` | hits whose condition was false |
@@ -36,6 +37,7 @@ pub(crate) struct SelfMetrics {
     overflow: CounterVec,
     pub installed: Counter,
     pub removed: Counter,
+    expired: Counter,
     pub active: Gauge,
     pub requests: TimerVec,
     pub failures: Counter,
@@ -84,6 +86,10 @@ impl SelfMetrics {
             ),
             installed: m.counter("tracepoints_installed_total", "Tracepoints installed."),
             removed: m.counter("tracepoints_removed_total", "Tracepoints removed."),
+            expired: m.counter(
+                "tracepoints_expired_total",
+                "Tracepoints reached after their window ended.",
+            ),
             active: m.gauge("tracepoints_active", "Tracepoints held now."),
             requests: m.timer_vec(
                 "control_plane_request_duration_seconds",
@@ -122,6 +128,7 @@ impl SelfMetrics {
             overflow: self.overflow.with(&[id]),
             errors: self.errors.clone(),
             disarms: self.disarms.clone(),
+            expired: self.expired.clone(),
             id: id.to_owned(),
         }
     }
@@ -136,6 +143,7 @@ pub(crate) struct TracepointMetrics {
     pub overflow: Counter,
     errors: CounterVec,
     disarms: CounterVec,
+    pub expired: Counter,
     id: String,
 }
 

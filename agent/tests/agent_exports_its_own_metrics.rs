@@ -75,6 +75,27 @@ fn the_agent_counts_what_it_does() {
     );
     assert!(has(&text, "sonde_agent_tracepoints_active 1"), "{text}");
 
+    // A tracepoint whose window ended long ago: reached once, it counts as expired and does
+    // nothing more.
+    let mut old = tp("old", "true", "n");
+    old.args.insert("window_end".into(), "1000000000".into());
+    agent.apply(vec![tp("good", "n > 0", "n"), old]);
+    step(5);
+    step(6);
+    let text = exposition(&registry);
+    assert!(
+        has(&text, "sonde_agent_tracepoints_expired_total 1"),
+        "{text}"
+    );
+    assert!(!text.contains("deep_m_old_total"), "{text}");
+    let status = agent
+        .statuses()
+        .into_iter()
+        .find(|s| s.id == "old")
+        .unwrap();
+    assert_eq!(status.state, sonde_agent::TracepointState::Disarmed);
+    assert!(status.message.starts_with("expired"), "{status:?}");
+
     let start = Instant::now();
     loop {
         let text = exposition(&registry);
