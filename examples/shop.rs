@@ -336,9 +336,12 @@ async fn main() -> anyhow::Result<()> {
 
     let registry = Registry::new();
     let shop = Shop::new(registry.clone())?;
+    // One provider per registry: the same one feeds tracepoint metrics and the agent's own.
+    let prometheus = PrometheusProvider::new(registry);
     let agent = Agent::builder()
         .service_name("shop")
-        .provider(PrometheusProvider::new(registry))
+        .provider(prometheus.clone())
+        .self_metrics(prometheus)
         .from_env()
         .start()?;
 
