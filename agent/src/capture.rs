@@ -37,65 +37,23 @@ pub trait Capture {
     }
 }
 
-impl<T: Capture + ?Sized> Capture for &T {
-    fn capture(&self) -> Value {
-        (**self).capture()
-    }
-    fn field(&self, name: &str) -> Option<&dyn Capture> {
-        (**self).field(name)
-    }
-    fn render_into(&self, out: &mut String) -> bool {
-        (**self).render_into(out)
-    }
+/// Pointers and references capture what they point to.
+macro_rules! forward {
+    ($($ptr:ty),*) => {$(
+        impl<T: Capture + ?Sized> Capture for $ptr {
+            fn capture(&self) -> Value {
+                (**self).capture()
+            }
+            fn field(&self, name: &str) -> Option<&dyn Capture> {
+                (**self).field(name)
+            }
+            fn render_into(&self, out: &mut String) -> bool {
+                (**self).render_into(out)
+            }
+        }
+    )*};
 }
-
-impl<T: Capture + ?Sized> Capture for &mut T {
-    fn capture(&self) -> Value {
-        (**self).capture()
-    }
-    fn field(&self, name: &str) -> Option<&dyn Capture> {
-        (**self).field(name)
-    }
-    fn render_into(&self, out: &mut String) -> bool {
-        (**self).render_into(out)
-    }
-}
-
-impl<T: Capture + ?Sized> Capture for Box<T> {
-    fn capture(&self) -> Value {
-        (**self).capture()
-    }
-    fn field(&self, name: &str) -> Option<&dyn Capture> {
-        (**self).field(name)
-    }
-    fn render_into(&self, out: &mut String) -> bool {
-        (**self).render_into(out)
-    }
-}
-
-impl<T: Capture + ?Sized> Capture for std::sync::Arc<T> {
-    fn capture(&self) -> Value {
-        (**self).capture()
-    }
-    fn field(&self, name: &str) -> Option<&dyn Capture> {
-        (**self).field(name)
-    }
-    fn render_into(&self, out: &mut String) -> bool {
-        (**self).render_into(out)
-    }
-}
-
-impl<T: Capture + ?Sized> Capture for std::rc::Rc<T> {
-    fn capture(&self) -> Value {
-        (**self).capture()
-    }
-    fn field(&self, name: &str) -> Option<&dyn Capture> {
-        (**self).field(name)
-    }
-    fn render_into(&self, out: &mut String) -> bool {
-        (**self).render_into(out)
-    }
-}
+forward!(&T, &mut T, Box<T>, std::sync::Arc<T>, std::rc::Rc<T>);
 
 macro_rules! signed {
     ($($t:ty),*) => {$(
