@@ -49,6 +49,8 @@ mod endpoint;
 pub mod exposition;
 mod install;
 pub mod metrics;
+#[cfg(all(feature = "native", target_os = "linux", target_arch = "x86_64"))]
+pub mod native;
 #[cfg(feature = "opentelemetry")]
 mod otel;
 #[cfg(feature = "otlp")]

@@ -1,0 +1,497 @@
+//! [`DebugIndex`]: `file:line` → addresses and the address → unit map, built once from the
+//! line programs and the call sites of inlined functions, so that lookups are binary searches.
+//!
+//! A line's addresses are the `is_stmt` rows where that line *starts* (a run of rows for the same
+//! file and line counts once, at its first statement row). In optimized code some lines have no
+//! row of their own, because all their instructions are credited to inlined callees; those lines
+//! are found through `DW_TAG_inlined_subroutine`'s `DW_AT_call_file`/`DW_AT_call_line`, used only
+//! when the line has no row. All addresses are kept as DWARF addresses and turned into runtime
+//! addresses (plus the load bias) at the API.
+
+use std::collections::HashMap;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+
+use gimli::{AttributeValue, EndianSlice, LittleEndian, constants};
+
+use super::load::{DebugFile, LoadError, executable_bias};
+use crate::path_matches;
+
+pub(crate) type Slice<'a> = EndianSlice<'a, LittleEndian>;
+
+/// A source file known to a [`DebugIndex`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FileId(u32);
+
+/// Where an address of a line comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AddressSource {
+    /// An `is_stmt` row of the line program where the line starts.
+    LineRow,
+    /// The entry of an inlined call made on that line (the line has no row of its own).
+    InlinedCallSite,
+}
+
+/// One address of a source line, in the running process.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LineAddress {
+    /// Runtime address (DWARF address plus the load bias).
+    pub address: u64,
+    /// The matching file it belongs to.
+    pub file: FileId,
+    /// Whether it comes from a line-table row or an inlined call site.
+    pub source: AddressSource,
+}
+
+/// What [`DebugIndex::lookup`] found for a `file:line`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LineLookup {
+    /// The indexed files the tracepoint path matches (by whole trailing components).
+    pub files: Vec<FileId>,
+    /// Every address of the line, sorted; empty if the line has no code.
+    pub addresses: Vec<LineAddress>,
+    /// When `addresses` is empty but a file matched: the nearest line before and after that has
+    /// code (for a status such as "line 12 has no code; try 11 or 14").
+    pub nearest: NearestLines,
+}
+
+impl LineLookup {
+    /// Whether the line has no code (or no file matched).
+    pub fn is_empty(&self) -> bool {
+        self.addresses.is_empty()
+    }
+}
+
+/// The closest lines with code around a line without any.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NearestLines {
+    /// The nearest line before it with code.
+    pub before: Option<u32>,
+    /// The nearest line after it with code.
+    pub after: Option<u32>,
+}
+
+/// An address of a line, as indexed (DWARF address).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub(crate) struct Row {
+    pub(crate) file: u32,
+    pub(crate) line: u32,
+    pub(crate) addr: u64,
+}
+
+/// A compilation unit's address ranges (DWARF addresses), for address → unit.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct UnitRange {
+    pub(crate) begin: u64,
+    pub(crate) end: u64,
+    pub(crate) unit: gimli::DebugInfoOffset<usize>,
+}
+
+/// The index over a binary's debug info: built once (on the agent's thread, never on the
+/// application's), then queried cheaply from any thread (`Send + Sync`).
+#[derive(Debug)]
+pub struct DebugIndex {
+    pub(crate) file: DebugFile,
+    pub(crate) bias: u64,
+    files: Vec<Box<str>>,
+    /// Last path component → files with that name.
+    by_name: HashMap<Box<str>, Vec<u32>>,
+    /// Statement rows sorted by (file, line, addr); `file_rows[f]` is file f's slice.
+    pub(crate) rows: Vec<Row>,
+    file_rows: Vec<Range<u32>>,
+    /// Inlined call sites, sorted the same way.
+    calls: Vec<Row>,
+    file_calls: Vec<Range<u32>>,
+    /// Indices into `rows`, sorted by address.
+    pub(crate) by_addr: Vec<u32>,
+    pub(crate) units: Vec<UnitRange>,
+    variables: bool,
+}
+
+impl DebugIndex {
+    /// Indexes the running executable (`/proc/self/exe`, or its separate debug file), with the
+    /// load bias from `dl_iterate_phdr`. Takes a while on a large binary: call it on the agent's
+    /// own thread.
+    pub fn for_current_exe() -> Result<Self, LoadError> {
+        Self::build(Path::new("/proc/self/exe"), executable_bias())
+    }
+
+    /// Indexes the binary at `path` (or its separate debug file), as if loaded at `bias`.
+    pub fn build(path: &Path, bias: u64) -> Result<Self, LoadError> {
+        let file = DebugFile::open(path)?;
+        let malformed = |e: gimli::Error| LoadError::Malformed {
+            path: file.path.clone(),
+            reason: e.to_string(),
+        };
+        let mut b = Builder::default();
+        {
+            let dwarf = file.dwarf();
+            let mut headers = dwarf.units();
+            while let Some(header) = headers.next().map_err(malformed)? {
+                let offset = gimli::DebugInfoOffset(header.offset().0); // `units()` walks .debug_info
+                let unit = dwarf.unit(header).map_err(malformed)?;
+                b.unit(&dwarf, &unit, offset).map_err(malformed)?;
+            }
+        }
+        Ok(b.finish(file, bias))
+    }
+
+    /// The load bias: runtime address minus DWARF address.
+    pub fn bias(&self) -> u64 {
+        self.bias
+    }
+
+    /// The file the DWARF was read from (the binary or its separate debug file).
+    pub fn debug_file(&self) -> &Path {
+        &self.file.path
+    }
+
+    /// Whether the debug info describes variables (`debug = 2`); with `debug = 1` or
+    /// `line-tables-only` there are lines but no locals.
+    pub fn has_variables(&self) -> bool {
+        self.variables
+    }
+
+    /// A file's path as recorded in the debug info.
+    pub fn file_path(&self, file: FileId) -> &str {
+        &self.files[file.0 as usize]
+    }
+
+    /// Number of indexed files and statement addresses (for the agent's status).
+    pub fn stats(&self) -> (usize, usize) {
+        (self.files.len(), self.rows.len())
+    }
+
+    /// The files a tracepoint path matches, by whole trailing components
+    /// ([`path_matches`](crate::path_matches)).
+    pub fn matching_files(&self, tracepoint_path: &str) -> Vec<FileId> {
+        let Some(name) = tracepoint_path
+            .rsplit(['/', '\\'])
+            .find(|c| !c.is_empty() && *c != ".")
+        else {
+            return Vec::new();
+        };
+        let mut out: Vec<FileId> = self
+            .by_name
+            .get(name)
+            .into_iter()
+            .flatten()
+            .filter(|&&f| path_matches(tracepoint_path, &self.files[f as usize]))
+            .map(|&f| FileId(f))
+            .collect();
+        out.sort_unstable();
+        out
+    }
+
+    /// Every runtime address of `tracepoint_path:line`: the statement rows where the line
+    /// starts, or else the inlined call sites made on it; if there are none, the nearest lines
+    /// with code.
+    pub fn lookup(&self, tracepoint_path: &str, line: u32) -> LineLookup {
+        let files = self.matching_files(tracepoint_path);
+        let mut out = LineLookup {
+            files,
+            ..LineLookup::default()
+        };
+        for &f in &out.files {
+            let rows = slice(&self.rows, &self.file_rows, f.0);
+            out.addresses
+                .extend(on_line(rows, line).iter().map(|r| LineAddress {
+                    address: r.addr.wrapping_add(self.bias),
+                    file: f,
+                    source: AddressSource::LineRow,
+                }));
+        }
+        if out.addresses.is_empty() {
+            for &f in &out.files {
+                let calls = slice(&self.calls, &self.file_calls, f.0);
+                out.addresses
+                    .extend(on_line(calls, line).iter().map(|r| LineAddress {
+                        address: r.addr.wrapping_add(self.bias),
+                        file: f,
+                        source: AddressSource::InlinedCallSite,
+                    }));
+            }
+        }
+        if out.addresses.is_empty() {
+            for &f in &out.files {
+                for table in [
+                    slice(&self.rows, &self.file_rows, f.0),
+                    slice(&self.calls, &self.file_calls, f.0),
+                ] {
+                    let at = table.partition_point(|r| r.line < line);
+                    if let Some(r) = at.checked_sub(1).map(|i| table[i]) {
+                        out.nearest.before = out.nearest.before.max(Some(r.line));
+                    }
+                    if let Some(r) = table.get(at) {
+                        let after = out.nearest.after.map_or(r.line, |a| a.min(r.line));
+                        out.nearest.after = Some(after);
+                    }
+                }
+            }
+        }
+        out.addresses.sort_unstable_by_key(|a| a.address);
+        out.addresses.dedup_by_key(|a| a.address);
+        out
+    }
+
+    /// The statement row at or before a DWARF address (its file and line).
+    pub(crate) fn row_before(&self, dwarf_pc: u64) -> Option<Row> {
+        let at = self
+            .by_addr
+            .partition_point(|&i| self.rows[i as usize].addr <= dwarf_pc);
+        at.checked_sub(1)
+            .map(|i| self.rows[self.by_addr[i] as usize])
+    }
+
+    /// Statement rows with DWARF addresses in `range`, in address order.
+    pub(crate) fn rows_in(&self, range: Range<u64>) -> impl Iterator<Item = Row> + '_ {
+        let start = self
+            .by_addr
+            .partition_point(|&i| self.rows[i as usize].addr < range.start);
+        self.by_addr[start..]
+            .iter()
+            .map(|&i| self.rows[i as usize])
+            .take_while(move |r| r.addr < range.end)
+    }
+
+    /// The unit whose ranges contain a DWARF address.
+    pub(crate) fn unit_at(&self, dwarf_pc: u64) -> Option<gimli::DebugInfoOffset<usize>> {
+        let at = self.units.partition_point(|u| u.begin <= dwarf_pc);
+        self.units[..at]
+            .iter()
+            .rev()
+            .take(8) // ranges do not overlap in practice; tolerate a few that do
+            .find(|u| dwarf_pc < u.end)
+            .map(|u| u.unit)
+    }
+}
+
+fn slice<'a>(rows: &'a [Row], ranges: &[Range<u32>], file: u32) -> &'a [Row] {
+    ranges
+        .get(file as usize)
+        .map_or(&[], |r| &rows[r.start as usize..r.end as usize])
+}
+
+fn on_line(rows: &[Row], line: u32) -> &[Row] {
+    let start = rows.partition_point(|r| r.line < line);
+    let end = start + rows[start..].partition_point(|r| r.line == line);
+    &rows[start..end]
+}
+
+#[derive(Default)]
+struct Builder {
+    files: Vec<Box<str>>,
+    ids: HashMap<Box<str>, u32>,
+    rows: Vec<Row>,
+    calls: Vec<Row>,
+    units: Vec<UnitRange>,
+    variables: bool,
+}
+
+impl Builder {
+    fn unit<'a>(
+        &mut self,
+        dwarf: &gimli::Dwarf<Slice<'a>>,
+        unit: &gimli::Unit<Slice<'a>>,
+        offset: gimli::DebugInfoOffset<usize>,
+    ) -> gimli::Result<()> {
+        let unit_ref = unit.unit_ref(dwarf);
+        let mut ranges = unit_ref.unit_ranges()?;
+        while let Some(r) = ranges.next()? {
+            if r.begin < r.end && r.begin != 0 {
+                self.units.push(UnitRange {
+                    begin: r.begin,
+                    end: r.end,
+                    unit: offset,
+                });
+            }
+        }
+        let Some(program) = &unit.line_program else {
+            return Ok(());
+        };
+        // Per-unit file index → FileId, resolved on first use.
+        let mut file_cache: Vec<Option<u32>> = Vec::new();
+        let comp_dir = unit.comp_dir.map(|d| d.to_string_lossy().into_owned());
+
+        let mut rows = program.clone().rows();
+        let mut prev: Option<(u64, u64)> = None; // (file index, line) of the previous row
+        let mut started = false;
+        while let Some((header, row)) = rows.next_row()? {
+            if row.end_sequence() {
+                prev = None;
+                continue;
+            }
+            let line = row.line().map_or(0, |l| l.get());
+            let key = (row.file_index(), line);
+            if prev != Some(key) {
+                prev = Some(key);
+                started = false;
+            }
+            if started || !row.is_stmt() || line == 0 || row.address() == 0 {
+                continue;
+            }
+            started = true;
+            let Some(file) = self.file_id(
+                &mut file_cache,
+                &unit_ref,
+                header,
+                row.file_index(),
+                &comp_dir,
+            ) else {
+                continue;
+            };
+            self.rows.push(Row {
+                file,
+                line: u32::try_from(line).unwrap_or(u32::MAX),
+                addr: row.address(),
+            });
+        }
+
+        // Inlined call sites (and whether there are variables at all): one pass over the DIEs,
+        // reading attributes only of the entries that matter.
+        let header = program.header();
+        let mut entries = unit.entries_raw(None)?;
+        while !entries.is_empty() {
+            let Some(abbrev) = entries.read_abbreviation()? else {
+                continue;
+            };
+            match abbrev.tag() {
+                constants::DW_TAG_inlined_subroutine => {
+                    let (mut file, mut line, mut entry, mut low, mut ranges) =
+                        (None, 0, None, None, None);
+                    for spec in abbrev.attributes() {
+                        let attr = entries.read_attribute(*spec)?;
+                        match attr.name() {
+                            constants::DW_AT_call_file => match attr.value() {
+                                AttributeValue::FileIndex(i) => file = Some(i),
+                                v => file = v.udata_value(),
+                            },
+                            constants::DW_AT_call_line => line = attr.udata_value().unwrap_or(0),
+                            constants::DW_AT_entry_pc => {
+                                entry = unit_ref.attr_address(attr.value())?
+                            }
+                            constants::DW_AT_low_pc => low = unit_ref.attr_address(attr.value())?,
+                            constants::DW_AT_ranges => {
+                                ranges = unit_ref.attr_ranges_offset(attr.value())?
+                            }
+                            _ => {}
+                        }
+                    }
+                    let (Some(file), true) = (file, line > 0) else {
+                        continue;
+                    };
+                    let mut addr = entry.or(low);
+                    if addr.is_none()
+                        && let Some(offset) = ranges
+                    {
+                        let mut iter = unit_ref.ranges(offset)?;
+                        while let Some(r) = iter.next()? {
+                            if r.begin < r.end {
+                                addr = Some(addr.map_or(r.begin, |a: u64| a.min(r.begin)));
+                            }
+                        }
+                    }
+                    let Some(addr) = addr.filter(|&a| a != 0) else {
+                        continue;
+                    };
+                    let Some(file) =
+                        self.file_id(&mut file_cache, &unit_ref, header, file, &comp_dir)
+                    else {
+                        continue;
+                    };
+                    self.calls.push(Row {
+                        file,
+                        line: u32::try_from(line).unwrap_or(u32::MAX),
+                        addr,
+                    });
+                }
+                constants::DW_TAG_variable | constants::DW_TAG_formal_parameter => {
+                    self.variables = true;
+                    entries.skip_attributes(abbrev.attributes())?;
+                }
+                _ => entries.skip_attributes(abbrev.attributes())?,
+            }
+        }
+        Ok(())
+    }
+
+    fn file_id<'a>(
+        &mut self,
+        cache: &mut Vec<Option<u32>>,
+        unit: &gimli::UnitRef<'_, Slice<'a>>,
+        header: &gimli::LineProgramHeader<Slice<'a>>,
+        index: u64,
+        comp_dir: &Option<String>,
+    ) -> Option<u32> {
+        let i = usize::try_from(index).ok()?;
+        if let Some(Some(id)) = cache.get(i) {
+            return Some(*id);
+        }
+        let entry = header.file(index)?;
+        let name = unit.attr_string(entry.path_name()).ok()?;
+        let mut path = PathBuf::new();
+        if let Some(dir) = comp_dir {
+            path.push(dir);
+        }
+        if let Some(dir) = entry.directory(header)
+            && let Ok(dir) = unit.attr_string(dir)
+        {
+            path.push(&*dir.to_string_lossy());
+        }
+        path.push(&*name.to_string_lossy());
+        let path: Box<str> = path.to_string_lossy().into();
+        let id = match self.ids.get(&path) {
+            Some(&id) => id,
+            None => {
+                let id = u32::try_from(self.files.len()).ok()?;
+                self.files.push(path.clone());
+                self.ids.insert(path, id);
+                id
+            }
+        };
+        if cache.len() <= i {
+            cache.resize(i + 1, None);
+        }
+        cache[i] = Some(id);
+        Some(id)
+    }
+
+    fn finish(mut self, file: DebugFile, bias: u64) -> DebugIndex {
+        let group = |rows: &mut Vec<Row>, files: usize| {
+            rows.sort_unstable();
+            rows.dedup();
+            let mut ranges = vec![0..0; files];
+            let mut start = 0;
+            while start < rows.len() {
+                let f = rows[start].file;
+                let end = start + rows[start..].partition_point(|r| r.file == f);
+                ranges[f as usize] = start as u32..end as u32;
+                start = end;
+            }
+            ranges
+        };
+        let file_rows = group(&mut self.rows, self.files.len());
+        let file_calls = group(&mut self.calls, self.files.len());
+        let mut by_addr: Vec<u32> = (0..self.rows.len() as u32).collect();
+        by_addr.sort_unstable_by_key(|&i| self.rows[i as usize].addr);
+        self.units.sort_unstable_by_key(|u| u.begin);
+        let mut by_name: HashMap<Box<str>, Vec<u32>> = HashMap::new();
+        for (i, path) in self.files.iter().enumerate() {
+            let name = path.rsplit(['/', '\\']).next().unwrap_or(path);
+            by_name.entry(name.into()).or_default().push(i as u32);
+        }
+        DebugIndex {
+            file,
+            bias,
+            files: self.files,
+            by_name,
+            rows: self.rows,
+            file_rows,
+            calls: self.calls,
+            file_calls,
+            by_addr,
+            units: self.units,
+            variables: self.variables,
+        }
+    }
+}

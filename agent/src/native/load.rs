@@ -1,0 +1,257 @@
+//! [`DebugFile`]: the mapped file that holds a binary's DWARF, found next to the binary or by
+//! build-id / `.gnu_debuglink`, and the load bias of the running executable.
+
+use std::ffi::OsStr;
+use std::fs::File;
+use std::io;
+use std::ops::Range;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Path, PathBuf};
+
+use gimli::{EndianSlice, LittleEndian, SectionId};
+use memmap2::Mmap;
+use object::{CompressionFormat, Object, ObjectSection};
+
+/// Why the debug info of a binary could not be loaded. Reported once, in the agent's status;
+/// probe sites keep working without it.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LoadError {
+    /// Neither the binary nor a separate debug file (by build-id or `.gnu_debuglink`) has DWARF.
+    #[error(
+        "no debug info in {binary}: build with debug = 1 (lines) or debug = 2 (lines and \
+         variables), or ship split debuginfo (/usr/lib/debug/.build-id/…)"
+    )]
+    NoDebugInfo {
+        /// The binary that was searched.
+        binary: PathBuf,
+    },
+    /// The debug sections are compressed (`SHF_COMPRESSED`), which this build does not read.
+    #[error("debug sections of {path} are compressed ({format:?}); ship them uncompressed")]
+    Compressed {
+        /// The file with the compressed sections.
+        path: PathBuf,
+        /// Its compression format.
+        format: CompressionFormat,
+    },
+    /// The file could not be opened or mapped.
+    #[error("cannot read {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: io::Error,
+    },
+    /// The file is not an ELF object, or its DWARF is malformed.
+    #[error("cannot parse the debug info of {path}: {reason}")]
+    Malformed {
+        /// The file.
+        path: PathBuf,
+        /// What the parser said.
+        reason: String,
+    },
+}
+
+/// The DWARF sections gimli reads, in [`SectionId`] order of this list.
+const SECTIONS: [SectionId; 12] = [
+    SectionId::DebugAbbrev,
+    SectionId::DebugAddr,
+    SectionId::DebugInfo,
+    SectionId::DebugLine,
+    SectionId::DebugLineStr,
+    SectionId::DebugLoc,
+    SectionId::DebugLocLists,
+    SectionId::DebugRanges,
+    SectionId::DebugRngLists,
+    SectionId::DebugStr,
+    SectionId::DebugStrOffsets,
+    SectionId::DebugTypes,
+];
+
+/// A mapped ELF file with DWARF: where each debug section lies in the mapping.
+#[derive(Debug)]
+pub(crate) struct DebugFile {
+    map: Mmap,
+    sections: [Range<usize>; SECTIONS.len()],
+    /// The file that was mapped (the binary itself or its separate debug file).
+    pub(crate) path: PathBuf,
+}
+
+impl DebugFile {
+    /// Finds and maps the DWARF for `binary`: the binary itself if it has `.debug_info`, else
+    /// `/usr/lib/debug/.build-id/xx/yyyy.debug`, else the `.gnu_debuglink` file (next to the
+    /// binary, in its `.debug/`, or under `/usr/lib/debug/<its directory>/`).
+    pub(crate) fn open(binary: &Path) -> Result<Self, LoadError> {
+        let map = map(binary)?;
+        let (build_id, debuglink) = {
+            let obj = parse(&map, binary)?;
+            if obj
+                .section_by_name(".debug_info")
+                .is_some_and(|s| s.size() > 0)
+            {
+                return Self::from_map(map, binary.to_owned());
+            }
+            let build_id = obj.build_id().ok().flatten().map(<[u8]>::to_vec);
+            let link = obj
+                .gnu_debuglink()
+                .ok()
+                .flatten()
+                .map(|(name, _crc)| name.to_vec());
+            (build_id, link)
+        };
+        for candidate in candidates(binary, build_id.as_deref(), debuglink.as_deref()) {
+            let Ok(map) = map_file(&candidate) else {
+                continue;
+            };
+            let Ok(obj) = parse(&map, &candidate) else {
+                continue;
+            };
+            if build_id.is_some() && obj.build_id().ok().flatten() != build_id.as_deref() {
+                continue; // a stale debug file of another build
+            }
+            if obj
+                .section_by_name(".debug_info")
+                .is_some_and(|s| s.size() > 0)
+            {
+                drop(obj);
+                return Self::from_map(map, candidate);
+            }
+        }
+        Err(LoadError::NoDebugInfo {
+            binary: binary.to_owned(),
+        })
+    }
+
+    fn from_map(map: Mmap, path: PathBuf) -> Result<Self, LoadError> {
+        let obj = parse(&map, &path)?;
+        if !obj.is_little_endian() {
+            return Err(LoadError::Malformed {
+                path,
+                reason: "big-endian object".into(),
+            });
+        }
+        let mut sections: [Range<usize>; SECTIONS.len()] = Default::default();
+        for (slot, id) in sections.iter_mut().zip(SECTIONS) {
+            let Some(section) = obj.section_by_name(id.name()) else {
+                continue;
+            };
+            let range = section
+                .compressed_file_range()
+                .map_err(|e| LoadError::Malformed {
+                    path: path.clone(),
+                    reason: e.to_string(),
+                })?;
+            if range.format != CompressionFormat::None {
+                return Err(LoadError::Compressed {
+                    path,
+                    format: range.format,
+                });
+            }
+            let start = usize::try_from(range.offset).unwrap_or(usize::MAX);
+            let end = start.saturating_add(usize::try_from(range.uncompressed_size).unwrap_or(0));
+            if end > map.len() {
+                return Err(LoadError::Malformed {
+                    path,
+                    reason: format!("section {} lies outside the file", id.name()),
+                });
+            }
+            *slot = start..end;
+        }
+        drop(obj);
+        Ok(Self {
+            map,
+            sections,
+            path,
+        })
+    }
+
+    /// The DWARF sections, borrowed from the mapping (cheap: only slices).
+    pub(crate) fn dwarf(&self) -> gimli::Dwarf<EndianSlice<'_, LittleEndian>> {
+        let load = |id: SectionId| -> Result<_, std::convert::Infallible> {
+            let bytes = SECTIONS
+                .iter()
+                .position(|s| *s == id)
+                .map_or(&[][..], |i| &self.map[self.sections[i].clone()]);
+            Ok(EndianSlice::new(bytes, LittleEndian))
+        };
+        match gimli::Dwarf::load(load) {
+            Ok(dwarf) => dwarf,
+            Err(never) => match never {},
+        }
+    }
+}
+
+fn map(path: &Path) -> Result<Mmap, LoadError> {
+    map_file(path).map_err(|source| LoadError::Io {
+        path: path.to_owned(),
+        source,
+    })
+}
+
+fn map_file(path: &Path) -> io::Result<Mmap> {
+    let file = File::open(path)?;
+    // Safety: the mapping is read-only and private; binaries and debug files are replaced, not
+    // rewritten in place, by installers (a truncation under us would raise SIGBUS, as it would
+    // for the running executable's own text).
+    unsafe { Mmap::map(&file) }
+}
+
+fn parse<'a>(map: &'a Mmap, path: &Path) -> Result<object::File<'a>, LoadError> {
+    object::File::parse(&map[..]).map_err(|e| LoadError::Malformed {
+        path: path.to_owned(),
+        reason: e.to_string(),
+    })
+}
+
+/// Where a separate debug file may be, in the order GDB looks.
+fn candidates(binary: &Path, build_id: Option<&[u8]>, debuglink: Option<&[u8]>) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    if let Some(id) = build_id.filter(|id| id.len() >= 2) {
+        let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
+        out.push(PathBuf::from(format!(
+            "/usr/lib/debug/.build-id/{}/{}.debug",
+            &hex[..2],
+            &hex[2..]
+        )));
+    }
+    if let Some(name) = debuglink.filter(|n| !n.is_empty()) {
+        let name = OsStr::from_bytes(name);
+        let binary = binary.canonicalize().unwrap_or_else(|_| binary.to_owned());
+        if let Some(dir) = binary.parent() {
+            let same = dir.join(name);
+            if same != binary {
+                out.push(same);
+            }
+            out.push(dir.join(".debug").join(name));
+            let relative = dir.strip_prefix("/").unwrap_or(dir);
+            out.push(Path::new("/usr/lib/debug").join(relative).join(name));
+        }
+    }
+    out
+}
+
+/// The load bias of the running executable: what to add to a DWARF address to get the address
+/// in memory. Taken from the first object `dl_iterate_phdr` reports, which is the main program
+/// (its `dlpi_addr`; 0 for a non-PIE executable).
+pub(crate) fn executable_bias() -> u64 {
+    unsafe extern "C" fn first(
+        info: *mut libc::dl_phdr_info,
+        _size: libc::size_t,
+        data: *mut libc::c_void,
+    ) -> libc::c_int {
+        // Safety: `dl_iterate_phdr` passes a valid `info` for the duration of the call, and
+        // `data` is the `&mut u64` handed to it below.
+        unsafe {
+            *data.cast::<u64>() = (*info).dlpi_addr;
+        }
+        1 // stop after the main program
+    }
+    let mut bias = 0u64;
+    // Safety: the callback only writes through `data`, which points to `bias`, alive for the
+    // whole call.
+    unsafe {
+        libc::dl_iterate_phdr(Some(first), (&raw mut bias).cast());
+    }
+    bias
+}

@@ -1,0 +1,649 @@
+//! [`CapturePlan`]: where a variable's value is at one address, compiled from its DWARF location
+//! (`DW_AT_location` expression or location-list entry, or `DW_AT_const_value`), and
+//! [`DebugIndex::variables_at`], which walks the scopes around an address to list them.
+//!
+//! Plans cover the shapes rustc emits for readable values: a register, memory at a register (or
+//! the frame base) plus an offset, memory at the CFA plus an offset, a static address, and a
+//! constant. Anything else is [`Unavailable`] with the reason, naming the DWARF operation that is
+//! not supported (for example `DW_OP_entry_value`, which would need the caller's frame).
+
+use std::fmt;
+
+use gimli::{AttributeValue, DwOp, Operation, Reader, UnitOffset, constants};
+
+use super::index::{DebugIndex, Slice};
+
+/// Where to read a variable at one address. DWARF register numbers (x86_64: 0 = RAX, 7 = RSP,
+/// 6 = RBP, 16 = RIP, 17–32 = XMM0–15).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CapturePlan {
+    /// The value is in a register.
+    Reg(u16),
+    /// The value is in memory at `register + offset` (including frame-base–relative locations
+    /// whose frame base is a register).
+    Mem {
+        /// DWARF register number.
+        reg: u16,
+        /// Byte offset from the register's value.
+        offset: i64,
+    },
+    /// The value is in memory at the canonical frame address plus `offset` (the frame base is
+    /// `DW_OP_call_frame_cfa`; the CFA comes from the unwind info at that address).
+    CfaRelative {
+        /// Byte offset from the CFA.
+        offset: i64,
+    },
+    /// The value is in memory at a fixed runtime address (a static).
+    Static(u64),
+    /// The value is a constant (little-endian bytes).
+    Const(Vec<u8>),
+    /// The value cannot be read at this address.
+    Unavailable(Unavailable),
+}
+
+impl CapturePlan {
+    /// Whether the value can be read.
+    pub fn is_available(&self) -> bool {
+        !matches!(self, Self::Unavailable(_))
+    }
+}
+
+/// Why a variable cannot be read at an address.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unavailable {
+    /// No location at all (`DW_AT_location` absent): optimized out everywhere.
+    OptimizedOut,
+    /// The location list has no entry for this address: optimized out here.
+    NotLiveHere,
+    /// The location needs a DWARF operation the plans do not support (its name, such as
+    /// `DW_OP_entry_value`, `DW_OP_piece` or `DW_OP_stack_value`).
+    UnsupportedOp(&'static str),
+    /// Frame-base–relative, but the function's frame base is missing or unsupported.
+    NoFrameBase,
+    /// The location could not be parsed.
+    Malformed,
+}
+
+impl fmt::Display for Unavailable {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::OptimizedOut => f.write_str("optimized out"),
+            Self::NotLiveHere => f.write_str("optimized out at this address (location list gap)"),
+            Self::UnsupportedOp(op) => write!(f, "location uses {op}, which is not supported"),
+            Self::NoFrameBase => f.write_str("the function's frame base is not supported"),
+            Self::Malformed => f.write_str("malformed location"),
+        }
+    }
+}
+
+/// A variable or parameter in scope at an address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Variable {
+    /// Its name in the source.
+    pub name: String,
+    /// Whether it is a function parameter.
+    pub is_parameter: bool,
+    /// The function (or inlined function) it belongs to.
+    pub function: Option<String>,
+    /// Whether that function is inlined at this address.
+    pub inlined: bool,
+    /// Its type's name (`u64`, `&str`, `alloc::string::String`, …).
+    pub type_name: Option<String>,
+    /// Its type's size in bytes.
+    pub byte_size: Option<u64>,
+    /// Where to read it at this address.
+    pub plan: CapturePlan,
+    /// When the plan is unavailable: lines of the same file in the same function where the
+    /// variable can be read, nearest first (at most 5).
+    pub available_at: Vec<u32>,
+}
+
+/// A function whose code contains an address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Function {
+    /// Its name (`DW_AT_name`, not the linkage name).
+    pub name: Option<String>,
+    /// Runtime address range of the part of it that contains the address.
+    pub range: std::ops::Range<u64>,
+}
+
+/// An error reading DWARF while answering a query.
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("malformed debug info: {0}")]
+pub struct DwarfError(gimli::Error);
+
+impl From<gimli::Error> for DwarfError {
+    fn from(e: gimli::Error) -> Self {
+        Self(e)
+    }
+}
+
+type Unit<'a> = gimli::Unit<Slice<'a>>;
+/// DWARF address ranges where a location-list variable has an available plan.
+type LiveRanges = Vec<std::ops::Range<u64>>;
+type Entry<'a> = gimli::DebuggingInformationEntry<Slice<'a>>;
+
+#[derive(Debug, Clone, Copy)]
+enum FrameBase {
+    Reg(u16, i64),
+    Cfa,
+    Unknown,
+}
+
+/// A scope on the path from the unit to the address.
+struct Scope<'a> {
+    entry: Entry<'a>,
+    ranges: Vec<std::ops::Range<u64>>,
+}
+
+impl DebugIndex {
+    /// The innermost non-inlined function whose code contains `pc` (a runtime address).
+    pub fn function_at(&self, pc: u64) -> Result<Option<Function>, DwarfError> {
+        let dwarf = self.file.dwarf();
+        let dpc = pc.wrapping_sub(self.bias);
+        let Some(unit) = self.unit_for(&dwarf, dpc)? else {
+            return Ok(None);
+        };
+        let chain = scopes_at(&dwarf, &unit, dpc)?;
+        let Some(sub) = chain
+            .iter()
+            .rev()
+            .find(|s| s.entry.tag() == constants::DW_TAG_subprogram)
+        else {
+            return Ok(None);
+        };
+        let range = sub
+            .ranges
+            .iter()
+            .find(|r| r.contains(&dpc))
+            .cloned()
+            .unwrap_or(dpc..dpc);
+        Ok(Some(Function {
+            name: name_of(&dwarf, &unit, &sub.entry),
+            range: range.start.wrapping_add(self.bias)..range.end.wrapping_add(self.bias),
+        }))
+    }
+
+    /// The variables and parameters in scope at `pc` (a runtime address), innermost scope
+    /// last, each with its capture plan there. Empty without `debug = 2`.
+    pub fn variables_at(&self, pc: u64) -> Result<Vec<Variable>, DwarfError> {
+        let dwarf = self.file.dwarf();
+        let dpc = pc.wrapping_sub(self.bias);
+        let Some(unit) = self.unit_for(&dwarf, dpc)? else {
+            return Ok(Vec::new());
+        };
+        let chain = scopes_at(&dwarf, &unit, dpc)?;
+        let Some(first_sub) = chain
+            .iter()
+            .position(|s| s.entry.tag() == constants::DW_TAG_subprogram)
+        else {
+            return Ok(Vec::new());
+        };
+        let sub = &chain[first_sub];
+        let frame_base = match sub.entry.attr_value(constants::DW_AT_frame_base) {
+            Some(AttributeValue::Exprloc(e)) => frame_base(e, unit.encoding()),
+            _ => FrameBase::Unknown,
+        };
+        let sub_range = sub
+            .ranges
+            .iter()
+            .find(|r| r.contains(&dpc))
+            .cloned()
+            .unwrap_or(dpc..dpc);
+        let here = self.row_before(dpc).filter(|r| sub_range.contains(&r.addr));
+
+        let mut out = Vec::new();
+        for (depth, scope) in chain.iter().enumerate().skip(first_sub) {
+            let inlined = scope.entry.tag() == constants::DW_TAG_inlined_subroutine;
+            // The function a lexical block belongs to is the nearest enclosing (inlined) function.
+            let function = chain[first_sub..=depth]
+                .iter()
+                .rev()
+                .find(|s| {
+                    matches!(
+                        s.entry.tag(),
+                        constants::DW_TAG_subprogram | constants::DW_TAG_inlined_subroutine
+                    )
+                })
+                .map(|s| (name_of(&dwarf, &unit, &s.entry), s.entry.tag()));
+            let mut tree = unit.entries_tree(Some(scope.entry.offset()))?;
+            let mut children = tree.root()?.children();
+            while let Some(child) = children.next()? {
+                let e = child.entry();
+                let is_parameter = e.tag() == constants::DW_TAG_formal_parameter;
+                if !is_parameter && e.tag() != constants::DW_TAG_variable {
+                    continue;
+                }
+                let Some(name) = name_of(&dwarf, &unit, e) else {
+                    continue;
+                };
+                let ty = attr_with_origin(&unit, e, constants::DW_AT_type);
+                let (type_name, byte_size) = match ty {
+                    Some(AttributeValue::UnitRef(off)) => describe_type(&dwarf, &unit, off),
+                    _ => (None, None),
+                };
+                let (plan, live) = self.locate(&dwarf, &unit, e, dpc, frame_base, byte_size)?;
+                let available_at = match (&plan, here, live) {
+                    (CapturePlan::Unavailable(_), Some(here), Some(live)) => {
+                        self.lines_where_live(here, &sub_range, &live)
+                    }
+                    _ => Vec::new(),
+                };
+                out.push(Variable {
+                    name,
+                    is_parameter,
+                    function: function.as_ref().and_then(|f| f.0.clone()),
+                    inlined: inlined
+                        || function
+                            .as_ref()
+                            .is_some_and(|f| f.1 == constants::DW_TAG_inlined_subroutine),
+                    type_name,
+                    byte_size,
+                    plan,
+                    available_at,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    fn unit_for<'a>(
+        &self,
+        dwarf: &gimli::Dwarf<Slice<'a>>,
+        dpc: u64,
+    ) -> Result<Option<Unit<'a>>, DwarfError> {
+        let Some(offset) = self.unit_at(dpc) else {
+            return Ok(None);
+        };
+        let header = dwarf.debug_info.header_from_offset(offset)?;
+        Ok(Some(dwarf.unit(header)?))
+    }
+
+    /// The plan at `dpc`, and for a location list the DWARF ranges where the plan is available.
+    fn locate<'a>(
+        &self,
+        dwarf: &gimli::Dwarf<Slice<'a>>,
+        unit: &Unit<'a>,
+        e: &Entry<'a>,
+        dpc: u64,
+        fb: FrameBase,
+        size: Option<u64>,
+    ) -> Result<(CapturePlan, Option<LiveRanges>), DwarfError> {
+        let enc = unit.encoding();
+        match e.attr_value(constants::DW_AT_location) {
+            Some(AttributeValue::Exprloc(expr)) => Ok((self.compile(expr, enc, fb), None)),
+            Some(value) => {
+                let Some(offset) = dwarf.attr_locations_offset(unit, value)? else {
+                    return Ok((CapturePlan::Unavailable(Unavailable::Malformed), None));
+                };
+                let mut plan = CapturePlan::Unavailable(Unavailable::NotLiveHere);
+                let mut live = Vec::new();
+                let mut iter = dwarf.locations(unit, offset)?;
+                while let Some(entry) = iter.next()? {
+                    let p = self.compile(entry.data, enc, fb);
+                    if entry.range.begin <= dpc && dpc < entry.range.end {
+                        plan = p.clone();
+                    }
+                    if p.is_available() {
+                        live.push(entry.range.begin..entry.range.end);
+                    }
+                }
+                Ok((plan, Some(live)))
+            }
+            None => Ok((
+                match e.attr_value(constants::DW_AT_const_value) {
+                    Some(v) => const_plan(v, size),
+                    None => CapturePlan::Unavailable(Unavailable::OptimizedOut),
+                },
+                None,
+            )),
+        }
+    }
+
+    fn compile(
+        &self,
+        expr: gimli::Expression<Slice<'_>>,
+        enc: gimli::Encoding,
+        fb: FrameBase,
+    ) -> CapturePlan {
+        compile(expr, enc, fb, self.bias)
+    }
+
+    /// Lines of `here`'s file, with statement rows in `function` inside `live`, nearest first.
+    fn lines_where_live(
+        &self,
+        here: super::index::Row,
+        function: &std::ops::Range<u64>,
+        live: &[std::ops::Range<u64>],
+    ) -> Vec<u32> {
+        let mut lines: Vec<u32> = self
+            .rows_in(function.clone())
+            .filter(|r| r.file == here.file && r.line != here.line)
+            .filter(|r| live.iter().any(|l| l.contains(&r.addr)))
+            .map(|r| r.line)
+            .collect();
+        lines.sort_unstable_by_key(|&l| (l.abs_diff(here.line), l));
+        lines.dedup();
+        lines.truncate(5);
+        lines
+    }
+}
+
+/// Compiles one location expression into a plan (`bias` turns static addresses into runtime ones).
+fn compile(
+    expr: gimli::Expression<Slice<'_>>,
+    enc: gimli::Encoding,
+    fb: FrameBase,
+    bias: u64,
+) -> CapturePlan {
+    let ops = match operations(expr, enc) {
+        Ok(ops) => ops,
+        Err(()) => return CapturePlan::Unavailable(Unavailable::Malformed),
+    };
+    let unsupported = |code: DwOp| {
+        CapturePlan::Unavailable(Unavailable::UnsupportedOp(
+            code.static_string().unwrap_or("an unknown DW_OP"),
+        ))
+    };
+    match ops.as_slice() {
+        [(_, Operation::Register { register })] => CapturePlan::Reg(register.0),
+        [
+            (
+                _,
+                Operation::RegisterOffset {
+                    register,
+                    offset,
+                    base_type,
+                },
+            ),
+        ] if base_type.0 == 0 => CapturePlan::Mem {
+            reg: register.0,
+            offset: *offset,
+        },
+        [
+            (
+                _,
+                Operation::RegisterOffset {
+                    register,
+                    offset: 0,
+                    base_type,
+                },
+            ),
+            (_, Operation::StackValue),
+        ] if base_type.0 == 0 => CapturePlan::Reg(register.0),
+        [(_, Operation::FrameOffset { offset })] => match fb {
+            FrameBase::Reg(reg, base) => CapturePlan::Mem {
+                reg,
+                offset: base + offset,
+            },
+            FrameBase::Cfa => CapturePlan::CfaRelative { offset: *offset },
+            FrameBase::Unknown => CapturePlan::Unavailable(Unavailable::NoFrameBase),
+        },
+        [(_, Operation::Address { address })] => CapturePlan::Static(address.wrapping_add(bias)),
+        [(_, Operation::ImplicitValue { data })] => CapturePlan::Const(data.to_vec()),
+        [
+            (_, Operation::UnsignedConstant { value }),
+            (_, Operation::StackValue),
+        ] => CapturePlan::Const(value.to_le_bytes().to_vec()),
+        [
+            (_, Operation::SignedConstant { value }),
+            (_, Operation::StackValue),
+        ] => CapturePlan::Const(value.to_le_bytes().to_vec()),
+        [] => CapturePlan::Unavailable(Unavailable::OptimizedOut),
+        ops => {
+            // Name the first operation that makes it unsupported: the one after a simple
+            // location (a piece, a stack value, arithmetic), or the first one.
+            let at = match ops[0].1 {
+                Operation::Register { .. }
+                | Operation::RegisterOffset { .. }
+                | Operation::FrameOffset { .. }
+                | Operation::Address { .. }
+                | Operation::UnsignedConstant { .. }
+                | Operation::SignedConstant { .. } => 1,
+                _ => 0,
+            };
+            unsupported(ops[at.min(ops.len() - 1)].0)
+        }
+    }
+}
+
+fn operations<'a>(
+    expr: gimli::Expression<Slice<'a>>,
+    enc: gimli::Encoding,
+) -> Result<Vec<(DwOp, Operation<Slice<'a>>)>, ()> {
+    let mut input = expr.0;
+    let mut ops = Vec::new();
+    while !input.is_empty() && ops.len() < 16 {
+        let code = DwOp(input.clone().read_u8().map_err(|_| ())?);
+        let op = Operation::parse(&mut input, enc).map_err(|_| ())?;
+        ops.push((code, op));
+    }
+    Ok(ops)
+}
+
+fn frame_base(expr: gimli::Expression<Slice<'_>>, enc: gimli::Encoding) -> FrameBase {
+    match operations(expr, enc).as_deref() {
+        Ok([(_, Operation::Register { register })]) => FrameBase::Reg(register.0, 0),
+        Ok(
+            [
+                (
+                    _,
+                    Operation::RegisterOffset {
+                        register, offset, ..
+                    },
+                ),
+            ],
+        ) => FrameBase::Reg(register.0, *offset),
+        Ok([(_, Operation::CallFrameCFA)]) => FrameBase::Cfa,
+        _ => FrameBase::Unknown,
+    }
+}
+
+fn const_plan(value: AttributeValue<Slice<'_>>, size: Option<u64>) -> CapturePlan {
+    let mut bytes = match value {
+        AttributeValue::Block(b) => return CapturePlan::Const(b.to_vec()),
+        AttributeValue::Sdata(v) => v.to_le_bytes().to_vec(),
+        v => match v.udata_value() {
+            Some(v) => v.to_le_bytes().to_vec(),
+            None => return CapturePlan::Unavailable(Unavailable::Malformed),
+        },
+    };
+    if let Some(size) = size
+        .and_then(|s| usize::try_from(s).ok())
+        .filter(|&s| s < bytes.len())
+    {
+        bytes.truncate(size);
+    }
+    CapturePlan::Const(bytes)
+}
+
+/// The scopes (subprograms, lexical blocks, inlined subroutines, and the namespaces around
+/// them) whose ranges contain `dpc`, outermost first.
+fn scopes_at<'a>(
+    dwarf: &gimli::Dwarf<Slice<'a>>,
+    unit: &Unit<'a>,
+    dpc: u64,
+) -> Result<Vec<Scope<'a>>, DwarfError> {
+    let mut chain = Vec::new();
+    let mut tree = unit.entries_tree(None)?;
+    let root = tree.root()?;
+    let mut children = root.children();
+    // Depth-first: descend into the one child containing dpc (or into namespaces and types,
+    // which hold methods); the DWARF tree is walked once, skipping non-matching subtrees.
+    descend(dwarf, unit, &mut children, dpc, &mut chain, 0)?;
+    Ok(chain)
+}
+
+fn descend<'a>(
+    dwarf: &gimli::Dwarf<Slice<'a>>,
+    unit: &Unit<'a>,
+    children: &mut gimli::EntriesTreeIter<'_, '_, Slice<'a>>,
+    dpc: u64,
+    chain: &mut Vec<Scope<'a>>,
+    depth: usize,
+) -> Result<bool, DwarfError> {
+    while let Some(child) = children.next()? {
+        let e = child.entry();
+        match e.tag() {
+            constants::DW_TAG_subprogram
+            | constants::DW_TAG_lexical_block
+            | constants::DW_TAG_inlined_subroutine => {
+                let mut ranges = Vec::new();
+                let mut iter = dwarf.die_ranges(unit, e)?;
+                while let Some(r) = iter.next()? {
+                    ranges.push(r.begin..r.end);
+                }
+                if !ranges.iter().any(|r| r.contains(&dpc)) {
+                    continue;
+                }
+                chain.push(Scope {
+                    entry: e.clone(),
+                    ranges,
+                });
+                let mut inner = child.children();
+                descend(dwarf, unit, &mut inner, dpc, chain, depth + 1)?;
+                return Ok(true);
+            }
+            constants::DW_TAG_namespace
+            | constants::DW_TAG_structure_type
+            | constants::DW_TAG_enumeration_type
+            | constants::DW_TAG_union_type
+                if depth < 32 && chain.is_empty() =>
+            {
+                let mut inner = child.children();
+                if descend(dwarf, unit, &mut inner, dpc, chain, depth + 1)? {
+                    return Ok(true);
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(false)
+}
+
+/// An attribute of an entry, or of its abstract origin (inlined and out-of-line instances keep
+/// names and types there).
+fn attr_with_origin<'a>(
+    unit: &Unit<'a>,
+    e: &Entry<'a>,
+    name: gimli::DwAt,
+) -> Option<AttributeValue<Slice<'a>>> {
+    let mut current = e.clone();
+    for _ in 0..4 {
+        if let Some(v) = current.attr_value(name) {
+            return Some(v);
+        }
+        let origin = current
+            .attr_value(constants::DW_AT_abstract_origin)
+            .or_else(|| current.attr_value(constants::DW_AT_specification))?;
+        current = unit.entry(same_unit(unit, origin)?).ok()?;
+    }
+    None
+}
+
+fn same_unit(unit: &Unit<'_>, value: AttributeValue<Slice<'_>>) -> Option<UnitOffset<usize>> {
+    match value {
+        AttributeValue::UnitRef(off) => Some(off),
+        AttributeValue::DebugInfoRef(off) => off.to_unit_offset(&unit.header),
+        _ => None,
+    }
+}
+
+fn name_of<'a>(dwarf: &gimli::Dwarf<Slice<'a>>, unit: &Unit<'a>, e: &Entry<'a>) -> Option<String> {
+    let value = attr_with_origin(unit, e, constants::DW_AT_name)?;
+    let name = dwarf.attr_string(unit, value).ok()?;
+    Some(name.to_string_lossy().into_owned())
+}
+
+/// A type's name and size, through typedefs and qualifiers; unnamed pointers as `*T`.
+fn describe_type<'a>(
+    dwarf: &gimli::Dwarf<Slice<'a>>,
+    unit: &Unit<'a>,
+    offset: UnitOffset<usize>,
+) -> (Option<String>, Option<u64>) {
+    let mut offset = offset;
+    let mut name = None;
+    let mut prefix = String::new();
+    for _ in 0..8 {
+        let Ok(e) = unit.entry(offset) else { break };
+        let size = e
+            .attr_value(constants::DW_AT_byte_size)
+            .and_then(|v| v.udata_value());
+        if name.is_none() {
+            name = name_of(dwarf, unit, &e).map(|n| format!("{prefix}{n}"));
+        }
+        let pointer = e.tag() == constants::DW_TAG_pointer_type;
+        let next = e
+            .attr_value(constants::DW_AT_type)
+            .and_then(|v| same_unit(unit, v));
+        match (size, next) {
+            (Some(size), _) => return (name, Some(size)),
+            (None, _) if pointer => {
+                if name.is_none() {
+                    let (inner, _) = next.map_or((None, None), |n| describe_type(dwarf, unit, n));
+                    name = inner.map(|n| format!("*{n}"));
+                }
+                return (name, Some(u64::from(unit.encoding().address_size)));
+            }
+            (None, Some(next)) => {
+                if name.is_none() && e.tag() == constants::DW_TAG_const_type {
+                    prefix.push_str("const ");
+                }
+                offset = next;
+            }
+            (None, None) => break,
+        }
+    }
+    (name, None)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan(bytes: &[u8], fb: FrameBase) -> CapturePlan {
+        let enc = gimli::Encoding {
+            format: gimli::Format::Dwarf32,
+            version: 5,
+            address_size: 8,
+        };
+        let expr = gimli::Expression(gimli::EndianSlice::new(bytes, gimli::LittleEndian));
+        compile(expr, enc, fb, 0x1000)
+    }
+
+    #[test]
+    fn simple_locations_compile_to_plans() {
+        assert_eq!(plan(&[0x55], FrameBase::Unknown), CapturePlan::Reg(5)); // DW_OP_reg5
+        let breg7 = CapturePlan::Mem { reg: 7, offset: 16 };
+        assert_eq!(plan(&[0x77, 0x10], FrameBase::Unknown), breg7); // DW_OP_breg7 16
+        let fbreg = [0x91, 0x08]; // DW_OP_fbreg 8
+        assert_eq!(
+            plan(&fbreg, FrameBase::Cfa),
+            CapturePlan::CfaRelative { offset: 8 }
+        );
+        let rsp = CapturePlan::Mem { reg: 7, offset: 8 };
+        assert_eq!(plan(&fbreg, FrameBase::Reg(7, 0)), rsp);
+        let none = CapturePlan::Unavailable(Unavailable::NoFrameBase);
+        assert_eq!(plan(&fbreg, FrameBase::Unknown), none);
+        let constu = plan(&[0x10, 0x2a, 0x9f], FrameBase::Unknown); // constu 42, stack_value
+        assert_eq!(constu, CapturePlan::Const(42u64.to_le_bytes().to_vec()));
+        let addr = plan(&[0x03, 0x20, 0, 0, 0, 0, 0, 0, 0], FrameBase::Unknown); // DW_OP_addr
+        assert_eq!(addr, CapturePlan::Static(0x1020));
+    }
+
+    #[test]
+    fn unsupported_locations_name_the_operation() {
+        let unsupported = |op| CapturePlan::Unavailable(Unavailable::UnsupportedOp(op));
+        // DW_OP_entry_value(DW_OP_reg5), DW_OP_stack_value
+        let entry = plan(&[0xa3, 0x01, 0x55, 0x9f], FrameBase::Unknown);
+        assert_eq!(entry, unsupported("DW_OP_entry_value"));
+        // DW_OP_reg0, DW_OP_piece 8, DW_OP_reg1, DW_OP_piece 8
+        let pieces = plan(&[0x50, 0x93, 0x08, 0x51, 0x93, 0x08], FrameBase::Unknown);
+        assert_eq!(pieces, unsupported("DW_OP_piece"));
+        // DW_OP_breg3 4, DW_OP_stack_value: a computed value
+        let computed = plan(&[0x73, 0x04, 0x9f], FrameBase::Unknown);
+        assert_eq!(computed, unsupported("DW_OP_stack_value"));
+        let text = Unavailable::UnsupportedOp("DW_OP_entry_value").to_string();
+        assert!(text.contains("DW_OP_entry_value"), "{text}");
+    }
+}
