@@ -123,9 +123,10 @@ fn tracepoint_to_metric_and_back() {
         &[],
     );
     assert_eq!(status, 200, "{json}");
-    // The old counter goes away when the edit is installed.
+    // An edit is installed in two steps: the old version is unbound (its counter goes away and
+    // the site disarms), then the new one is bound (the site arms again).
     wait_for("the edit to apply", Duration::from_secs(5), || {
-        !exposition(&registry).contains("deep_order_value_total")
+        site.is_armed() && !exposition(&registry).contains("deep_order_value_total")
     });
     drive();
     let text = exposition(&registry);
