@@ -31,6 +31,10 @@ use crate::{
 /// One hit in this many is timed for the CPU budget (timing costs two clock reads).
 pub const CPU_SAMPLE_EVERY: u64 = 16;
 
+/// Timed hits a window needs before the CPU budget may disarm (so 8 × 16 = 128 hits at least):
+/// the budget guards hot lines; a line hit a few times cannot cost much.
+pub const MIN_CPU_SAMPLES: u64 = 8;
+
 /// The tracepoints bound to one site.
 pub(crate) struct Program {
     pub tracepoints: Vec<Arc<Installed>>,
@@ -194,6 +198,7 @@ pub(crate) struct Installed {
     pub budgets: Budgets,
     hits: AtomicU64,
     cpu: WindowCounter,
+    cpu_samples: WindowCounter,
     errors: WindowCounter,
     disarmed: AtomicBool,
     /// Reached after its window ended (it then does nothing).
@@ -243,6 +248,7 @@ impl Installed {
             budgets: p.budgets,
             hits: AtomicU64::new(0),
             cpu: WindowCounter::new(),
+            cpu_samples: WindowCounter::new(),
             errors: WindowCounter::new(),
             disarmed: AtomicBool::new(false),
             expired: AtomicBool::new(false),
@@ -338,7 +344,11 @@ impl Installed {
                 own.evaluation.record(elapsed);
             }
             let spent = elapsed.as_nanos() as u64 * CPU_SAMPLE_EVERY;
-            if self.cpu.add(spent, self.budgets.window) > self.budgets.cpu.as_nanos() as u64 {
+            let total = self.cpu.add(spent, self.budgets.window);
+            // One sample is scaled by CPU_SAMPLE_EVERY: a single slow hit (the first one creates
+            // series and warms caches) must not disarm a tracepoint that runs rarely.
+            let samples = self.cpu_samples.add(1, self.budgets.window);
+            if samples >= MIN_CPU_SAMPLES && total > self.budgets.cpu.as_nanos() as u64 {
                 self.disarm(DisarmReason::Cpu);
             }
         }
