@@ -13,6 +13,8 @@
 //!
 //! Run: `bash .ci/python-env.sh && cargo test --test deep_python_agent_interop -- --nocapture`
 
+mod common;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
@@ -46,31 +48,6 @@ type TestResult<T = ()> = Result<T, Box<dyn std::error::Error>>;
 
 fn manifest_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn interop_required() -> bool {
-    std::env::var("SONDE_REQUIRE_INTEROP").is_ok_and(|v| v == "1")
-}
-
-/// The venv interpreter with `deep` importable, or the reason it is not usable.
-fn venv_python() -> Result<PathBuf, String> {
-    let python = manifest_dir().join(".venv/bin/python");
-    if !python.exists() {
-        return Err(format!("{} does not exist", python.display()));
-    }
-    let out = Command::new(&python)
-        .args(["-c", "import deep, grpc, deepproto"])
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("cannot run {}: {e}", python.display()))?;
-    if !out.status.success() {
-        return Err(format!(
-            "the deep-agent package is not importable by {}: {}",
-            python.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    Ok(python)
 }
 
 /// 1-based number of the probe line that ends with the marker comment.
@@ -427,9 +404,9 @@ fn run_probe(python: &Path, run: &ProbeRun<'_>) -> TestResult<(ExitStatus, Vec<S
 
 /// The venv interpreter, or `None` when the test is to be skipped (see the module docs).
 fn python_or_skip() -> TestResult<Option<PathBuf>> {
-    match venv_python() {
+    match common::venv_python("deep, grpc, deepproto") {
         Ok(python) => Ok(Some(python)),
-        Err(reason) if interop_required() => {
+        Err(reason) if common::interop_required() => {
             Err(format!("SONDE_REQUIRE_INTEROP=1 but {reason}").into())
         }
         Err(reason) => {

@@ -15,6 +15,8 @@
 //!
 //! Run: `bash .ci/python-env.sh && cargo test --test sonde_agent_polls_a_deep_server -- --nocapture`
 
+mod common;
+
 use std::{
     io::{BufRead, BufReader, Read},
     path::PathBuf,
@@ -54,27 +56,6 @@ fn checkout_site() -> &'static sonde_agent::Site {
 
 fn manifest_dir() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-/// The venv interpreter with `grpc` and `deepproto` importable, or why not.
-fn venv_python() -> Result<PathBuf, String> {
-    let python = manifest_dir().join(".venv/bin/python");
-    if !python.exists() {
-        return Err(format!("{} does not exist", python.display()));
-    }
-    let out = Command::new(&python)
-        .args(["-c", "import grpc, deepproto.proto.poll.v1.poll_pb2_grpc"])
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("cannot run {}: {e}", python.display()))?;
-    if !out.status.success() {
-        return Err(format!(
-            "grpcio/deepproto are not importable by {}: {}",
-            python.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        ));
-    }
-    Ok(python)
 }
 
 /// Kills and reaps the Python server however the test ends.
@@ -293,10 +274,10 @@ fn agent_fires_the_deep_tracepoint(python: &PathBuf, mode: ClientMode) {
 
 #[test]
 fn sonde_agent_polls_a_deep_server() {
-    let python = match venv_python() {
+    let python = match common::venv_python("grpc, deepproto.proto.poll.v1.poll_pb2_grpc") {
         Ok(python) => python,
         Err(why) => {
-            if std::env::var("SONDE_REQUIRE_INTEROP").is_ok_and(|v| v == "1") {
+            if common::interop_required() {
                 panic!("SONDE_REQUIRE_INTEROP=1 but the interop venv is unusable: {why}");
             }
             eprintln!(

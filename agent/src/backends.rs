@@ -13,7 +13,7 @@ use crate::{
         Fanout, Instrument, MetricKind, MetricProvider, MetricSpec, ProviderError, RecordError,
         Series, SeriesSnapshot,
     },
-    summary::{DEFAULT_QUANTILES, SlidingSummary, SummaryWindow},
+    summary::{SlidingSummary, SummaryWindow},
 };
 
 /// Discards everything. Recording through it allocates nothing and touches no shared memory
@@ -105,7 +105,7 @@ impl Instrument for MemInstrument {
                 bounds: self.buckets.clone(),
                 state: Mutex::new((0, 0.0, vec![0; self.buckets.len()])),
             }),
-            MetricKind::Summary => Arc::new(MemSummary(SlidingSummary::new(self.window))),
+            MetricKind::Summary => Arc::new(SlidingSummary::new(self.window)),
         })
     }
 }
@@ -149,13 +149,7 @@ struct MemCounter(AtomicU64);
 
 impl Series for MemCounter {
     fn record(&self, value: f64) -> Result<(), RecordError> {
-        if !value.is_finite() {
-            return Err(RecordError::NotFinite);
-        }
-        if value < 0.0 {
-            return Err(RecordError::NegativeCounter);
-        }
-        add_f64(&self.0, value);
+        add_f64(&self.0, RecordError::counter(value)?);
         Ok(())
     }
     fn snapshot(&self) -> Option<SeriesSnapshot> {
@@ -169,17 +163,12 @@ struct MemGauge(AtomicU64);
 
 impl Series for MemGauge {
     fn record(&self, value: f64) -> Result<(), RecordError> {
-        if value.is_nan() {
-            return Err(RecordError::NotFinite);
-        }
-        self.0.store(value.to_bits(), Ordering::Relaxed);
+        self.0
+            .store(RecordError::gauge(value)?.to_bits(), Ordering::Relaxed);
         Ok(())
     }
     fn add(&self, delta: f64) -> Result<(), RecordError> {
-        if !delta.is_finite() {
-            return Err(RecordError::NotFinite);
-        }
-        add_f64(&self.0, delta);
+        add_f64(&self.0, RecordError::finite(delta)?);
         Ok(())
     }
     fn snapshot(&self) -> Option<SeriesSnapshot> {
@@ -197,9 +186,7 @@ struct MemHistogram {
 
 impl Series for MemHistogram {
     fn record(&self, value: f64) -> Result<(), RecordError> {
-        if !value.is_finite() {
-            return Err(RecordError::NotFinite);
-        }
+        let value = RecordError::finite(value)?;
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
         state.0 += 1;
         state.1 += value;
@@ -225,26 +212,6 @@ impl Series for MemHistogram {
             count: state.0,
             sum: state.1,
             buckets,
-        })
-    }
-}
-
-struct MemSummary(SlidingSummary);
-
-impl Series for MemSummary {
-    fn record(&self, value: f64) -> Result<(), RecordError> {
-        if !value.is_finite() {
-            return Err(RecordError::NotFinite);
-        }
-        self.0.observe(value);
-        Ok(())
-    }
-    fn snapshot(&self) -> Option<SeriesSnapshot> {
-        let (count, sum, quantiles) = self.0.snapshot(DEFAULT_QUANTILES);
-        Some(SeriesSnapshot::Summary {
-            count,
-            sum,
-            quantiles,
         })
     }
 }

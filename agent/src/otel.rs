@@ -239,16 +239,9 @@ struct OtelSeries {
 
 impl Series for OtelSeries {
     fn record(&self, value: f64) -> Result<(), RecordError> {
-        if !value.is_finite() {
-            return Err(RecordError::NotFinite);
-        }
+        let value = RecordError::finite(value)?;
         match &self.instrument {
-            Otel::Counter(c) => {
-                if value < 0.0 {
-                    return Err(RecordError::NegativeCounter);
-                }
-                c.add(value, &self.attributes);
-            }
+            Otel::Counter(c) => c.add(RecordError::counter(value)?, &self.attributes),
             Otel::Gauge(g) => g.record(value, &self.attributes),
             Otel::Histogram(h) => h.record(value, &self.attributes),
         }

@@ -510,11 +510,9 @@ impl Instrument for PromInstrument {
             Vector::Histogram(v) => Arc::new(PromHistogram(
                 v.get_metric_with_label_values(label_values).map_err(err)?,
             )),
-            Vector::Summary(v) => {
-                Arc::new(PromSummary(v.child(label_values).map_err(|e| {
-                    ProviderError::Backend(format!("metric {}: {e}", self.name))
-                })?))
-            }
+            Vector::Summary(v) => v
+                .child(label_values)
+                .map_err(|e| ProviderError::Backend(format!("metric {}: {e}", self.name)))?,
             Vector::Callback(_) => {
                 return Err(ProviderError::Unsupported(format!(
                     "metric {}: a callback gauge is read, not recorded",
@@ -564,36 +562,9 @@ impl Drop for CallbackInstrument {
 struct PromCounter(Counter);
 struct PromGauge(Gauge);
 struct PromHistogram(Histogram);
-struct PromSummary(Arc<SlidingSummary>);
-
-impl Series for PromSummary {
-    fn record(&self, value: f64) -> Result<(), RecordError> {
-        if !value.is_finite() {
-            return Err(RecordError::NotFinite);
-        }
-        self.0.observe(value);
-        Ok(())
-    }
-
-    fn snapshot(&self) -> Option<SeriesSnapshot> {
-        let (count, sum, quantiles) = self.0.snapshot(DEFAULT_QUANTILES);
-        Some(SeriesSnapshot::Summary {
-            count,
-            sum,
-            quantiles,
-        })
-    }
-}
-
 impl Series for PromCounter {
     fn record(&self, value: f64) -> Result<(), RecordError> {
-        if !value.is_finite() {
-            return Err(RecordError::NotFinite);
-        }
-        if value < 0.0 {
-            return Err(RecordError::NegativeCounter);
-        }
-        self.0.inc_by(value);
+        self.0.inc_by(RecordError::counter(value)?);
         Ok(())
     }
 
@@ -604,18 +575,12 @@ impl Series for PromCounter {
 
 impl Series for PromGauge {
     fn record(&self, value: f64) -> Result<(), RecordError> {
-        if value.is_nan() {
-            return Err(RecordError::NotFinite);
-        }
-        self.0.set(value);
+        self.0.set(RecordError::gauge(value)?);
         Ok(())
     }
 
     fn add(&self, delta: f64) -> Result<(), RecordError> {
-        if !delta.is_finite() {
-            return Err(RecordError::NotFinite);
-        }
-        self.0.add(delta);
+        self.0.add(RecordError::finite(delta)?);
         Ok(())
     }
 
@@ -626,10 +591,7 @@ impl Series for PromGauge {
 
 impl Series for PromHistogram {
     fn record(&self, value: f64) -> Result<(), RecordError> {
-        if !value.is_finite() {
-            return Err(RecordError::NotFinite);
-        }
-        self.0.observe(value);
+        self.0.observe(RecordError::finite(value)?);
         Ok(())
     }
 

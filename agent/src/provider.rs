@@ -72,6 +72,37 @@ pub enum RecordError {
     Unsupported,
 }
 
+impl RecordError {
+    /// `value` if it is finite (observations, gauge deltas), else [`RecordError::NotFinite`].
+    #[inline]
+    pub fn finite(value: f64) -> Result<f64, RecordError> {
+        if value.is_finite() {
+            Ok(value)
+        } else {
+            Err(RecordError::NotFinite)
+        }
+    }
+
+    /// `value` if it is a valid counter increment: finite and not negative.
+    #[inline]
+    pub fn counter(value: f64) -> Result<f64, RecordError> {
+        match Self::finite(value)? {
+            v if v < 0.0 => Err(RecordError::NegativeCounter),
+            v => Ok(v),
+        }
+    }
+
+    /// `value` if it can be a gauge's value: anything but NaN.
+    #[inline]
+    pub fn gauge(value: f64) -> Result<f64, RecordError> {
+        if value.is_nan() {
+            Err(RecordError::NotFinite)
+        } else {
+            Ok(value)
+        }
+    }
+}
+
 /// A backend for tracepoint metrics.
 pub trait MetricProvider: Send + Sync + 'static {
     /// A short name for status messages (`prometheus`, `opentelemetry`).

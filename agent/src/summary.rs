@@ -11,6 +11,8 @@ use std::{
     time::{Duration, Instant},
 };
 
+use crate::provider::{RecordError, Series, SeriesSnapshot};
+
 /// Quantiles reported unless configured otherwise: median, p90, p99.
 pub const DEFAULT_QUANTILES: &[f64] = &[0.5, 0.9, 0.99];
 
@@ -159,6 +161,22 @@ impl SlidingSummary {
             })
             .collect();
         (count, sum, qs)
+    }
+}
+
+impl Series for SlidingSummary {
+    fn record(&self, value: f64) -> Result<(), RecordError> {
+        self.observe(RecordError::finite(value)?);
+        Ok(())
+    }
+
+    fn snapshot(&self) -> Option<SeriesSnapshot> {
+        let (count, sum, quantiles) = SlidingSummary::snapshot(self, DEFAULT_QUANTILES);
+        Some(SeriesSnapshot::Summary {
+            count,
+            sum,
+            quantiles,
+        })
     }
 }
 

@@ -295,3 +295,31 @@ impl Drop for ServerProcess {
         let _ = self.child.wait();
     }
 }
+
+/// Whether the Python interop tests must run (`SONDE_REQUIRE_INTEROP=1`, set by `.ci/run` once
+/// its venv exists) rather than skip.
+pub fn interop_required() -> bool {
+    std::env::var("SONDE_REQUIRE_INTEROP").is_ok_and(|v| v == "1")
+}
+
+/// The interop venv's interpreter (made by `.ci/python-env.sh`), if it can `import` the given
+/// modules; otherwise why not.
+pub fn venv_python(imports: &str) -> Result<std::path::PathBuf, String> {
+    let python = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
+    if !python.exists() {
+        return Err(format!("{} does not exist", python.display()));
+    }
+    let out = std::process::Command::new(&python)
+        .args(["-c", &format!("import {imports}")])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", python.display()))?;
+    if !out.status.success() {
+        return Err(format!(
+            "`import {imports}` fails in {}: {}",
+            python.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        ));
+    }
+    Ok(python)
+}
