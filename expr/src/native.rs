@@ -427,12 +427,7 @@ fn binary<'a>(op: Op, l: V<'a>, r: V<'a>) -> Result<V<'a>, Fallback> {
             Op::Sub => V::Float(a - b),
             Op::Mul => V::Float(a * b),
             Op::Div if b != 0.0 => V::Float(a / b),
-            Op::Eq => V::Bool(a == b),
-            Op::Ne => V::Bool(a != b),
-            Op::Lt => V::Bool(a < b),
-            Op::Le => V::Bool(a <= b),
-            Op::Gt => V::Bool(a > b),
-            Op::Ge => V::Bool(a >= b),
+            Op::Eq | Op::Ne | Op::Lt | Op::Le | Op::Gt | Op::Ge => V::Bool(float_compare(op, a, b)),
             _ => return Err(Fallback),
         });
     }
@@ -443,6 +438,26 @@ fn binary<'a>(op: Op, l: V<'a>, r: V<'a>) -> Result<V<'a>, Fallback> {
         _ => return Err(Fallback),
     };
     Ok(V::Bool(compare(op, ordering)?))
+}
+
+/// Compares floats as rhai does: within one epsilon relative to the larger magnitude, or
+/// absolutely when the product of the two is zero (so `1e-300 == 0.0`; NaN is neither equal nor
+/// unequal to a non-zero number, and equal to zero).
+fn float_compare(op: Op, x: f64, y: f64) -> bool {
+    let max = if x * y == 0.0 { 1.0 } else { x.abs().max(y.abs()) };
+    if max == 0.0 {
+        // Zero against NaN: `max` skips the NaN, and rhai calls the two equal.
+        return matches!(op, Op::Eq | Op::Le | Op::Ge);
+    }
+    match op {
+        Op::Eq => (x - y).abs() / max <= f64::EPSILON,
+        Op::Ne => (x - y).abs() / max > f64::EPSILON,
+        Op::Gt => (x - y) / max > f64::EPSILON,
+        Op::Ge => (x - y) / max > -f64::EPSILON,
+        Op::Lt => (y - x) / max > f64::EPSILON,
+        // `Op::Le`, the one comparison left.
+        _ => (y - x) / max > -f64::EPSILON,
+    }
 }
 
 fn compare(op: Op, o: std::cmp::Ordering) -> Result<bool, Fallback> {
