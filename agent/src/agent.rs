@@ -92,6 +92,8 @@ pub struct AgentBuilder {
     metrics_endpoint: Option<(std::net::SocketAddr, prometheus::Registry)>,
     self_metrics: Option<Arc<dyn MetricProvider>>,
     env_error: Option<String>,
+    #[cfg(all(feature = "native", target_os = "linux", target_arch = "x86_64"))]
+    native: Option<crate::native::NativeBudget>,
 }
 
 impl std::fmt::Debug for AgentBuilder {
@@ -124,6 +126,8 @@ impl Default for AgentBuilder {
             metrics_endpoint: None,
             self_metrics: None,
             env_error: None,
+            #[cfg(all(feature = "native", target_os = "linux", target_arch = "x86_64"))]
+            native: None,
         }
     }
 }
@@ -221,6 +225,16 @@ impl AgentBuilder {
         self
     }
 
+    /// Arms tracepoints on lines that have no probe site as native breakpoints, from the
+    /// binary's debug info (feature `native`, Linux x86_64; needs `debug = 2` or a separate
+    /// debug file found by build-id). The debug info is indexed on a background thread at start.
+    /// Also switched on by `SONDE_AGENT_NATIVE=1` in [`AgentBuilder::from_env`].
+    #[cfg(all(feature = "native", target_os = "linux", target_arch = "x86_64"))]
+    pub fn native_breakpoints(mut self, budget: crate::native::NativeBudget) -> Self {
+        self.native = Some(budget);
+        self
+    }
+
     /// No control plane: tracepoints come only from [`AgentHandle::apply`].
     pub fn offline(mut self) -> Self {
         self.offline = true;
@@ -231,7 +245,8 @@ impl AgentBuilder {
     /// not the HTTP API that the CLI's `SONDE_SERVER` names), `SONDE_AGENT_TOKEN` (the server's
     /// `--agent-token`), `SONDE_AGENT_CA_CERT` (a PEM file), `SONDE_AGENT_POLL_INTERVAL_MS`,
     /// `SONDE_AGENT_MODE` (`auto`, `watch`, `poll`), `SONDE_SERVICE_NAME`, `SONDE_TENANT` and
-    /// `SONDE_RESOURCE_ATTRIBUTES` (`k=v,k=v`). Values set on the builder before this call are
+    /// `SONDE_RESOURCE_ATTRIBUTES` (`k=v,k=v`), and with feature `native` `SONDE_AGENT_NATIVE`
+    /// (`1` arms lines without a probe site natively). Values set on the builder before this call are
     /// replaced by the environment's; a malformed value makes `start()` fail, naming it.
     pub fn from_env(mut self) -> Self {
         let var = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
@@ -284,6 +299,18 @@ impl AgentBuilder {
                             "SONDE_RESOURCE_ATTRIBUTES: {pair:?} is not key=value"
                         ))
                     }
+                }
+            }
+        }
+        #[cfg(all(feature = "native", target_os = "linux", target_arch = "x86_64"))]
+        if let Some(on) = var("SONDE_AGENT_NATIVE") {
+            match on.as_str() {
+                "1" | "true" | "on" => self.native = Some(self.native.unwrap_or_default()),
+                "0" | "false" | "off" => self.native = None,
+                other => {
+                    self.env_error = Some(format!(
+                        "SONDE_AGENT_NATIVE: {other:?} is not 1/true/on or 0/false/off"
+                    ))
                 }
             }
         }
@@ -350,6 +377,14 @@ impl AgentBuilder {
             self.log_level,
             own.clone(),
         );
+        #[cfg(all(feature = "native", target_os = "linux", target_arch = "x86_64"))]
+        let installer = {
+            let mut installer = installer;
+            if let Some(budget) = self.native {
+                installer.set_native(crate::native::Native::start(budget));
+            }
+            installer
+        };
         let installer = Arc::new(Mutex::new(installer));
         let (shutdown_tx, shutdown_rx) = watch::channel(false);
         let endpoint = match self.metrics_endpoint {

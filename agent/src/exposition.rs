@@ -1,8 +1,14 @@
 //! [`encode`]: a registry's exposition text, in the Prometheus text format 0.0.4 or, when the
 //! scraper's `Accept` header asks for it, in OpenMetrics 1.0.
 //!
-//! The `prometheus` crate writes the 0.0.4 format; it has no OpenMetrics encoder, so the one here
-//! writes OpenMetrics 1.0 text from the same `MetricFamily` values. What changes from 0.0.4:
+//! Both formats are written here, by one encoder that takes a family and its series either
+//! from gathered `MetricFamily` values or straight from the series of Sonde's
+//! [`PrometheusProvider`](crate::PrometheusProvider): a scrape of a registry
+//! ([`encode_registry`]) writes the provider's metrics without building the `MetricFamily`
+//! values `Registry::gather()` would, which for many series was most of its cost. The 0.0.4 text
+//! is byte for byte what the `prometheus` crate's `TextEncoder` writes for the same families
+//! (except `le="+Inf"`, never `inf`, for an explicit infinite bucket, and untyped families, which
+//! it cannot write). What changes in OpenMetrics 1.0:
 //!
 //! - a counter's family is named without `_total` in `# TYPE` and `# HELP`, and its sample
 //!   carries `_total` (added when the registered name lacks it);
@@ -34,11 +40,14 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
-use std::fmt::Write as _;
+use std::{
+    fmt::Write as _,
+    sync::atomic::{AtomicUsize, Ordering},
+};
 
 use prometheus::{
-    Registry, TextEncoder,
-    proto::{LabelPair, Metric, MetricFamily, MetricType},
+    Registry,
+    proto::{Metric, MetricFamily, MetricType},
 };
 
 /// The content type of the Prometheus text format 0.0.4 (the default).
@@ -108,173 +117,402 @@ impl Format {
 /// Returns the content type and the body.
 pub fn encode(registry: &Registry, accept: Option<&str>) -> (&'static str, Vec<u8>) {
     let format = Format::negotiate(accept);
-    (
-        format.content_type(),
-        encode_families(&registry.gather(), format),
-    )
+    (format.content_type(), encode_registry(registry, format))
 }
 
-/// Encodes metric families in `format`. Families without a name or without metrics are left
-/// out (the 0.0.4 encoder refuses them).
-pub fn encode_families(families: &[MetricFamily], format: Format) -> Vec<u8> {
-    match format {
-        Format::Text => {
-            let valid: Vec<MetricFamily> = families
-                .iter()
-                .filter(|f| !f.name().is_empty() && !f.get_metric().is_empty())
-                .cloned()
-                .collect();
-            let mut out = String::new();
-            if let Err(err) = TextEncoder::new().encode_utf8(&valid, &mut out) {
-                // Unreachable with the families filtered; never fail a scrape over it.
-                tracing::warn!(target: "sonde::metrics", %err, "encoding metrics");
-            }
-            out.into_bytes()
-        }
-        Format::OpenMetrics => openmetrics(families).into_bytes(),
-    }
-}
+/// The size of the last exposition, to size the next one's buffer.
+static LAST_LEN: AtomicUsize = AtomicUsize::new(0);
 
-fn openmetrics(families: &[MetricFamily]) -> String {
-    let mut out = String::with_capacity(families.len() * 128);
-    for family in families {
-        let name = family.name();
-        if name.is_empty() || family.get_metric().is_empty() {
-            continue;
+/// Gathers `registry` and encodes it in `format`.
+///
+/// The families of the registry's [`PrometheusProvider`](crate::PrometheusProvider) (there is at
+/// most one per registry) are written straight from its series, without building the
+/// `MetricFamily` values `Registry::gather()` would (that copying of every label pair is most of
+/// what a scrape of many series costs); anything else registered in the registry is gathered as
+/// usual. The two are merged by name, so the output is the one [`encode_families`] would write for
+/// `registry.gather()`: families sorted by name, series sorted by label values, one `# TYPE` per
+/// name (a name both sides expose is gathered, and written once).
+pub fn encode_registry(registry: &Registry, format: Format) -> Vec<u8> {
+    let gathered = crate::prometheus::gather(registry);
+    let hint = LAST_LEN.load(Ordering::Relaxed);
+    let mut enc = Encoder::new(format, hint + hint / 8);
+    let mut own = gathered.own.iter().peekable();
+    for family in &gathered.families {
+        while let Some(o) = own.next_if(|o| o.name() < family.name()) {
+            o.encode(&mut enc);
         }
-        let kind = family.get_field_type();
-        let base = match kind {
-            MetricType::COUNTER => name.strip_suffix("_total").unwrap_or(name),
-            _ => name,
-        };
-        let type_name = match kind {
-            MetricType::COUNTER => "counter",
-            MetricType::GAUGE => "gauge",
-            MetricType::HISTOGRAM => "histogram",
-            MetricType::SUMMARY => "summary",
-            MetricType::UNTYPED => "unknown",
-        };
-        let _ = writeln!(out, "# TYPE {base} {type_name}");
-        if !family.help().is_empty() {
-            out.push_str("# HELP ");
-            out.push_str(base);
-            out.push(' ');
-            escape_into(&mut out, family.help());
-            out.push('\n');
-        }
-        for metric in family.get_metric() {
-            let labels = metric.get_label();
-            match kind {
-                MetricType::COUNTER => {
-                    let v = Value::Float(metric.get_counter().get_value());
-                    sample(&mut out, base, "_total", labels, None, v, metric);
-                }
-                MetricType::GAUGE => {
-                    let v = Value::Float(metric.get_gauge().get_value());
-                    sample(&mut out, base, "", labels, None, v, metric);
-                }
-                MetricType::UNTYPED => {
-                    // Deprecated in `prometheus` 0.14 (its own metrics are never untyped), but a
-                    // custom collector may still produce one.
-                    #[allow(deprecated)]
-                    let v = Value::Float(metric.get_untyped().get_value());
-                    sample(&mut out, base, "", labels, None, v, metric);
-                }
-                MetricType::HISTOGRAM => {
-                    let h = metric.get_histogram();
-                    let mut saw_inf = false;
-                    for b in h.get_bucket() {
-                        let bound = b.upper_bound();
-                        saw_inf |= bound == f64::INFINITY;
-                        let le = ("le", canonical(bound));
-                        let v = Value::Int(b.cumulative_count());
-                        sample(&mut out, base, "_bucket", labels, Some(le), v, metric);
-                    }
-                    if !saw_inf {
-                        let le = ("le", "+Inf".to_owned());
-                        let v = Value::Int(h.get_sample_count());
-                        sample(&mut out, base, "_bucket", labels, Some(le), v, metric);
-                    }
-                    let count = Value::Int(h.get_sample_count());
-                    sample(&mut out, base, "_count", labels, None, count, metric);
-                    let sum = Value::Float(h.get_sample_sum());
-                    sample(&mut out, base, "_sum", labels, None, sum, metric);
-                }
-                MetricType::SUMMARY => {
-                    let s = metric.get_summary();
-                    for q in s.get_quantile() {
-                        let quantile = ("quantile", canonical(q.quantile()));
-                        let v = Value::Float(q.value());
-                        sample(&mut out, base, "", labels, Some(quantile), v, metric);
-                    }
-                    let count = Value::Int(s.sample_count());
-                    sample(&mut out, base, "_count", labels, None, count, metric);
-                    let sum = Value::Float(s.sample_sum());
-                    sample(&mut out, base, "_sum", labels, None, sum, metric);
-                }
-            }
-        }
+        enc.proto_family(family);
     }
-    out.push_str("# EOF\n");
+    for o in own {
+        o.encode(&mut enc);
+    }
+    let out = enc.finish();
+    LAST_LEN.store(out.len(), Ordering::Relaxed);
     out
 }
 
-enum Value {
-    Int(u64),
-    Float(f64),
+/// Encodes metric families in `format`. Families without a name or without metrics are left
+/// out (the 0.0.4 format has no way to write them).
+pub fn encode_families(families: &[MetricFamily], format: Format) -> Vec<u8> {
+    let mut enc = Encoder::new(format, families.len() * 128);
+    for family in families {
+        enc.proto_family(family);
+    }
+    enc.finish()
 }
 
-fn sample(
-    out: &mut String,
-    base: &str,
-    suffix: &str,
-    labels: &[LabelPair],
-    extra: Option<(&str, String)>,
-    value: Value,
-    metric: &Metric,
-) {
-    out.push_str(base);
-    out.push_str(suffix);
-    if !labels.is_empty() || extra.is_some() {
-        out.push('{');
-        let extra = extra.as_ref().map(|(k, v)| (*k, v.as_str()));
-        let pairs = labels.iter().map(|l| (l.name(), l.value())).chain(extra);
-        for (i, (k, v)) in pairs.enumerate() {
-            if i > 0 {
-                out.push(',');
+/// The kind of a family, as the formats name it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    Counter,
+    Gauge,
+    Histogram,
+    Summary,
+    Untyped,
+}
+
+impl From<MetricType> for Kind {
+    fn from(t: MetricType) -> Kind {
+        match t {
+            MetricType::COUNTER => Kind::Counter,
+            MetricType::GAUGE => Kind::Gauge,
+            MetricType::HISTOGRAM => Kind::Histogram,
+            MetricType::SUMMARY => Kind::Summary,
+            MetricType::UNTYPED => Kind::Untyped,
+        }
+    }
+}
+
+/// A number in a sample line: a value (a float) or a count (an integer in OpenMetrics).
+#[derive(Clone, Copy)]
+enum Num {
+    Float(f64),
+    Count(u64),
+}
+
+/// Writes an exposition family by family, series by series, in one format. Both the gathered
+/// `MetricFamily` values ([`Encoder::proto_family`]) and the provider's own series (which call
+/// [`Encoder::family`], [`Encoder::series`] and one of the value methods) go through it, so the
+/// two paths cannot format differently.
+pub(crate) struct Encoder {
+    format: Format,
+    out: String,
+    /// The name samples start with: the family's, but for an OpenMetrics counter without
+    /// `_total` (each of its samples adds it).
+    base: String,
+    kind: Kind,
+    /// The current series' labels, escaped and rendered once for all its lines: `{k="v",k2="v2"`
+    /// without the closing brace, or empty.
+    labels: String,
+    timestamp_ms: i64,
+}
+
+impl Encoder {
+    pub(crate) fn new(format: Format, capacity: usize) -> Self {
+        Self {
+            format,
+            out: String::with_capacity(capacity),
+            base: String::new(),
+            kind: Kind::Untyped,
+            labels: String::new(),
+            timestamp_ms: 0,
+        }
+    }
+
+    /// The body: for OpenMetrics, with its `# EOF`.
+    pub(crate) fn finish(mut self) -> Vec<u8> {
+        if self.format == Format::OpenMetrics {
+            self.out.push_str("# EOF\n");
+        }
+        self.out.into_bytes()
+    }
+
+    /// Starts a family: its `# HELP` (when there is help text) and `# TYPE` lines.
+    pub(crate) fn family(&mut self, name: &str, help: &str, kind: Kind) {
+        self.kind = kind;
+        self.base.clear();
+        match self.format {
+            Format::Text => {
+                self.base.push_str(name);
+                if !help.is_empty() {
+                    self.out.push_str("# HELP ");
+                    self.out.push_str(name);
+                    self.out.push(' ');
+                    escape_into(&mut self.out, help, false);
+                    self.out.push('\n');
+                }
+                self.out.push_str("# TYPE ");
+                self.out.push_str(name);
+                self.out.push(' ');
+                self.out.push_str(match kind {
+                    Kind::Counter => "counter",
+                    Kind::Gauge => "gauge",
+                    Kind::Histogram => "histogram",
+                    Kind::Summary => "summary",
+                    Kind::Untyped => "untyped",
+                });
+                self.out.push('\n');
             }
-            out.push_str(k);
+            Format::OpenMetrics => {
+                let base = match kind {
+                    Kind::Counter => name.strip_suffix("_total").unwrap_or(name),
+                    _ => name,
+                };
+                self.base.push_str(base);
+                self.out.push_str("# TYPE ");
+                self.out.push_str(base);
+                self.out.push(' ');
+                self.out.push_str(match kind {
+                    Kind::Counter => "counter",
+                    Kind::Gauge => "gauge",
+                    Kind::Histogram => "histogram",
+                    Kind::Summary => "summary",
+                    Kind::Untyped => "unknown",
+                });
+                self.out.push('\n');
+                if !help.is_empty() {
+                    self.out.push_str("# HELP ");
+                    self.out.push_str(base);
+                    self.out.push(' ');
+                    escape_into(&mut self.out, help, true);
+                    self.out.push('\n');
+                }
+            }
+        }
+    }
+
+    /// Starts a series of the current family: its labels (names as given, values escaped here)
+    /// and its timestamp (0 for none).
+    pub(crate) fn series<'a>(
+        &mut self,
+        labels: impl IntoIterator<Item = (&'a str, &'a str)>,
+        timestamp_ms: i64,
+    ) {
+        self.labels.clear();
+        for (name, value) in labels {
+            self.labels
+                .push(if self.labels.is_empty() { '{' } else { ',' });
+            self.labels.push_str(name);
+            self.labels.push_str("=\"");
+            escape_into(&mut self.labels, value, true);
+            self.labels.push('"');
+        }
+        self.timestamp_ms = timestamp_ms;
+    }
+
+    /// The current series' value: a counter's total.
+    pub(crate) fn counter(&mut self, value: f64) {
+        let suffix = match self.format {
+            Format::Text => "",
+            Format::OpenMetrics => "_total",
+        };
+        self.line(suffix, None, Num::Float(value));
+    }
+
+    /// The current series' value: a gauge's (or an untyped metric's).
+    pub(crate) fn gauge(&mut self, value: f64) {
+        self.line("", None, Num::Float(value));
+    }
+
+    /// The current series' value: a histogram's cumulative counts per upper bound (the `+Inf`
+    /// bucket is added unless given), count and sum.
+    pub(crate) fn histogram(
+        &mut self,
+        buckets: impl IntoIterator<Item = (f64, u64)>,
+        count: u64,
+        sum: f64,
+    ) {
+        let mut saw_inf = false;
+        for (bound, cumulative) in buckets {
+            saw_inf |= bound == f64::INFINITY;
+            self.line("_bucket", Some(("le", bound)), Num::Count(cumulative));
+        }
+        if !saw_inf {
+            self.line("_bucket", Some(("le", f64::INFINITY)), Num::Count(count));
+        }
+        self.count_and_sum(count, sum);
+    }
+
+    /// The current series' value: a summary's `(quantile, value)` pairs, count and sum.
+    pub(crate) fn summary(
+        &mut self,
+        quantiles: impl IntoIterator<Item = (f64, f64)>,
+        count: u64,
+        sum: f64,
+    ) {
+        for (q, value) in quantiles {
+            self.line("", Some(("quantile", q)), Num::Float(value));
+        }
+        self.count_and_sum(count, sum);
+    }
+
+    fn count_and_sum(&mut self, count: u64, sum: f64) {
+        match self.format {
+            // The order the `prometheus` crate's encoder writes them in.
+            Format::Text => {
+                self.line("_sum", None, Num::Float(sum));
+                self.line("_count", None, Num::Count(count));
+            }
+            Format::OpenMetrics => {
+                self.line("_count", None, Num::Count(count));
+                self.line("_sum", None, Num::Float(sum));
+            }
+        }
+    }
+
+    /// One sample line of the current series: `extra` is the `le` or `quantile` label.
+    fn line(&mut self, suffix: &str, extra: Option<(&str, f64)>, value: Num) {
+        let out = &mut self.out;
+        out.push_str(&self.base);
+        out.push_str(suffix);
+        out.push_str(&self.labels);
+        if let Some((name, bound)) = extra {
+            out.push(if self.labels.is_empty() { '{' } else { ',' });
+            out.push_str(name);
             out.push_str("=\"");
-            escape_into(out, v);
+            match self.format {
+                Format::Text if bound == f64::INFINITY => out.push_str("+Inf"),
+                Format::Text => push_display(out, bound),
+                Format::OpenMetrics => canonical_into(out, bound),
+            }
             out.push('"');
         }
-        out.push('}');
-    }
-    out.push(' ');
-    match value {
-        Value::Int(n) => {
-            let _ = write!(out, "{n}");
+        if !self.labels.is_empty() || extra.is_some() {
+            out.push('}');
         }
-        Value::Float(f) => out.push_str(&canonical(f)),
+        out.push(' ');
+        match (self.format, value) {
+            (Format::Text, Num::Float(v)) => push_display(out, v),
+            // As the `prometheus` crate writes counts: through an `f64`.
+            (Format::Text, Num::Count(n)) => push_display(out, n as f64),
+            (Format::OpenMetrics, Num::Float(v)) => canonical_into(out, v),
+            (Format::OpenMetrics, Num::Count(n)) => push_u64(out, n),
+        }
+        let ms = self.timestamp_ms;
+        if ms != 0 {
+            out.push(' ');
+            match self.format {
+                Format::Text => {
+                    let _ = write!(out, "{ms}");
+                }
+                Format::OpenMetrics => {
+                    let sign = if ms < 0 { "-" } else { "" };
+                    let ms = ms.unsigned_abs();
+                    let _ = write!(out, "{sign}{}.{:03}", ms / 1000, ms % 1000);
+                }
+            }
+        }
+        out.push('\n');
     }
-    let ms = metric.timestamp_ms();
-    if ms != 0 {
-        let sign = if ms < 0 { "-" } else { "" };
-        let ms = ms.unsigned_abs();
-        let _ = write!(out, " {sign}{}.{:03}", ms / 1000, ms % 1000);
+
+    /// A gathered family. Left out when it has no name or no metrics.
+    pub(crate) fn proto_family(&mut self, family: &MetricFamily) {
+        let name = family.name();
+        if name.is_empty() || family.get_metric().is_empty() {
+            return;
+        }
+        let kind = Kind::from(family.get_field_type());
+        self.family(name, family.help(), kind);
+        for metric in family.get_metric() {
+            self.proto_metric(kind, metric);
+        }
     }
-    out.push('\n');
+
+    fn proto_metric(&mut self, kind: Kind, metric: &Metric) {
+        let labels = metric.get_label().iter().map(|l| (l.name(), l.value()));
+        self.series(labels, metric.timestamp_ms());
+        match kind {
+            Kind::Counter => self.counter(metric.get_counter().get_value()),
+            Kind::Gauge => self.gauge(metric.get_gauge().get_value()),
+            Kind::Untyped => {
+                // Deprecated in `prometheus` 0.14 (its own metrics are never untyped), but a
+                // custom collector may still produce one.
+                #[allow(deprecated)]
+                let v = metric.get_untyped().get_value();
+                self.gauge(v);
+            }
+            Kind::Histogram => {
+                let h = metric.get_histogram();
+                let buckets = h
+                    .get_bucket()
+                    .iter()
+                    .map(|b| (b.upper_bound(), b.cumulative_count()));
+                self.histogram(buckets, h.get_sample_count(), h.get_sample_sum());
+            }
+            Kind::Summary => {
+                let s = metric.get_summary();
+                let quantiles = s.get_quantile().iter().map(|q| (q.quantile(), q.value()));
+                self.summary(quantiles, s.sample_count(), s.sample_sum());
+            }
+        }
+    }
 }
 
-/// Escapes `\`, `"` and newlines, as OpenMetrics requires in label values and help text.
-fn escape_into(out: &mut String, s: &str) {
+/// Escapes `\\` and newlines, and `"` when `quotes` (label values in both formats, help text in
+/// OpenMetrics; the 0.0.4 format leaves `"` alone in help text).
+fn escape_into(out: &mut String, s: &str, quotes: bool) {
+    let special = |b: u8| b == b'\\' || b == b'\n' || (quotes && b == b'"');
+    if !s.bytes().any(special) {
+        out.push_str(s);
+        return;
+    }
     for c in s.chars() {
         match c {
             '\\' => out.push_str("\\\\"),
-            '"' => out.push_str("\\\""),
             '\n' => out.push_str("\\n"),
+            '"' if quotes => out.push_str("\\\""),
             c => out.push(c),
         }
+    }
+}
+
+fn push_u64(out: &mut String, mut n: u64) {
+    let mut buf = [0u8; 20];
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.push_str(std::str::from_utf8(&buf[at..]).unwrap_or_default());
+}
+
+/// A whole number small enough to print exactly through an integer (the common case of counts,
+/// counters and bucket bounds), or `None`.
+fn whole(v: f64) -> Option<(bool, u64)> {
+    (v.fract() == 0.0 && v.abs() < 9.0e15).then(|| (v.is_sign_negative(), v.abs() as u64))
+}
+
+/// A float as Rust's `Display` writes it (and the `prometheus` crate's 0.0.4 encoder with it):
+/// `3`, `0.25`, `-0`, `inf`, `NaN`.
+fn push_display(out: &mut String, v: f64) {
+    match whole(v) {
+        Some((negative, n)) => {
+            if negative {
+                out.push('-');
+            }
+            push_u64(out, n);
+        }
+        None => {
+            let _ = write!(out, "{v}");
+        }
+    }
+}
+
+/// [`canonical`] appended to `out`.
+fn canonical_into(out: &mut String, v: f64) {
+    match whole(v) {
+        Some((negative, n)) if n < 1_000_000 => {
+            if negative {
+                out.push('-');
+            }
+            push_u64(out, n);
+            out.push_str(".0");
+        }
+        _ => out.push_str(&canonical(v)),
     }
 }
 
@@ -307,6 +545,7 @@ pub(crate) fn canonical(v: f64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use prometheus::proto::LabelPair;
 
     #[test]
     fn canonical_numbers_follow_the_spec_examples() {
@@ -398,5 +637,109 @@ mod tests {
             "# TYPE g gauge\n# HELP g a \\\"quoted\\\" \\\\ help\\nline\n\
              g{path=\"C:\\\\dir\\n\\\"x\\\"\"} 0.5 1520879607.789\n# EOF\n"
         );
+    }
+
+    #[test]
+    fn fast_number_formatting_matches_display_and_canonical() {
+        let mut values = vec![
+            0.0,
+            -0.0,
+            1.0,
+            -1.0,
+            0.25,
+            1e15,
+            8.9e15,
+            9.1e15,
+            1e21,
+            123456789.0,
+            999999.0,
+            1000000.0,
+            -999999.0,
+            f64::MAX,
+            f64::MIN_POSITIVE,
+            f64::INFINITY,
+            f64::NEG_INFINITY,
+            f64::NAN,
+        ];
+        let mut rng = fastrand::Rng::with_seed(3);
+        for _ in 0..2000 {
+            values.push((rng.f64() - 0.5) * 10f64.powi(rng.i32(-8..18)));
+            values.push(f64::from(rng.i32(..)));
+        }
+        for v in values {
+            let mut display = String::new();
+            push_display(&mut display, v);
+            assert_eq!(display, format!("{v}"));
+            let mut om = String::new();
+            canonical_into(&mut om, v);
+            assert_eq!(om, canonical(v), "{v}");
+        }
+    }
+
+    /// Families of every kind the `prometheus` crate encodes, in the 0.0.4 text: the same bytes
+    /// as its `TextEncoder` (histograms without `+Inf`, help and label escaping, timestamps).
+    #[test]
+    fn the_text_format_matches_the_prometheus_crate() {
+        let registry = Registry::new();
+        let opts = prometheus::HistogramOpts::new("h", "A \"histogram\" \\ help\nline.")
+            .buckets(vec![0.001, 0.5, 2.0, 1e7]);
+        let h = prometheus::HistogramVec::new(opts, &["path"]).unwrap();
+        for v in [0.0005, 0.7, 3.0, 1e9] {
+            h.with_label_values(&["C:\\dir\n\"x\""]).observe(v);
+        }
+        registry.register(Box::new(h)).unwrap();
+        let g = prometheus::Gauge::new("g", "Gauge.").unwrap();
+        g.set(-1.5e-9);
+        registry.register(Box::new(g)).unwrap();
+        let c = prometheus::IntCounter::new("c_total", "Counter.").unwrap();
+        c.inc_by(12);
+        registry.register(Box::new(c)).unwrap();
+        let mut families = registry.gather();
+
+        let mut summary = MetricFamily::default();
+        summary.set_name("s".into());
+        summary.set_help("Summary.".into());
+        summary.set_field_type(MetricType::SUMMARY);
+        let mut s = prometheus::proto::Summary::default();
+        s.set_sample_count(3);
+        s.set_sample_sum(0.75);
+        s.set_quantile(
+            [(0.5, 0.25), (0.99, f64::NAN)]
+                .into_iter()
+                .map(|(q, v)| {
+                    let mut quantile = prometheus::proto::Quantile::default();
+                    quantile.set_quantile(q);
+                    quantile.set_value(v);
+                    quantile
+                })
+                .collect(),
+        );
+        let mut metric = Metric::default();
+        metric.set_summary(s);
+        metric.set_timestamp_ms(-1500);
+        summary.mut_metric().push(metric);
+        families.push(summary);
+
+        let ours = String::from_utf8(encode_families(&families, Format::Text)).unwrap();
+        let theirs = prometheus::TextEncoder::new()
+            .encode_to_string(&families)
+            .unwrap();
+        assert_eq!(ours, theirs);
+    }
+
+    #[test]
+    fn untyped_families_and_empty_ones() {
+        let mut untyped = MetricFamily::default();
+        untyped.set_name("u".into());
+        untyped.set_field_type(MetricType::UNTYPED);
+        untyped.mut_metric().push(Metric::default());
+        let mut empty = MetricFamily::default();
+        empty.set_name("e".into());
+        empty.set_help("No metrics.".into());
+        let families = [untyped, empty];
+        let text = String::from_utf8(encode_families(&families, Format::Text)).unwrap();
+        assert_eq!(text, "# TYPE u untyped\nu 0\n");
+        let om = String::from_utf8(encode_families(&families, Format::OpenMetrics)).unwrap();
+        assert_eq!(om, "# TYPE u unknown\nu 0.0\n# EOF\n");
     }
 }

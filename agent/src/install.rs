@@ -58,6 +58,12 @@ enum Outcome {
         tp: Arc<Installed>,
         sites: Vec<&'static Site>,
     },
+    /// Armed natively (a breakpoint on a line without a probe site).
+    #[cfg(all(feature = "native", target_os = "linux", target_arch = "x86_64"))]
+    Native {
+        tp: Arc<Installed>,
+        handle: crate::native::NativeHandle,
+    },
     Unbound(String),
     Failed(String),
 }
@@ -78,6 +84,8 @@ pub(crate) struct Installer {
     /// Set by tracepoints when their status changes on the hot path.
     pub dirty: Arc<AtomicBool>,
     own: Option<Arc<SelfMetrics>>,
+    #[cfg(all(feature = "native", target_os = "linux", target_arch = "x86_64"))]
+    native: Option<crate::native::Native>,
 }
 
 impl Installer {
@@ -97,7 +105,16 @@ impl Installer {
             armed: Vec::new(),
             dirty: Arc::new(AtomicBool::new(false)),
             own,
+            #[cfg(all(feature = "native", target_os = "linux", target_arch = "x86_64"))]
+            native: None,
         }
+    }
+
+    /// Arms tracepoints on lines without a probe site natively, through `native`.
+    #[cfg(all(feature = "native", target_os = "linux", target_arch = "x86_64"))]
+    pub fn set_native(&mut self, native: crate::native::Native) {
+        native.set_dirty_flag(self.dirty.clone());
+        self.native = Some(native);
     }
 
     /// Replaces the installed tracepoints with `configs`.
@@ -195,6 +212,10 @@ impl Installer {
             .filter(|s| s.line() == spec.line && path_matches(&spec.path, s.file()))
             .collect();
         if candidates.is_empty() {
+            #[cfg(all(feature = "native", target_os = "linux", target_arch = "x86_64"))]
+            if let Some(native) = &self.native {
+                return self.install_native(native, spec);
+            }
             return Outcome::Unbound(self.unbound_message(spec));
         }
         let compiled = match compile_all(spec) {
@@ -234,6 +255,37 @@ impl Installer {
             ));
         }
         let sites: Vec<&'static Site> = sites.into_iter().map(|(s, _)| s).collect();
+        match self.build(spec, compiled) {
+            Ok(tp) => Outcome::Bound { tp, sites },
+            Err(message) => Outcome::Failed(message),
+        }
+    }
+
+    /// Arms a tracepoint on a line without a probe site from the debug info.
+    #[cfg(all(feature = "native", target_os = "linux", target_arch = "x86_64"))]
+    fn install_native(&self, native: &crate::native::Native, spec: &TracepointSpec) -> Outcome {
+        use crate::native::ArmError;
+        let compiled = match compile_all(spec) {
+            Ok(c) => c,
+            Err(message) => return Outcome::Failed(message),
+        };
+        let variables: Vec<String> = compiled.variables.iter().cloned().collect();
+        let paths = compiled.paths.clone();
+        let tp = match self.build(spec, compiled) {
+            Ok(tp) => tp,
+            Err(message) => return Outcome::Failed(message),
+        };
+        match native.arm(&spec.path, spec.line, &variables, &paths, tp.clone()) {
+            Ok(handle) => Outcome::Native { tp, handle },
+            Err(ArmError::Unbound(why)) => {
+                Outcome::Unbound(format!("{}; {why}", self.unbound_message(spec)))
+            }
+            Err(ArmError::Failed(why)) => Outcome::Failed(why),
+        }
+    }
+
+    /// Registers a tracepoint's metrics with every provider and builds its installed form.
+    fn build(&self, spec: &TracepointSpec, compiled: Compiled) -> Result<Arc<Installed>, String> {
         let mut metrics = Vec::with_capacity(spec.metrics.len());
         for (rule, (labels, value)) in spec.metrics.iter().zip(compiled.metrics) {
             let keys: Vec<&str> = rule.labels.iter().map(|(k, _)| k.as_str()).collect();
@@ -249,7 +301,7 @@ impl Installer {
             for provider in &self.providers {
                 match provider.register(&metric_spec) {
                     Ok(i) => instruments.push(i),
-                    Err(err) => return Outcome::Failed(format!("{}: {err}", provider.name())),
+                    Err(err) => return Err(format!("{}: {err}", provider.name())),
                 }
             }
             metrics.push(BoundMetric::new(labels, value, instruments));
@@ -280,10 +332,7 @@ impl Installer {
             dirty: self.dirty.clone(),
             own: self.own.as_ref().map(|m| m.for_tracepoint(&spec.id)),
         });
-        Outcome::Bound {
-            tp: Arc::new(tp),
-            sites,
-        }
+        Ok(Arc::new(tp))
     }
 
     fn unbound_message(&self, spec: &TracepointSpec) -> String {
@@ -316,51 +365,31 @@ impl Installer {
             .entries
             .iter()
             .map(|(id, entry)| match &entry.outcome {
-                Outcome::Bound { tp, sites } => {
-                    let sites = sites.iter().map(|s| s.location()).collect();
-                    match tp.disarmed() {
-                        Some(reason) => TracepointStatus {
+                Outcome::Bound { tp, sites } => bound_status(
+                    id,
+                    &entry.spec,
+                    tp,
+                    sites.iter().map(|s| s.location()).collect(),
+                ),
+                #[cfg(all(feature = "native", target_os = "linux", target_arch = "x86_64"))]
+                Outcome::Native { tp, handle } => {
+                    let sites = vec![handle.location()];
+                    match handle.over_budget() {
+                        Some(why) => TracepointStatus {
                             id: id.clone(),
                             state: TracepointState::Disarmed,
-                            message: match reason {
-                                DisarmReason::Cpu => format!(
-                                    "disarmed: evaluation used more than {:?} of CPU per {:?}",
-                                    tp.budgets.cpu, tp.budgets.window
-                                ),
-                                DisarmReason::Errors => format!(
-                                    "disarmed: more than {} evaluation errors per {:?}; last: {}",
-                                    tp.budgets.errors,
-                                    tp.budgets.window,
-                                    tp.last_error()
-                                        .map(|(stage, e)| format!("{stage}: {e}"))
-                                        .unwrap_or_default()
-                                ),
-                            },
+                            message: why,
                             sites,
                         },
-                        None if tp.expired() => TracepointStatus {
-                            id: id.clone(),
-                            state: TracepointState::Disarmed,
-                            message: format!(
-                                "expired: its window ended at {} (Unix ms); it no longer fires",
-                                entry.spec.window_end_ms.unwrap_or_default()
-                            ),
-                            sites,
-                        },
-                        None => TracepointStatus {
-                            id: id.clone(),
-                            state: TracepointState::Bound,
-                            message: tp
-                                .last_error()
-                                .map(|(stage, e)| {
-                                    format!(
-                                        "{} evaluation errors; last in {stage}: {e}",
-                                        tp.stats.errors.load(Ordering::Relaxed)
-                                    )
-                                })
-                                .unwrap_or_default(),
-                            sites,
-                        },
+                        None => {
+                            let mut status = bound_status(id, &entry.spec, tp, sites);
+                            let mut parts = handle.report.notes.clone();
+                            if !status.message.is_empty() {
+                                parts.push(std::mem::take(&mut status.message));
+                            }
+                            status.message = parts.join("; ");
+                            status
+                        }
                     }
                 }
                 Outcome::Unbound(message) => TracepointStatus {
@@ -385,8 +414,63 @@ impl Installer {
     pub fn fires(&self, id: &str) -> Option<u64> {
         match &self.entries.get(id)?.outcome {
             Outcome::Bound { tp, .. } => Some(tp.stats.fires.load(Ordering::Relaxed)),
+            #[cfg(all(feature = "native", target_os = "linux", target_arch = "x86_64"))]
+            Outcome::Native { tp, .. } => Some(tp.stats.fires.load(Ordering::Relaxed)),
             _ => None,
         }
+    }
+}
+
+/// The status of a tracepoint installed at `sites`.
+fn bound_status(
+    id: &str,
+    spec: &TracepointSpec,
+    tp: &Installed,
+    sites: Vec<String>,
+) -> TracepointStatus {
+    match tp.disarmed() {
+        Some(reason) => TracepointStatus {
+            id: id.to_owned(),
+            state: TracepointState::Disarmed,
+            message: match reason {
+                DisarmReason::Cpu => format!(
+                    "disarmed: evaluation used more than {:?} of CPU per {:?}",
+                    tp.budgets.cpu, tp.budgets.window
+                ),
+                DisarmReason::Errors => format!(
+                    "disarmed: more than {} evaluation errors per {:?}; last: {}",
+                    tp.budgets.errors,
+                    tp.budgets.window,
+                    tp.last_error()
+                        .map(|(stage, e)| format!("{stage}: {e}"))
+                        .unwrap_or_default()
+                ),
+            },
+            sites,
+        },
+        None if tp.expired() => TracepointStatus {
+            id: id.to_owned(),
+            state: TracepointState::Disarmed,
+            message: format!(
+                "expired: its window ended at {} (Unix ms); it no longer fires",
+                spec.window_end_ms.unwrap_or_default()
+            ),
+            sites,
+        },
+        None => TracepointStatus {
+            id: id.to_owned(),
+            state: TracepointState::Bound,
+            message: tp
+                .last_error()
+                .map(|(stage, e)| {
+                    format!(
+                        "{} evaluation errors; last in {stage}: {e}",
+                        tp.stats.errors.load(Ordering::Relaxed)
+                    )
+                })
+                .unwrap_or_default(),
+            sites,
+        },
     }
 }
 
@@ -395,13 +479,25 @@ struct Compiled {
     log: Option<Expr>,
     metrics: Vec<(Vec<Label>, Option<Expr>)>,
     variables: BTreeSet<String>,
+    /// Every variable path the expressions read (native captures keep only these).
+    #[cfg_attr(
+        not(all(feature = "native", target_os = "linux", target_arch = "x86_64")),
+        allow(dead_code)
+    )]
+    paths: Vec<sonde_expr::Path>,
 }
 
 fn compile_all(spec: &TracepointSpec) -> Result<Compiled, String> {
     let mut variables = BTreeSet::new();
+    let mut paths: Vec<sonde_expr::Path> = Vec::new();
     let mut one = |field: &str, source: &str, kind: ExprKind| -> Result<Expr, String> {
         let expr = compile(source, kind).map_err(|e| format!("{field}: {e}"))?;
         variables.extend(expr.variables().iter().cloned());
+        for p in expr.paths() {
+            if !paths.contains(p) {
+                paths.push(p.clone());
+            }
+        }
         Ok(expr)
     };
     let condition = spec
@@ -439,5 +535,6 @@ fn compile_all(spec: &TracepointSpec) -> Result<Compiled, String> {
         log,
         metrics,
         variables,
+        paths,
     })
 }

@@ -38,8 +38,10 @@
 //!
 //! # Hot paths
 //! An instrument handle holds its series: `counter.inc()` is one virtual call into the provider
-//! (an atomic add for Prometheus). `vec.with(&values)` hashes the values and finds the cached
-//! series under a read lock, allocating nothing once the label set exists. Nothing here panics
+//! (an atomic add for Prometheus). `vec.add(&values, v)` hashes the values that vary (global tags
+//! are the same for every series, so they are left out of the key) and finds the cached series
+//! without a lock, allocating nothing once the label set exists (see `series_cache.rs`);
+//! `vec.with(&values)` does the same and builds a handle. Nothing here panics
 //! into the application: a misuse (one name registered as two kinds) is logged once and gives a
 //! handle that records nothing.
 
@@ -116,6 +118,9 @@ struct Family {
     keys: Vec<String>,
     /// For each key in `keys`, the global tag value, if it is a global tag.
     fixed: Vec<Option<String>>,
+    /// How many of `keys` are not global tags: the series cache keys a label set by their
+    /// values only (in the order of `keys`), global tags being the same for every series.
+    varying: usize,
     /// Emptied by [`Metrics::unregister`]: the provider drops the metric even while handles
     /// to it live on (they then record into series nothing exports).
     instruments: Mutex<Vec<Box<dyn Instrument>>>,
@@ -123,45 +128,88 @@ struct Family {
     warned: AtomicBool,
 }
 
+/// Label values on the stack: enough for the usual few keys without initialising sixteen
+/// (which shows up in a tagged add).
+macro_rules! with_values {
+    ($len:expr, |$values:ident| $body:expr) => {
+        if $len <= 4 {
+            let mut $values: [&str; 4] = [""; 4];
+            $body
+        } else {
+            let mut $values: [&str; 16] = [""; 16];
+            $body
+        }
+    };
+}
+
 impl Family {
-    /// For each of the family's keys, where its value comes from: `None` for a global tag,
-    /// `Some(i)` for the instrument's own value `i`. Computed once per instrument.
+    /// For each of the family's varying keys, the index of the instrument's own value for it
+    /// (`None`: the instrument has no such key, its value is empty). Computed once per
+    /// instrument.
     fn slots(&self, own_keys: &[String]) -> Arc<[Option<usize>]> {
         self.keys
             .iter()
             .zip(&self.fixed)
-            .map(|(key, fixed)| match fixed {
-                Some(_) => None,
-                None => own_keys.iter().position(|k| k == key),
-            })
+            .filter(|(_, fixed)| fixed.is_none())
+            .map(|(key, _)| own_keys.iter().position(|k| k == key))
             .collect()
     }
 
-    /// Records `value` into the series for the own values, mapped through `slots` (no string
-    /// comparison of keys, no reference-count traffic once the series exists).
-    fn record(&self, slots: &[Option<usize>], own_values: &[&str], max: usize, value: f64) -> bool {
-        let mut values: [&str; 16] = [""; 16];
-        if self.keys.len() > values.len() {
-            return false;
-        }
-        for (i, (slot, fixed)) in slots.iter().zip(&self.fixed).enumerate() {
-            values[i] = match (slot, fixed) {
-                (Some(j), _) => own_values.get(*j).copied().unwrap_or(""),
-                (None, Some(v)) => v.as_str(),
-                (None, None) => "",
-            };
-        }
-        let make = |v: &[&str]| {
-            make_series(
-                &self.instruments.lock().unwrap_or_else(|p| p.into_inner()),
-                v,
-            )
-        };
-        self.series
-            .with(&values[..self.keys.len()], max, make, |s| {
-                s.record(value).is_ok()
+    /// The series for the varying values, made through the instruments with the global tags'
+    /// values put back in.
+    fn make(&self, varying: &[&str]) -> Option<Arc<dyn Series>> {
+        let mut varying = varying.iter();
+        let values: Vec<&str> = self
+            .fixed
+            .iter()
+            .map(|fixed| match fixed {
+                Some(v) => v.as_str(),
+                None => varying.next().copied().unwrap_or(""),
             })
-            .unwrap_or(true)
+            .collect();
+        let instruments = self.instruments.lock().unwrap_or_else(|p| p.into_inner());
+        make_series(&instruments, &values)
+    }
+
+    /// The overflow series: every label, global tags too, [`crate::OVERFLOW_LABEL`].
+    fn make_overflow(&self) -> Option<Arc<dyn Series>> {
+        let instruments = self.instruments.lock().unwrap_or_else(|p| p.into_inner());
+        make_series(&instruments, &vec![crate::OVERFLOW_LABEL; self.keys.len()])
+    }
+
+    /// Records `value` into the series for the own values, mapped through `slots` (no string
+    /// comparison of keys, no reference-count traffic once the series exists). When the own
+    /// values are the varying ones in order (`direct`: the instrument's keys are the family's
+    /// varying keys in their order), they are looked up as given, without a copy.
+    #[inline]
+    fn record(
+        &self,
+        slots: &[Option<usize>],
+        direct: bool,
+        own_values: &[&str],
+        max: usize,
+        value: f64,
+    ) -> bool {
+        let record = |s: &dyn Series| s.record(value).is_ok();
+        let make = |v: &[&str]| self.make(v);
+        let overflow = || self.make_overflow();
+        if direct && own_values.len() == slots.len() {
+            return self
+                .series
+                .with(own_values, max, make, overflow, record)
+                .unwrap_or(true);
+        }
+        with_values!(slots.len(), |values| {
+            let Some(values) = values.get_mut(..slots.len()) else {
+                return false;
+            };
+            for (value, slot) in values.iter_mut().zip(slots) {
+                *value = slot.and_then(|j| own_values.get(j).copied()).unwrap_or("");
+            }
+            self.series
+                .with(values, max, make, overflow, record)
+                .unwrap_or(true)
+        })
     }
 
     /// The series for the instrument's own values (in the order of its own keys).
@@ -171,26 +219,49 @@ impl Family {
         own_values: &[&str],
         max: usize,
     ) -> Option<Arc<dyn Series>> {
-        let mut values: [&str; 16] = [""; 16];
-        if self.keys.len() > values.len() {
-            return None;
-        }
-        for (i, (key, fixed)) in self.keys.iter().zip(&self.fixed).enumerate() {
-            values[i] = match fixed {
-                Some(v) => v.as_str(),
-                None => own_keys
+        with_values!(self.varying, |values| {
+            let values = values.get_mut(..self.varying)?;
+            let varying_keys = self
+                .keys
+                .iter()
+                .zip(&self.fixed)
+                .filter(|(_, f)| f.is_none());
+            for (value, (key, _)) in values.iter_mut().zip(varying_keys) {
+                *value = own_keys
                     .iter()
                     .position(|k| k == key)
                     .and_then(|j| own_values.get(j).copied())
-                    .unwrap_or(""),
-            };
-        }
-        self.series.get(&values[..self.keys.len()], max, |v| {
-            make_series(
-                &self.instruments.lock().unwrap_or_else(|p| p.into_inner()),
-                v,
-            )
+                    .unwrap_or("");
+            }
+            self.series
+                .get_or_overflow(values, max, |v| self.make(v), || self.make_overflow())
         })
+    }
+
+    /// Every series made so far, with all its label values (the overflow series last).
+    fn entries(&self) -> Vec<(Vec<String>, Arc<dyn Series>)> {
+        let mut out: Vec<(Vec<String>, Arc<dyn Series>)> = self
+            .series
+            .entries()
+            .into_iter()
+            .map(|(varying, s)| {
+                let mut varying = varying.into_iter();
+                let values = self
+                    .fixed
+                    .iter()
+                    .map(|fixed| match fixed {
+                        Some(v) => v.clone(),
+                        None => varying.next().unwrap_or_default(),
+                    })
+                    .collect();
+                (values, s)
+            })
+            .collect();
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        if let Some(s) = self.series.overflow_series() {
+            out.push((vec![crate::OVERFLOW_LABEL.to_owned(); self.keys.len()], s));
+        }
+        out
     }
 }
 
@@ -375,7 +446,7 @@ impl Metrics {
                 return None;
             }
         };
-        let fixed = keys
+        let fixed: Vec<Option<String>> = keys
             .iter()
             .map(|k| {
                 // An instrument's own key of the same name wins over a global tag.
@@ -390,12 +461,17 @@ impl Metrics {
                 }
             })
             .collect();
+        let varying = fixed
+            .iter()
+            .filter(|f: &&Option<String>| f.is_none())
+            .count();
         let family = Arc::new(Family {
             name: full,
             help: help.to_owned(),
             kind,
             keys,
             fixed,
+            varying,
             instruments: Mutex::new(vec![instrument]),
             series: SeriesCache::default(),
             warned: AtomicBool::new(false),
@@ -449,11 +525,14 @@ impl Metrics {
         let slots = family
             .as_ref()
             .map_or_else(|| Arc::from([]), |f| f.slots(&own));
+        let direct =
+            slots.len() == own.len() && slots.iter().enumerate().all(|(i, s)| *s == Some(i));
         HandleVec {
             metrics: self.clone(),
             family,
             own: Arc::new(own),
             slots,
+            direct,
             buckets: buckets.map(Arc::from),
         }
     }
@@ -591,7 +670,6 @@ impl Metrics {
         families.sort_by(|a, b| a.name.cmp(&b.name).then(a.keys.cmp(&b.keys)));
         for fam in families {
             let series: Vec<_> = fam
-                .series
                 .entries()
                 .into_iter()
                 .map(|(values, s)| {
@@ -713,8 +791,10 @@ struct HandleVec {
     metrics: Metrics,
     family: Option<Arc<Family>>,
     own: Arc<Vec<String>>,
-    /// Where each of the family's label values comes from (see [`Family::slots`]).
+    /// Where each of the family's varying label values comes from (see [`Family::slots`]).
     slots: Arc<[Option<usize>]>,
+    /// The own values are the varying ones, in order (see [`Family::record`]).
+    direct: bool,
     buckets: Option<Arc<[f64]>>,
 }
 
@@ -751,7 +831,13 @@ impl HandleVec {
     /// Records without building a handle (the hot-path form of `with(..).add(..)`).
     fn record(&self, values: &[&str], value: f64) {
         if let Some(f) = &self.family
-            && !f.record(&self.slots, values, self.metrics.inner.max_series, value)
+            && !f.record(
+                &self.slots,
+                self.direct,
+                values,
+                self.metrics.inner.max_series,
+                value,
+            )
         {
             self.metrics.inner.errors.fetch_add(1, Ordering::Relaxed);
         }

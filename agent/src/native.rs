@@ -1,6 +1,12 @@
-//! Native breakpoints' debug-info side: [`DebugIndex`], an index over the running binary's DWARF
-//! (Linux x86_64, feature `native`).
+//! Native breakpoints (Linux x86_64, feature `native`): tracepoints on lines with no probe site,
+//! armed from the running binary's DWARF ([`Native`], switched on with
+//! `AgentBuilder::native_breakpoints`; see docs/native.md). The parts: [`DebugIndex`] (below),
+//! `patch` (what replaces the displaced instruction; out-of-line slots; writing code), `trap`
+//! (the async-signal-safe SIGTRAP handler and its table), `ring` (handler → decoder records),
+//! [`TypeShape`] (what to copy and how to decode it), and `arm` (arming, disarming, decoding,
+//! budgets).
 //!
+//! [`DebugIndex`] is an index over the running binary's DWARF.
 //! Built once at start-up on the agent's own thread ([`DebugIndex::for_current_exe`]), it
 //! answers the questions arming needs, each in microseconds after that:
 //!
@@ -13,12 +19,27 @@
 //!
 //! Where the binary has no debug info (its own or a separate file found by build-id or
 //! `.gnu_debuglink`), building fails once with [`LoadError::NoDebugInfo`] and probe sites keep
-//! working. Arming, the trap handler and patching build on this and are not here yet.
+//! working.
 
+mod arm;
+mod cfa;
 mod index;
 mod load;
+mod patch;
 mod plan;
+mod ring;
+mod shape;
+mod tramp;
+mod trap;
 
+pub(crate) use arm::{ArmError, NativeHandle};
+pub use arm::{Native, NativeBudget, NativeStats};
+pub use cfa::CfaRule;
 pub use index::{AddressSource, DebugIndex, FileId, LineAddress, LineLookup, NearestLines};
 pub use load::LoadError;
 pub use plan::{CapturePlan, DwarfError, Function, Unavailable, Variable};
+pub use shape::{DecodeError, Deref, DerefLen, MAX_DEREF_BYTES, MAX_DEREFS, MAX_INLINE, TypeShape};
+pub use tramp::{
+    Plan, StopError, Trampoline, TrampolineError, TrampolineFn, TrampolineRegs, Why, qualifies,
+    qualifies_code,
+};

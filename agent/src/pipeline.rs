@@ -17,7 +17,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use sonde_expr::{EvalError, Expr};
+use sonde_expr::{EvalError, Expr, Lookup};
 
 use crate::{
     capture::{Capture, HitVars},
@@ -313,7 +313,7 @@ impl Installed {
         }
     }
 
-    fn fire(&self, vars: &HitVars<'_>) {
+    fn fire<L: Lookup + ?Sized>(&self, vars: &L) {
         if self.disarmed.load(Ordering::Relaxed) {
             return;
         }
@@ -354,7 +354,7 @@ impl Installed {
         }
     }
 
-    fn run(&self, vars: &HitVars<'_>) {
+    fn run<L: Lookup + ?Sized>(&self, vars: &L) {
         if let Some(cond) = &self.condition {
             match cond.eval_condition(vars) {
                 Ok(true) => {}
@@ -393,7 +393,7 @@ impl Installed {
         }
     }
 
-    fn record(&self, m: &BoundMetric, vars: &HitVars<'_>) {
+    fn record<L: Lookup + ?Sized>(&self, m: &BoundMetric, vars: &L) {
         let value = match &m.value {
             None => 1.0,
             Some(e) => match e.eval_f64(vars) {
@@ -517,6 +517,18 @@ pub(crate) fn hit(site: &'static Site, values: &[&dyn Capture]) {
         if catch_unwind(AssertUnwindSafe(|| tp.fire(&vars))).is_err() {
             tp.error("panic", "panic", "a panic inside the tracepoint was caught");
         }
+    }
+}
+
+/// Runs one tracepoint on variables decoded off the application's threads (native breakpoints:
+/// the decoder thread calls this for each captured record).
+#[cfg_attr(
+    not(all(feature = "native", target_os = "linux", target_arch = "x86_64")),
+    allow(dead_code)
+)]
+pub(crate) fn fire_decoded(tp: &Installed, vars: &(impl Lookup + ?Sized)) {
+    if catch_unwind(AssertUnwindSafe(|| tp.fire(vars))).is_err() {
+        tp.error("panic", "panic", "a panic inside the tracepoint was caught");
     }
 }
 

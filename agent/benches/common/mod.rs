@@ -160,3 +160,13 @@ pub fn assert_bound(agent: &AgentHandle) {
         );
     }
 }
+
+/// The 1-based number of the first line of `text` holding `marker` (a bench finds its own lines
+/// by marker comments; a line calling `line_of(…)` with it is not the marked line).
+pub fn marker_line(text: &str, marker: &str) -> u32 {
+    let at = text
+        .lines()
+        .position(|l| l.contains(marker) && !l.contains("line_of("))
+        .unwrap_or_else(|| panic!("no line holds {marker:?}"));
+    u32::try_from(at + 1).expect("a file of fewer than 4 billion lines")
+}

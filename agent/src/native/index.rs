@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 
 use gimli::{AttributeValue, EndianSlice, LittleEndian, constants};
 
+use super::cfa::Unwind;
 use super::load::{DebugFile, LoadError, executable_bias};
 use crate::path_matches;
 
@@ -106,6 +107,8 @@ pub struct DebugIndex {
     pub(crate) by_addr: Vec<u32>,
     pub(crate) units: Vec<UnitRange>,
     variables: bool,
+    /// The executable's own `.eh_frame` (not the debug file's, which may be `NOBITS`).
+    pub(crate) unwind: Option<Unwind>,
 }
 
 impl DebugIndex {
@@ -116,7 +119,8 @@ impl DebugIndex {
         Self::build(Path::new("/proc/self/exe"), executable_bias())
     }
 
-    /// Indexes the binary at `path` (or its separate debug file), as if loaded at `bias`.
+    /// Indexes the binary at `path` (or its separate debug file), as if loaded at `bias`. The
+    /// unwind info for [`Self::cfa_at`] is read from `path` itself.
     pub fn build(path: &Path, bias: u64) -> Result<Self, LoadError> {
         let file = DebugFile::open(path)?;
         let malformed = |e: gimli::Error| LoadError::Malformed {
@@ -133,7 +137,7 @@ impl DebugIndex {
                 b.unit(&dwarf, &unit, offset).map_err(malformed)?;
             }
         }
-        Ok(b.finish(file, bias))
+        Ok(b.finish(file, bias, Unwind::open(path)))
     }
 
     /// The load bias: runtime address minus DWARF address.
@@ -456,7 +460,7 @@ impl Builder {
         Some(id)
     }
 
-    fn finish(mut self, file: DebugFile, bias: u64) -> DebugIndex {
+    fn finish(mut self, file: DebugFile, bias: u64, unwind: Option<Unwind>) -> DebugIndex {
         let group = |rows: &mut Vec<Row>, files: usize| {
             rows.sort_unstable();
             rows.dedup();
@@ -492,6 +496,7 @@ impl Builder {
             by_addr,
             units: self.units,
             variables: self.variables,
+            unwind,
         }
     }
 }

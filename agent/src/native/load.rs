@@ -189,7 +189,7 @@ fn map(path: &Path) -> Result<Mmap, LoadError> {
     })
 }
 
-fn map_file(path: &Path) -> io::Result<Mmap> {
+pub(super) fn map_file(path: &Path) -> io::Result<Mmap> {
     let file = File::open(path)?;
     // Safety: the mapping is read-only and private; binaries and debug files are replaced, not
     // rewritten in place, by installers (a truncation under us would raise SIGBUS, as it would

@@ -3,15 +3,27 @@
 //! [`DebugIndex::variables_at`], which walks the scopes around an address to list them.
 //!
 //! Plans cover the shapes rustc emits for readable values: a register, memory at a register (or
-//! the frame base) plus an offset, memory at the CFA plus an offset, a static address, and a
-//! constant. Anything else is [`Unavailable`] with the reason, naming the DWARF operation that is
-//! not supported (for example `DW_OP_entry_value`, which would need the caller's frame).
+//! the frame base) plus an offset, a static address, and a constant. A frame base of
+//! `DW_OP_call_frame_cfa` is resolved at the address through the unwind info
+//! ([`DebugIndex::cfa_at`]): with a `register + offset` CFA rule the variable becomes memory at
+//! that register plus an offset, so the trap handler never computes a CFA. Anything else is
+//! [`Unavailable`] with the reason, naming the DWARF operation that is not supported (for example
+//! `DW_OP_entry_value`, which would need the caller's frame).
+//!
+//! Each variable also gets its [`TypeShape`] (how to copy and decode its bytes), built from its
+//! DWARF type: the whole value with [`DebugIndex::variables_at`], or only the parts a
+//! tracepoint's expressions read with [`DebugIndex::variables_at_reading`] (fewer heap reads in
+//! the trap handler, and the [`MAX_DEREFS`](super::shape::MAX_DEREFS) budget spent on what is
+//! read).
 
 use std::fmt;
 
 use gimli::{AttributeValue, DwOp, Operation, Reader, UnitOffset, constants};
+use sonde_expr::Path;
 
+use super::cfa::CfaRule;
 use super::index::{DebugIndex, Slice};
+use super::shape::{self, Reads, TypeShape};
 
 /// Where to read a variable at one address. DWARF register numbers (x86_64: 0 = RAX, 7 = RSP,
 /// 6 = RBP, 16 = RIP, 17–32 = XMM0–15).
@@ -20,17 +32,12 @@ pub enum CapturePlan {
     /// The value is in a register.
     Reg(u16),
     /// The value is in memory at `register + offset` (including frame-base–relative locations
-    /// whose frame base is a register).
+    /// whose frame base is a register, or the CFA when its rule at the address is
+    /// `register + offset`).
     Mem {
         /// DWARF register number.
         reg: u16,
         /// Byte offset from the register's value.
-        offset: i64,
-    },
-    /// The value is in memory at the canonical frame address plus `offset` (the frame base is
-    /// `DW_OP_call_frame_cfa`; the CFA comes from the unwind info at that address).
-    CfaRelative {
-        /// Byte offset from the CFA.
         offset: i64,
     },
     /// The value is in memory at a fixed runtime address (a static).
@@ -60,6 +67,11 @@ pub enum Unavailable {
     UnsupportedOp(&'static str),
     /// Frame-base–relative, but the function's frame base is missing or unsupported.
     NoFrameBase,
+    /// The frame base is the CFA (`DW_OP_call_frame_cfa`), and the unwind info computes the CFA
+    /// at this address with a DWARF expression rather than `register + offset`.
+    CfaExpression,
+    /// The frame base is the CFA, and no unwind info (`.eh_frame`) covers this address.
+    NoUnwindInfo,
     /// The location could not be parsed.
     Malformed,
 }
@@ -71,6 +83,14 @@ impl fmt::Display for Unavailable {
             Self::NotLiveHere => f.write_str("optimized out at this address (location list gap)"),
             Self::UnsupportedOp(op) => write!(f, "location uses {op}, which is not supported"),
             Self::NoFrameBase => f.write_str("the function's frame base is not supported"),
+            Self::CfaExpression => f.write_str(
+                "the frame address (CFA) at this address is a DWARF expression in the unwind \
+                 info, which is not supported",
+            ),
+            Self::NoUnwindInfo => f.write_str(
+                "the frame address (CFA) is needed, but no unwind info (.eh_frame) covers this \
+                 address",
+            ),
             Self::Malformed => f.write_str("malformed location"),
         }
     }
@@ -93,6 +113,9 @@ pub struct Variable {
     pub byte_size: Option<u64>,
     /// Where to read it at this address.
     pub plan: CapturePlan,
+    /// How to copy and decode its value, from its type; `Err` names what is not supported.
+    /// From [`DebugIndex::variables_at_reading`], pruned to the paths read below it.
+    pub shape: Result<TypeShape, String>,
     /// When the plan is unavailable: lines of the same file in the same function where the
     /// variable can be read, nearest first (at most 5).
     pub available_at: Vec<u32>,
@@ -103,6 +126,8 @@ pub struct Variable {
 pub struct Function {
     /// Its name (`DW_AT_name`, not the linkage name).
     pub name: Option<String>,
+    /// Its mangled name (`DW_AT_linkage_name`), which names the impl a method belongs to.
+    pub linkage_name: Option<String>,
     /// Runtime address range of the part of it that contains the address.
     pub range: std::ops::Range<u64>,
 }
@@ -125,9 +150,37 @@ type Entry<'a> = gimli::DebuggingInformationEntry<Slice<'a>>;
 
 #[derive(Debug, Clone, Copy)]
 enum FrameBase {
+    /// `register + offset`.
     Reg(u16, i64),
-    Cfa,
+    /// `DW_OP_call_frame_cfa` plus an offset (LLVM's frame base for frames with stack
+    /// probes, larger than a page), not yet resolved at an address.
+    Cfa(i64),
+    /// `DW_OP_call_frame_cfa` whose rule at the address is not `register + offset`.
+    Unresolved(Unavailable),
     Unknown,
+}
+
+impl FrameBase {
+    /// Resolves a CFA frame base with the CFA rule at the address.
+    fn at(self, cfa: impl FnOnce() -> Option<CfaRule>) -> Self {
+        match self {
+            Self::Cfa(plus) => match cfa() {
+                Some(CfaRule::RegisterOffset { reg, offset }) => Self::Reg(reg, offset + plus),
+                Some(CfaRule::Expression) => Self::Unresolved(Unavailable::CfaExpression),
+                None => Self::Unresolved(Unavailable::NoUnwindInfo),
+            },
+            other => other,
+        }
+    }
+}
+
+/// Whether a location-list entry's plan counts as "the variable is live there": readable, or
+/// unreadable only because of the frame at the queried address.
+fn is_live(plan: &CapturePlan) -> bool {
+    matches!(
+        plan,
+        CapturePlan::Unavailable(Unavailable::CfaExpression | Unavailable::NoUnwindInfo)
+    ) || plan.is_available()
 }
 
 /// A scope on the path from the unit to the address.
@@ -158,15 +211,47 @@ impl DebugIndex {
             .find(|r| r.contains(&dpc))
             .cloned()
             .unwrap_or(dpc..dpc);
+        let linkage_name = attr_with_origin(&unit, &sub.entry, constants::DW_AT_linkage_name)
+            .and_then(|v| dwarf.attr_string(&unit, v).ok())
+            .map(|s| s.to_string_lossy().into_owned());
         Ok(Some(Function {
             name: name_of(&dwarf, &unit, &sub.entry),
+            linkage_name,
             range: range.start.wrapping_add(self.bias)..range.end.wrapping_add(self.bias),
         }))
     }
 
     /// The variables and parameters in scope at `pc` (a runtime address), innermost scope
-    /// last, each with its capture plan there. Empty without `debug = 2`.
+    /// last, each with its capture plan there and the shape of its whole value. Empty without
+    /// `debug = 2`.
     pub fn variables_at(&self, pc: u64) -> Result<Vec<Variable>, DwarfError> {
+        self.variables(pc, None)
+    }
+
+    /// As [`DebugIndex::variables_at`], with each variable's shape pruned to what `paths` read
+    /// below it (the paths of a tracepoint's expressions, [`sonde_expr::Expr::paths`]): a path
+    /// `order.user.tier` (root `order`) keeps, of `order`, the field `user` and of it `tier`,
+    /// through references, `Box`, `Rc`, `Arc` and `Option`; `items[0].sku` keeps every element
+    /// of `items`, each with only `sku`. Every path resolves on the decoded value as on the full
+    /// shape's (a field no path reads is simply absent from its record), while the heap reads
+    /// and the [`MAX_DEREFS`](super::shape::MAX_DEREFS) budget go to what is read: a field the
+    /// full shape left out for lack of budget is captured when a path reads it. (Heap reads
+    /// saved can also capture more elements of a `Vec<String>`-like sequence; see the `shape`
+    /// module header.)
+    ///
+    /// A path without segments (`order`, `{order}` in a template, `len(order)`) keeps the
+    /// variable's full shape, and a step its type does not have keeps the full shape of the
+    /// value it applies to. A variable that no path is rooted at keeps its full shape.
+    pub fn variables_at_reading(
+        &self,
+        pc: u64,
+        paths: &[Path],
+    ) -> Result<Vec<Variable>, DwarfError> {
+        self.variables(pc, Some(paths))
+    }
+
+    /// The variables at `pc`, with shapes pruned to `paths` when given.
+    fn variables(&self, pc: u64, paths: Option<&[Path]>) -> Result<Vec<Variable>, DwarfError> {
         let dwarf = self.file.dwarf();
         let dpc = pc.wrapping_sub(self.bias);
         let Some(unit) = self.unit_for(&dwarf, dpc)? else {
@@ -183,7 +268,8 @@ impl DebugIndex {
         let frame_base = match sub.entry.attr_value(constants::DW_AT_frame_base) {
             Some(AttributeValue::Exprloc(e)) => frame_base(e, unit.encoding()),
             _ => FrameBase::Unknown,
-        };
+        }
+        .at(|| self.cfa_at(pc));
         let sub_range = sub
             .ranges
             .iter()
@@ -222,6 +308,19 @@ impl DebugIndex {
                     Some(AttributeValue::UnitRef(off)) => describe_type(&dwarf, &unit, off),
                     _ => (None, None),
                 };
+                let reads = paths.and_then(|p| Reads::of(p, &name));
+                let reads = reads.as_ref().unwrap_or_else(|| Reads::all());
+                let shape = match ty {
+                    Some(AttributeValue::UnitRef(off)) => shape::build(&dwarf, &unit, off, reads)
+                        .map_err(|why| match &type_name {
+                            Some(name) if !why.contains(name.as_str()) => {
+                                format!("type `{name}`: {why}")
+                            }
+                            _ => why,
+                        }),
+                    Some(_) => Err("the type is described in another unit".to_owned()),
+                    None => Err("no type in the debug info".to_owned()),
+                };
                 let (plan, live) = self.locate(&dwarf, &unit, e, dpc, frame_base, byte_size)?;
                 let available_at = match (&plan, here, live) {
                     (CapturePlan::Unavailable(_), Some(here), Some(live)) => {
@@ -240,6 +339,7 @@ impl DebugIndex {
                     type_name,
                     byte_size,
                     plan,
+                    shape,
                     available_at,
                 });
             }
@@ -284,7 +384,7 @@ impl DebugIndex {
                     if entry.range.begin <= dpc && dpc < entry.range.end {
                         plan = p.clone();
                     }
-                    if p.is_available() {
+                    if is_live(&p) {
                         live.push(entry.range.begin..entry.range.end);
                     }
                 }
@@ -376,7 +476,9 @@ fn compile(
                 reg,
                 offset: base + offset,
             },
-            FrameBase::Cfa => CapturePlan::CfaRelative { offset: *offset },
+            // Resolved by `FrameBase::at` before compiling; unresolved means no unwind info.
+            FrameBase::Cfa(_) => CapturePlan::Unavailable(Unavailable::NoUnwindInfo),
+            FrameBase::Unresolved(why) => CapturePlan::Unavailable(why),
             FrameBase::Unknown => CapturePlan::Unavailable(Unavailable::NoFrameBase),
         },
         [(_, Operation::Address { address })] => CapturePlan::Static(address.wrapping_add(bias)),
@@ -434,7 +536,28 @@ fn frame_base(expr: gimli::Expression<Slice<'_>>, enc: gimli::Encoding) -> Frame
                 ),
             ],
         ) => FrameBase::Reg(register.0, *offset),
-        Ok([(_, Operation::CallFrameCFA)]) => FrameBase::Cfa,
+        Ok([(_, Operation::CallFrameCFA)]) => FrameBase::Cfa(0),
+        // CFA plus a constant: `DW_OP_call_frame_cfa, DW_OP_consts -4976, DW_OP_plus`.
+        Ok(
+            [
+                (_, Operation::CallFrameCFA),
+                (_, Operation::SignedConstant { value }),
+                (_, Operation::Plus),
+            ],
+        ) => FrameBase::Cfa(*value),
+        Ok(
+            [
+                (_, Operation::CallFrameCFA),
+                (_, Operation::UnsignedConstant { value }),
+                (_, Operation::Plus),
+            ],
+        )
+        | Ok(
+            [
+                (_, Operation::CallFrameCFA),
+                (_, Operation::PlusConstant { value }),
+            ],
+        ) => i64::try_from(*value).map_or(FrameBase::Unknown, FrameBase::Cfa),
         _ => FrameBase::Unknown,
     }
 }
@@ -617,10 +740,6 @@ mod tests {
         let breg7 = CapturePlan::Mem { reg: 7, offset: 16 };
         assert_eq!(plan(&[0x77, 0x10], FrameBase::Unknown), breg7); // DW_OP_breg7 16
         let fbreg = [0x91, 0x08]; // DW_OP_fbreg 8
-        assert_eq!(
-            plan(&fbreg, FrameBase::Cfa),
-            CapturePlan::CfaRelative { offset: 8 }
-        );
         let rsp = CapturePlan::Mem { reg: 7, offset: 8 };
         assert_eq!(plan(&fbreg, FrameBase::Reg(7, 0)), rsp);
         let none = CapturePlan::Unavailable(Unavailable::NoFrameBase);
@@ -629,6 +748,65 @@ mod tests {
         assert_eq!(constu, CapturePlan::Const(42u64.to_le_bytes().to_vec()));
         let addr = plan(&[0x03, 0x20, 0, 0, 0, 0, 0, 0, 0], FrameBase::Unknown); // DW_OP_addr
         assert_eq!(addr, CapturePlan::Static(0x1020));
+    }
+
+    #[test]
+    fn a_cfa_frame_base_becomes_register_relative_or_says_why_not() {
+        let fbreg = [0x91, 0x78]; // DW_OP_fbreg -8
+        let at = |rule| FrameBase::Cfa(0).at(|| rule);
+        // CFA = RSP + 48 here: the variable is at RSP + 40.
+        let rsp48 = at(Some(CfaRule::RegisterOffset { reg: 7, offset: 48 }));
+        assert_eq!(plan(&fbreg, rsp48), CapturePlan::Mem { reg: 7, offset: 40 });
+        let rbp16 = at(Some(CfaRule::RegisterOffset { reg: 6, offset: 16 }));
+        assert_eq!(plan(&fbreg, rbp16), CapturePlan::Mem { reg: 6, offset: 8 });
+        let expression = plan(&fbreg, at(Some(CfaRule::Expression)));
+        assert_eq!(
+            expression,
+            CapturePlan::Unavailable(Unavailable::CfaExpression)
+        );
+        assert!(
+            is_live(&expression),
+            "the variable is live, the frame is the problem"
+        );
+        let none = plan(&fbreg, at(None));
+        assert_eq!(none, CapturePlan::Unavailable(Unavailable::NoUnwindInfo));
+        assert!(
+            Unavailable::CfaExpression
+                .to_string()
+                .contains("DWARF expression")
+        );
+        // A register frame base needs no unwind info.
+        let reg = FrameBase::Reg(7, 0).at(|| panic!("not asked"));
+        assert_eq!(plan(&fbreg, reg), CapturePlan::Mem { reg: 7, offset: -8 });
+        // The CFA operation itself is parsed as a frame base.
+        let enc = gimli::Encoding {
+            format: gimli::Format::Dwarf32,
+            version: 5,
+            address_size: 8,
+        };
+        let expr = |bytes: &'static [u8]| {
+            frame_base(
+                gimli::Expression(gimli::EndianSlice::new(bytes, gimli::LittleEndian)),
+                enc,
+            )
+        };
+        assert!(matches!(expr(&[0x9c]), FrameBase::Cfa(0)));
+        // DW_OP_call_frame_cfa, DW_OP_consts -4976, DW_OP_plus: LLVM's frame base for frames
+        // larger than a page.
+        let big = expr(&[0x9c, 0x11, 0x90, 0x59, 0x22]);
+        assert!(matches!(big, FrameBase::Cfa(-4976)), "{big:?}");
+        let rsp = big.at(|| {
+            Some(CfaRule::RegisterOffset {
+                reg: 7,
+                offset: 4984,
+            })
+        });
+        assert_eq!(
+            plan(&[0x91, 0x10], rsp),
+            CapturePlan::Mem { reg: 7, offset: 24 }
+        );
+        // DW_OP_call_frame_cfa, DW_OP_plus_uconst 16
+        assert!(matches!(expr(&[0x9c, 0x23, 0x10]), FrameBase::Cfa(16)));
     }
 
     #[test]

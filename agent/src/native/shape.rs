@@ -1,0 +1,1600 @@
+//! [`TypeShape`]: how the trap handler copies a variable's bytes and how the decoder thread turns
+//! them into a [`Value`] afterwards, compiled from the variable's DWARF type at arm time.
+//!
+//! The handler side is fixed and generic (it knows nothing about types): copy
+//! [`TypeShape::inline_size`] bytes from the variable's location, then perform each [`Deref`] in
+//! order (a bounded, guarded heap read), then push everything into a ring. The decoder side
+//! ([`TypeShape::decode`]) runs later on the agent's thread, off the signal path.
+//!
+//! # What a type decodes to
+//!
+//! | Rust type | [`Value`] |
+//! | --- | --- |
+//! | `i8`…`i64`, `isize` / `u8`…`u64`, `usize` | `Int` / `UInt` |
+//! | `i128` / `u128` | `Int` / `UInt` when it fits in 64 bits, else `Float` (as `Capture` does) |
+//! | `f32`, `f64` | `Float` |
+//! | `bool`, `char` | `Bool`, `Str` of the one character |
+//! | `&str`, `String`, `Box<str>` | `Str` (at most [`MAX_DEREF_BYTES`] bytes: a longer string is cut to its first 256 bytes, at a character boundary) |
+//! | `Vec<T>`, `&[T]`, `Box<[T]>`, `[T; N]` | `List` of the elements when all of them were captured; else `Record { len, head }` (see below) |
+//! | `Option<T>` | `None`, or the value inside `Some` |
+//! | fieldless enum (`enum Color { Red, Green }`) | `Str` of the variant's name |
+//! | other enums (`Result`, enums with data) | `Record { variant: "Name", <fields> }` (tuple fields named `0`, `1`, …) |
+//! | struct, tuple struct, tuple | `Record` of the fields in declaration order (`0`, `1`, … for tuples) |
+//! | `&T`, `&mut T`, `Box<T>`, `Rc<T>`, `Arc<T>` | what they point to |
+//! | raw pointers, `fn` pointers, `NonNull` inside std types | `UInt` (the address; never followed) |
+//! | `()`, `PhantomData` and other zero-sized types | `None` (zero-sized fields are left out of records) |
+//!
+//! **Long sequences.** Only [`MAX_DEREF_BYTES`] bytes of a heap buffer are copied, so a `Vec`
+//! or slice whose elements do not all fit (or whose elements need more heap reads than
+//! [`MAX_DEREFS`] allows) decodes to `Record { len: UInt(n), head: List(first elements) }`.
+//! Expressions get the real length with `x.len` and the captured elements with `x.head[i]`;
+//! note that `len(x)` on that record counts its two fields, and `x.len` fails on a complete
+//! `List`. An inline array cut by [`MAX_INLINE`] decodes the same way.
+//!
+//! **Limits.** Nesting (records, enums, sequences, pointers) is at most 6 deep and a pointer
+//! chain at most 3 long (`&&&T`); at most [`MAX_DEREFS`] heap reads per variable. A struct
+//! larger than [`MAX_INLINE`] (or than the bytes a heap read copies) keeps the fields that fit;
+//! fields past a limit, and fields of unsupported types (unions, trait objects, `f16`), are
+//! left out of their record. A variable whose own type is unsupported has no shape
+//! (`Variable::shape` is `Err` naming the type).
+//!
+//! **Heap reads.** A missing heap read ([`DecodeError::Unreadable`]) fails the decode only when
+//! the value needs it: `None`, empty strings and empty vectors need none.
+//!
+//! Layouts are read from DWARF member names and offsets, never hard-coded: `String` is found as
+//! a struct named `String` with a `vec` member, `Vec<T>` as `Vec<…>` with `buf` and `len`
+//! members, its data pointer as the first pointer inside `buf` (preferring members named `ptr` /
+//! `pointer`, so both `RawVec { ptr: Unique }` and `RawVec { inner: RawVecInner { ptr } }` work)
+//! and its element type from the template parameter `T`. Enums use `DW_TAG_variant_part`
+//! (`DW_AT_discr`, `DW_AT_discr_value`; the variant without a value is the default, which is
+//! how niche layouts such as `Option<&T>` are described).
+//!
+//! # Shapes pruned to what the expressions read
+//!
+//! A tracepoint's expressions usually read a few paths (`order.country`, `order.user.tier`), not
+//! whole values. [`build`] takes the paths rooted at the variable as a [`Reads`] tree and keeps
+//! only what they reach, so heap reads (a syscall each in the handler) and the
+//! [`MAX_DEREFS`] budget go to fields that are read, and a field the full shape left out for
+//! lack of budget is captured when a path needs it. The inline copy is unchanged (it is one
+//! cheap copy); what is pruned is the heap reads and the decode nodes. Per step:
+//!
+//! - `.name` on a struct keeps only the named fields (each pruned by the rest of its paths); the
+//!   decoded `Record` has only those fields, so a field no path reads is absent. On an enum
+//!   with data it keeps the arms' fields of that name (`variant` is always decoded).
+//! - References, `Box`, `Rc`, `Arc` and `Option` are passed through: `order.user.tier` with
+//!   `user: Box<User>` or `Option<User>` reads the box (or the `Some` payload) and prunes the
+//!   `User` inside to `tier`.
+//! - `[i]` (any index) on a `Vec`, slice or array keeps every element, each pruned by the rest of
+//!   the path; `.head[i]` likewise.
+//! - A path that ends at a value (`order`, `{order}` in a template, `len(order)`), `.len` or a
+//!   whole `.head` of a sequence, or a step the type does not have (a field no struct member is
+//!   named, an index into a struct), keeps the full shape of that value, so the path resolves
+//!   (or fails) on the pruned capture as on the full one.
+//!
+//! One difference can show: heap reads no longer spent on unread fields go to further elements
+//! of sequences whose elements need heap reads of their own (`Vec<String>`), so such a sequence
+//! can decode to a complete `List` where the full shape gave `{len, head}`, as a shorter
+//! runtime length would (and `x.len` / `x.head[i]` then fail as on any complete list).
+
+use std::borrow::Cow;
+
+use gimli::{AttributeValue, UnitOffset, constants};
+use sonde_expr::{Path, Segment, Value};
+
+use super::index::Slice;
+
+/// Largest number of bytes copied from a variable's own location (register or memory).
+pub const MAX_INLINE: usize = 256;
+/// Largest number of heap reads per variable.
+pub const MAX_DEREFS: usize = 8;
+/// Largest number of bytes one heap read copies (longer strings and slices are cut here).
+pub const MAX_DEREF_BYTES: usize = 256;
+
+/// Deepest nesting of records, enums, sequences and pointers.
+const MAX_DEPTH: u8 = 6;
+/// Longest chain of pointers followed (`&&&T`).
+const MAX_CHAIN: u8 = 3;
+
+/// One heap read the handler performs after copying the inline bytes.
+///
+/// The handler reads a pointer (u64, little-endian) at `ptr_offset` of buffer `from` (0 = the
+/// inline bytes, k = the bytes of deref k-1; `from` is never more than the deref's own index),
+/// works out the length from `len`, clips it to [`MAX_DEREF_BYTES`], and copies that many bytes
+/// through a guarded read. If the source buffer is missing or too short, the pointer is null, or
+/// the read faults, this deref's result is missing (`None` in [`TypeShape::decode`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deref {
+    /// The buffer holding the pointer: 0 = inline bytes, k = result of deref k-1.
+    pub from: u8,
+    /// Byte offset of the pointer in that buffer.
+    pub ptr_offset: u32,
+    /// How many bytes to copy.
+    pub len: DerefLen,
+}
+
+/// The length of a [`Deref`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DerefLen {
+    /// A fixed number of bytes (the size of the pointee).
+    Fixed(u32),
+    /// A u64 length at `offset` of the same buffer, times `elem_size` bytes.
+    Field {
+        /// Byte offset of the length in the buffer that holds the pointer.
+        offset: u32,
+        /// Bytes per element.
+        elem_size: u32,
+    },
+}
+
+/// How to capture and decode one variable's type. Built by the debug-info side for each
+/// variable (see `Variable::shape`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TypeShape {
+    inline_size: usize,
+    derefs: Vec<Deref>,
+    root: Node,
+}
+
+impl TypeShape {
+    /// Bytes the handler copies from the variable's location (the type's size, at most
+    /// [`MAX_INLINE`]). For a register location only the first 8 bytes exist (16 for XMM).
+    pub fn inline_size(&self) -> usize {
+        self.inline_size
+    }
+
+    /// The heap reads, in order (at most [`MAX_DEREFS`]).
+    pub fn derefs(&self) -> &[Deref] {
+        &self.derefs
+    }
+
+    /// Turns captured bytes into a value: `inline` holds [`Self::inline_size`] bytes (fewer if
+    /// the location was a register), `heap[k]` the result of deref k.
+    pub fn decode(&self, inline: &[u8], heap: &[Option<&[u8]>]) -> Result<Value, DecodeError> {
+        let mut bufs = [None; MAX_DEREFS + 1];
+        bufs[0] = Some(inline);
+        for (slot, h) in bufs[1..].iter_mut().zip(heap) {
+            *slot = *h;
+        }
+        decode(&self.root, &bufs, 0, 0)
+    }
+}
+
+/// Why captured bytes could not be decoded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DecodeError {
+    /// The type is not one the decoder handles.
+    #[error("type {0} is not supported")]
+    Unsupported(String),
+    /// A heap read the value needs failed (dangling or unmapped pointer).
+    #[error("a pointer in the value could not be read")]
+    Unreadable,
+    /// The bytes do not form a valid value of the type (bad UTF-8, unknown discriminant).
+    #[error("invalid {0}")]
+    Invalid(&'static str),
+}
+
+// ---------------------------------------------------------------------------------------------
+// The decode tree. Offsets are relative to the start of the node's own value; `decode` carries
+// the buffer and the absolute position. Derefs were laid out with absolute positions at build
+// time, so a node that needs heap reads is built once per position it appears at.
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Node {
+    /// A zero-sized value.
+    Unit,
+    Int {
+        size: u8,
+        signed: bool,
+    },
+    Float {
+        size: u8,
+    },
+    Bool,
+    Char,
+    /// A raw pointer: its address, never followed.
+    Address,
+    /// A fieldless enum: the variant's name.
+    Fieldless {
+        size: u8,
+        variants: Vec<(u128, Box<str>)>,
+    },
+    Record(Vec<Field>),
+    Enum(Box<EnumShape>),
+    /// A sized value behind a pointer: the result of `deref`, the value at `offset` of it.
+    Ref {
+        deref: u8,
+        offset: u32,
+        pointee: Box<Node>,
+    },
+    /// UTF-8 bytes behind a pointer, with a u64 length at `len_offset`.
+    Str {
+        deref: u8,
+        len_offset: u32,
+    },
+    /// Elements behind a pointer (`Vec`, slices), with a u64 length at `len_offset`.
+    HeapSeq {
+        deref: u8,
+        len_offset: u32,
+        elems: Elems,
+    },
+    /// `[T; count]`, in place.
+    Array {
+        count: u64,
+        elems: Elems,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Field {
+    name: Box<str>,
+    offset: u32,
+    node: Node,
+}
+
+/// The elements of a sequence: one node for all of them (`repeat`), or one per element when
+/// elements need their own heap reads; `max` is how many the shape can decode at most.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Elems {
+    size: u32,
+    nodes: Vec<Node>,
+    repeat: bool,
+    max: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct EnumShape {
+    /// Offset and size of the discriminant; `None` for a single-variant enum.
+    discr: Option<(u32, u8)>,
+    arms: Vec<Arm>,
+    /// `Option<T>`: `None` → `Value::None`, `Some(x)` → `x`.
+    option: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Arm {
+    /// The discriminant value (masked to its size); `None` for the default variant.
+    value: Option<u128>,
+    name: Box<str>,
+    fields: Vec<Field>,
+}
+
+type Bufs<'a> = [Option<&'a [u8]>; MAX_DEREFS + 1];
+
+/// `len` bytes at `at` of buffer `buf`.
+fn bytes<'a>(bufs: &Bufs<'a>, buf: usize, at: usize, len: usize) -> Result<&'a [u8], DecodeError> {
+    let b = bufs
+        .get(buf)
+        .copied()
+        .flatten()
+        .ok_or(DecodeError::Unreadable)?;
+    match b.get(at..at.saturating_add(len)) {
+        Some(s) => Ok(s),
+        // The inline bytes of a register location are only 8 (or 16) long.
+        None if buf == 0 => Err(DecodeError::Invalid("capture (too few bytes)")),
+        None => Err(DecodeError::Unreadable),
+    }
+}
+
+fn le(bytes: &[u8]) -> u128 {
+    bytes
+        .iter()
+        .rev()
+        .fold(0u128, |acc, &b| (acc << 8) | u128::from(b))
+}
+
+fn read_u64(bufs: &Bufs<'_>, buf: usize, at: usize) -> Result<u64, DecodeError> {
+    let b = bytes(bufs, buf, at, 8)?;
+    Ok(u64::from_le_bytes(b.try_into().unwrap_or_default()))
+}
+
+fn mask(value: u128, size: u8) -> u128 {
+    if size >= 16 {
+        value
+    } else {
+        value & ((1u128 << (u32::from(size) * 8)) - 1)
+    }
+}
+
+fn field_name(name: &str) -> Cow<'static, str> {
+    Cow::Owned(name.to_owned())
+}
+
+fn decode(node: &Node, bufs: &Bufs<'_>, buf: usize, at: usize) -> Result<Value, DecodeError> {
+    Ok(match node {
+        Node::Unit => Value::None,
+        Node::Int { size, signed } => {
+            let raw = le(bytes(bufs, buf, at, usize::from(*size))?);
+            if *signed {
+                let shift = 128 - u32::from(*size) * 8;
+                // Sign-extend from `size` bytes: the bits are reinterpreted on purpose.
+                #[allow(clippy::cast_possible_wrap)]
+                let v = ((raw << shift) as i128) >> shift;
+                // Out of i64's range: a float, as `Capture for i128` does.
+                #[allow(clippy::cast_precision_loss)]
+                i64::try_from(v).map_or(Value::Float(v as f64), Value::Int)
+            } else {
+                #[allow(clippy::cast_precision_loss)]
+                u64::try_from(raw).map_or(Value::Float(raw as f64), Value::UInt)
+            }
+        }
+        Node::Float { size: 4 } => {
+            let b = bytes(bufs, buf, at, 4)?;
+            Value::Float(f64::from(f32::from_le_bytes(
+                b.try_into().unwrap_or_default(),
+            )))
+        }
+        Node::Float { .. } => {
+            let b = bytes(bufs, buf, at, 8)?;
+            Value::Float(f64::from_le_bytes(b.try_into().unwrap_or_default()))
+        }
+        Node::Bool => match bytes(bufs, buf, at, 1)?[0] {
+            0 => Value::Bool(false),
+            1 => Value::Bool(true),
+            _ => return Err(DecodeError::Invalid("bool")),
+        },
+        Node::Char => {
+            let b = bytes(bufs, buf, at, 4)?;
+            let c = char::from_u32(u32::from_le_bytes(b.try_into().unwrap_or_default()))
+                .ok_or(DecodeError::Invalid("char"))?;
+            Value::Str(c.to_string())
+        }
+        Node::Address => Value::UInt(read_u64(bufs, buf, at)?),
+        Node::Fieldless { size, variants } => {
+            let raw = le(bytes(bufs, buf, at, usize::from(*size))?);
+            let (_, name) = variants
+                .iter()
+                .find(|(v, _)| *v == raw)
+                .ok_or(DecodeError::Invalid("enum discriminant"))?;
+            Value::Str(name.to_string())
+        }
+        Node::Record(fields) => Value::Record(decode_fields(fields, bufs, buf, at)?),
+        Node::Enum(shape) => {
+            let arm = match shape.discr {
+                Some((offset, size)) => {
+                    let raw = le(bytes(bufs, buf, at + offset as usize, usize::from(size))?);
+                    shape
+                        .arms
+                        .iter()
+                        .find(|a| a.value == Some(raw))
+                        .or_else(|| shape.arms.iter().find(|a| a.value.is_none()))
+                }
+                None if shape.arms.len() == 1 => shape.arms.first(),
+                None => None,
+            }
+            .ok_or(DecodeError::Invalid("enum discriminant"))?;
+            if shape.option {
+                match arm.fields.first() {
+                    Some(f) if &*arm.name == "Some" => {
+                        decode(&f.node, bufs, buf, at + f.offset as usize)?
+                    }
+                    _ => Value::None,
+                }
+            } else {
+                let mut fields = vec![(Cow::Borrowed("variant"), Value::Str(arm.name.to_string()))];
+                fields.extend(decode_fields(&arm.fields, bufs, buf, at)?);
+                Value::Record(fields)
+            }
+        }
+        Node::Ref {
+            deref,
+            offset,
+            pointee,
+        } => decode(pointee, bufs, usize::from(*deref) + 1, *offset as usize)?,
+        Node::Str { deref, len_offset } => {
+            let len = read_u64(bufs, buf, at + *len_offset as usize)?;
+            if len == 0 {
+                return Ok(Value::Str(String::new()));
+            }
+            let heap = bufs[usize::from(*deref) + 1].ok_or(DecodeError::Unreadable)?;
+            let cut = usize::try_from(len).map_or(heap.len(), |l| l.min(heap.len()));
+            let data = &heap[..cut];
+            match std::str::from_utf8(data) {
+                Ok(s) => Value::Str(s.to_owned()),
+                // Cut inside a character: keep the characters before it.
+                Err(e) if (cut as u64) < len && e.error_len().is_none() => {
+                    let valid = &data[..e.valid_up_to()];
+                    Value::Str(String::from_utf8_lossy(valid).into_owned())
+                }
+                Err(_) => return Err(DecodeError::Invalid("UTF-8 in a string")),
+            }
+        }
+        Node::HeapSeq {
+            deref,
+            len_offset,
+            elems,
+        } => {
+            let len = read_u64(bufs, buf, at + *len_offset as usize)?;
+            if len == 0 {
+                return Ok(Value::List(Vec::new()));
+            }
+            let heap_buf = usize::from(*deref) + 1;
+            let heap = bufs[heap_buf].ok_or(DecodeError::Unreadable)?;
+            let captured = match elems.size {
+                0 => MAX_DEREF_BYTES as u64,
+                size => (heap.len() / size as usize) as u64,
+            };
+            sequence(len, captured, elems, bufs, heap_buf, 0)?
+        }
+        Node::Array { count, elems } => sequence(*count, u64::MAX, elems, bufs, buf, at)?,
+    })
+}
+
+fn decode_fields(
+    fields: &[Field],
+    bufs: &Bufs<'_>,
+    buf: usize,
+    at: usize,
+) -> Result<Vec<(Cow<'static, str>, Value)>, DecodeError> {
+    fields
+        .iter()
+        .map(|f| {
+            let v = decode(&f.node, bufs, buf, at + f.offset as usize)?;
+            Ok((field_name(&f.name), v))
+        })
+        .collect()
+}
+
+/// `len` elements, of which `captured` are in the buffer: a list of all of them, or
+/// `{len, head}` when some are missing.
+fn sequence(
+    len: u64,
+    captured: u64,
+    elems: &Elems,
+    bufs: &Bufs<'_>,
+    buf: usize,
+    at: usize,
+) -> Result<Value, DecodeError> {
+    let n = len.min(captured).min(elems.max);
+    let mut items = Vec::with_capacity(usize::try_from(n).unwrap_or(0));
+    for i in 0..n as usize {
+        let node = if elems.repeat {
+            &elems.nodes[0]
+        } else {
+            &elems.nodes[i]
+        };
+        items.push(decode(node, bufs, buf, at + i * elems.size as usize)?);
+    }
+    Ok(if n == len {
+        Value::List(items)
+    } else {
+        Value::Record(vec![
+            (Cow::Borrowed("len"), Value::UInt(len)),
+            (Cow::Borrowed("head"), Value::List(items)),
+        ])
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Building a shape from DWARF.
+
+type Unit<'a> = gimli::Unit<Slice<'a>>;
+type Entry<'a> = gimli::DebuggingInformationEntry<Slice<'a>>;
+
+/// The parts of a variable's value that expressions read: the steps of the paths rooted at the
+/// variable ([`Path::segments`]) as a tree. [`build`] keeps only these parts (see the module
+/// header for what each step keeps).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub(crate) struct Reads {
+    /// A path ends here: the whole value is read.
+    all: bool,
+    /// `.name` steps, and what is read below each.
+    fields: Vec<(Box<str>, Reads)>,
+    /// `[i]` steps (any index), and what is read below them.
+    index: Option<Box<Reads>>,
+}
+
+/// The whole value is read.
+static ALL: Reads = Reads {
+    all: true,
+    fields: Vec::new(),
+    index: None,
+};
+
+impl Reads {
+    /// The whole value: the full shape.
+    pub(crate) fn all() -> &'static Self {
+        &ALL
+    }
+
+    /// What the paths rooted at `root` read, or `None` when no path is rooted there.
+    pub(crate) fn of(paths: &[Path], root: &str) -> Option<Self> {
+        let mut reads: Option<Self> = None;
+        for p in paths.iter().filter(|p| p.root() == root) {
+            reads.get_or_insert_with(Self::default).add(p.segments());
+        }
+        reads
+    }
+
+    fn add(&mut self, segments: &[Segment]) {
+        if self.all {
+            return;
+        }
+        let Some((first, rest)) = segments.split_first() else {
+            *self = ALL.clone();
+            return;
+        };
+        let below = match first {
+            Segment::Field(name) => self.field_mut(name),
+            Segment::Index(_) => self.index.get_or_insert_with(Box::default),
+        };
+        below.add(rest);
+    }
+
+    fn field_mut(&mut self, name: &str) -> &mut Self {
+        let at = match self.fields.iter().position(|(n, _)| &**n == name) {
+            Some(at) => at,
+            None => {
+                self.fields.push((name.into(), Self::default()));
+                self.fields.len() - 1
+            }
+        };
+        &mut self.fields[at].1
+    }
+
+    fn field(&self, name: &str) -> Option<&Self> {
+        self.fields
+            .iter()
+            .find(|(n, _)| &**n == name)
+            .map(|(_, r)| r)
+    }
+
+    fn merge(&mut self, other: &Self) {
+        if self.all {
+            return;
+        }
+        if other.all {
+            *self = ALL.clone();
+            return;
+        }
+        for (name, below) in &other.fields {
+            self.field_mut(name).merge(below);
+        }
+        if let Some(below) = &other.index {
+            self.index.get_or_insert_with(Box::default).merge(below);
+        }
+    }
+
+    /// What is read of a struct (or enum with data) whose fields are `names`: these reads, or
+    /// the whole value when a step is not one of its fields.
+    fn of_fields<'s>(&'s self, names: &[&str]) -> &'s Self {
+        let unknown =
+            self.index.is_some() || self.fields.iter().any(|(n, _)| !names.contains(&&**n));
+        if unknown { &ALL } else { self }
+    }
+
+    /// What is read of each element of a sequence: `[i]` and `.head[i]` steps; the whole
+    /// elements for anything else (`.len`, all of `.head`, a step a sequence does not have).
+    fn elements(&self) -> Cow<'_, Self> {
+        if self.all {
+            return Cow::Borrowed(&ALL);
+        }
+        let mut out = match &self.index {
+            Some(below) => Cow::Borrowed(&**below),
+            None => Cow::Owned(Self::default()),
+        };
+        for (name, below) in &self.fields {
+            match (&**name, below) {
+                (
+                    "head",
+                    Self {
+                        all: false,
+                        fields,
+                        index: Some(i),
+                    },
+                ) if fields.is_empty() => {
+                    out.to_mut().merge(i);
+                }
+                _ => return Cow::Borrowed(&ALL),
+            }
+        }
+        out
+    }
+}
+
+/// Which fields of a struct or enum arm to build.
+#[derive(Clone, Copy)]
+enum FieldReads<'r> {
+    /// The fields `reads` names (all of them when it reads the whole value).
+    Named(&'r Reads),
+    /// Every field, each with these reads (the payload of `Some`, passed through).
+    Each(&'r Reads),
+}
+
+impl<'r> FieldReads<'r> {
+    /// What is read of the field `name`, or `None` when it is not read.
+    fn of(self, name: &str) -> Option<&'r Reads> {
+        match self {
+            Self::Each(r) => Some(r),
+            Self::Named(r) if r.all => Some(&ALL),
+            Self::Named(r) => r.field(name),
+        }
+    }
+}
+
+/// Builds the shape of the type at `ty`, keeping what `reads` reaches ([`Reads::all`] for the
+/// full shape); `Err` names what is not supported.
+pub(crate) fn build<'a>(
+    dwarf: &gimli::Dwarf<Slice<'a>>,
+    unit: &Unit<'a>,
+    ty: UnitOffset<usize>,
+    reads: &Reads,
+) -> Result<TypeShape, String> {
+    // Two passes: first with one element of each sequence, to learn what the rest of the value
+    // needs; then with the heap reads left over spent on more elements. So a `Vec<String>`
+    // field does not take every heap read and leave the fields after it out.
+    let mut b = Builder {
+        dwarf,
+        unit,
+        derefs: Vec::new(),
+        spare: 0,
+    };
+    let size = b.size_of(ty)?;
+    let inline = size.min(MAX_INLINE as u64) as u32;
+    let at = Pos {
+        buf: 0,
+        base: 0,
+        limit: inline,
+    };
+    b.node(ty, at, 0, 0, reads)?;
+    let spare = MAX_DEREFS.saturating_sub(b.derefs.len());
+    let mut b = Builder {
+        dwarf,
+        unit,
+        derefs: Vec::new(),
+        spare,
+    };
+    let root = b.node(ty, at, 0, 0, reads)?;
+    Ok(TypeShape {
+        inline_size: inline as usize,
+        derefs: b.derefs,
+        root,
+    })
+}
+
+/// Where a value lies: buffer (0 = inline, k = deref k-1), its absolute offset there, and how
+/// many bytes the buffer holds.
+#[derive(Debug, Clone, Copy)]
+struct Pos {
+    buf: u8,
+    base: u32,
+    limit: u32,
+}
+
+impl Pos {
+    fn at(self, offset: u64) -> Option<Self> {
+        let base = u32::try_from(u64::from(self.base) + offset).ok()?;
+        (base <= self.limit).then_some(Self { base, ..self })
+    }
+
+    fn fits(self, offset: u64, size: u64) -> bool {
+        u64::from(self.base) + offset + size <= u64::from(self.limit)
+    }
+}
+
+/// A struct member: name, offset and type.
+struct Member {
+    name: Option<String>,
+    offset: u64,
+    ty: Option<UnitOffset<usize>>,
+}
+
+struct Builder<'d, 'a> {
+    dwarf: &'d gimli::Dwarf<Slice<'a>>,
+    unit: &'d Unit<'a>,
+    derefs: Vec<Deref>,
+    /// Heap reads that may go to sequence elements after the first.
+    spare: usize,
+}
+
+fn err<T>(e: gimli::Error) -> Result<T, String> {
+    Err(format!("malformed type info ({e})"))
+}
+
+impl<'a> Builder<'_, 'a> {
+    fn entry(&self, offset: UnitOffset<usize>) -> Result<Entry<'a>, String> {
+        self.unit.entry(offset).or_else(err)
+    }
+
+    fn name(&self, e: &Entry<'a>) -> Option<String> {
+        let v = e.attr_value(constants::DW_AT_name)?;
+        let s = self.dwarf.attr_string(self.unit, v).ok()?;
+        Some(s.to_string_lossy().into_owned())
+    }
+
+    fn type_ref(&self, e: &Entry<'a>) -> Option<UnitOffset<usize>> {
+        match e.attr_value(constants::DW_AT_type)? {
+            AttributeValue::UnitRef(off) => Some(off),
+            AttributeValue::DebugInfoRef(off) => off.to_unit_offset(&self.unit.header),
+            _ => None,
+        }
+    }
+
+    /// The type at `ty` through typedefs and qualifiers.
+    fn resolve(&self, mut ty: UnitOffset<usize>) -> Result<Entry<'a>, String> {
+        for _ in 0..8 {
+            let e = self.entry(ty)?;
+            match e.tag() {
+                constants::DW_TAG_typedef
+                | constants::DW_TAG_const_type
+                | constants::DW_TAG_volatile_type
+                | constants::DW_TAG_restrict_type
+                | constants::DW_TAG_atomic_type => match self.type_ref(&e) {
+                    Some(next) => ty = next,
+                    None => return Ok(e), // `const void`
+                },
+                _ => return Ok(e),
+            }
+        }
+        Err("a chain of typedefs too long".into())
+    }
+
+    fn size_of(&self, ty: UnitOffset<usize>) -> Result<u64, String> {
+        let e = self.resolve(ty)?;
+        if let Some(size) = e
+            .attr_value(constants::DW_AT_byte_size)
+            .and_then(|v| v.udata_value())
+        {
+            return Ok(size);
+        }
+        match e.tag() {
+            constants::DW_TAG_pointer_type
+            | constants::DW_TAG_reference_type
+            | constants::DW_TAG_rvalue_reference_type => {
+                Ok(u64::from(self.unit.encoding().address_size))
+            }
+            constants::DW_TAG_array_type => {
+                let elem = self.type_ref(&e).ok_or("an array without element type")?;
+                Ok(self.size_of(elem)?.saturating_mul(self.array_count(&e)?))
+            }
+            _ => Err(format!("{} without a size", self.describe(&e))),
+        }
+    }
+
+    fn describe(&self, e: &Entry<'a>) -> String {
+        match self.name(e) {
+            Some(n) => format!("`{n}`"),
+            None => e.tag().static_string().unwrap_or("a DWARF type").to_owned(),
+        }
+    }
+
+    fn array_count(&self, e: &Entry<'a>) -> Result<u64, String> {
+        let mut tree = self.unit.entries_tree(Some(e.offset())).or_else(err)?;
+        let root = tree.root().or_else(err)?;
+        let mut children = root.children();
+        let mut counts = Vec::new();
+        while let Some(child) = children.next().or_else(err)? {
+            let c = child.entry();
+            if c.tag() != constants::DW_TAG_subrange_type {
+                continue;
+            }
+            let count = match c.attr_value(constants::DW_AT_count) {
+                Some(v) => v.udata_value(),
+                None => {
+                    let lower = c
+                        .attr_value(constants::DW_AT_lower_bound)
+                        .and_then(|v| v.udata_value())
+                        .unwrap_or(0);
+                    c.attr_value(constants::DW_AT_upper_bound)
+                        .and_then(|v| v.udata_value())
+                        .map(|u| (u + 1).saturating_sub(lower))
+                }
+            };
+            counts.push(count.ok_or("an array of unknown length")?);
+        }
+        match counts.as_slice() {
+            [n] => Ok(*n),
+            [] => Err("an array of unknown length".into()),
+            _ => Err("a multi-dimensional array".into()),
+        }
+    }
+
+    /// The direct children of `e` with one of `tags`.
+    fn children(&self, e: &Entry<'a>, tags: &[gimli::DwTag]) -> Result<Vec<Entry<'a>>, String> {
+        let mut tree = self.unit.entries_tree(Some(e.offset())).or_else(err)?;
+        let root = tree.root().or_else(err)?;
+        let mut children = root.children();
+        let mut out = Vec::new();
+        while let Some(child) = children.next().or_else(err)? {
+            if tags.contains(&child.entry().tag()) {
+                out.push(child.entry().clone());
+            }
+        }
+        Ok(out)
+    }
+
+    fn members(&self, e: &Entry<'a>) -> Result<Vec<Member>, String> {
+        Ok(self
+            .children(e, &[constants::DW_TAG_member])?
+            .iter()
+            .filter(|m| !m.has_attr(constants::DW_AT_declaration)) // statics
+            .map(|m| self.member(m))
+            .collect())
+    }
+
+    fn member(&self, m: &Entry<'a>) -> Member {
+        Member {
+            name: self.name(m),
+            offset: m
+                .attr_value(constants::DW_AT_data_member_location)
+                .and_then(|v| v.udata_value())
+                .unwrap_or(0),
+            ty: self.type_ref(m),
+        }
+    }
+
+    /// The template type parameter `name` of a struct (`T` of `Vec<T>`).
+    fn template_param(&self, e: &Entry<'a>, name: &str) -> Option<UnitOffset<usize>> {
+        self.children(e, &[constants::DW_TAG_template_type_parameter])
+            .ok()?
+            .iter()
+            .find(|p| self.name(p).as_deref() == Some(name))
+            .and_then(|p| self.type_ref(p))
+    }
+
+    fn deref(&mut self, from: u8, ptr_offset: u32, len: DerefLen) -> Result<u8, String> {
+        if self.derefs.len() >= MAX_DEREFS {
+            return Err(format!("more than {MAX_DEREFS} pointers to follow"));
+        }
+        self.derefs.push(Deref {
+            from,
+            ptr_offset,
+            len,
+        });
+        Ok((self.derefs.len() - 1) as u8)
+    }
+
+    /// The shape of the type at `ty`, for a value at `at`, keeping what `reads` reaches.
+    fn node(
+        &mut self,
+        ty: UnitOffset<usize>,
+        at: Pos,
+        depth: u8,
+        chain: u8,
+        reads: &Reads,
+    ) -> Result<Node, String> {
+        let e = self.resolve(ty)?;
+        let size = self.size_of(ty)?;
+        if size == 0 {
+            return Ok(Node::Unit);
+        }
+        let need = |ok: bool| {
+            if ok {
+                Ok(())
+            } else {
+                Err(String::from("past the bytes captured"))
+            }
+        };
+        match e.tag() {
+            constants::DW_TAG_base_type => {
+                need(at.fits(0, size))?;
+                let encoding = match e.attr_value(constants::DW_AT_encoding) {
+                    Some(AttributeValue::Encoding(enc)) => enc,
+                    _ => return Err(format!("{} without an encoding", self.describe(&e))),
+                };
+                let size8 = u8::try_from(size).unwrap_or(u8::MAX);
+                match (encoding, size) {
+                    (
+                        constants::DW_ATE_signed | constants::DW_ATE_signed_char,
+                        1 | 2 | 4 | 8 | 16,
+                    ) => Ok(Node::Int {
+                        size: size8,
+                        signed: true,
+                    }),
+                    (
+                        constants::DW_ATE_unsigned | constants::DW_ATE_unsigned_char,
+                        1 | 2 | 4 | 8 | 16,
+                    ) => Ok(Node::Int {
+                        size: size8,
+                        signed: false,
+                    }),
+                    (constants::DW_ATE_float, 4 | 8) => Ok(Node::Float { size: size8 }),
+                    (constants::DW_ATE_boolean, 1) => Ok(Node::Bool),
+                    (constants::DW_ATE_UTF, 4) => Ok(Node::Char),
+                    _ => Err(self.describe(&e)),
+                }
+            }
+            constants::DW_TAG_enumeration_type => {
+                need(at.fits(0, size) && size <= 16)?;
+                let size8 = size as u8;
+                let mut variants = Vec::new();
+                for v in self.children(&e, &[constants::DW_TAG_enumerator])? {
+                    let (Some(name), Some(value)) = (
+                        self.name(&v),
+                        v.attr_value(constants::DW_AT_const_value)
+                            .and_then(constant),
+                    ) else {
+                        continue;
+                    };
+                    variants.push((mask(value, size8), name.into_boxed_str()));
+                }
+                Ok(Node::Fieldless {
+                    size: size8,
+                    variants,
+                })
+            }
+            constants::DW_TAG_pointer_type
+            | constants::DW_TAG_reference_type
+            | constants::DW_TAG_rvalue_reference_type => {
+                need(at.fits(0, 8))?;
+                let name = self.name(&e).unwrap_or_default();
+                let followed = name.starts_with('&') || name.contains("Box<");
+                match self.type_ref(&e) {
+                    Some(pointee) if followed && self.is_data(pointee) => {
+                        self.pointer(at, 0, pointee, 0, depth, chain, reads)
+                    }
+                    _ => Ok(Node::Address),
+                }
+            }
+            constants::DW_TAG_array_type => {
+                if depth >= MAX_DEPTH {
+                    return Err("nested too deeply".into());
+                }
+                let elem = self.type_ref(&e).ok_or("an array without element type")?;
+                let count = self.array_count(&e)?;
+                let elem_size = self.size_of(elem)?;
+                let elems = self.elems(
+                    elem,
+                    elem_size,
+                    at,
+                    count,
+                    depth + 1,
+                    chain,
+                    &reads.elements(),
+                )?;
+                Ok(Node::Array { count, elems })
+            }
+            constants::DW_TAG_structure_type => self.structure(&e, at, depth, chain, reads),
+            constants::DW_TAG_union_type => Err(format!("union {}", self.describe(&e))),
+            _ => Err(self.describe(&e)),
+        }
+    }
+
+    /// Whether a pointee is data that can be followed (not a function, not `void`).
+    fn is_data(&self, pointee: UnitOffset<usize>) -> bool {
+        self.resolve(pointee).is_ok_and(|e| {
+            !matches!(
+                e.tag(),
+                constants::DW_TAG_subroutine_type | constants::DW_TAG_unspecified_type
+            )
+        })
+    }
+
+    /// A pointer at `ptr_offset` of `at` to a value of type `pointee` at `offset` in the
+    /// pointed-to memory (`offset` is 0 except for `Rc`/`Arc`, whose value follows the counts).
+    /// A pointer is passed through: `reads` applies to the pointee.
+    #[allow(clippy::too_many_arguments)] // as `heap_seq`
+    fn pointer(
+        &mut self,
+        at: Pos,
+        ptr_offset: u64,
+        pointee: UnitOffset<usize>,
+        offset: u64,
+        depth: u8,
+        chain: u8,
+        reads: &Reads,
+    ) -> Result<Node, String> {
+        if chain >= MAX_CHAIN {
+            return Err(format!("a chain of more than {MAX_CHAIN} pointers"));
+        }
+        if depth >= MAX_DEPTH {
+            return Err("nested too deeply".into());
+        }
+        need_fit(at, ptr_offset, 8)?;
+        let size = self.size_of(pointee)?;
+        if size == 0 {
+            return Ok(Node::Unit);
+        }
+        let len = (offset + size).min(MAX_DEREF_BYTES as u64) as u32;
+        let deref = self.deref(at.buf, at.base + ptr_offset as u32, DerefLen::Fixed(len))?;
+        let inner = Pos {
+            buf: deref + 1,
+            base: 0,
+            limit: len,
+        }
+        .at(offset)
+        .ok_or("past the bytes captured")?;
+        let pointee = self.node(pointee, inner, depth + 1, chain + 1, reads)?;
+        Ok(Node::Ref {
+            deref,
+            offset: offset as u32,
+            pointee: Box::new(pointee),
+        })
+    }
+
+    fn structure(
+        &mut self,
+        e: &Entry<'a>,
+        at: Pos,
+        depth: u8,
+        chain: u8,
+        reads: &Reads,
+    ) -> Result<Node, String> {
+        if depth >= MAX_DEPTH {
+            return Err("nested too deeply".into());
+        }
+        let name = self.name(e).unwrap_or_default();
+        if let Some(part) = self
+            .children(e, &[constants::DW_TAG_variant_part])?
+            .into_iter()
+            .next()
+        {
+            return self.enumeration(&part, at, depth, chain, reads);
+        }
+        let members = self.members(e)?;
+        let named = |n: &str| members.iter().find(|m| m.name.as_deref() == Some(n));
+
+        // Fat pointers: `&str`, `&[T]`, `Box<str>`, `Box<[T]>`.
+        if let (Some(ptr), Some(len), 2) = (named("data_ptr"), named("length"), members.len()) {
+            need_fit(at, len.offset, 8)?;
+            let pointee = ptr
+                .ty
+                .and_then(|t| self.resolve(t).ok())
+                .and_then(|p| self.type_ref(&p))
+                .ok_or("a fat pointer without a pointee type")?;
+            return if is_str(&name) {
+                self.string(at, ptr.offset, len.offset, chain)
+            } else {
+                let elem_size = self.size_of(pointee)?;
+                let elems = reads.elements();
+                self.heap_seq(
+                    at, ptr.offset, len.offset, pointee, elem_size, depth, chain, &elems,
+                )
+            };
+        }
+        if named("pointer").is_some() && named("vtable").is_some() {
+            return Err(format!("trait object `{name}`"));
+        }
+        // `String { vec: Vec<u8> }`.
+        if name == "String"
+            && let [vec] = members.as_slice()
+            && vec.name.as_deref() == Some("vec")
+            && let Some(vec_ty) = vec.ty
+            && let Ok(vec_e) = self.resolve(vec_ty)
+            && let Some((ptr, len, _)) = self.vec_parts(&vec_e)?
+        {
+            return self.string(at, vec.offset + ptr, vec.offset + len, chain);
+        }
+        // `Vec<T> { buf: RawVec…, len }`.
+        if name.starts_with("Vec<")
+            && let Some((ptr, len, Some(elem))) = self.vec_parts(e)?
+        {
+            let elem_size = self.size_of(elem)?;
+            let elems = reads.elements();
+            return self.heap_seq(at, ptr, len, elem, elem_size, depth, chain, &elems);
+        }
+        // `Rc<T>` / `Arc<T>`: the value after the reference counts.
+        if (name.starts_with("Rc<") || name.starts_with("Arc<"))
+            && let Some((ptr, pointee)) = self.find_pointer(e, 0)?
+            && let Ok(inner) = self.resolve(pointee)
+            && let Some(value) = self
+                .members(&inner)?
+                .into_iter()
+                .find(|m| matches!(m.name.as_deref(), Some("value" | "data")))
+            && let Some(value_ty) = value.ty
+        {
+            return self.pointer(at, ptr, value_ty, value.offset, depth, chain, reads);
+        }
+        let names: Vec<&str> = members
+            .iter()
+            .filter_map(|m| m.name.as_deref().map(tuple_field))
+            .collect();
+        let reads = FieldReads::Named(reads.of_fields(&names));
+        Ok(Node::Record(
+            self.fields(&members, at, depth, chain, reads).0,
+        ))
+    }
+
+    /// The fields that are read, fit and are supported; the others are left out (the first
+    /// reason one that is read was left out comes second).
+    fn fields(
+        &mut self,
+        members: &[Member],
+        at: Pos,
+        depth: u8,
+        chain: u8,
+        reads: FieldReads<'_>,
+    ) -> (Vec<Field>, Option<String>) {
+        let mut out = Vec::new();
+        let mut left_out = None;
+        for m in members {
+            let (Some(name), Some(ty)) = (&m.name, m.ty) else {
+                continue;
+            };
+            let name = tuple_field(name);
+            let Some(reads) = reads.of(name) else {
+                continue; // not read
+            };
+            if self.size_of(ty).is_ok_and(|s| s == 0) {
+                continue; // PhantomData, allocators, markers
+            }
+            let Some(field_at) = at.at(m.offset) else {
+                left_out.get_or_insert_with(|| String::from("past the bytes captured"));
+                continue;
+            };
+            let mark = self.derefs.len();
+            match self.node(ty, field_at, depth + 1, chain, reads) {
+                Ok(node) => out.push(Field {
+                    name: name.into(),
+                    offset: m.offset as u32,
+                    node,
+                }),
+                Err(e) => {
+                    self.derefs.truncate(mark);
+                    left_out.get_or_insert(e);
+                }
+            }
+        }
+        (out, left_out)
+    }
+
+    fn enumeration(
+        &mut self,
+        part: &Entry<'a>,
+        at: Pos,
+        depth: u8,
+        chain: u8,
+        reads: &Reads,
+    ) -> Result<Node, String> {
+        let discr = match part.attr_value(constants::DW_AT_discr) {
+            Some(AttributeValue::UnitRef(off)) => {
+                let m = self.member(&self.entry(off)?);
+                let size = self.size_of(m.ty.ok_or("a discriminant without a type")?)?;
+                if size == 0 || size > 16 {
+                    return Err(format!("a {size}-byte enum discriminant"));
+                }
+                need_fit(at, m.offset, size)?;
+                Some((m.offset as u32, size as u8))
+            }
+            _ => None,
+        };
+        // The variants first (discriminant value, name, payload members and where they are),
+        // to know whether it is an `Option` and which fields the reads name.
+        let mut variants = Vec::new();
+        for variant in self.children(part, &[constants::DW_TAG_variant])? {
+            let value = match (variant.attr_value(constants::DW_AT_discr_value), discr) {
+                (Some(v), Some((_, size))) => Some(mask(
+                    constant(v).ok_or("a non-constant discriminant")?,
+                    size,
+                )),
+                (Some(_), None) => return Err("an enum without a discriminant".into()),
+                (None, _) => {
+                    if variant.has_attr(constants::DW_AT_discr_list) {
+                        return Err("an enum with discriminant ranges".into());
+                    }
+                    None
+                }
+            };
+            let Some(m) = self
+                .children(&variant, &[constants::DW_TAG_member])?
+                .first()
+                .map(|m| self.member(m))
+            else {
+                continue;
+            };
+            let mut payload = None;
+            if let Some(ty) = m.ty
+                && let Ok(e) = self.resolve(ty)
+                && let Some(payload_at) = at.at(m.offset)
+            {
+                payload = Some((self.members(&e)?, payload_at, m.offset as u32));
+            }
+            variants.push((value, m.name.unwrap_or_default(), payload));
+        }
+        let mut names: Vec<&str> = variants.iter().map(|v| v.1.as_str()).collect();
+        names.sort_unstable();
+        let option = names == ["None", "Some"];
+        // `Option` is passed through (`Some(x)` decodes to `x`); other enums are records of
+        // `variant` and the arm's fields.
+        let reads = if option {
+            FieldReads::Each(reads)
+        } else {
+            let mut fields = vec!["variant"];
+            for (_, _, payload) in &variants {
+                let members = payload.iter().flat_map(|(members, _, _)| members);
+                fields.extend(members.filter_map(|m| m.name.as_deref().map(tuple_field)));
+            }
+            FieldReads::Named(reads.of_fields(&fields))
+        };
+        let mut arms = Vec::with_capacity(variants.len());
+        for (value, name, payload) in variants {
+            let mut fields = Vec::new();
+            if let Some((members, payload_at, offset)) = payload {
+                let left_out;
+                (fields, left_out) = self.fields(&members, payload_at, depth, chain, reads);
+                // `Some(x)` without `x` would read as `None`: the whole option is unsupported.
+                if let (Some(why), "Some") = (left_out, name.as_str()) {
+                    return Err(why);
+                }
+                for f in &mut fields {
+                    f.offset += offset; // relative to the enum
+                }
+            }
+            arms.push(Arm {
+                value,
+                name: name.into_boxed_str(),
+                fields,
+            });
+        }
+        Ok(Node::Enum(Box::new(EnumShape {
+            discr,
+            arms,
+            option,
+        })))
+    }
+
+    /// A string whose pointer is at `ptr` of `at` and u64 length at `len`.
+    fn string(&mut self, at: Pos, ptr: u64, len: u64, chain: u8) -> Result<Node, String> {
+        if chain >= MAX_CHAIN {
+            return Err(format!("a chain of more than {MAX_CHAIN} pointers"));
+        }
+        need_fit(at, ptr, 8)?;
+        need_fit(at, len, 8)?;
+        let deref = self.deref(
+            at.buf,
+            at.base + ptr as u32,
+            DerefLen::Field {
+                offset: at.base + len as u32,
+                elem_size: 1,
+            },
+        )?;
+        Ok(Node::Str {
+            deref,
+            len_offset: len as u32,
+        })
+    }
+
+    /// Elements of type `elem` behind the pointer at `ptr` of `at`, u64 count at `len`.
+    /// `elem_reads` is what is read of each element.
+    #[allow(clippy::too_many_arguments)] // two callers; a struct would only rename the arguments
+    fn heap_seq(
+        &mut self,
+        at: Pos,
+        ptr: u64,
+        len: u64,
+        elem: UnitOffset<usize>,
+        elem_size: u64,
+        depth: u8,
+        chain: u8,
+        elem_reads: &Reads,
+    ) -> Result<Node, String> {
+        if chain >= MAX_CHAIN {
+            return Err(format!("a chain of more than {MAX_CHAIN} pointers"));
+        }
+        need_fit(at, ptr, 8)?;
+        need_fit(at, len, 8)?;
+        let elem_size32 = u32::try_from(elem_size).map_err(|_| "elements too large")?;
+        let deref = self.deref(
+            at.buf,
+            at.base + ptr as u32,
+            DerefLen::Field {
+                offset: at.base + len as u32,
+                elem_size: elem_size32,
+            },
+        )?;
+        let heap = Pos {
+            buf: deref + 1,
+            base: 0,
+            limit: MAX_DEREF_BYTES as u32,
+        };
+        let elems = self.elems(
+            elem,
+            elem_size,
+            heap,
+            u64::MAX,
+            depth + 1,
+            chain + 1,
+            elem_reads,
+        )?;
+        Ok(Node::HeapSeq {
+            deref,
+            len_offset: len as u32,
+            elems,
+        })
+    }
+
+    /// Up to `count` elements starting at `at`, as many as fit in the buffer (and, when each
+    /// element needs heap reads of its own, as many as the deref budget allows), each keeping
+    /// what `reads` reaches.
+    #[allow(clippy::too_many_arguments)] // as `heap_seq`
+    fn elems(
+        &mut self,
+        elem: UnitOffset<usize>,
+        size: u64,
+        at: Pos,
+        count: u64,
+        depth: u8,
+        chain: u8,
+        reads: &Reads,
+    ) -> Result<Elems, String> {
+        let size32 = u32::try_from(size).map_err(|_| "elements too large")?;
+        let room = u64::from(at.limit.saturating_sub(at.base));
+        // Zero-sized elements take no room; decode at most `MAX_DEREF_BYTES` of them all the same.
+        let fit = room
+            .checked_div(size)
+            .map_or(count.min(MAX_DEREF_BYTES as u64), |n| count.min(n));
+        if fit == 0 {
+            // Not even one element is captured: check the type is supported all the same.
+            let mark = self.derefs.len();
+            let probe = Pos {
+                buf: at.buf,
+                base: 0,
+                limit: u32::try_from(size).unwrap_or(u32::MAX),
+            };
+            self.node(elem, probe, depth, chain, reads)?;
+            self.derefs.truncate(mark);
+            return Ok(Elems {
+                size: size32,
+                nodes: Vec::new(),
+                repeat: false,
+                max: 0,
+            });
+        }
+        let mark = self.derefs.len();
+        let first = self.node(elem, at, depth, chain, reads)?;
+        let per = self.derefs.len() - mark;
+        if per == 0 {
+            return Ok(Elems {
+                size: size32,
+                nodes: vec![first],
+                repeat: true,
+                max: fit,
+            });
+        }
+        // Each element has its own heap reads: lay them out element by element.
+        let mut nodes = vec![first];
+        for i in 1..fit {
+            let Some(elem_at) = at.at(i * size) else {
+                break;
+            };
+            if self.spare < per {
+                break;
+            }
+            let mark = self.derefs.len();
+            match self.node(elem, elem_at, depth, chain, reads) {
+                Ok(node) if self.derefs.len() - mark == per => {
+                    self.spare -= per;
+                    nodes.push(node);
+                }
+                _ => {
+                    self.derefs.truncate(mark);
+                    break;
+                }
+            }
+        }
+        let max = nodes.len() as u64;
+        Ok(Elems {
+            size: size32,
+            nodes,
+            repeat: false,
+            max,
+        })
+    }
+
+    /// A `Vec`'s data pointer offset, `len` offset and element type (template parameter `T`,
+    /// else the data pointer's pointee).
+    #[allow(clippy::type_complexity)] // a private helper's triple
+    fn vec_parts(
+        &self,
+        vec: &Entry<'a>,
+    ) -> Result<Option<(u64, u64, Option<UnitOffset<usize>>)>, String> {
+        let members = self.members(vec)?;
+        let named = |n: &str| members.iter().find(|m| m.name.as_deref() == Some(n));
+        let (Some(buf), Some(len)) = (named("buf"), named("len")) else {
+            return Ok(None);
+        };
+        let Some(buf_ty) = buf.ty else {
+            return Ok(None);
+        };
+        let buf_e = self.resolve(buf_ty)?;
+        let Some((ptr, pointee)) = self.find_pointer(&buf_e, 0)? else {
+            return Ok(None);
+        };
+        let elem = self.template_param(vec, "T").or(Some(pointee));
+        Ok(Some((buf.offset + ptr, len.offset, elem)))
+    }
+
+    /// The first pointer inside a struct (preferring members named `ptr` or `pointer`): its
+    /// offset and pointee type.
+    fn find_pointer(
+        &self,
+        e: &Entry<'a>,
+        depth: u8,
+    ) -> Result<Option<(u64, UnitOffset<usize>)>, String> {
+        if depth > MAX_DEPTH {
+            return Ok(None);
+        }
+        if matches!(
+            e.tag(),
+            constants::DW_TAG_pointer_type | constants::DW_TAG_reference_type
+        ) {
+            return Ok(self.type_ref(e).map(|p| (0, p)));
+        }
+        if e.tag() != constants::DW_TAG_structure_type {
+            return Ok(None);
+        }
+        let mut members = self.members(e)?;
+        members.sort_by_key(|m| !matches!(m.name.as_deref(), Some("ptr" | "pointer")));
+        for m in members {
+            let Some(ty) = m.ty else { continue };
+            let inner = self.resolve(ty)?;
+            if let Some((off, pointee)) = self.find_pointer(&inner, depth + 1)? {
+                return Ok(Some((m.offset + off, pointee)));
+            }
+        }
+        Ok(None)
+    }
+}
+
+fn need_fit(at: Pos, offset: u64, size: u64) -> Result<(), String> {
+    if at.fits(offset, size) {
+        Ok(())
+    } else {
+        Err("past the bytes captured".into())
+    }
+}
+
+/// Whether a fat pointer type's name is a string's: `&str`, `&mut str`, `*const str`,
+/// `Box<str, …>`.
+fn is_str(name: &str) -> bool {
+    let bare = ["&mut ", "&", "*const ", "*mut "]
+        .iter()
+        .find_map(|p| name.strip_prefix(p))
+        .unwrap_or(name);
+    bare == "str"
+        || name
+            .split_once("Box<")
+            .is_some_and(|(_, rest)| rest.starts_with("str,") || rest.starts_with("str>"))
+}
+
+/// `__0` → `0` (tuple and tuple-struct fields).
+fn tuple_field(name: &str) -> &str {
+    match name.strip_prefix("__") {
+        Some(digits) if !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit()) => digits,
+        _ => name,
+    }
+}
+
+/// A constant attribute (`DW_AT_const_value`, `DW_AT_discr_value`) as raw bits.
+fn constant(v: AttributeValue<Slice<'_>>) -> Option<u128> {
+    Some(match v {
+        AttributeValue::Data1(x) => u128::from(x),
+        AttributeValue::Data2(x) => u128::from(x),
+        AttributeValue::Data4(x) => u128::from(x),
+        AttributeValue::Data8(x) => u128::from(x),
+        AttributeValue::Data16(x) => x,
+        AttributeValue::Udata(x) => u128::from(x),
+        // Two's complement bits, masked to the discriminant's size by the caller.
+        #[allow(clippy::cast_sign_loss)]
+        AttributeValue::Sdata(x) => i128::from(x) as u128,
+        AttributeValue::Block(b) if b.len() <= 16 => le(b.slice()),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn int(size: u8, signed: bool) -> Node {
+        Node::Int { size, signed }
+    }
+
+    fn shape(inline_size: usize, derefs: Vec<Deref>, root: Node) -> TypeShape {
+        TypeShape {
+            inline_size,
+            derefs,
+            root,
+        }
+    }
+
+    #[test]
+    fn integers_of_every_size_and_sign() {
+        let s = shape(1, vec![], int(1, true));
+        assert_eq!(s.decode(&[0xff], &[]), Ok(Value::Int(-1)));
+        let s = shape(2, vec![], int(2, false));
+        assert_eq!(s.decode(&[0xff, 0xff], &[]), Ok(Value::UInt(65535)));
+        let s = shape(16, vec![], int(16, true));
+        let min = i128::MIN.to_le_bytes();
+        assert_eq!(s.decode(&min, &[]), Ok(Value::Float(i128::MIN as f64)));
+        assert_eq!(s.decode(&(-5i128).to_le_bytes(), &[]), Ok(Value::Int(-5)));
+        let s = shape(16, vec![], int(16, false));
+        let max = u128::MAX.to_le_bytes();
+        assert_eq!(s.decode(&max, &[]), Ok(Value::Float(u128::MAX as f64)));
+        // A register location gave fewer bytes than the type needs.
+        assert_eq!(
+            s.decode(&[0; 8], &[]),
+            Err(DecodeError::Invalid("capture (too few bytes)"))
+        );
+    }
+
+    #[test]
+    fn strings_cut_at_a_character_boundary_and_bad_utf8_is_invalid() {
+        let s = shape(
+            16,
+            vec![Deref {
+                from: 0,
+                ptr_offset: 0,
+                len: DerefLen::Field {
+                    offset: 8,
+                    elem_size: 1,
+                },
+            }],
+            Node::Str {
+                deref: 0,
+                len_offset: 8,
+            },
+        );
+        let inline = |len: u64| [[0u8; 8], len.to_le_bytes()].concat();
+        // "é" is two bytes; the capture cut after its first byte.
+        let heap = "aé".as_bytes();
+        assert_eq!(
+            s.decode(&inline(100), &[Some(&heap[..2])]),
+            Ok(Value::Str("a".into()))
+        );
+        assert_eq!(
+            s.decode(&inline(3), &[Some(heap)]),
+            Ok(Value::Str("aé".into()))
+        );
+        assert_eq!(
+            s.decode(&inline(2), &[Some(&[0xff, 0xfe])]),
+            Err(DecodeError::Invalid("UTF-8 in a string"))
+        );
+        assert_eq!(s.decode(&inline(0), &[None]), Ok(Value::Str(String::new())));
+        assert_eq!(s.decode(&inline(1), &[None]), Err(DecodeError::Unreadable));
+    }
+
+    fn reads(template: &str, root: &str) -> Option<Reads> {
+        let expr = sonde_expr::compile(template, sonde_expr::ExprKind::Template).unwrap();
+        Reads::of(expr.paths(), root)
+    }
+
+    #[test]
+    fn reads_are_the_union_of_the_paths_below_a_root() {
+        assert_eq!(reads("{a.b}", "x"), None);
+        let r = reads("{x.a.b} {x.a.c} {x.items[0].sku} {x.items[-1].qty}", "x").unwrap();
+        assert!(!r.all);
+        let a = r.field("a").unwrap();
+        assert!(a.field("b").unwrap().all && a.field("c").unwrap().all);
+        assert_eq!(r.of_fields(&["a", "items"]), &r);
+        // A step the value does not have: the whole value.
+        assert!(r.of_fields(&["a"]).all);
+        let items = r.field("items").unwrap().elements();
+        assert!(!items.all && items.field("sku").is_some() && items.field("qty").is_some());
+        // A path ending at the root reads all of it, whatever else is read.
+        assert!(reads("{x.a} {x}", "x").unwrap().all);
+        assert!(reads("{x} {x.a}", "x").unwrap().all);
+    }
+
+    #[test]
+    fn sequence_elements_are_read_by_index_and_head_index() {
+        let r = reads("{v[0].a} {v.head[1].b}", "v").unwrap();
+        let e = r.elements();
+        assert!(!e.all && e.field("a").unwrap().all && e.field("b").unwrap().all);
+        // `len`, the whole `head`, or a step a sequence does not have: whole elements.
+        for t in ["{v.len} {v[0].a}", "{v.head}", "{v.nope.a}"] {
+            assert!(reads(t, "v").unwrap().elements().all, "{t}");
+        }
+    }
+
+    #[test]
+    fn fat_pointer_names() {
+        for name in [
+            "&str",
+            "&mut str",
+            "*const str",
+            "alloc::boxed::Box<str, alloc::alloc::Global>",
+        ] {
+            assert!(is_str(name), "{name}");
+        }
+        for name in [
+            "&[u8]",
+            "&strange",
+            "alloc::boxed::Box<[u8], alloc::alloc::Global>",
+        ] {
+            assert!(!is_str(name), "{name}");
+        }
+        assert_eq!(tuple_field("__12"), "12");
+        assert_eq!(tuple_field("__x"), "__x");
+        assert_eq!(tuple_field("name"), "name");
+    }
+}
