@@ -444,7 +444,11 @@ fn binary<'a>(op: Op, l: V<'a>, r: V<'a>) -> Result<V<'a>, Fallback> {
 /// absolutely when the product of the two is zero (so `1e-300 == 0.0`; NaN is neither equal nor
 /// unequal to a non-zero number, and equal to zero).
 fn float_compare(op: Op, x: f64, y: f64) -> bool {
-    let max = if x * y == 0.0 { 1.0 } else { x.abs().max(y.abs()) };
+    let max = if x * y == 0.0 {
+        1.0
+    } else {
+        x.abs().max(y.abs())
+    };
     if max == 0.0 {
         // Zero against NaN: `max` skips the NaN, and rhai calls the two equal.
         return matches!(op, Op::Eq | Op::Le | Op::Ge);
