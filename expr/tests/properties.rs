@@ -161,8 +161,11 @@ fn float_comparisons_agree_with_rhai_at_the_edges() {
     let mut compared = 0;
     for op in ["==", "!=", "<", "<=", ">", ">="] {
         let native = compile(&format!("a {op} b"), ExprKind::Any).expect("compiles");
-        let rhai = compile(&format!("if true {{ a {op} b }} else {{ () }}"), ExprKind::Any)
-            .expect("compiles");
+        let rhai = compile(
+            &format!("if true {{ a {op} b }} else {{ () }}"),
+            ExprKind::Any,
+        )
+        .expect("compiles");
         assert!(native.is_native() && !rhai.is_native());
         for a in &edges {
             for b in &edges {
