@@ -114,6 +114,9 @@ impl Installer {
     #[cfg(all(feature = "native", target_os = "linux", target_arch = "x86_64"))]
     pub fn set_native(&mut self, native: crate::native::Native) {
         native.set_dirty_flag(self.dirty.clone());
+        if let Some(own) = &self.own {
+            native.set_self_metrics(own.native());
+        }
         self.native = Some(native);
     }
 

@@ -260,6 +260,12 @@ impl Installed {
         }
     }
 
+    /// The agent's own metrics for this tracepoint, when the agent exports them.
+    #[cfg(all(feature = "native", target_os = "linux", target_arch = "x86_64"))]
+    pub fn own(&self) -> Option<&TracepointMetrics> {
+        self.own.as_ref()
+    }
+
     /// Why it disarmed itself, if it did.
     pub fn disarmed(&self) -> Option<DisarmReason> {
         if !self.disarmed.load(Ordering::Relaxed) {

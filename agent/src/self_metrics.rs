@@ -18,6 +18,20 @@
 //! | `sonde_agent_control_plane_retries_total` | | reconnect attempts after a failure |
 //! | `sonde_agent_circuit_breaker_opened_total`, `..._half_open_total` | | breaker transitions |
 //! | `sonde_agent_circuit_breaker_open` | | 1 while the breaker is open |
+//!
+//! With native breakpoints on (feature `native`), also, updated once a second:
+//!
+//! | metric | tags | what |
+//! |---|---|---|
+//! | `sonde_agent_native_traps_total` | `tracepoint` | hits of natively armed lines (int3 or jump) |
+//! | `sonde_agent_native_throttled_total` | `tracepoint` | hits the per-tracepoint token bucket turned away |
+//! | `sonde_agent_native_dropped_records_total` | | captures lost for want of ring space |
+//! | `sonde_agent_native_foreign_traps_total` | | SIGTRAPs that were not Sonde's (passed on) |
+//! | `sonde_agent_native_lines_armed` | | lines armed natively now |
+//! | `sonde_agent_native_jump_addresses` | | armed addresses served by a jump trampoline now |
+//!
+//! A native line disarmed by its trap budget counts in `sonde_agent_tracepoint_disarms_total`
+//! with `reason="native_traps"`.
 
 use std::sync::Arc;
 
@@ -29,6 +43,8 @@ use crate::{
 /// The agent's own instruments.
 #[derive(Debug)]
 pub(crate) struct SelfMetrics {
+    #[cfg(all(feature = "native", target_os = "linux", target_arch = "x86_64"))]
+    factory: Metrics,
     fires: CounterVec,
     condition_false: CounterVec,
     errors: CounterVec,
@@ -54,6 +70,8 @@ impl SelfMetrics {
             .namespace("sonde_agent")
             .build();
         Self {
+            #[cfg(all(feature = "native", target_os = "linux", target_arch = "x86_64"))]
+            factory: m.clone(),
             fires: m.counter_vec(
                 "tracepoint_fires_total",
                 "Tracepoint hits that recorded metrics or logged.",
@@ -119,6 +137,37 @@ impl SelfMetrics {
         }
     }
 
+    /// The native breakpoints' instruments, made when native breakpoints are switched on.
+    #[cfg(all(feature = "native", target_os = "linux", target_arch = "x86_64"))]
+    pub fn native(&self) -> NativeMetrics {
+        let m = &self.factory;
+        NativeMetrics {
+            traps: m.counter_vec(
+                "native_traps_total",
+                "Hits of lines armed natively (int3 or jump trampoline).",
+                &["tracepoint"],
+            ),
+            throttled: m.counter_vec(
+                "native_throttled_total",
+                "Native hits turned away by the tracepoint's token bucket.",
+                &["tracepoint"],
+            ),
+            dropped_records: m.counter(
+                "native_dropped_records_total",
+                "Native captures lost for want of ring space.",
+            ),
+            foreign_traps: m.counter(
+                "native_foreign_traps_total",
+                "SIGTRAPs that were not Sonde's, passed to the previous handler.",
+            ),
+            lines_armed: m.gauge("native_lines_armed", "Lines armed natively now."),
+            jump_addresses: m.gauge(
+                "native_jump_addresses",
+                "Natively armed addresses served by a jump trampoline now.",
+            ),
+        }
+    }
+
     /// The instruments of one tracepoint, resolved once at install.
     pub fn for_tracepoint(&self, id: &str) -> TracepointMetrics {
         TracepointMetrics {
@@ -132,6 +181,18 @@ impl SelfMetrics {
             id: id.to_owned(),
         }
     }
+}
+
+/// The native breakpoints' instruments (see the module's table).
+#[cfg(all(feature = "native", target_os = "linux", target_arch = "x86_64"))]
+#[derive(Debug)]
+pub(crate) struct NativeMetrics {
+    pub traps: CounterVec,
+    pub throttled: CounterVec,
+    pub dropped_records: Counter,
+    pub foreign_traps: Counter,
+    pub lines_armed: Gauge,
+    pub jump_addresses: Gauge,
 }
 
 /// One tracepoint's instruments.

@@ -106,17 +106,28 @@ fn serial() -> MutexGuard<'static, ()> {
 }
 
 fn agent(registry: &prometheus::Registry, budget: NativeBudget) -> AgentHandle {
+    let prometheus = PrometheusProvider::new(registry.clone());
     Agent::builder()
         .offline()
-        .provider(PrometheusProvider::new(registry.clone()))
+        .provider(prometheus.clone())
         // The evaluation CPU budget is not under test here; a loaded machine must not trip it.
         .budgets(Budgets {
             cpu: Duration::from_secs(3600),
             ..Budgets::default()
         })
         .native_breakpoints(budget)
+        .self_metrics(prometheus)
         .start()
         .expect("agent starts")
+}
+
+/// The agent's own metric `name` (exported once a second), as the exposition shows it.
+fn own_metric(registry: &prometheus::Registry, name: &str) -> Option<f64> {
+    let text = prometheus::TextEncoder::new()
+        .encode_to_string(&registry.gather())
+        .unwrap();
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
 }
 
 fn unlimited() -> NativeBudget {
@@ -243,8 +254,22 @@ fn counts_and_values_are_exact_across_threads() {
             "series for {who}"
         );
     }
+    // The agent's own metrics count the traps and the armed line.
+    wait_for("sonde_agent_native_traps_total to count every hit", || {
+        own_metric(
+            &registry,
+            r#"sonde_agent_native_traps_total{tracepoint="n1"}"#,
+        ) == Some((THREADS * CALLS) as f64)
+    });
+    assert_eq!(
+        own_metric(&registry, "sonde_agent_native_lines_armed"),
+        Some(1.0)
+    );
     agent.apply(Vec::new());
     assert_eq!(work(3, "x"), 7, "restored code still runs");
+    wait_for("sonde_agent_native_lines_armed to go to 0", || {
+        own_metric(&registry, "sonde_agent_native_lines_armed") == Some(0.0)
+    });
     agent.shutdown();
 }
 
@@ -361,6 +386,16 @@ fn a_hot_line_moves_to_a_jump_and_its_counts_stay_exact() {
     }
     let st = status(&agent, "jump");
     assert_eq!(st.state, TracepointState::Bound, "{st:?}");
+    wait_for("sonde_agent_native_jump_addresses to show the jump", || {
+        own_metric(&registry, "sonde_agent_native_jump_addresses") == Some(1.0)
+    });
+    // Every hit counts as a trap, through the int3 or through the jump.
+    wait_for("sonde_agent_native_traps_total to count every hit", || {
+        own_metric(
+            &registry,
+            r#"sonde_agent_native_traps_total{tracepoint="jump"}"#,
+        ) == Some(total as f64)
+    });
     agent.apply(Vec::new());
     for i in 0..100 {
         assert_eq!(hot(i, "after"), (i + 1) * 3 + 5, "restored code");
@@ -542,6 +577,26 @@ fn a_line_over_its_trap_budget_disarms_itself() {
     // The token bucket let through far fewer captures than there were traps.
     let fired = agent.fires("hot").unwrap();
     assert!(fired < calls / 2, "{fired} of {calls}");
+    // The agent's own metrics say so too (the counts are flushed as the line is dropped).
+    assert_eq!(
+        own_metric(
+            &registry,
+            r#"sonde_agent_tracepoint_disarms_total{reason="native_traps",tracepoint="hot"}"#
+        ),
+        Some(1.0)
+    );
+    let traps = own_metric(
+        &registry,
+        r#"sonde_agent_native_traps_total{tracepoint="hot"}"#,
+    );
+    let throttled = own_metric(
+        &registry,
+        r#"sonde_agent_native_throttled_total{tracepoint="hot"}"#,
+    );
+    assert!(
+        matches!((traps, throttled), (Some(t), Some(th)) if th > 0.0 && th < t && t >= fired as f64),
+        "traps {traps:?}, throttled {throttled:?}, fired {fired}"
+    );
     agent.apply(Vec::new());
     agent.shutdown();
 }

@@ -35,7 +35,10 @@ use super::{
         VarCapture,
     },
 };
-use crate::pipeline::{self, Installed};
+use crate::{
+    pipeline::{self, Installed},
+    self_metrics::NativeMetrics,
+};
 
 /// Limits of native breakpoints.
 #[derive(Debug, Clone, Copy)]
@@ -97,6 +100,9 @@ struct Line {
     over_budget: Mutex<Option<String>>,
     /// Traps counted at the last budget check.
     last_hits: AtomicU64,
+    /// Traps and throttled traps already added to the agent's own metrics.
+    exported_hits: AtomicU64,
+    exported_throttled: AtomicU64,
     /// Addresses of the line that run through a jump trampoline.
     jumps: AtomicU64,
 }
@@ -133,6 +139,54 @@ struct Shared {
     budget: NativeBudget,
     /// Set when a line's status changed off the agent's thread (budget disarm).
     dirty: Mutex<Option<Arc<AtomicBool>>>,
+    /// The agent's own metrics, when it exports them, and the process-wide counts already
+    /// added to them.
+    own: OnceLock<OwnMetrics>,
+}
+
+struct OwnMetrics {
+    metrics: NativeMetrics,
+    exported_dropped: AtomicU64,
+    exported_foreign: AtomicU64,
+}
+
+impl OwnMetrics {
+    /// Adds what `line` counted since the last export.
+    fn export_line(&self, line: &Line) {
+        let id = [line.tp.id.as_str()];
+        let hits = line.gate.hits.load(Ordering::Relaxed);
+        let new = hits.saturating_sub(line.exported_hits.swap(hits, Ordering::Relaxed));
+        if new > 0 {
+            self.metrics.traps.add(&id, new as f64);
+        }
+        let throttled = line.gate.throttled.load(Ordering::Relaxed);
+        let new =
+            throttled.saturating_sub(line.exported_throttled.swap(throttled, Ordering::Relaxed));
+        if new > 0 {
+            self.metrics.throttled.add(&id, new as f64);
+        }
+    }
+
+    /// Adds every line's counts and the process-wide ones, and sets the gauges.
+    fn export(&self, lines: &HashMap<u64, Arc<Line>>) {
+        let mut jumps = 0;
+        for line in lines.values() {
+            self.export_line(line);
+            jumps += line.jumps.load(Ordering::Relaxed);
+        }
+        self.metrics.lines_armed.set(lines.len() as f64);
+        self.metrics.jump_addresses.set(jumps as f64);
+        let dropped = trap::rings().dropped.load(Ordering::Relaxed);
+        let new = dropped.saturating_sub(self.exported_dropped.swap(dropped, Ordering::Relaxed));
+        if new > 0 {
+            self.metrics.dropped_records.add(new as f64);
+        }
+        let foreign = trap::FOREIGN.load(Ordering::Relaxed);
+        let new = foreign.saturating_sub(self.exported_foreign.swap(foreign, Ordering::Relaxed));
+        if new > 0 {
+            self.metrics.foreign_traps.add(new as f64);
+        }
+    }
 }
 
 /// Native breakpoints for one agent. Cheap to clone.
@@ -183,6 +237,7 @@ impl Native {
             lines: RwLock::new(HashMap::new()),
             budget,
             dirty: Mutex::new(None),
+            own: OnceLock::new(),
         });
         let indexing = Arc::downgrade(&shared);
         let _ = std::thread::Builder::new()
@@ -217,6 +272,16 @@ impl Native {
     /// The flag to raise when a line's status changes on the decoder thread.
     pub(crate) fn set_dirty_flag(&self, dirty: Arc<AtomicBool>) {
         *self.shared.dirty.lock().unwrap_or_else(|p| p.into_inner()) = Some(dirty);
+    }
+
+    /// Exports `sonde_agent_native_*` through the agent's own metrics, once a second.
+    pub(crate) fn set_self_metrics(&self, metrics: NativeMetrics) {
+        // Counts from before (another agent in this process) are not this agent's.
+        let _ = self.shared.own.set(OwnMetrics {
+            metrics,
+            exported_dropped: AtomicU64::new(trap::rings().dropped.load(Ordering::Relaxed)),
+            exported_foreign: AtomicU64::new(trap::FOREIGN.load(Ordering::Relaxed)),
+        });
     }
 
     /// The index, waiting for it to be built (at most `wait`).
@@ -443,6 +508,8 @@ impl Native {
             gate: Arc::new(Gate::new(budget.captures_per_sec, budget.burst)),
             over_budget: Mutex::new(None),
             last_hits: AtomicU64::new(0),
+            exported_hits: AtomicU64::new(0),
+            exported_throttled: AtomicU64::new(0),
             jumps: AtomicU64::new(0),
         });
         for (addr, orig, action) in &planned {
@@ -577,6 +644,10 @@ fn drop_line(shared: &Shared, state: &mut State, id: u64) {
         .write()
         .unwrap_or_else(|p| p.into_inner())
         .remove(&id);
+    // Hits after this are handlers already past the gate check: not worth a wait.
+    if let Some(own) = shared.own.get() {
+        own.export_line(&line);
+    }
     let now = Instant::now();
     let mut freed_slots = Vec::new();
     for a in &line.addresses {
@@ -861,6 +932,9 @@ fn check_budgets(shared: &Shared, secs: f64) {
     let mut hot = Vec::new();
     let over: Vec<(u64, String)> = {
         let lines = shared.lines.read().unwrap_or_else(|p| p.into_inner());
+        if let Some(own) = shared.own.get() {
+            own.export(&lines);
+        }
         lines
             .values()
             .filter_map(|l| {
@@ -903,6 +977,9 @@ fn check_budgets(shared: &Shared, secs: f64) {
         if let Some(line) = state.lines.get(&id).cloned() {
             tracing::warn!(tracepoint = %line.tp.id, "{why}");
             *line.over_budget.lock().unwrap_or_else(|p| p.into_inner()) = Some(why);
+            if let Some(own) = line.tp.own() {
+                own.disarm("native_traps");
+            }
             drop_line(shared, &mut state, id);
         }
     }
