@@ -3,8 +3,8 @@
 //! capture plan would); and with an `int3` armed by the agent (a signal round trip per hit),
 //! for comparison. Target: at most 200 ns per trampoline hit.
 //!
-//! The trampoline is installed directly (`native::Trampoline`), not through a tracepoint:
-//! arming does not use it yet. Needs this bench binary's debug info
+//! The trampoline is installed directly (`native::Trampoline`), not through a tracepoint (the
+//! agent moves a hot line to a jump only after a budget check). Needs this bench binary's debug info
 //! (`[profile.bench.package.sonde-agent] debug = 2`). Run: `cargo bench -p sonde-agent
 //! --features native --bench native_trampoline`.
 

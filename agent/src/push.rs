@@ -263,7 +263,7 @@ impl Shared {
     fn push(&self) {
         // A collector that panics must not end the thread (nor reach the application).
         let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            let body = exposition::encode_families(&self.registry.gather(), Format::Text);
+            let body = exposition::encode_registry(&self.registry, Format::Text);
             self.agent
                 .put(&self.url)
                 .header("Content-Type", Format::Text.content_type())
