@@ -220,6 +220,38 @@ pub(crate) fn plan(insn: &Instruction, arena: &SlotArena) -> Result<Action, Refu
     }
 }
 
+/// Maps `size` bytes of read-only executable memory within `reach` of `near`: below it if
+/// possible, else above (code patched at `near` reaches it with a rel32). Written later only
+/// through [`write_code`].
+pub(crate) fn map_exec_near(near: u64, size: usize, reach: u64) -> Option<u64> {
+    const STEP: u64 = 64 << 20;
+    let below = (1..24).map(|k| (near & !0xfff).saturating_sub(STEP * k));
+    let above = (1..24).map(|k| (near & !0xfff).saturating_add(STEP * k));
+    for hint in below.chain(above) {
+        // SAFETY: a fresh anonymous mapping at a hint; MAP_FIXED_NOREPLACE never replaces an
+        // existing mapping.
+        let p = unsafe {
+            libc::mmap(
+                hint as *mut libc::c_void,
+                size,
+                libc::PROT_READ | libc::PROT_EXEC,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            continue;
+        }
+        if (p as u64).abs_diff(near) < reach {
+            return Some(p as u64);
+        }
+        // SAFETY: unmapping the mapping just made.
+        unsafe { libc::munmap(p, size) };
+    }
+    None
+}
+
 /// Out-of-line slots in one read-and-execute mapping near the executable's code (within the
 /// ±2 GiB a `rel32` reaches), written through [`write_code`]. Freed slots are reused only after
 /// [`SLOT_GRACE`].
@@ -234,40 +266,17 @@ struct ArenaState {
 }
 
 impl SlotArena {
-    /// Maps the arena below `near` (an address in the executable's code).
+    /// Maps the arena near `near` (an address in the executable's code).
     pub fn new(near: u64) -> Result<Self, Refusal> {
-        const STEP: u64 = 64 << 20;
-        let mut hint = (near & !0xfff).saturating_sub(STEP);
-        for _ in 0..24 {
-            // SAFETY: a fresh anonymous mapping at a hint; MAP_FIXED_NOREPLACE never replaces an
-            // existing mapping.
-            let p = unsafe {
-                libc::mmap(
-                    hint as *mut libc::c_void,
-                    ARENA_SIZE,
-                    libc::PROT_READ | libc::PROT_EXEC,
-                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
-                    -1,
-                    0,
-                )
-            };
-            if p != libc::MAP_FAILED {
-                let base = p as u64;
-                if base.abs_diff(near) < (1 << 31) - 2 * ARENA_SIZE as u64 {
-                    return Ok(Self {
-                        base,
-                        state: Mutex::new(ArenaState {
-                            next: 0,
-                            free: Vec::new(),
-                        }),
-                    });
-                }
-                // SAFETY: unmapping the mapping just made.
-                unsafe { libc::munmap(p, ARENA_SIZE) };
-            }
-            hint = hint.saturating_sub(STEP);
-        }
-        Err(Refusal::NoSlot(near))
+        let base = map_exec_near(near, ARENA_SIZE, (1 << 31) - 2 * ARENA_SIZE as u64)
+            .ok_or(Refusal::NoSlot(near))?;
+        Ok(Self {
+            base,
+            state: Mutex::new(ArenaState {
+                next: 0,
+                free: Vec::new(),
+            }),
+        })
     }
 
     fn alloc(&self, near: u64) -> Result<u64, Refusal> {

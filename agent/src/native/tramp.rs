@@ -501,39 +501,9 @@ fn alloc_slot(near: u64) -> Option<u64> {
             return Some(slot);
         }
     }
-    let base = map_arena(near, REACH)?;
+    let base = super::patch::map_exec_near(near, ARENA_SIZE, REACH)?;
     arenas.push((base, TRAMPOLINE_SIZE));
     Some(base)
-}
-
-/// Maps an arena below (or else above) `near`, within `reach` of it.
-fn map_arena(near: u64, reach: u64) -> Option<u64> {
-    const STEP: u64 = 32 << 20;
-    let below = (1..24).map(|k| (near & !0xfff).saturating_sub(STEP * k));
-    let above = (1..24).map(|k| (near & !0xfff).saturating_add(STEP * k));
-    for hint in below.chain(above) {
-        // Safety: a fresh anonymous mapping at a hint; MAP_FIXED_NOREPLACE never replaces an
-        // existing mapping.
-        let p = unsafe {
-            libc::mmap(
-                hint as *mut libc::c_void,
-                ARENA_SIZE,
-                libc::PROT_READ | libc::PROT_EXEC,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
-                -1,
-                0,
-            )
-        };
-        if p == libc::MAP_FAILED {
-            continue;
-        }
-        if (p as u64).abs_diff(near) < reach {
-            return Some(p as u64);
-        }
-        // Safety: unmapping the mapping just made.
-        unsafe { libc::munmap(p, ARENA_SIZE) };
-    }
-    None
 }
 
 #[cfg(test)]
