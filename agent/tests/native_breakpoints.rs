@@ -775,3 +775,82 @@ impl TapPath for TracePointConfig {
         self
     }
 }
+
+#[test]
+fn a_hot_line_reading_an_xmm_register_moves_to_a_jump() {
+    let _serial = serial();
+    let line = fixture_line("// @discounted");
+    // The precondition: at every address of the line, `gross` is in an XMM register (DWARF
+    // registers 17–32).
+    let index = DebugIndex::for_current_exe().expect("debug info");
+    let found = index.lookup(FIXTURE, line);
+    assert!(!found.is_empty(), "line {line} has no code");
+    for a in &found.addresses {
+        let vars = index.variables_at(a.address).unwrap();
+        let gross = vars.iter().rev().find(|v| v.name == "gross");
+        assert!(
+            matches!(gross.map(|v| &v.plan), Some(CapturePlan::Reg(17..=32))),
+            "`gross` at {:#x} is not in an XMM register: {gross:?}",
+            a.address
+        );
+    }
+    let registry = prometheus::Registry::new();
+    let agent = agent(
+        &registry,
+        NativeBudget {
+            jump_above: 100,
+            ..unlimited()
+        },
+    );
+    agent.apply(vec![
+        counter("xmm", line, "native_xmm_total", Some("gross"), &[]).tap_path(FIXTURE),
+    ]);
+    let stop = Arc::new(AtomicBool::new(false));
+    struct StopOnDrop(Arc<AtomicBool>);
+    impl Drop for StopOnDrop {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
+    let _stop_guard = StopOnDrop(stop.clone());
+    // Prices in whole units and a rate of one half: every `gross` and every sum is exact.
+    let workers: Vec<_> = (0..3)
+        .map(|t| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let (mut calls, mut grosses) = (0u64, 0f64);
+                while !stop.load(Ordering::Relaxed) || calls < 2_000 {
+                    let price = ((calls + t) % 100) as f64;
+                    let net = sonde_native_fixture::discounted(price, 0.5);
+                    assert_eq!(net, price * 1.5 * 0.9 + 0.5);
+                    grosses += price * 1.5;
+                    calls += 1;
+                    // Well above `jump_above`, well below what the decoder drains.
+                    if calls % 16 == 0 {
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                }
+                (calls, grosses)
+            })
+        })
+        .collect();
+    wait_for("the line to move to a jump", || {
+        status(&agent, "xmm").sites[0].contains("by jump")
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    let done: Vec<(u64, f64)> = workers.into_iter().map(|w| w.join().unwrap()).collect();
+    let calls: u64 = done.iter().map(|d| d.0).sum();
+    let grosses: f64 = done.iter().map(|d| d.1).sum();
+    wait_for("every hit to be decoded", || {
+        agent.fires("xmm") == Some(calls)
+    });
+    assert_eq!(
+        counter_value(&registry, "native_xmm_total", &[]),
+        Some(grosses),
+        "the sum of `gross` over {calls} calls, read from XMM through the int3 and the jump"
+    );
+    agent.apply(Vec::new());
+    assert_eq!(sonde_native_fixture::discounted(2.0, 0.5), 3.2);
+    agent.shutdown();
+}

@@ -1012,9 +1012,6 @@ fn try_jumps(shared: &Shared, state: &mut State, line: &Line) {
             continue;
         };
         let captures = &line.captures[i];
-        if captures.iter().any(|c| matches!(c.loc, Loc::Xmm(_))) {
-            continue;
-        }
         let result = jump_plan(index, state, addr).and_then(|plan| {
             let users = Box::new(TrampolineUsers {
                 users: vec![User {
@@ -1024,6 +1021,7 @@ fn try_jumps(shared: &Shared, state: &mut State, line: &Line) {
                     captures: captures.clone().into_boxed_slice(),
                 }]
                 .into_boxed_slice(),
+                wide: plan.uses_wide_vector_state(),
             });
             // A thread in the slot jumps back after the first displaced instruction: inside
             // the span when more than one is displaced.

@@ -29,6 +29,7 @@
 //! function has no x87, MMX or AVX code (nothing else of it can be live there: the rest is
 //! caller-saved), else the x87/SSE/AVX/AVX-512 state with `xsavec`/`xsave` (`fxsave` where
 //! the OS does not enable XSAVE). It calls the callback on a 16-byte-aligned stack,
+//! (native breakpoints' callback reads xmm registers from the save area: `saved_xmm`),
 //! restores all of it, runs the displaced instructions (re-encoded for the trampoline's address
 //! by iced's block encoder) and jumps back after them. The code is in `emit`.
 //!
@@ -266,11 +267,7 @@ impl Trampoline {
             user: user as u64,
             inflight: &shared.inflight as *const AtomicU64 as u64,
         };
-        let vector = if plan.wide {
-            vector_save()
-        } else {
-            VectorSave::Xmm
-        };
+        let vector = vector_save_for(plan.wide);
         let emitted = emit::emit(slot, plan, embed, vector)
             .map_err(|reason| TrampolineError::Codegen { addr, reason })?;
         if emitted.code.len() > TRAMPOLINE_SIZE {
@@ -481,9 +478,31 @@ fn busy(threads: &[Stopped], ranges: &[Range<u64>]) -> Option<(i32, u64)> {
     None
 }
 
-fn vector_save() -> VectorSave {
+/// How a trampoline saves the vector state: all of it (as the CPU and kernel allow) for a
+/// function with x87, MMX or VEX/EVEX code, else only xmm0–15 and MXCSR.
+fn vector_save_for(wide: bool) -> VectorSave {
     static DETECTED: OnceLock<VectorSave> = OnceLock::new();
-    *DETECTED.get_or_init(VectorSave::detect)
+    if wide {
+        *DETECTED.get_or_init(VectorSave::detect)
+    } else {
+        VectorSave::Xmm
+    }
+}
+
+/// xmm`k` at the patch point, from inside the callback of a trampoline installed for a plan
+/// whose [`Plan::uses_wide_vector_state`] is `wide`.
+///
+/// # Safety
+///
+/// `regs` is the pointer that trampoline passed to the callback, which is still running.
+pub(crate) unsafe fn saved_xmm(
+    regs: *const TrampolineRegs,
+    wide: bool,
+    k: usize,
+) -> Option<[u8; 16]> {
+    // SAFETY: the caller's contract; a trampoline for such a plan was installed, so the
+    // detection already ran (no initialisation happens here).
+    unsafe { vector_save_for(wide).saved_xmm(regs as u64, k) }
 }
 
 /// Trampoline arenas: read-execute mappings near the code, filled front to back and never

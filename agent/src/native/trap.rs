@@ -494,8 +494,7 @@ impl Regs for super::tramp::TrampolineRegs {
     }
 
     fn xmm(&self, _index: usize) -> Option<[u8; 16]> {
-        // The trampoline saves vector registers but does not hand them over; lines whose
-        // captures read one stay on int3.
+        // Only with the save mode known: see `TrampolineFrame`.
         None
     }
 }
@@ -503,6 +502,26 @@ impl Regs for super::tramp::TrampolineRegs {
 /// What a trampoline's callback gets: the users of its address.
 pub(crate) struct TrampolineUsers {
     pub users: Box<[User]>,
+    /// Whether the trampoline saves the whole vector state (`Plan::uses_wide_vector_state`),
+    /// which says where it put the xmm registers.
+    pub wide: bool,
+}
+
+/// A trampoline's saved registers, with where its vector registers are.
+struct TrampolineFrame<'a> {
+    regs: &'a super::tramp::TrampolineRegs,
+    wide: bool,
+}
+
+impl Regs for TrampolineFrame<'_> {
+    fn greg(&self, index: usize) -> u64 {
+        self.regs.greg(index)
+    }
+
+    fn xmm(&self, index: usize) -> Option<[u8; 16]> {
+        // SAFETY: `regs` is what the trampoline passed to `on_trampoline`, still running.
+        unsafe { super::tramp::saved_xmm(self.regs, self.wide, index) }
+    }
 }
 
 /// The trampoline callback of native breakpoints: the same captures as the trap handler, from
@@ -511,8 +530,12 @@ pub(crate) extern "C" fn on_trampoline(regs: *mut super::tramp::TrampolineRegs, 
     // SAFETY: the trampoline passes its saved registers and the `TrampolineUsers` it was
     // installed with, which outlives it (freed only after removal drained every callback).
     let (regs, users) = unsafe { (&*regs, &*user.cast::<TrampolineUsers>()) };
+    let frame = TrampolineFrame {
+        regs,
+        wide: users.wide,
+    };
     for user in users.users.iter() {
-        capture(user, regs);
+        capture(user, &frame);
     }
 }
 

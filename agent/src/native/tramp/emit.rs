@@ -92,6 +92,37 @@ impl VectorSave {
             Self::Fxsave => 512,
         }
     }
+
+    /// xmm`k` of the patch point, as a trampoline saving this way stored it: the save area lies
+    /// just below the `TrampolineRegs` at `regs`, 64-byte aligned (`sub rsp, area; and rsp,
+    /// -64` with `rsp` = `regs`). `movaps` puts xmm`k` at 16·k; `fxsave`/`xsave` in the legacy
+    /// region at 160 + 16·k, where `xsave` leaves it unwritten when SSE is in its initial state
+    /// (bit 1 of XSTATE_BV, at 512, clear): then every xmm is zero.
+    ///
+    /// # Safety
+    ///
+    /// `regs` is the pointer a trampoline saving this way passed to its callback, which is
+    /// still running.
+    pub(super) unsafe fn saved_xmm(self, regs: u64, k: usize) -> Option<[u8; 16]> {
+        if k >= 16 {
+            return None;
+        }
+        let base = regs.wrapping_sub(self.area() as u64) & !63;
+        let at = match self {
+            Self::Xmm => base + 16 * k as u64,
+            Self::Fxsave => base + 160 + 16 * k as u64,
+            Self::Xsave(_) | Self::Xsavec(_) => {
+                // SAFETY: the XSAVE header of the area, on the callback's own stack.
+                let xstate_bv = unsafe { std::ptr::read((base + 512) as *const u64) };
+                if xstate_bv & 0b10 == 0 {
+                    return Some([0; 16]);
+                }
+                base + 160 + 16 * k as u64
+            }
+        };
+        // SAFETY: inside the save area, on the callback's own stack.
+        Some(unsafe { std::ptr::read_unaligned(at as *const [u8; 16]) })
+    }
 }
 
 /// Addresses the trampoline embeds.
@@ -332,6 +363,85 @@ mod tests {
                 "{}",
                 out.code.len()
             );
+        }
+    }
+
+    /// Saves xmm0–15 holding known values the way each mode this CPU supports does, into an
+    /// area placed below a `regs` pointer as the trampoline places it, and reads them back.
+    #[test]
+    fn saved_xmm_finds_each_register_in_each_save_format() {
+        let detected = VectorSave::detect();
+        let mut modes = vec![VectorSave::Xmm, VectorSave::Fxsave];
+        if !matches!(detected, VectorSave::Fxsave) {
+            modes.push(detected);
+        }
+        let values: Vec<[u8; 16]> = (0..16u8)
+            .map(|k| std::array::from_fn(|b| k.wrapping_mul(17) ^ b as u8 ^ 0xA5))
+            .collect();
+        for mode in modes {
+            // Room for the area below `regs` plus the 64-byte alignment.
+            let mut stack = vec![0u8; mode.area() as usize + 256];
+            let regs = stack.as_mut_ptr() as u64 + stack.len() as u64 - 64;
+            let base = (regs - mode.area() as u64) & !63;
+            assert!(base >= stack.as_ptr() as u64);
+            let vals = values.as_ptr();
+            // SAFETY: loads xmm0–15 from `values` and saves them into `stack` at `base`
+            // (64-byte aligned, inside the buffer), as the trampoline does.
+            unsafe {
+                macro_rules! with_xmms {
+                    ($save:literal) => {
+                        core::arch::asm!(
+                            "movdqu xmm0, [{v}]", "movdqu xmm1, [{v}+16]",
+                            "movdqu xmm2, [{v}+32]", "movdqu xmm3, [{v}+48]",
+                            "movdqu xmm4, [{v}+64]", "movdqu xmm5, [{v}+80]",
+                            "movdqu xmm6, [{v}+96]", "movdqu xmm7, [{v}+112]",
+                            "movdqu xmm8, [{v}+128]", "movdqu xmm9, [{v}+144]",
+                            "movdqu xmm10, [{v}+160]", "movdqu xmm11, [{v}+176]",
+                            "movdqu xmm12, [{v}+192]", "movdqu xmm13, [{v}+208]",
+                            "movdqu xmm14, [{v}+224]", "movdqu xmm15, [{v}+240]",
+                            $save,
+                            v = in(reg) vals, a = in(reg) base,
+                            in("eax") XSAVE_MASK, in("edx") 0u32,
+                            out("xmm0") _, out("xmm1") _, out("xmm2") _, out("xmm3") _,
+                            out("xmm4") _, out("xmm5") _, out("xmm6") _, out("xmm7") _,
+                            out("xmm8") _, out("xmm9") _, out("xmm10") _, out("xmm11") _,
+                            out("xmm12") _, out("xmm13") _, out("xmm14") _, out("xmm15") _,
+                        )
+                    };
+                }
+                match mode {
+                    VectorSave::Xmm => with_xmms!(
+                        "movaps [{a}], xmm0\nmovaps [{a}+16], xmm1\nmovaps [{a}+32], xmm2\n\
+                         movaps [{a}+48], xmm3\nmovaps [{a}+64], xmm4\nmovaps [{a}+80], xmm5\n\
+                         movaps [{a}+96], xmm6\nmovaps [{a}+112], xmm7\nmovaps [{a}+128], xmm8\n\
+                         movaps [{a}+144], xmm9\nmovaps [{a}+160], xmm10\n\
+                         movaps [{a}+176], xmm11\nmovaps [{a}+192], xmm12\n\
+                         movaps [{a}+208], xmm13\nmovaps [{a}+224], xmm14\n\
+                         movaps [{a}+240], xmm15"
+                    ),
+                    VectorSave::Fxsave => with_xmms!("fxsave64 [{a}]"),
+                    VectorSave::Xsave(_) => with_xmms!("xsave64 [{a}]"),
+                    VectorSave::Xsavec(_) => with_xmms!("xsavec64 [{a}]"),
+                }
+            }
+            for (k, want) in values.iter().enumerate() {
+                // SAFETY: `regs` and the area below it as a trampoline of `mode` lays them out.
+                let got = unsafe { mode.saved_xmm(regs, k) };
+                assert_eq!(got.as_ref(), Some(want), "{mode:?} xmm{k}");
+            }
+            // SAFETY: as above.
+            assert_eq!(unsafe { mode.saved_xmm(regs, 16) }, None);
+            if let VectorSave::Xsave(_) | VectorSave::Xsavec(_) = mode {
+                // SSE marked as in its initial state: every register reads as zero.
+                let at = (base + 512 - stack.as_ptr() as u64) as usize;
+                stack[at] &= !0b10;
+                // SAFETY: as above.
+                assert_eq!(
+                    unsafe { mode.saved_xmm(regs, 3) },
+                    Some([0; 16]),
+                    "{mode:?}"
+                );
+            }
         }
     }
 }
