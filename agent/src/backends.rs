@@ -99,8 +99,8 @@ struct MemInstrument {
 impl Instrument for MemInstrument {
     fn series(&self, _label_values: &[&str]) -> Result<Arc<dyn Series>, ProviderError> {
         Ok(match self.kind {
-            MetricKind::Counter => Arc::new(MemCounter(AtomicU64::new(0f64.to_bits()))),
-            MetricKind::Gauge => Arc::new(MemGauge(AtomicU64::new(0f64.to_bits()))),
+            MetricKind::Counter => Arc::new(CounterSeries::default()),
+            MetricKind::Gauge => Arc::new(GaugeSeries::default()),
             MetricKind::Histogram => Arc::new(MemHistogram {
                 bounds: self.buckets.clone(),
                 state: Mutex::new((0, 0.0, vec![0; self.buckets.len()])),
@@ -139,42 +139,72 @@ impl MetricProvider for InMemoryProvider {
     }
 }
 
-fn add_f64(cell: &AtomicU64, delta: f64) {
-    let _ = cell.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |bits| {
-        Some((f64::from_bits(bits) + delta).to_bits())
-    });
+/// A counter's or a gauge's value: an `f64` in an atomic (zero bits are `0.0`).
+#[derive(Default)]
+pub(crate) struct AtomicF64(AtomicU64);
+
+impl AtomicF64 {
+    #[inline]
+    pub fn get(&self) -> f64 {
+        f64::from_bits(self.0.load(Ordering::Relaxed))
+    }
+
+    #[inline]
+    pub fn set(&self, v: f64) {
+        self.0.store(v.to_bits(), Ordering::Relaxed);
+    }
+
+    #[inline]
+    pub fn add(&self, delta: f64) {
+        let mut current = self.0.load(Ordering::Relaxed);
+        loop {
+            let new = (f64::from_bits(current) + delta).to_bits();
+            match self
+                .0
+                .compare_exchange_weak(current, new, Ordering::Relaxed, Ordering::Relaxed)
+            {
+                Ok(_) => return,
+                Err(seen) => current = seen,
+            }
+        }
+    }
 }
 
-struct MemCounter(AtomicU64);
+/// A counter's series (the in-memory and the Prometheus providers'): its total.
+#[derive(Default)]
+pub(crate) struct CounterSeries(pub AtomicF64);
 
-impl Series for MemCounter {
+impl Series for CounterSeries {
+    #[inline]
     fn record(&self, value: f64) -> Result<(), RecordError> {
-        add_f64(&self.0, RecordError::counter(value)?);
+        self.0.add(RecordError::counter(value)?);
         Ok(())
     }
+
     fn snapshot(&self) -> Option<SeriesSnapshot> {
-        Some(SeriesSnapshot::Counter(f64::from_bits(
-            self.0.load(Ordering::Relaxed),
-        )))
+        Some(SeriesSnapshot::Counter(self.0.get()))
     }
 }
 
-struct MemGauge(AtomicU64);
+/// A gauge's series (the in-memory and the Prometheus providers'): its value.
+#[derive(Default)]
+pub(crate) struct GaugeSeries(pub AtomicF64);
 
-impl Series for MemGauge {
+impl Series for GaugeSeries {
+    #[inline]
     fn record(&self, value: f64) -> Result<(), RecordError> {
-        self.0
-            .store(RecordError::gauge(value)?.to_bits(), Ordering::Relaxed);
+        self.0.set(RecordError::gauge(value)?);
         Ok(())
     }
+
+    #[inline]
     fn add(&self, delta: f64) -> Result<(), RecordError> {
-        add_f64(&self.0, RecordError::finite(delta)?);
+        self.0.add(RecordError::finite(delta)?);
         Ok(())
     }
+
     fn snapshot(&self) -> Option<SeriesSnapshot> {
-        Some(SeriesSnapshot::Gauge(f64::from_bits(
-            self.0.load(Ordering::Relaxed),
-        )))
+        Some(SeriesSnapshot::Gauge(self.0.get()))
     }
 }
 

@@ -41,6 +41,7 @@ use prometheus::{
 };
 
 use crate::{
+    backends::{CounterSeries, GaugeSeries},
     exposition::{Encoder, Kind},
     provider::{
         Instrument, MetricKind, MetricProvider, MetricSpec, ProviderError, RecordError, Series,
@@ -207,77 +208,8 @@ fn label_pairs<V: AsRef<str>>(keys: &[String], values: &[V]) -> Vec<proto::Label
         .collect()
 }
 
-/// A counter's or a gauge's value: an `f64` in an atomic.
-#[derive(Default)]
-struct AtomicF64(AtomicU64);
-
-impl AtomicF64 {
-    #[inline]
-    fn get(&self) -> f64 {
-        f64::from_bits(self.0.load(Ordering::Relaxed))
-    }
-
-    #[inline]
-    fn set(&self, v: f64) {
-        self.0.store(v.to_bits(), Ordering::Relaxed);
-    }
-
-    #[inline]
-    fn add(&self, delta: f64) {
-        let mut current = self.0.load(Ordering::Relaxed);
-        loop {
-            let new = (f64::from_bits(current) + delta).to_bits();
-            match self
-                .0
-                .compare_exchange_weak(current, new, Ordering::Relaxed, Ordering::Relaxed)
-            {
-                Ok(_) => return,
-                Err(seen) => current = seen,
-            }
-        }
-    }
-}
-
-/// A counter's series.
-#[derive(Default)]
-struct PromCounter(AtomicF64);
-
-/// A gauge's series.
-#[derive(Default)]
-struct PromGauge(AtomicF64);
-
 /// A histogram's series.
 struct PromHistogram(Histogram);
-
-impl Series for PromCounter {
-    #[inline]
-    fn record(&self, value: f64) -> Result<(), RecordError> {
-        self.0.add(RecordError::counter(value)?);
-        Ok(())
-    }
-
-    fn snapshot(&self) -> Option<SeriesSnapshot> {
-        Some(SeriesSnapshot::Counter(self.0.get()))
-    }
-}
-
-impl Series for PromGauge {
-    #[inline]
-    fn record(&self, value: f64) -> Result<(), RecordError> {
-        self.0.set(RecordError::gauge(value)?);
-        Ok(())
-    }
-
-    #[inline]
-    fn add(&self, delta: f64) -> Result<(), RecordError> {
-        self.0.add(RecordError::finite(delta)?);
-        Ok(())
-    }
-
-    fn snapshot(&self) -> Option<SeriesSnapshot> {
-        Some(SeriesSnapshot::Gauge(self.0.get()))
-    }
-}
 
 impl Series for PromHistogram {
     fn record(&self, value: f64) -> Result<(), RecordError> {
@@ -310,8 +242,8 @@ struct Histograms {
 
 #[derive(Clone)]
 enum Vector {
-    Counter(Arc<Children<PromCounter>>),
-    Gauge(Arc<Children<PromGauge>>),
+    Counter(Arc<Children<CounterSeries>>),
+    Gauge(Arc<Children<GaugeSeries>>),
     Histogram(Arc<Histograms>),
     Summary(Arc<Children<SlidingSummary>>),
     Callback(Arc<CallbackGauges>),
@@ -954,10 +886,10 @@ impl Instrument for PromInstrument {
         let err = |e: String| ProviderError::Backend(format!("metric {}: {e}", self.name));
         Ok(match &self.vector {
             Vector::Counter(c) => c
-                .child(label_values, || Ok(PromCounter::default()))
+                .child(label_values, || Ok(CounterSeries::default()))
                 .map_err(err)?,
             Vector::Gauge(g) => g
-                .child(label_values, || Ok(PromGauge::default()))
+                .child(label_values, || Ok(GaugeSeries::default()))
                 .map_err(err)?,
             Vector::Histogram(h) => h
                 .children
