@@ -744,6 +744,11 @@ fn loc_of(plan: &CapturePlan) -> Option<Loc> {
             greg: greg_of(*reg)?,
             offset: *offset,
         },
+        // The pointer to the coroutine state; the shape's first heap read follows it.
+        CapturePlan::Indirect { reg, offset, .. } => Loc::Mem {
+            greg: greg_of(*reg)?,
+            offset: *offset,
+        },
         CapturePlan::Static(a) => Loc::Static(*a),
         CapturePlan::Const(bytes) => Loc::Const(bytes.clone().into_boxed_slice()),
         _ => return None,

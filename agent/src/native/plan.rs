@@ -3,12 +3,40 @@
 //! [`DebugIndex::variables_at`], which walks the scopes around an address to list them.
 //!
 //! Plans cover the shapes rustc emits for readable values: a register, memory at a register (or
-//! the frame base) plus an offset, a static address, and a constant. A frame base of
+//! the frame base) plus an offset, memory behind a pointer stored there (an `async fn`'s state,
+//! below), a static address, and a constant. A frame base of
 //! `DW_OP_call_frame_cfa` is resolved at the address through the unwind info
 //! ([`DebugIndex::cfa_at`]): with a `register + offset` CFA rule the variable becomes memory at
 //! that register plus an offset, so the trap handler never computes a CFA. Anything else is
 //! [`Unavailable`] with the reason, naming the DWARF operation that is not supported (for example
 //! `DW_OP_entry_value`, which would need the caller's frame).
+//!
+//! # `async fn`s
+//!
+//! A line of an `async fn` (or `async` block) runs in its poll function (`{async_fn#0}`), and
+//! its locals live in one of two places. Those not held across an `.await` are stack slots of
+//! the poll function, as in any function. Those held across one are fields of the coroutine's
+//! state (`{async_fn_env#0}`, an enum whose `SuspendN` variants hold them), which rustc
+//! describes, at opt-level 0, through the state pointer the poll function keeps in its frame:
+//! `DW_OP_fbreg N, DW_OP_deref, DW_OP_plus_uconst M`. That is [`CapturePlan::Indirect`]: the
+//! handler copies the pointer, and the variable's shape starts with a heap read `M` bytes past
+//! it ([`shape::build_behind`]), so the value decodes exactly as the same value in place.
+//!
+//! Two things the DWARF does not say are worked out from the `.await`s, which rustc declares as
+//! variables `__awaitee` on their lines:
+//!
+//! - A stack-slot local declared before an `.await` and in scope after it was not held across
+//!   it; after it, the slot belongs to a later call of the poll function, so the local is
+//!   [`Unavailable::NotKeptAcrossAwait`] there (by source lines: an `.await` between the
+//!   declaration and the address's line; `_task_context` excepted, which each resumption
+//!   stores again).
+//! - Optimized builds describe the held locals without any location. In an out-of-line poll
+//!   function whose state pointer (its first parameter, `self`) is in a register or in memory
+//!   at the address, a local of that name at one offset of the `SuspendN` variants is read from
+//!   the state, on lines after an `.await` that follows its declaration (before it, the value
+//!   may not be stored there yet: [`Unavailable::InStateAfterAwait`]). What the state holds
+//!   is the value at the last `.await`: a `let mut` local changed since then shows its older
+//!   value.
 //!
 //! Each variable also gets its [`TypeShape`] (how to copy and decode its bytes), built from its
 //! DWARF type: the whole value with [`DebugIndex::variables_at`], or only the parts a
@@ -16,7 +44,7 @@
 //! the trap handler, and the [`MAX_DEREFS`](super::shape::MAX_DEREFS) budget spent on what is
 //! read).
 
-use std::fmt;
+use std::{fmt, slice};
 
 use gimli::{AttributeValue, DwOp, Operation, Reader, UnitOffset, constants};
 use sonde_expr::Path;
@@ -39,6 +67,19 @@ pub enum CapturePlan {
         reg: u16,
         /// Byte offset from the register's value.
         offset: i64,
+    },
+    /// The value is in memory `add` bytes past the address stored at `register + offset`: a
+    /// local of an `async fn` kept in its coroutine state, which the poll function reaches
+    /// through the state pointer in its frame (`DW_OP_fbreg N, DW_OP_deref, DW_OP_plus_uconst
+    /// M`). The variable's [`TypeShape`] then starts with that heap read: its inline bytes are
+    /// the pointer, and its first [`Deref`](super::shape::Deref) copies the value.
+    Indirect {
+        /// DWARF register number.
+        reg: u16,
+        /// Byte offset from the register's value to where the pointer is stored.
+        offset: i64,
+        /// Byte offset from the pointer to the value.
+        add: u32,
     },
     /// The value is in memory at a fixed runtime address (a static).
     Static(u64),
@@ -72,6 +113,20 @@ pub enum Unavailable {
     CfaExpression,
     /// The frame base is the CFA, and no unwind info (`.eh_frame`) covers this address.
     NoUnwindInfo,
+    /// A local of an `async fn` (or `async` block) declared before an `.await` that the
+    /// coroutine does not keep across it (the code after it does not use it): after the
+    /// `.await`, its stack slot belongs to a later call of the poll function.
+    NotKeptAcrossAwait {
+        /// The line of the `.await`.
+        line: u32,
+    },
+    /// A local of an `async fn` held in its coroutine state, which an optimized build
+    /// describes without a location: the state is read for it only after the `.await` on this
+    /// line, where the value is surely stored there.
+    InStateAfterAwait {
+        /// The line of the first `.await` after its declaration.
+        line: u32,
+    },
     /// The location could not be parsed.
     Malformed,
 }
@@ -90,6 +145,16 @@ impl fmt::Display for Unavailable {
             Self::NoUnwindInfo => f.write_str(
                 "the frame address (CFA) is needed, but no unwind info (.eh_frame) covers this \
                  address",
+            ),
+            Self::NotKeptAcrossAwait { line } => write!(
+                f,
+                "its value is gone after the `.await` on line {line}: the async fn keeps only \
+                 the locals used after an `.await`"
+            ),
+            Self::InStateAfterAwait { line } => write!(
+                f,
+                "optimized out; the async fn's state holds it, read only after the `.await` on \
+                 line {line}"
             ),
             Self::Malformed => f.write_str("malformed location"),
         }
@@ -278,20 +343,47 @@ impl DebugIndex {
             .unwrap_or(dpc..dpc);
         let here = self.row_before(dpc).filter(|r| sub_range.contains(&r.addr));
 
+        // The state of the coroutine whose poll function this is (found when needed).
+        let mut state: Option<Option<CoroutineState>> = None;
         let mut out = Vec::new();
         for (depth, scope) in chain.iter().enumerate().skip(first_sub) {
             let inlined = scope.entry.tag() == constants::DW_TAG_inlined_subroutine;
             // The function a lexical block belongs to is the nearest enclosing (inlined) function.
-            let function = chain[first_sub..=depth]
-                .iter()
-                .rev()
-                .find(|s| {
-                    matches!(
-                        s.entry.tag(),
-                        constants::DW_TAG_subprogram | constants::DW_TAG_inlined_subroutine
-                    )
-                })
+            let function_at = (first_sub..=depth).rev().find(|&i| {
+                matches!(
+                    chain[i].entry.tag(),
+                    constants::DW_TAG_subprogram | constants::DW_TAG_inlined_subroutine
+                )
+            });
+            let function = function_at
+                .map(|i| &chain[i])
                 .map(|s| (name_of(&dwarf, &unit, &s.entry), s.entry.tag()));
+            // The line of that function's source the address is on: the call site of the
+            // first function inlined into it there, or the address's own line.
+            let line_here = function_at.and_then(|i| {
+                match chain[i + 1..]
+                    .iter()
+                    .find(|s| s.entry.tag() == constants::DW_TAG_inlined_subroutine)
+                {
+                    Some(call) => Some(Await {
+                        line: call
+                            .entry
+                            .attr_value(constants::DW_AT_call_line)
+                            .and_then(|v| v.udata_value())
+                            .and_then(|l| u32::try_from(l).ok())?,
+                        file: match call.entry.attr_value(constants::DW_AT_call_file) {
+                            Some(AttributeValue::FileIndex(f)) => Some(f),
+                            v => v.and_then(|v| v.udata_value()),
+                        },
+                    }),
+                    None => here.map(|h| Await {
+                        line: h.line,
+                        file: None,
+                    }),
+                }
+            });
+            // The `.await`s in this scope (found when one of its variables needs them).
+            let mut awaits: Option<Vec<Await>> = None;
             let mut tree = unit.entries_tree(Some(scope.entry.offset()))?;
             let mut children = tree.root()?.children();
             while let Some(child) = children.next()? {
@@ -308,25 +400,99 @@ impl DebugIndex {
                     Some(AttributeValue::UnitRef(off)) => describe_type(&dwarf, &unit, off),
                     _ => (None, None),
                 };
+                let (mut plan, live) = self.locate(&dwarf, &unit, e, dpc, frame_base, byte_size)?;
+                let coroutine = matches!(&function, Some((Some(f), _)) if is_coroutine(f));
+                // An optimized build describes the locals a coroutine holds in its state
+                // without a location; after an `.await`, read them from the state.
+                let mut in_state = false;
+                let mut held_after = None;
+                if coroutine
+                    && plan == CapturePlan::Unavailable(Unavailable::OptimizedOut)
+                    && function
+                        .as_ref()
+                        .is_some_and(|f| f.1 == constants::DW_TAG_subprogram)
+                    && let Some(at) = line_here
+                {
+                    let awaits = awaits.get_or_insert_with(|| {
+                        await_lines(&dwarf, &unit, scope.entry.offset()).unwrap_or_default()
+                    });
+                    let state = state.get_or_insert_with(|| {
+                        self.coroutine_state(&dwarf, &unit, &sub.entry, dpc, frame_base)
+                    });
+                    if let Some(found) = state.as_ref().and_then(|s| s.plan_of(&name)) {
+                        if stale_after(&unit, e, awaits, at).is_some() {
+                            plan = found;
+                            in_state = true;
+                        } else {
+                            // Not stored yet: readable after the first `.await` after it.
+                            let anywhere = Await {
+                                line: u32::MAX,
+                                file: None,
+                            };
+                            held_after = stale_after(&unit, e, awaits, anywhere).map(|s| s.1);
+                            if let Some(line) = held_after {
+                                plan = CapturePlan::Unavailable(Unavailable::InStateAfterAwait {
+                                    line,
+                                });
+                            }
+                        }
+                    }
+                }
                 let reads = paths.and_then(|p| Reads::of(p, &name));
                 let reads = reads.as_ref().unwrap_or_else(|| Reads::all());
                 let shape = match ty {
-                    Some(AttributeValue::UnitRef(off)) => shape::build(&dwarf, &unit, off, reads)
-                        .map_err(|why| match &type_name {
-                            Some(name) if !why.contains(name.as_str()) => {
-                                format!("type `{name}`: {why}")
-                            }
-                            _ => why,
-                        }),
+                    Some(AttributeValue::UnitRef(off)) => match plan {
+                        CapturePlan::Indirect { add, .. } => {
+                            shape::build_behind(&dwarf, &unit, off, reads, add)
+                        }
+                        _ => shape::build(&dwarf, &unit, off, reads),
+                    }
+                    .map_err(|why| match &type_name {
+                        Some(name) if !why.contains(name.as_str()) => {
+                            format!("type `{name}`: {why}")
+                        }
+                        _ => why,
+                    }),
                     Some(_) => Err("the type is described in another unit".to_owned()),
                     None => Err("no type in the debug info".to_owned()),
                 };
-                let (plan, live) = self.locate(&dwarf, &unit, e, dpc, frame_base, byte_size)?;
-                let available_at = match (&plan, here, live) {
-                    (CapturePlan::Unavailable(_), Some(here), Some(live)) => {
-                        self.lines_where_live(here, &sub_range, &live)
+                // A local of a coroutine that its state does not hold: a stack slot, stale
+                // after an `.await` between its declaration and here (the poll function
+                // returned and was called again). `_task_context`, the poll's `Context`, is
+                // stored again on each resumption.
+                let stale = match (&plan, &live, line_here) {
+                    (CapturePlan::Mem { .. } | CapturePlan::Reg(_), None, Some(at))
+                        if coroutine && !in_state && name != "_task_context" =>
+                    {
+                        let awaits = awaits.get_or_insert_with(|| {
+                            await_lines(&dwarf, &unit, scope.entry.offset()).unwrap_or_default()
+                        });
+                        stale_after(&unit, e, awaits, at)
                     }
-                    _ => Vec::new(),
+                    _ => None,
+                };
+                // For the coroutine's lines: the address's own line when it is the
+                // coroutine's (not a function inlined there).
+                let own = here.filter(|_| line_here.is_some_and(|l| l.file.is_none()));
+                let (plan, available_at) = match (stale, &plan, here, live, held_after) {
+                    (Some((decl, line)), _, _, _, _) => (
+                        CapturePlan::Unavailable(Unavailable::NotKeptAcrossAwait { line }),
+                        own.map(|own| {
+                            self.lines_between(own, slice::from_ref(&sub_range), decl, line)
+                        })
+                        .unwrap_or_default(),
+                    ),
+                    (_, CapturePlan::Unavailable(_), _, _, Some(after)) => {
+                        let lines = own
+                            .map(|own| self.lines_between(own, &scope.ranges, after, u32::MAX))
+                            .unwrap_or_default();
+                        (plan, lines)
+                    }
+                    (_, CapturePlan::Unavailable(_), Some(here), Some(live), _) => {
+                        let lines = self.lines_where_live(here, &sub_range, &live);
+                        (plan, lines)
+                    }
+                    _ => (plan, Vec::new()),
                 };
                 out.push(Variable {
                     name,
@@ -409,6 +575,61 @@ impl DebugIndex {
         compile(expr, enc, fb, self.bias)
     }
 
+    /// The state of the coroutine whose poll function is `sub`, at `dpc`: where the state pointer
+    /// (the poll's first parameter, `self: Pin<&mut {async_fn_env#0}>`) is, and the offsets of
+    /// the locals its suspended variants hold. `None` when either is not found.
+    fn coroutine_state<'a>(
+        &self,
+        dwarf: &gimli::Dwarf<Slice<'a>>,
+        unit: &Unit<'a>,
+        sub: &Entry<'a>,
+        dpc: u64,
+        fb: FrameBase,
+    ) -> Option<CoroutineState> {
+        let mut tree = unit.entries_tree(Some(sub.offset())).ok()?;
+        let root = tree.root().ok()?;
+        let mut children = root.children();
+        let mut param = None;
+        while let Some(child) = children.next().ok()? {
+            if child.entry().tag() == constants::DW_TAG_formal_parameter {
+                param = Some(child.entry().clone());
+                break;
+            }
+        }
+        let param = param?;
+        let env = same_unit(unit, attr_with_origin(unit, &param, constants::DW_AT_type)?)
+            .and_then(|ty| pointee(unit, ty))?;
+        let fields = suspended_fields(dwarf, unit, env);
+        if fields.is_empty() {
+            return None;
+        }
+        let (pointer, _) = self.locate(dwarf, unit, &param, dpc, fb, Some(8)).ok()?;
+        matches!(pointer, CapturePlan::Reg(0..=15) | CapturePlan::Mem { .. })
+            .then_some(CoroutineState { pointer, fields })
+    }
+
+    /// Lines of `here`'s file after `after` and before `before`, with statement rows in
+    /// `ranges`, nearest first (at most 5).
+    fn lines_between(
+        &self,
+        here: super::index::Row,
+        ranges: &[std::ops::Range<u64>],
+        after: u32,
+        before: u32,
+    ) -> Vec<u32> {
+        let mut lines: Vec<u32> = ranges
+            .iter()
+            .flat_map(|r| self.rows_in(r.clone()))
+            .filter(|r| r.file == here.file && r.line != here.line)
+            .filter(|r| r.line > after && r.line < before)
+            .map(|r| r.line)
+            .collect();
+        lines.sort_unstable_by_key(|&l| (l.abs_diff(here.line), l));
+        lines.dedup();
+        lines.truncate(5);
+        lines
+    }
+
     /// Lines of `here`'s file, with statement rows in `function` inside `live`, nearest first.
     fn lines_where_live(
         &self,
@@ -452,34 +673,18 @@ fn compile(
                 _,
                 Operation::RegisterOffset {
                     register,
-                    offset,
-                    base_type,
-                },
-            ),
-        ] if base_type.0 == 0 => CapturePlan::Mem {
-            reg: register.0,
-            offset: *offset,
-        },
-        [
-            (
-                _,
-                Operation::RegisterOffset {
-                    register,
                     offset: 0,
                     base_type,
                 },
             ),
             (_, Operation::StackValue),
         ] if base_type.0 == 0 => CapturePlan::Reg(register.0),
-        [(_, Operation::FrameOffset { offset })] => match fb {
-            FrameBase::Reg(reg, base) => CapturePlan::Mem {
-                reg,
-                offset: base + offset,
-            },
-            // Resolved by `FrameBase::at` before compiling; unresolved means no unwind info.
-            FrameBase::Cfa(_) => CapturePlan::Unavailable(Unavailable::NoUnwindInfo),
-            FrameBase::Unresolved(why) => CapturePlan::Unavailable(why),
-            FrameBase::Unknown => CapturePlan::Unavailable(Unavailable::NoFrameBase),
+        [
+            (code, first @ (Operation::RegisterOffset { .. } | Operation::FrameOffset { .. })),
+            rest @ ..,
+        ] => match address(*code, first, fb) {
+            Ok(at) => at_address(at, rest, enc),
+            Err(why) => CapturePlan::Unavailable(why),
         },
         [(_, Operation::Address { address })] => CapturePlan::Static(address.wrapping_add(bias)),
         [(_, Operation::ImplicitValue { data })] => CapturePlan::Const(data.to_vec()),
@@ -497,8 +702,6 @@ fn compile(
             // location (a piece, a stack value, arithmetic), or the first one.
             let at = match ops[0].1 {
                 Operation::Register { .. }
-                | Operation::RegisterOffset { .. }
-                | Operation::FrameOffset { .. }
                 | Operation::Address { .. }
                 | Operation::UnsignedConstant { .. }
                 | Operation::SignedConstant { .. } => 1,
@@ -507,6 +710,90 @@ fn compile(
             unsupported(ops[at.min(ops.len() - 1)].0)
         }
     }
+}
+
+/// The plan for a location that starts with the address `at` (`register + offset`) and goes on
+/// with `rest`: memory there, memory there plus a constant, or the forms rustc emits for an
+/// `async fn`'s locals kept in its coroutine state, reached through the state pointer the poll
+/// function keeps in its frame: the pointer stored there (`DW_OP_deref`) plus a constant.
+fn at_address(
+    at: (u16, i64),
+    rest: &[(DwOp, Operation<Slice<'_>>)],
+    enc: gimli::Encoding,
+) -> CapturePlan {
+    let (reg, offset) = at;
+    let unsupported = |code: DwOp| {
+        CapturePlan::Unavailable(Unavailable::UnsupportedOp(
+            code.static_string().unwrap_or("an unknown DW_OP"),
+        ))
+    };
+    match rest {
+        [] => CapturePlan::Mem { reg, offset },
+        [(code, Operation::PlusConstant { value })] => match i64::try_from(*value) {
+            Ok(plus) => CapturePlan::Mem {
+                reg,
+                offset: offset.wrapping_add(plus),
+            },
+            Err(_) => unsupported(*code),
+        },
+        [(_, deref)] if is_deref(deref, enc) => CapturePlan::Indirect {
+            reg,
+            offset,
+            add: 0,
+        },
+        [(_, deref), (code, Operation::PlusConstant { value })] if is_deref(deref, enc) => {
+            match u32::try_from(*value) {
+                Ok(add) => CapturePlan::Indirect { reg, offset, add },
+                Err(_) => unsupported(*code),
+            }
+        }
+        // Name the operation that makes it unsupported: the one after the address, or the one
+        // after a dereference (and its offset).
+        [
+            (_, deref),
+            (_, Operation::PlusConstant { .. }),
+            (code, _),
+            ..,
+        ] if is_deref(deref, enc) => unsupported(*code),
+        [(_, deref), (code, _), ..] if is_deref(deref, enc) => unsupported(*code),
+        [(code, _), ..] => unsupported(*code),
+    }
+}
+
+/// The memory address `DW_OP_bregN` or `DW_OP_fbreg` (through the frame base) pushes, as
+/// `register + offset`; `Err` when the frame base cannot be used here, or for a typed register
+/// (`DW_OP_regval_type`).
+fn address(
+    code: DwOp,
+    op: &Operation<Slice<'_>>,
+    fb: FrameBase,
+) -> Result<(u16, i64), Unavailable> {
+    match *op {
+        Operation::RegisterOffset {
+            register,
+            offset,
+            base_type,
+        } if base_type.0 == 0 => Ok((register.0, offset)),
+        Operation::FrameOffset { offset } => match fb {
+            FrameBase::Reg(reg, base) => Ok((reg, base.wrapping_add(offset))),
+            // Resolved by `FrameBase::at` before compiling; unresolved means no unwind info.
+            FrameBase::Cfa(_) => Err(Unavailable::NoUnwindInfo),
+            FrameBase::Unresolved(why) => Err(why),
+            FrameBase::Unknown => Err(Unavailable::NoFrameBase),
+        },
+        _ => Err(Unavailable::UnsupportedOp(
+            code.static_string().unwrap_or("an unknown DW_OP"),
+        )),
+    }
+}
+
+/// Whether an operation is a plain `DW_OP_deref` of a whole address.
+fn is_deref(op: &Operation<Slice<'_>>, enc: gimli::Encoding) -> bool {
+    matches!(
+        *op,
+        Operation::Deref { base_type, size, space: false }
+            if base_type.0 == 0 && size == enc.address_size
+    )
 }
 
 fn operations<'a>(
@@ -559,6 +846,210 @@ fn frame_base(expr: gimli::Expression<Slice<'_>>, enc: gimli::Encoding) -> Frame
             ],
         ) => i64::try_from(*value).map_or(FrameBase::Unknown, FrameBase::Cfa),
         _ => FrameBase::Unknown,
+    }
+}
+
+/// Whether a function is the poll function of an `async fn` or `async` block (rustc names them
+/// `{async_fn#0}`, `{async_block#0}`, `{async_closure#0}`).
+fn is_coroutine(name: &str) -> bool {
+    name.starts_with("{async_")
+}
+
+/// Where a coroutine's poll function finds its state at an address, and what the state holds.
+#[derive(Debug)]
+struct CoroutineState {
+    /// Where the state pointer is: a register, or memory.
+    pointer: CapturePlan,
+    /// The locals the suspended variants (`Suspend0`, `Suspend1`, …) hold, with their offsets.
+    fields: Vec<(String, u64)>,
+}
+
+impl CoroutineState {
+    /// The plan of the local `name` held in the state: one offset in every suspended variant
+    /// that holds it (two locals of that name at different offsets are ambiguous).
+    fn plan_of(&self, name: &str) -> Option<CapturePlan> {
+        let mut offsets = self.fields.iter().filter(|(n, _)| n == name).map(|f| f.1);
+        let offset = offsets.next()?;
+        if offsets.any(|o| o != offset) {
+            return None;
+        }
+        match self.pointer {
+            CapturePlan::Reg(reg) => Some(CapturePlan::Mem {
+                reg,
+                offset: i64::try_from(offset).ok()?,
+            }),
+            CapturePlan::Mem { reg, offset: at } => Some(CapturePlan::Indirect {
+                reg,
+                offset: at,
+                add: u32::try_from(offset).ok()?,
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// What a pointer type, or a struct wrapping one (`Pin<&mut T>`), points to.
+fn pointee(unit: &Unit<'_>, ty: UnitOffset<usize>) -> Option<UnitOffset<usize>> {
+    let e = unit.entry(ty).ok()?;
+    let target = |e: &Entry<'_>| {
+        e.attr_value(constants::DW_AT_type)
+            .and_then(|v| same_unit(unit, v))
+    };
+    match e.tag() {
+        constants::DW_TAG_pointer_type | constants::DW_TAG_reference_type => target(&e),
+        constants::DW_TAG_structure_type => {
+            let mut tree = unit.entries_tree(Some(ty)).ok()?;
+            let root = tree.root().ok()?;
+            let mut children = root.children();
+            while let Some(child) = children.next().ok()? {
+                let m = child.entry();
+                if m.tag() == constants::DW_TAG_member
+                    && let Some(mty) = target(m)
+                    && let Ok(p) = unit.entry(mty)
+                    && p.tag() == constants::DW_TAG_pointer_type
+                {
+                    return target(&p);
+                }
+            }
+            None
+        }
+        _ => None,
+    }
+}
+
+/// The members of the suspended variants (`SuspendN`) of a coroutine state type
+/// (`{async_fn_env#0}`: a `DW_TAG_variant_part` whose variants each hold one struct).
+fn suspended_fields<'a>(
+    dwarf: &gimli::Dwarf<Slice<'a>>,
+    unit: &Unit<'a>,
+    env: UnitOffset<usize>,
+) -> Vec<(String, u64)> {
+    let children = |at: UnitOffset<usize>, tag: gimli::DwTag| -> Vec<Entry<'a>> {
+        let mut out = Vec::new();
+        let Ok(mut tree) = unit.entries_tree(Some(at)) else {
+            return out;
+        };
+        let Ok(root) = tree.root() else { return out };
+        let mut iter = root.children();
+        while let Ok(Some(child)) = iter.next() {
+            if child.entry().tag() == tag {
+                out.push(child.entry().clone());
+            }
+        }
+        out
+    };
+    let mut fields = Vec::new();
+    for part in children(env, constants::DW_TAG_variant_part) {
+        for variant in children(part.offset(), constants::DW_TAG_variant) {
+            for arm in children(variant.offset(), constants::DW_TAG_member) {
+                let Some(ty) = arm
+                    .attr_value(constants::DW_AT_type)
+                    .and_then(|v| same_unit(unit, v))
+                else {
+                    continue;
+                };
+                let Ok(arm_ty) = unit.entry(ty) else { continue };
+                if !name_of(dwarf, unit, &arm_ty).is_some_and(|n| n.starts_with("Suspend")) {
+                    continue;
+                }
+                for m in children(ty, constants::DW_TAG_member) {
+                    let offset = m
+                        .attr_value(constants::DW_AT_data_member_location)
+                        .and_then(|v| v.udata_value());
+                    if let (Some(name), Some(offset)) = (name_of(dwarf, unit, &m), offset) {
+                        fields.push((name, offset));
+                    }
+                }
+            }
+        }
+    }
+    fields
+}
+
+/// An `.await` of a coroutine (rustc declares the awaited future as a variable `__awaitee` on
+/// the line of the `.await`), or a line of the coroutine's source.
+#[derive(Debug, Clone, Copy)]
+struct Await {
+    line: u32,
+    file: Option<u64>,
+}
+
+/// The `.await`s declared in the lexical blocks below `scope` (not in inlined functions, whose
+/// `.await`s are their own).
+fn await_lines<'a>(
+    dwarf: &gimli::Dwarf<Slice<'a>>,
+    unit: &Unit<'a>,
+    scope: UnitOffset<usize>,
+) -> Result<Vec<Await>, DwarfError> {
+    fn walk<'a>(
+        dwarf: &gimli::Dwarf<Slice<'a>>,
+        unit: &Unit<'a>,
+        node: gimli::EntriesTreeNode<'_, '_, Slice<'a>>,
+        out: &mut Vec<Await>,
+        depth: usize,
+    ) -> Result<(), DwarfError> {
+        let mut children = node.children();
+        while let Some(child) = children.next()? {
+            let e = child.entry();
+            match e.tag() {
+                constants::DW_TAG_variable
+                    if name_of(dwarf, unit, e).as_deref() == Some("__awaitee") =>
+                {
+                    if let Some(line) = decl_line(unit, e) {
+                        out.push(Await {
+                            line,
+                            file: decl_file(unit, e),
+                        });
+                    }
+                }
+                constants::DW_TAG_lexical_block if depth < 64 => {
+                    walk(dwarf, unit, child, out, depth + 1)?;
+                }
+                _ => {}
+            }
+        }
+        Ok(())
+    }
+    let mut out = Vec::new();
+    let mut tree = unit.entries_tree(Some(scope))?;
+    walk(dwarf, unit, tree.root()?, &mut out, 0)?;
+    Ok(out)
+}
+
+/// A coroutine's local's declaration line and the first `.await` after it and before `here`
+/// (the line of the address, in the coroutine's source), if any: a local in a stack slot is
+/// then stale at `here`, and one held in the state was stored there at that `.await`.
+fn stale_after<'a>(
+    unit: &Unit<'a>,
+    e: &Entry<'a>,
+    awaits: &[Await],
+    here: Await,
+) -> Option<(u32, u32)> {
+    let decl = decl_line(unit, e)?;
+    let file = decl_file(unit, e);
+    let same = |a: Option<u64>, b: Option<u64>| a.is_none() || b.is_none() || a == b;
+    if !same(here.file, file) {
+        return None;
+    }
+    awaits
+        .iter()
+        .filter(|a| a.line > decl && a.line < here.line)
+        .filter(|a| same(a.file, file))
+        .map(|a| a.line)
+        .min()
+        .map(|at| (decl, at))
+}
+
+fn decl_line<'a>(unit: &Unit<'a>, e: &Entry<'a>) -> Option<u32> {
+    attr_with_origin(unit, e, constants::DW_AT_decl_line)?
+        .udata_value()
+        .and_then(|l| u32::try_from(l).ok())
+}
+
+fn decl_file<'a>(unit: &Unit<'a>, e: &Entry<'a>) -> Option<u64> {
+    match attr_with_origin(unit, e, constants::DW_AT_decl_file)? {
+        AttributeValue::FileIndex(f) => Some(f),
+        v => v.udata_value(),
     }
 }
 
@@ -807,6 +1298,105 @@ mod tests {
         );
         // DW_OP_call_frame_cfa, DW_OP_plus_uconst 16
         assert!(matches!(expr(&[0x9c, 0x23, 0x10]), FrameBase::Cfa(16)));
+    }
+
+    #[test]
+    fn async_fn_state_locations_compile_to_indirect_plans() {
+        let rsp = FrameBase::Reg(7, 0);
+        // DW_OP_fbreg 200, DW_OP_deref, DW_OP_plus_uconst 64: what rustc emits at opt-level 0
+        // for a local of an `async fn` held across an `.await`.
+        let held = plan(&[0x91, 0xc8, 0x01, 0x06, 0x23, 0x40], rsp);
+        let want = CapturePlan::Indirect {
+            reg: 7,
+            offset: 200,
+            add: 64,
+        };
+        assert_eq!(held, want);
+        // DW_OP_fbreg 200, DW_OP_deref: a field at offset 0 of the state.
+        let first = plan(&[0x91, 0xc8, 0x01, 0x06], rsp);
+        let want = CapturePlan::Indirect {
+            reg: 7,
+            offset: 200,
+            add: 0,
+        };
+        assert_eq!(first, want);
+        // DW_OP_breg3 8, DW_OP_deref, DW_OP_plus_uconst 144
+        let breg = plan(&[0x73, 0x08, 0x06, 0x23, 0x90, 0x01], FrameBase::Unknown);
+        let want = CapturePlan::Indirect {
+            reg: 3,
+            offset: 8,
+            add: 144,
+        };
+        assert_eq!(breg, want);
+        // DW_OP_breg3 8, DW_OP_plus_uconst 144: memory at rbx + 152.
+        let plus = plan(&[0x73, 0x08, 0x23, 0x90, 0x01], FrameBase::Unknown);
+        assert_eq!(
+            plus,
+            CapturePlan::Mem {
+                reg: 3,
+                offset: 152
+            }
+        );
+        // Through a CFA frame base: DW_OP_fbreg -8, DW_OP_deref, DW_OP_plus_uconst 16.
+        let cfa = FrameBase::Cfa(0).at(|| Some(CfaRule::RegisterOffset { reg: 7, offset: 48 }));
+        let want = CapturePlan::Indirect {
+            reg: 7,
+            offset: 40,
+            add: 16,
+        };
+        assert_eq!(plan(&[0x91, 0x78, 0x06, 0x23, 0x10], cfa), want);
+        // Without a frame base it says so.
+        let none = plan(&[0x91, 0xc8, 0x01, 0x06, 0x23, 0x40], FrameBase::Unknown);
+        assert_eq!(none, CapturePlan::Unavailable(Unavailable::NoFrameBase));
+        // Computed values and other dereferences are named.
+        let unsupported = |op| CapturePlan::Unavailable(Unavailable::UnsupportedOp(op));
+        // ..., DW_OP_stack_value: the address itself, not the value there.
+        let value = plan(&[0x91, 0x10, 0x06, 0x23, 0x08, 0x9f], rsp);
+        assert_eq!(value, unsupported("DW_OP_stack_value"));
+        // DW_OP_fbreg 16, DW_OP_deref_size 4
+        let narrow = plan(&[0x91, 0x10, 0x94, 0x04], rsp);
+        assert_eq!(narrow, unsupported("DW_OP_deref_size"));
+        // DW_OP_fbreg 16, DW_OP_deref, DW_OP_deref: two pointers to follow.
+        let twice = plan(&[0x91, 0x10, 0x06, 0x06], rsp);
+        assert_eq!(twice, unsupported("DW_OP_deref"));
+    }
+
+    #[test]
+    fn optimized_locals_are_found_in_the_state_by_name_and_offset() {
+        let fields = vec![
+            ("qty".to_owned(), 72),
+            ("order".to_owned(), 80),
+            ("qty".to_owned(), 72),
+            ("n".to_owned(), 64),
+            ("n".to_owned(), 96),
+        ];
+        let in_rbx = CoroutineState {
+            pointer: CapturePlan::Reg(3),
+            fields: fields.clone(),
+        };
+        assert_eq!(
+            in_rbx.plan_of("qty"),
+            Some(CapturePlan::Mem { reg: 3, offset: 72 })
+        );
+        assert_eq!(in_rbx.plan_of("missing"), None);
+        // Two locals of one name at different offsets: not guessed.
+        assert_eq!(in_rbx.plan_of("n"), None);
+        let spilled = CoroutineState {
+            pointer: CapturePlan::Mem { reg: 7, offset: 24 },
+            fields,
+        };
+        let want = CapturePlan::Indirect {
+            reg: 7,
+            offset: 24,
+            add: 80,
+        };
+        assert_eq!(spilled.plan_of("order"), Some(want));
+        assert!(is_coroutine("{async_fn#0}") && is_coroutine("{async_block#1}"));
+        assert!(!is_coroutine("{closure#0}") && !is_coroutine("checkout"));
+        let text = Unavailable::NotKeptAcrossAwait { line: 66 }.to_string();
+        assert!(text.contains("`.await` on line 66"), "{text}");
+        let text = Unavailable::InStateAfterAwait { line: 15 }.to_string();
+        assert!(text.contains("after the `.await` on line 15"), "{text}");
     }
 
     #[test]

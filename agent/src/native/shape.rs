@@ -99,15 +99,20 @@ const MAX_CHAIN: u8 = 3;
 ///
 /// The handler reads a pointer (u64, little-endian) at `ptr_offset` of buffer `from` (0 = the
 /// inline bytes, k = the bytes of deref k-1; `from` is never more than the deref's own index),
-/// works out the length from `len`, clips it to [`MAX_DEREF_BYTES`], and copies that many bytes
-/// through a guarded read. If the source buffer is missing or too short, the pointer is null, or
-/// the read faults, this deref's result is missing (`None` in [`TypeShape::decode`]).
+/// adds `ptr_add` to it, works out the length from `len`, clips it to [`MAX_DEREF_BYTES`], and
+/// copies that many bytes through a guarded read. If the source buffer is missing or too short,
+/// the pointer is null, or the read faults, this deref's result is missing (`None` in
+/// [`TypeShape::decode`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Deref {
     /// The buffer holding the pointer: 0 = inline bytes, k = result of deref k-1.
     pub from: u8,
     /// Byte offset of the pointer in that buffer.
     pub ptr_offset: u32,
+    /// Bytes added to the pointer before copying: 0, except for the first heap read of a
+    /// variable kept in an `async fn`'s coroutine state, where it is the variable's offset in
+    /// the state (see [`CapturePlan::Indirect`](super::CapturePlan::Indirect)).
+    pub ptr_add: u32,
     /// How many bytes to copy.
     pub len: DerefLen,
 }
@@ -619,36 +624,75 @@ pub(crate) fn build<'a>(
     ty: UnitOffset<usize>,
     reads: &Reads,
 ) -> Result<TypeShape, String> {
+    build_at(dwarf, unit, ty, reads, None)
+}
+
+/// As [`build`], for a value `add` bytes past a pointer (a local kept in an `async fn`'s
+/// coroutine state, [`CapturePlan::Indirect`](super::CapturePlan::Indirect)): the inline bytes
+/// are the pointer, the first heap read copies the value (as many bytes as a value in place,
+/// [`MAX_INLINE`]), and the rest is the value's own shape, so it decodes as the same value would
+/// in place. That first read counts against [`MAX_DEREFS`].
+pub(crate) fn build_behind<'a>(
+    dwarf: &gimli::Dwarf<Slice<'a>>,
+    unit: &Unit<'a>,
+    ty: UnitOffset<usize>,
+    reads: &Reads,
+    add: u32,
+) -> Result<TypeShape, String> {
+    build_at(dwarf, unit, ty, reads, Some(add))
+}
+
+fn build_at<'a>(
+    dwarf: &gimli::Dwarf<Slice<'a>>,
+    unit: &Unit<'a>,
+    ty: UnitOffset<usize>,
+    reads: &Reads,
+    behind: Option<u32>,
+) -> Result<TypeShape, String> {
     // Two passes: first with one element of each sequence, to learn what the rest of the value
     // needs; then with the heap reads left over spent on more elements. So a `Vec<String>`
     // field does not take every heap read and leave the fields after it out.
-    let mut b = Builder {
-        dwarf,
-        unit,
-        derefs: Vec::new(),
-        spare: 0,
+    let pass = |spare: usize| -> Result<(TypeShape, usize), String> {
+        let mut b = Builder {
+            dwarf,
+            unit,
+            derefs: Vec::new(),
+            spare,
+        };
+        let size = b.size_of(ty)?;
+        let inline = size.min(MAX_INLINE as u64) as u32;
+        let mut at = Pos {
+            buf: 0,
+            base: 0,
+            limit: inline,
+        };
+        let mut inline_size = inline;
+        if let Some(ptr_add) = behind {
+            // The value is the first heap read's bytes; the inline bytes are the pointer.
+            let deref = b.deref(0, 0, DerefLen::Fixed(inline))?;
+            b.derefs[usize::from(deref)].ptr_add = ptr_add;
+            at.buf = deref + 1;
+            inline_size = u32::from(unit.encoding().address_size);
+        }
+        let node = b.node(ty, at, 0, 0, reads)?;
+        let root = match behind {
+            None => node,
+            Some(_) => Node::Ref {
+                deref: 0,
+                offset: 0,
+                pointee: Box::new(node),
+            },
+        };
+        let left = MAX_DEREFS.saturating_sub(b.derefs.len());
+        let shape = TypeShape {
+            inline_size: inline_size as usize,
+            derefs: b.derefs,
+            root,
+        };
+        Ok((shape, left))
     };
-    let size = b.size_of(ty)?;
-    let inline = size.min(MAX_INLINE as u64) as u32;
-    let at = Pos {
-        buf: 0,
-        base: 0,
-        limit: inline,
-    };
-    b.node(ty, at, 0, 0, reads)?;
-    let spare = MAX_DEREFS.saturating_sub(b.derefs.len());
-    let mut b = Builder {
-        dwarf,
-        unit,
-        derefs: Vec::new(),
-        spare,
-    };
-    let root = b.node(ty, at, 0, 0, reads)?;
-    Ok(TypeShape {
-        inline_size: inline as usize,
-        derefs: b.derefs,
-        root,
-    })
+    let (_, spare) = pass(0)?;
+    pass(spare).map(|(shape, _)| shape)
 }
 
 /// Where a value lies: buffer (0 = inline, k = deref k-1), its absolute offset there, and how
@@ -838,6 +882,7 @@ impl<'a> Builder<'_, 'a> {
         self.derefs.push(Deref {
             from,
             ptr_offset,
+            ptr_add: 0,
             len,
         });
         Ok((self.derefs.len() - 1) as u8)
@@ -1514,6 +1559,7 @@ mod tests {
             vec![Deref {
                 from: 0,
                 ptr_offset: 0,
+                ptr_add: 0,
                 len: DerefLen::Field {
                     offset: 8,
                     elem_size: 1,

@@ -658,5 +658,9 @@ fn deref(d: &Deref, buffers: &[(usize, usize, bool)], buf: &mut [u8], out: usize
     if n == 0 {
         return Some(0);
     }
-    guarded_copy(&mut buf[out..out + n], ptr).then_some(n)
+    if ptr == 0 {
+        return None;
+    }
+    let src = ptr.wrapping_add(u64::from(d.ptr_add));
+    guarded_copy(&mut buf[out..out + n], src).then_some(n)
 }

@@ -1,0 +1,494 @@
+//! Native breakpoints on lines of an `async fn`, driven by a multi-threaded tokio runtime whose
+//! tasks suspend at an `.await` and resume, often on another worker thread: the locals a user
+//! sees on a line read exactly the values the code computes, whether they are stack slots of the
+//! poll function (locals not held across an `.await`) or fields of the coroutine's state
+//! (locals and arguments held across one, reached through the state pointer), and a local that
+//! the coroutine does not keep across an `.await` is named in the status with the reason instead
+//! of being read from a stale stack slot.
+//!
+//! What rustc 1.95 emits at opt-level 0 for the poll function `checkout::{async_fn#0}` (its
+//! frame base is `DW_OP_reg7 (rsp)`): a local held across an `.await` is a `DW_TAG_variable` in
+//! the poll function's lexical blocks with the location `DW_OP_fbreg N; DW_OP_deref;
+//! DW_OP_plus_uconst M` (the poll function keeps the pointer to the state in its frame at N;
+//! the local is at offset M of the state, the offset of its member in the `SuspendK` variant of
+//! `checkout::{async_fn_env#0}`); a local that is not held is a plain `DW_OP_fbreg N`.
+//!
+//! The `async` block a task runs is the same: `{async_block#0}`, its captured variables at
+//! `DW_OP_fbreg N; DW_OP_deref; DW_OP_plus_uconst M` too. Optimized builds (where rustc gives
+//! the held locals no location at all) are not covered here: this file is compiled at
+//! opt-level 0, and the optimized fixture crate has no `async fn`.
+//!
+//! This binary is built with `debug = 2` (`[profile.dev.package.sonde-agent]` in the root
+//! Cargo.toml), unoptimized. Lines are found by marker comments in this file's own text. One
+//! agent per process, so the tests take turns (`serial`).
+#![cfg(all(feature = "native", target_os = "linux", target_arch = "x86_64"))]
+#![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
+
+mod markers;
+
+use std::collections::HashMap;
+use std::hint::black_box;
+use std::sync::{Mutex, MutexGuard, OnceLock};
+use std::time::{Duration, Instant};
+
+use sonde_agent::{
+    Agent, AgentHandle, Budgets, PrometheusProvider, TracepointState, TracepointStatus,
+    native::{CapturePlan, DebugIndex, NativeBudget, Unavailable, Variable},
+};
+use sonde_proto::tracepoint::{
+    LabelExpression, Metric, MetricType, TracePointConfig, label_expression,
+};
+
+const FILE: &str = "tests/native_async.rs";
+
+#[allow(dead_code)] // fields are read through the debug info, not by the code
+struct User {
+    id: u64,
+    tier: String,
+}
+
+#[allow(dead_code)] // as `User`
+struct Order {
+    country: String,
+    user: User,
+    total: u64,
+}
+
+struct Cart {
+    items: u64,
+    label: String,
+}
+
+#[inline(never)]
+async fn checkout(qty: u64, order: Order) -> u64 {
+    let before = qty * 3;
+    let plain = black_box(qty + 1);
+    let cart = Cart {
+        items: qty % 7,
+        label: format!("cart{}", qty % 2),
+    };
+    black_box(plain); // @before-await
+    tokio::task::yield_now().await; // @await
+    let after = before + cart.items + order.user.id; // @after-await
+    let charged = black_box(after * 2);
+    black_box(charged) + qty + order.total + cart.label.len() as u64 // @after-local
+}
+
+const TASKS: u64 = 8;
+const CALLS: u64 = 50;
+const COUNTRIES: [&str; 2] = ["NZ", "FR"];
+const TIERS: [&str; 3] = ["gold", "basic", "silver"];
+
+/// The inputs of call `k` of task `t`.
+fn inputs(t: u64, k: u64) -> (u64, Order) {
+    let qty = t * 100 + k;
+    let order = Order {
+        country: COUNTRIES[(t % 2) as usize].to_owned(),
+        user: User {
+            id: t,
+            tier: TIERS[(k % 3) as usize].to_owned(),
+        },
+        total: k,
+    };
+    (qty, order)
+}
+
+/// Runs `checkout` `CALLS` times in each of `TASKS` tasks on a 4-thread runtime; the results
+/// by (task, call).
+fn workload() -> Vec<u64> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(4)
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let tasks: Vec<_> = (0..TASKS)
+            .map(|t| {
+                tokio::spawn(async move {
+                    let mut out = Vec::new();
+                    for k in 0..CALLS {
+                        let (qty, order) = inputs(t, k);
+                        let got = checkout(qty, order).await;
+                        out.push(black_box(got)); // @block
+                    }
+                    out
+                })
+            })
+            .collect();
+        let mut all = Vec::new();
+        for t in tasks {
+            all.extend(t.await.unwrap());
+        }
+        all
+    })
+}
+
+fn index() -> &'static DebugIndex {
+    static INDEX: OnceLock<DebugIndex> = OnceLock::new();
+    INDEX.get_or_init(|| DebugIndex::for_current_exe().expect("this test binary has debug info"))
+}
+
+/// The line of this file holding `marker`.
+fn line_of(marker: &str) -> u32 {
+    markers::line(include_str!("native_async.rs"), marker)
+}
+
+/// The variables at each address of the line holding `marker`, by name (innermost wins).
+fn variables(marker: &str) -> Vec<HashMap<String, Variable>> {
+    let found = index().lookup(FILE, line_of(marker));
+    assert!(!found.addresses.is_empty(), "{marker} has code");
+    found
+        .addresses
+        .iter()
+        .map(|a| {
+            index()
+                .variables_at(a.address)
+                .expect("readable DWARF")
+                .into_iter()
+                .map(|v| (v.name.clone(), v))
+                .collect()
+        })
+        .collect()
+}
+
+fn serial() -> MutexGuard<'static, ()> {
+    static LOCK: Mutex<()> = Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn agent(registry: &prometheus::Registry) -> AgentHandle {
+    let prometheus = PrometheusProvider::new(registry.clone());
+    Agent::builder()
+        .offline()
+        .provider(prometheus)
+        // The evaluation CPU budget is not under test here; a loaded machine must not trip it.
+        .budgets(Budgets {
+            cpu: Duration::from_secs(3600),
+            ..Budgets::default()
+        })
+        .native_breakpoints(NativeBudget {
+            captures_per_sec: 10_000_000,
+            burst: 10_000_000,
+            max_traps_per_sec: u64::MAX,
+            jump_above: u64::MAX,
+        })
+        .start()
+        .expect("agent starts")
+}
+
+/// A tracepoint at the line holding `marker` counting `value`, with labels.
+fn counter(id: &str, marker: &str, value: &str, labels: &[(&str, &str)]) -> TracePointConfig {
+    TracePointConfig {
+        id: id.into(),
+        path: FILE.into(),
+        line_number: line_of(marker),
+        metrics: vec![Metric {
+            name: format!("async_{id}_total"),
+            r#type: MetricType::Counter as i32,
+            expression: Some(value.into()),
+            label_expressions: labels
+                .iter()
+                .map(|(k, e)| LabelExpression {
+                    key: (*k).into(),
+                    value: Some(label_expression::Value::Expression((*e).into())),
+                })
+                .collect(),
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+/// Every series of the counter of tracepoint `id`, as (sorted labels, value).
+fn series(registry: &prometheus::Registry, id: &str) -> Vec<(Vec<(String, String)>, f64)> {
+    let name = format!("deep_async_{id}_total");
+    let mut out: Vec<(Vec<(String, String)>, f64)> = registry
+        .gather()
+        .into_iter()
+        .filter(|f| f.name() == name)
+        .flat_map(|f| {
+            f.get_metric()
+                .iter()
+                .map(|m| {
+                    let mut labels: Vec<(String, String)> = m
+                        .get_label()
+                        .iter()
+                        .map(|l| (l.name().to_owned(), l.value().to_owned()))
+                        .collect();
+                    labels.sort();
+                    (labels, m.get_counter().get_value())
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+/// The expected series: `value` of each call summed by its labels.
+fn expected(
+    labels: impl Fn(u64, u64, &Order) -> Vec<(&'static str, String)>,
+    value: impl Fn(u64, u64, &Order) -> u64,
+) -> Vec<(Vec<(String, String)>, f64)> {
+    let mut sums: HashMap<Vec<(String, String)>, u64> = HashMap::new();
+    for t in 0..TASKS {
+        for k in 0..CALLS {
+            let (qty, order) = inputs(t, k);
+            let mut key: Vec<(String, String)> = labels(t, k, &order)
+                .into_iter()
+                .map(|(k, v)| (k.to_owned(), v))
+                .collect();
+            key.sort();
+            *sums.entry(key).or_default() += value(t, qty, &order);
+        }
+    }
+    let mut out: Vec<(Vec<(String, String)>, f64)> =
+        sums.into_iter().map(|(k, v)| (k, v as f64)).collect();
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+fn status(agent: &AgentHandle, id: &str) -> TracepointStatus {
+    agent
+        .statuses()
+        .into_iter()
+        .find(|s| s.id == id)
+        .expect("status present")
+}
+
+fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
+    let started = Instant::now();
+    while !ok() {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// The results `checkout` computes, by (task, call), without the runtime.
+fn expected_results() -> Vec<u64> {
+    let mut out = Vec::new();
+    for t in 0..TASKS {
+        for k in 0..CALLS {
+            let (qty, order) = inputs(t, k);
+            let before = qty * 3;
+            let after = before + qty % 7 + order.user.id;
+            out.push(after * 2 + qty + order.total + format!("cart{}", qty % 2).len() as u64);
+        }
+    }
+    out
+}
+
+#[test]
+fn locals_of_async_code_are_planned_through_its_state_or_its_frame() {
+    let _serial = serial();
+    let await_line = line_of("// @await");
+    for (marker, in_state, in_frame) in [
+        (
+            "// @before-await",
+            &["before", "cart", "order", "qty"][..],
+            &["plain"][..],
+        ),
+        ("// @after-await", &["before", "cart", "order", "qty"], &[]),
+        (
+            "// @after-local",
+            &["before", "cart", "order", "qty"],
+            &["after", "charged"],
+        ),
+    ] {
+        for vars in variables(marker) {
+            let mut pointers = Vec::new();
+            for name in in_state {
+                let plan = &vars[*name].plan;
+                let CapturePlan::Indirect { reg, offset, add } = *plan else {
+                    panic!("{name} at {marker}: {plan:?}");
+                };
+                assert_eq!(reg, 7, "{name}: the state pointer is in the frame");
+                pointers.push((reg, offset));
+                let shape = vars[*name].shape.as_ref().unwrap();
+                assert_eq!(shape.inline_size(), 8, "{name}: the state pointer");
+                assert_eq!(
+                    shape.derefs()[0].ptr_add,
+                    add,
+                    "{name}: the first heap read adds the offset in the state"
+                );
+            }
+            // One state pointer for all of them.
+            assert!(pointers.windows(2).all(|w| w[0] == w[1]), "{pointers:?}");
+            for name in in_frame {
+                let plan = &vars[*name].plan;
+                assert!(
+                    matches!(plan, CapturePlan::Mem { reg: 7, .. }),
+                    "{name} at {marker}: {plan:?}"
+                );
+            }
+            // `plain` is not held across the `.await`: a stale stack slot after it.
+            if marker != "// @before-await" {
+                let plain = &vars["plain"];
+                assert_eq!(
+                    plain.plan,
+                    CapturePlan::Unavailable(Unavailable::NotKeptAcrossAwait { line: await_line }),
+                    "plain at {marker}"
+                );
+                assert!(
+                    plain.available_at.contains(&line_of("// @before-await")),
+                    "{:?}",
+                    plain.available_at
+                );
+            }
+            // The poll's `Context` is stored again on each resumption.
+            assert!(vars["_task_context"].plan.is_available(), "{marker}");
+        }
+    }
+    // In the spawned `async` block, after `checkout(..).await`: the captured `t` is in the
+    // block's state; `k` and `order`, not used after the `.await`, are gone there.
+    let block_await = line_of("// @block") - 1;
+    for vars in variables("// @block") {
+        let plan = |name: &str| vars[name].plan.clone();
+        assert!(
+            matches!(plan("t"), CapturePlan::Indirect { reg: 7, .. }),
+            "{:?}",
+            plan("t")
+        );
+        assert!(matches!(plan("got"), CapturePlan::Mem { reg: 7, .. }));
+        for gone in ["k", "order"] {
+            assert_eq!(
+                plan(gone),
+                CapturePlan::Unavailable(Unavailable::NotKeptAcrossAwait { line: block_await }),
+                "{gone}"
+            );
+        }
+    }
+}
+
+#[test]
+fn locals_read_after_an_await_are_exact_across_worker_threads() {
+    const IDS: [&str; 5] = ["before", "qty", "plain", "charged", "block"];
+    let _serial = serial();
+    let unpatched = workload();
+    assert_eq!(unpatched, expected_results());
+    let registry = prometheus::Registry::new();
+    let agent = agent(&registry);
+    agent.apply(vec![
+        // A local defined before the `.await`, read after it, labelled by a field of a struct
+        // argument and a field of a struct local, both held across the `.await`.
+        counter(
+            "before",
+            "// @after-await",
+            "before",
+            &[("tier", "order.user.tier"), ("cart", "cart.label")],
+        ),
+        // An argument held across the `.await`.
+        counter(
+            "qty",
+            "// @after-await",
+            "qty",
+            &[("country", "order.country")],
+        ),
+        // A plain local, read before the `.await`.
+        counter("plain", "// @before-await", "plain", &[]),
+        // In an `async` block: a local defined after an `.await`, and a captured variable.
+        counter("block", "// @block", "got", &[("task", "t")]),
+        // A plain local defined after the `.await`, with a field of a struct local.
+        counter(
+            "charged",
+            "// @after-local",
+            "charged",
+            &[("items", "cart.items")],
+        ),
+    ]);
+    for id in IDS {
+        let st = status(&agent, id);
+        assert_eq!(st.state, TracepointState::Bound, "{st:?}");
+        assert!(st.sites[0].contains("(native,"), "{st:?}");
+        assert!(st.message.is_empty(), "every variable is readable: {st:?}");
+    }
+
+    assert_eq!(workload(), unpatched, "the patched code computes the same");
+    let calls = TASKS * CALLS;
+    for id in IDS {
+        wait_for(&format!("every hit of {id} to be decoded"), || {
+            agent.fires(id) == Some(calls)
+        });
+    }
+    let tier = |_: u64, k: u64, o: &Order| {
+        assert_eq!(o.user.tier, TIERS[(k % 3) as usize]);
+        ("tier", o.user.tier.clone())
+    };
+    assert_eq!(
+        series(&registry, "before"),
+        expected(
+            |t, k, o| {
+                let qty = t * 100 + k;
+                vec![tier(t, k, o), ("cart", format!("cart{}", qty % 2))]
+            },
+            |_, qty, _| qty * 3,
+        )
+    );
+    assert_eq!(
+        series(&registry, "qty"),
+        expected(
+            |_, _, o| vec![("country", o.country.clone())],
+            |_, qty, _| qty
+        )
+    );
+    assert_eq!(
+        series(&registry, "plain"),
+        expected(|_, _, _| Vec::new(), |_, qty, _| qty + 1)
+    );
+    assert_eq!(
+        series(&registry, "charged"),
+        expected(
+            |t, k, _| vec![("items", ((t * 100 + k) % 7).to_string())],
+            |_, qty, o| (qty * 3 + qty % 7 + o.user.id) * 2,
+        )
+    );
+
+    let results = expected_results();
+    let mut by_task: Vec<(Vec<(String, String)>, f64)> = (0..TASKS)
+        .map(|t| {
+            let of_task = &results[(t * CALLS) as usize..((t + 1) * CALLS) as usize];
+            let labels = vec![("task".to_owned(), t.to_string())];
+            (labels, of_task.iter().sum::<u64>() as f64)
+        })
+        .collect();
+    by_task.sort_by(|a, b| a.0.cmp(&b.0));
+    assert_eq!(series(&registry, "block"), by_task);
+
+    agent.apply(Vec::new());
+    assert_eq!(workload(), unpatched, "the restored code computes the same");
+    std::thread::sleep(Duration::from_millis(50));
+    for id in IDS {
+        assert_eq!(agent.fires(id), None, "{id} is gone");
+    }
+    agent.shutdown();
+}
+
+#[test]
+fn a_local_not_kept_across_an_await_is_named_with_the_reason() {
+    let _serial = serial();
+    let registry = prometheus::Registry::new();
+    let agent = agent(&registry);
+    let line = line_of("// @after-await");
+    agent.apply(vec![counter("stale", "// @after-await", "plain", &[])]);
+    let st = status(&agent, "stale");
+    assert_eq!(st.state, TracepointState::Bound, "{st:?}");
+    let want = format!(
+        "`plain` cannot be read at {FILE}:{line} (its value is gone after the `.await` on line \
+         {}: the async fn keeps only the locals used after an `.await`)",
+        line_of("// @await")
+    );
+    assert!(st.message.contains(&want), "{st:?}");
+    let before = line_of("// @before-await");
+    assert!(
+        st.message
+            .contains(&format!("it can be read at lines {before}, ")),
+        "{st:?} names line {before}"
+    );
+    // Nothing is read from the stale slot: the hits count, no series appears.
+    assert_eq!(workload(), expected_results());
+    assert!(series(&registry, "stale").is_empty());
+    agent.apply(Vec::new());
+    agent.shutdown();
+}
