@@ -369,6 +369,9 @@ impl Native {
         let mut vars = Vec::with_capacity(found.addresses.len());
         let mut captures = Vec::with_capacity(found.addresses.len());
         let mut unreadable: HashMap<String, (usize, Vec<String>, Vec<u32>)> = HashMap::new();
+        // Locals of an optimized `async fn` read from its state, with the `.await` lines their
+        // value there dates from.
+        let mut from_state: HashMap<String, Vec<u32>> = HashMap::new();
         for a in &found.addresses {
             let in_scope = index.variables_at_reading(a.address, paths).map_err(|e| {
                 ArmError::Failed(format!("reading the variables at {:#x}: {e}", a.address))
@@ -404,7 +407,12 @@ impl Native {
                         Loc::Missing
                     }
                     (plan, Some(_)) => match loc_of(plan) {
-                        Some(loc) => loc,
+                        Some(loc) => {
+                            if let Some(at) = v.in_state_since {
+                                from_state.entry(name.clone()).or_default().push(at);
+                            }
+                            loc
+                        }
                         None => {
                             note(
                                 &mut unreadable,
@@ -466,6 +474,18 @@ impl Native {
                 );
             }
             notes.push(s);
+        }
+        for (name, mut awaits) in from_state {
+            awaits.sort_unstable();
+            awaits.dedup();
+            let awaits: Vec<String> = awaits.iter().map(u32::to_string).collect();
+            notes.push(format!(
+                "`{name}` is read from the async fn's state (this optimized build gives it no \
+                 location): a change made to it since the task last suspended, at the `.await` \
+                 on line{} {} or an earlier one, may not be seen",
+                if awaits.len() == 1 { "" } else { "s" },
+                awaits.join(", ")
+            ));
         }
         notes.sort();
 

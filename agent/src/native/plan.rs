@@ -32,11 +32,16 @@
 //!   stores again).
 //! - Optimized builds describe the held locals without any location. In an out-of-line poll
 //!   function whose state pointer (its first parameter, `self`) is in a register or in memory
-//!   at the address, a local of that name at one offset of the `SuspendN` variants is read from
-//!   the state, on lines after an `.await` that follows its declaration (before it, the value
-//!   may not be stored there yet: [`Unavailable::InStateAfterAwait`]). What the state holds
-//!   is the value at the last `.await`: a `let mut` local changed since then shows its older
-//!   value.
+//!   at the address, a local of that name at one offset of the `SuspendN` variants (their own
+//!   fields, not the arguments every variant ends with) is read from the state, on lines after
+//!   an `.await` that follows its declaration (before it, the value may not be stored there
+//!   yet: [`Unavailable::InStateAfterAwait`]). The state is sure to hold the value the local
+//!   had when the task last suspended (the poll function returned, its stores done); a change
+//!   made since may not be stored yet (the optimized code can keep the new value in a
+//!   register, and a fixture test sees a `let mut` local read on the line after its change
+//!   with its older value). DWARF does not say which locals are `mut`, so every such read is
+//!   marked ([`Variable::in_state_since`], the line of the last `.await` before the address)
+//!   and the tracepoint's status says so for each local read this way.
 //!
 //! Each variable also gets its [`TypeShape`] (how to copy and decode its bytes), built from its
 //! DWARF type: the whole value with [`DebugIndex::variables_at`], or only the parts a
@@ -184,6 +189,13 @@ pub struct Variable {
     /// When the plan is unavailable: lines of the same file in the same function where the
     /// variable can be read, nearest first (at most 5).
     pub available_at: Vec<u32>,
+    /// Set for a local of an optimized `async fn` that the build gives no location, read from
+    /// the coroutine's state (see the module header): the line of the last `.await` before
+    /// the address. The state is sure to hold the value the local had when the task last
+    /// suspended (at that `.await` or an earlier one); a change made since may not be seen,
+    /// as the optimized code can keep the new value in a register and store it later, and
+    /// DWARF does not say which locals are changed.
+    pub in_state_since: Option<u32>,
 }
 
 /// A function whose code contains an address.
@@ -382,6 +394,24 @@ impl DebugIndex {
                     }),
                 }
             });
+            // The row the lines of that function where a variable can be read are found
+            // from: the address's own, or within a function inlined into the (not inlined)
+            // function, the line it is called on, in the file of the function's entry (its
+            // first row).
+            let own = match line_here {
+                Some(l) if l.file.is_none() => here,
+                Some(l) if function_at == Some(first_sub) => sub
+                    .ranges
+                    .iter()
+                    .min_by_key(|r| r.start)
+                    .and_then(|entry| self.rows_in(entry.clone()).next())
+                    .map(|entry| super::index::Row {
+                        line: l.line,
+                        addr: dpc,
+                        ..entry
+                    }),
+                _ => None,
+            };
             // The `.await`s in this scope (found when one of its variables needs them).
             let mut awaits: Option<Vec<Await>> = None;
             let mut tree = unit.entries_tree(Some(scope.entry.offset()))?;
@@ -404,7 +434,7 @@ impl DebugIndex {
                 let coroutine = matches!(&function, Some((Some(f), _)) if is_coroutine(f));
                 // An optimized build describes the locals a coroutine holds in its state
                 // without a location; after an `.await`, read them from the state.
-                let mut in_state = false;
+                let mut in_state = None;
                 let mut held_after = None;
                 if coroutine
                     && plan == CapturePlan::Unavailable(Unavailable::OptimizedOut)
@@ -420,16 +450,16 @@ impl DebugIndex {
                         self.coroutine_state(&dwarf, &unit, &sub.entry, dpc, frame_base)
                     });
                     if let Some(found) = state.as_ref().and_then(|s| s.plan_of(&name)) {
-                        if stale_after(&unit, e, awaits, at).is_some() {
+                        if let Some(since) = awaits_since(&unit, e, awaits, at) {
                             plan = found;
-                            in_state = true;
+                            in_state = Some(since.last);
                         } else {
                             // Not stored yet: readable after the first `.await` after it.
                             let anywhere = Await {
                                 line: u32::MAX,
                                 file: None,
                             };
-                            held_after = stale_after(&unit, e, awaits, anywhere).map(|s| s.1);
+                            held_after = awaits_since(&unit, e, awaits, anywhere).map(|s| s.first);
                             if let Some(line) = held_after {
                                 plan = CapturePlan::Unavailable(Unavailable::InStateAfterAwait {
                                     line,
@@ -462,18 +492,15 @@ impl DebugIndex {
                 // stored again on each resumption.
                 let stale = match (&plan, &live, line_here) {
                     (CapturePlan::Mem { .. } | CapturePlan::Reg(_), None, Some(at))
-                        if coroutine && !in_state && name != "_task_context" =>
+                        if coroutine && in_state.is_none() && name != "_task_context" =>
                     {
                         let awaits = awaits.get_or_insert_with(|| {
                             await_lines(&dwarf, &unit, scope.entry.offset()).unwrap_or_default()
                         });
-                        stale_after(&unit, e, awaits, at)
+                        awaits_since(&unit, e, awaits, at).map(|s| (s.decl, s.first))
                     }
                     _ => None,
                 };
-                // For the coroutine's lines: the address's own line when it is the
-                // coroutine's (not a function inlined there).
-                let own = here.filter(|_| line_here.is_some_and(|l| l.file.is_none()));
                 let (plan, available_at) = match (stale, &plan, here, live, held_after) {
                     (Some((decl, line)), _, _, _, _) => (
                         CapturePlan::Unavailable(Unavailable::NotKeptAcrossAwait { line }),
@@ -507,6 +534,7 @@ impl DebugIndex {
                     plan,
                     shape,
                     available_at,
+                    in_state_since: in_state,
                 });
             }
         }
@@ -917,8 +945,17 @@ fn pointee(unit: &Unit<'_>, ty: UnitOffset<usize>) -> Option<UnitOffset<usize>> 
     }
 }
 
-/// The members of the suspended variants (`SuspendN`) of a coroutine state type
-/// (`{async_fn_env#0}`: a `DW_TAG_variant_part` whose variants each hold one struct).
+/// The locals the suspended variants (`SuspendN`) of a coroutine state type hold
+/// (`{async_fn_env#0}`: a `DW_TAG_variant_part` whose variants each hold one struct), with
+/// their offsets.
+///
+/// rustc (1.95) lists in each variant its own fields, then the fields common to every
+/// variant: the captured arguments as the `Unresumed` variant names them, in the same order,
+/// at the offset the argument has in that variant (in `Unresumed`, where the caller put it;
+/// where the coroutine holds its own copy of the argument, at that local's offset). Those are
+/// left out: an argument's own field keeps the value as passed, not the local of the same
+/// name, which the coroutine may have changed or moved out, or (when the local is not held)
+/// no longer hold at all.
 fn suspended_fields<'a>(
     dwarf: &gimli::Dwarf<Slice<'a>>,
     unit: &Unit<'a>,
@@ -938,7 +975,8 @@ fn suspended_fields<'a>(
         }
         out
     };
-    let mut fields = Vec::new();
+    let mut unresumed: Vec<String> = Vec::new();
+    let mut suspended: Vec<Vec<(String, Option<u64>)>> = Vec::new();
     for part in children(env, constants::DW_TAG_variant_part) {
         for variant in children(part.offset(), constants::DW_TAG_variant) {
             for arm in children(variant.offset(), constants::DW_TAG_member) {
@@ -949,19 +987,42 @@ fn suspended_fields<'a>(
                     continue;
                 };
                 let Ok(arm_ty) = unit.entry(ty) else { continue };
-                if !name_of(dwarf, unit, &arm_ty).is_some_and(|n| n.starts_with("Suspend")) {
-                    continue;
-                }
-                for m in children(ty, constants::DW_TAG_member) {
+                let members = children(ty, constants::DW_TAG_member).into_iter().map(|m| {
                     let offset = m
                         .attr_value(constants::DW_AT_data_member_location)
                         .and_then(|v| v.udata_value());
-                    if let (Some(name), Some(offset)) = (name_of(dwarf, unit, &m), offset) {
-                        fields.push((name, offset));
-                    }
+                    (name_of(dwarf, unit, &m).unwrap_or_default(), offset)
+                });
+                match name_of(dwarf, unit, &arm_ty) {
+                    Some(n) if n == "Unresumed" => unresumed = members.map(|m| m.0).collect(),
+                    Some(n) if n.starts_with("Suspend") => suspended.push(members.collect()),
+                    _ => {}
                 }
             }
         }
+    }
+    own_fields(suspended, &unresumed)
+}
+
+/// The named fields of the suspended variants with an offset, each variant without its
+/// trailing fields common to every variant (the captured arguments, `upvars`, when its last
+/// members are named as they are, in order).
+fn own_fields(suspended: Vec<Vec<(String, Option<u64>)>>, upvars: &[String]) -> Vec<(String, u64)> {
+    let mut fields = Vec::new();
+    for mut members in suspended {
+        let tail = members.len().saturating_sub(upvars.len());
+        if !upvars.is_empty()
+            && members.len() >= upvars.len()
+            && members[tail..].iter().map(|m| &m.0).eq(upvars.iter())
+        {
+            members.truncate(tail);
+        }
+        fields.extend(
+            members
+                .into_iter()
+                .filter(|m| !m.0.is_empty())
+                .filter_map(|(name, offset)| Some((name, offset?))),
+        );
     }
     fields
 }
@@ -1016,28 +1077,48 @@ fn await_lines<'a>(
     Ok(out)
 }
 
-/// A coroutine's local's declaration line and the first `.await` after it and before `here`
-/// (the line of the address, in the coroutine's source), if any: a local in a stack slot is
-/// then stale at `here`, and one held in the state was stored there at that `.await`.
-fn stale_after<'a>(
+/// The `.await`s between a coroutine's local's declaration and a line of the coroutine.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct AwaitsSince {
+    /// The local's declaration line.
+    decl: u32,
+    /// The first `.await` after it: a local in a stack slot is stale from there on, and one
+    /// held in the state was stored there at it.
+    first: u32,
+    /// The last `.await` before the line, which a read from the state names: the state holds
+    /// the value the local had when the task last suspended, at it or an earlier one.
+    last: u32,
+}
+
+/// The `.await`s after a coroutine's local's declaration and before `here` (the line of the
+/// address, in the coroutine's source), if any.
+fn awaits_since<'a>(
     unit: &Unit<'a>,
     e: &Entry<'a>,
     awaits: &[Await],
     here: Await,
-) -> Option<(u32, u32)> {
-    let decl = decl_line(unit, e)?;
-    let file = decl_file(unit, e);
+) -> Option<AwaitsSince> {
+    awaits_between(decl_line(unit, e)?, decl_file(unit, e), awaits, here)
+}
+
+fn awaits_between(
+    decl: u32,
+    file: Option<u64>,
+    awaits: &[Await],
+    here: Await,
+) -> Option<AwaitsSince> {
     let same = |a: Option<u64>, b: Option<u64>| a.is_none() || b.is_none() || a == b;
     if !same(here.file, file) {
         return None;
     }
-    awaits
+    let lines = awaits
         .iter()
         .filter(|a| a.line > decl && a.line < here.line)
         .filter(|a| same(a.file, file))
-        .map(|a| a.line)
-        .min()
-        .map(|at| (decl, at))
+        .map(|a| a.line);
+    let first = lines.clone().min()?;
+    let last = lines.max()?;
+    Some(AwaitsSince { decl, first, last })
 }
 
 fn decl_line<'a>(unit: &Unit<'a>, e: &Entry<'a>) -> Option<u32> {
@@ -1397,6 +1478,68 @@ mod tests {
         assert!(text.contains("`.await` on line 66"), "{text}");
         let text = Unavailable::InStateAfterAwait { line: 15 }.to_string();
         assert!(text.contains("after the `.await` on line 15"), "{text}");
+    }
+
+    #[test]
+    fn the_arguments_every_suspended_variant_ends_with_are_not_locals() {
+        let field = |n: &str, o: u64| (n.to_owned(), Some(o));
+        let upvars = ["req".to_owned(), "rate".to_owned()];
+        // What rustc 1.95 emits at opt-level 2 for `checkout_handler(req, rate)` with two
+        // `.await`s, `rate` used only between them: each variant's own fields, then the
+        // arguments at their offsets in that variant (the local's where it holds a copy, the
+        // caller's where it does not).
+        let suspend0 = vec![
+            field("req", 0x68),
+            field("rate", 0xc8),
+            field("subtotal", 0xd0),
+            field("__awaitee", 0xe8),
+            field("req", 0x68),
+            field("rate", 0xc8),
+        ];
+        let suspend1 = vec![
+            field("req", 0x68),
+            field("subtotal", 0xd0),
+            field("__awaitee", 0xe8),
+            field("req", 0x68),
+            field("rate", 0x60),
+        ];
+        let fields = own_fields(vec![suspend0.clone(), suspend1], &upvars);
+        let state = CoroutineState {
+            pointer: CapturePlan::Reg(3),
+            fields,
+        };
+        // The local `rate` is at one offset: the argument's own field is not it.
+        let at = |offset| Some(CapturePlan::Mem { reg: 3, offset });
+        assert_eq!(state.plan_of("rate"), at(0xc8));
+        assert_eq!(state.plan_of("req"), at(0x68));
+        // A variant whose last members are not the arguments keeps them all.
+        let other = vec![field("rate", 0xc8), field("req", 0x68)];
+        assert_eq!(own_fields(vec![other], &upvars).len(), 2);
+        // Without arguments, every field is the variant's own.
+        assert_eq!(own_fields(vec![suspend0], &[]).len(), 6);
+    }
+
+    #[test]
+    fn the_awaits_since_a_declaration_are_the_first_and_last_before_the_line() {
+        let awaits: Vec<Await> = [10, 20, 30]
+            .into_iter()
+            .map(|line| Await { line, file: None })
+            .collect();
+        let here = |line| Await { line, file: None };
+        let since = |decl, line| awaits_between(decl, None, &awaits, here(line));
+        let want = |decl, first, last| Some(AwaitsSince { decl, first, last });
+        assert_eq!(since(5, 25), want(5, 10, 20));
+        assert_eq!(since(5, 35), want(5, 10, 30));
+        assert_eq!(since(15, 35), want(15, 20, 30));
+        // On the `.await`'s own line or before it: none yet.
+        assert_eq!(since(5, 10), None);
+        assert_eq!(since(12, 18), None);
+        // A line of another file (a function inlined there) is not compared.
+        let elsewhere = Await {
+            line: 25,
+            file: Some(2),
+        };
+        assert_eq!(awaits_between(5, Some(1), &awaits, elsewhere), None);
     }
 
     #[test]
