@@ -41,5 +41,5 @@ pub use plan::{CapturePlan, DwarfError, Function, Unavailable, Variable};
 pub use shape::{DecodeError, Deref, DerefLen, MAX_DEREF_BYTES, MAX_DEREFS, MAX_INLINE, TypeShape};
 pub use tramp::{
     Plan, StopError, Trampoline, TrampolineError, TrampolineFn, TrampolineRegs, Why, qualifies,
-    qualifies_code,
+    qualifies_code, qualifies_code_with,
 };

@@ -2,13 +2,16 @@
 //! counts and a local read through the saved registers are exact from several threads, the
 //! patched code computes the same results, every register, the flags, the vector registers and
 //! the red zone survive a callback that clobbers them, removal while threads run is safe, and
-//! the analysis refuses what it cannot prove (a displaced call, a jump table, a branch into the
-//! patched bytes).
+//! the analysis refuses what it cannot prove (a displaced call, a branch into the patched
+//! bytes, a jump table whose index nothing bounds, a tail call through a register). Lines of a
+//! `match` lowered to a jump table qualify, and every arm runs through its trampoline with the
+//! same results: unoptimized in this file, and optimized (`opt-level = 2`) in a small library
+//! this test compiles with `rustc` and loads.
 //!
 //! Lines are found by marker comments in this file (built with `debug = 2`:
-//! `[profile.dev.package.sonde-agent]`); exact register contents are checked on a small
-//! function written in assembly below. Installing stops every thread of the process for a
-//! moment, which the other tests running alongside tolerate.
+//! `[profile.dev.package.sonde-agent]`) and in the library's source below; exact register
+//! contents are checked on a small function written in assembly below. Installing stops every
+//! thread of the process for a moment, which the other tests running alongside tolerate.
 #![cfg(all(feature = "native", target_os = "linux", target_arch = "x86_64"))]
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
 
@@ -24,7 +27,7 @@ use std::{
 };
 
 use sonde_agent::native::{
-    CapturePlan, DebugIndex, Trampoline, TrampolineRegs, Why, qualifies, qualifies_code,
+    CapturePlan, DebugIndex, Plan, Trampoline, TrampolineRegs, Why, qualifies, qualifies_code,
 };
 
 const FILE: &str = "tests/native_trampoline.rs";
@@ -54,19 +57,42 @@ fn calls_first() -> u64 {
     black_box(7)
 }
 
+/// A `match` that rustc lowers to a jump table (at this file's `opt-level = 0` too), one line
+/// per arm.
 #[inline(never)]
 fn dispatch(op: u8, a: u64) -> u64 {
     let a = black_box(a);
     match black_box(op) {
-        0 => a.wrapping_add(1),
-        1 => a.wrapping_mul(3),
-        2 => a ^ 0xFF, // @table
-        3 => a.rotate_left(7),
-        4 => a.wrapping_sub(9),
-        5 => a >> 2,
-        6 => a << 3,
-        7 => !a,
-        _ => a,
+        0 => a.wrapping_add(1), // @arm0
+        1 => a.wrapping_mul(3), // @arm1
+        2 => a ^ 0xFF,          // @arm2
+        3 => a.rotate_left(7),  // @arm3
+        4 => a.wrapping_sub(9), // @arm4
+        5 => a >> 2,            // @arm5
+        6 => a << 3,            // @arm6
+        7 => !a,                // @arm7
+        _ => a,                 // @arm_
+    }
+}
+
+/// `dispatch`'s arms' markers, by arm (the last: any other `op`).
+const ARMS: [&str; 9] = [
+    "// @arm0", "// @arm1", "// @arm2", "// @arm3", "// @arm4", "// @arm5", "// @arm6", "// @arm7",
+    "// @arm_",
+];
+
+/// What `dispatch` returns, and the arm it takes.
+fn dispatch_expected(op: u8, a: u64) -> (u64, usize) {
+    match op {
+        0 => (a.wrapping_add(1), 0),
+        1 => (a.wrapping_mul(3), 1),
+        2 => (a ^ 0xFF, 2),
+        3 => (a.rotate_left(7), 3),
+        4 => (a.wrapping_sub(9), 4),
+        5 => (a >> 2, 5),
+        6 => (a << 3, 6),
+        7 => (!a, 7),
+        _ => (a, 8),
     }
 }
 
@@ -539,14 +565,354 @@ fn a_displaced_call_is_refused() {
     }
 }
 
+/// Whether the code at `start` jumps through a register (`jmp rax`: a jump table's dispatch).
+fn jumps_through_a_register(code: &[u8], start: u64) -> bool {
+    iced_x86::Decoder::with_ip(64, code, start, iced_x86::DecoderOptions::NONE)
+        .iter()
+        .any(|i| i.code() == iced_x86::Code::Jmp_rm64 && i.op0_kind() == iced_x86::OpKind::Register)
+}
+
+extern "C" fn hit(_regs: *mut TrampolineRegs, user: *const ()) {
+    // Safety: the trampoline passes the `&'static AtomicU64` given at installation.
+    unsafe { &*user.cast::<AtomicU64>() }.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Installs a trampoline counting its hits at each of `plans` (all analysed before any is
+/// installed), runs `calls(thread)` on 4 threads while they are in (each returns its wrong
+/// results and its calls by arm), removes them, and returns the threads' wrong results and
+/// calls by arm summed, and each trampoline's hits.
+fn run_through_trampolines(
+    plans: &[Plan],
+    calls: fn(u64) -> (u64, Vec<u64>),
+) -> (u64, Vec<u64>, Vec<u64>) {
+    let hits: &'static [AtomicU64] =
+        Box::leak((0..plans.len()).map(|_| AtomicU64::new(0)).collect());
+    let mut tramps: Vec<Trampoline> = plans
+        .iter()
+        .zip(hits)
+        .map(|(plan, h)| {
+            // Safety: `hit` only counts; `h` lives forever.
+            unsafe { Trampoline::install(plan, hit, (h as *const AtomicU64).cast()) }
+                .unwrap_or_else(|e| panic!("{:#x}: {e}", plan.addr()))
+        })
+        .collect();
+    let workers: Vec<_> = (0..4u64)
+        .map(|t| std::thread::spawn(move || calls(t)))
+        .collect();
+    let (mut bad, mut arms) = (0, vec![0u64; plans.len()]);
+    for w in workers {
+        let (b, by_arm) = w.join().unwrap();
+        bad += b;
+        for (a, n) in arms.iter_mut().zip(by_arm) {
+            *a += n;
+        }
+    }
+    for t in &mut tramps {
+        t.remove().expect("removes");
+    }
+    for plan in plans {
+        assert_eq!(
+            code(plan.addr(), plan.addr() + plan.len() as u64),
+            plan.original()
+        );
+    }
+    let hits = hits.iter().map(|h| h.load(Ordering::Relaxed)).collect();
+    (bad, arms, hits)
+}
+
 #[test]
-fn a_function_with_a_jump_table_is_refused() {
+fn every_arm_of_a_match_on_a_jump_table_runs_through_its_trampoline() {
     assert_eq!(dispatch(1, 2), 6);
-    let addr = address_of("// @table");
-    match qualifies(index(), addr) {
-        Err(Why::IndirectJump { mnemonic, .. }) => assert_eq!(mnemonic, "jmp"),
+    let lines: Vec<u64> = ARMS.iter().map(|m| address_of(m)).collect();
+    let function = index()
+        .function_at(lines[0])
+        .expect("readable DWARF")
+        .expect("dispatch")
+        .range;
+    assert!(
+        jumps_through_a_register(&code(function.start, function.end), function.start),
+        "dispatch is compiled to a jump table"
+    );
+    // Every arm's line qualifies: the table's targets are proved, none inside a patch.
+    let plans: Vec<Plan> = ARMS
+        .iter()
+        .zip(&lines)
+        .map(|(m, &a)| qualifies(index(), a).unwrap_or_else(|w| panic!("{m}: {w}")))
+        .collect();
+    const CALLS: u64 = 11 * 2_000;
+    let (bad, arms, hits) = run_through_trampolines(&plans, |t| {
+        let (mut bad, mut arms) = (0, vec![0u64; ARMS.len()]);
+        for n in 0..CALLS {
+            let (op, a) = ((n % 11) as u8, t << 40 | n);
+            let (expected, arm) = dispatch_expected(op, a);
+            bad += u64::from(dispatch(op, a) != expected);
+            arms[arm] += 1;
+        }
+        (bad, arms)
+    });
+    assert_eq!(bad, 0, "a patched arm computed something else");
+    assert_eq!(
+        hits, arms,
+        "each arm's trampoline ran once per call of that arm"
+    );
+    assert_eq!(arms[0], 4 * CALLS / 11);
+    assert_eq!(
+        arms[8],
+        3 * 4 * CALLS / 11,
+        "ops 8, 9 and 10 take the last arm"
+    );
+}
+
+/// A library compiled with optimizations by the test (`rustc -C opt-level=2`), loaded into
+/// this process and indexed.
+struct Library {
+    index: DebugIndex,
+    source: &'static str,
+    dispatch: Dispatch,
+    unchecked: Unchecked,
+    tail: Tail,
+    copy: CopyFn,
+}
+
+type Dispatch = extern "C" fn(u32, u64) -> u64;
+type Unchecked = extern "C" fn(&u32, u64) -> u64;
+type Tail = extern "C" fn(extern "C" fn(u64) -> u64, u64) -> u64;
+type CopyFn = unsafe extern "C" fn(*mut u8, *const u8, usize);
+
+/// The library's source: `sonde_jt_dispatch`'s `match` on a `u32` (bounded by `cmp edi, 7`
+/// / `ja` and zero-extended by `mov ecx, edi` before the table), `sonde_jt_unchecked`'s on an
+/// enum read from memory (no bound: LLVM trusts the discriminant), a tail call through a
+/// register and one through the GOT (`memcpy`).
+const LIBRARY: &str = r#"#![no_std]
+use core::hint::black_box;
+
+#[panic_handler]
+fn panic(_: &core::panic::PanicInfo) -> ! {
+    loop {}
+}
+
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn sonde_jt_dispatch(op: u32, a: u64) -> u64 {
+    match op {
+        0 => a.wrapping_add(0x1111_1111), // @so0
+        1 => a.wrapping_mul(0x2222_2223), // @so1
+        2 => a ^ 0x3333_3333, // @so2
+        3 => a.rotate_left(7) ^ 0x4444, // @so3
+        4 => a.wrapping_sub(0x5555_5555), // @so4
+        5 => (a >> 2) | 0x6666_0000, // @so5
+        6 => (a << 3).wrapping_add(0x7777), // @so6
+        7 => !a ^ 0x0888_8888, // @so7
+        _ => black_box(a), // @so_
+    }
+}
+
+#[repr(u32)]
+#[derive(Clone, Copy)]
+pub enum Op { A, B, C, D, E, F, G, H }
+
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn sonde_jt_unchecked(op: &Op, a: u64) -> u64 {
+    match *op {
+        Op::A => a.wrapping_add(0x1111_1111),
+        Op::B => a.wrapping_mul(0x2222_2223),
+        Op::C => a ^ 0x3333_3333,
+        Op::D => a.rotate_left(7) ^ 0x4444,
+        Op::E => a.wrapping_sub(0x5555_5555),
+        Op::F => (a >> 2) | 0x6666_0000,
+        Op::G => (a << 3).wrapping_add(0x7777),
+        Op::H => !a ^ 0x0888_8888,
+    }
+}
+
+#[no_mangle]
+#[inline(never)]
+pub extern "C" fn sonde_jt_tail(f: extern "C" fn(u64) -> u64, a: u64) -> u64 {
+    f(a ^ 0x1234)
+}
+
+/// # Safety
+/// As `copy_nonoverlapping`, for `n ^ 0x5555_5555` bytes.
+#[no_mangle]
+#[inline(never)]
+pub unsafe extern "C" fn sonde_jt_copy(dst: *mut u8, src: *const u8, n: usize) {
+    core::ptr::copy_nonoverlapping(src, dst, n ^ 0x5555_5555)
+}
+"#;
+
+/// What `sonde_jt_dispatch` returns, and the arm it takes.
+fn library_expected(op: u32, a: u64) -> (u64, usize) {
+    match op {
+        0 => (a.wrapping_add(0x1111_1111), 0),
+        1 => (a.wrapping_mul(0x2222_2223), 1),
+        2 => (a ^ 0x3333_3333, 2),
+        3 => (a.rotate_left(7) ^ 0x4444, 3),
+        4 => (a.wrapping_sub(0x5555_5555), 4),
+        5 => ((a >> 2) | 0x6666_0000, 5),
+        6 => ((a << 3).wrapping_add(0x7777), 6),
+        7 => (!a ^ 0x0888_8888, 7),
+        _ => (a, 8),
+    }
+}
+
+const LIBRARY_ARMS: [&str; 9] = [
+    "// @so0", "// @so1", "// @so2", "// @so3", "// @so4", "// @so5", "// @so6", "// @so7",
+    "// @so_",
+];
+
+fn library() -> &'static Library {
+    static LIBRARY_LOADED: OnceLock<Library> = OnceLock::new();
+    LIBRARY_LOADED.get_or_init(|| {
+        let dir = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("sonde_jt");
+        std::fs::create_dir_all(&dir).unwrap();
+        let (source, so) = (dir.join("sonde_jt.rs"), dir.join("libsonde_jt.so"));
+        std::fs::write(&source, LIBRARY).unwrap();
+        let rustc = std::env::var_os("RUSTC").unwrap_or_else(|| "rustc".into());
+        let out = std::process::Command::new(rustc)
+            .args("--edition 2021 --crate-type cdylib --crate-name sonde_jt".split(' '))
+            .args("-C opt-level=2 -C debuginfo=2 -C panic=abort -o".split(' '))
+            .arg(&so)
+            .arg(&source)
+            .output()
+            .expect("rustc runs");
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let path = std::ffi::CString::new(so.to_str().unwrap()).unwrap();
+        // Safety: a library of plain functions, without initializers; never unloaded (the
+        // trampolines' code jumps back into it).
+        let handle = unsafe { libc::dlopen(path.as_ptr(), libc::RTLD_NOW | libc::RTLD_LOCAL) };
+        assert!(!handle.is_null(), "dlopen");
+        let symbol = |name: &str| {
+            let name = std::ffi::CString::new(name).unwrap();
+            // Safety: `handle` is the library, open for good.
+            let f = unsafe { libc::dlsym(handle, name.as_ptr()) };
+            assert!(!f.is_null(), "{name:?}");
+            f
+        };
+        let dispatch = symbol("sonde_jt_dispatch");
+        // Safety: `Dl_info` is plain data, all zeros a valid value.
+        let mut info: libc::Dl_info = unsafe { std::mem::zeroed() };
+        // Safety: `dispatch` is an address in the library; `info` is written.
+        assert_ne!(unsafe { libc::dladdr(dispatch, &mut info) }, 0);
+        type Sym = *mut libc::c_void;
+        // Safety: the symbols are the functions of `LIBRARY`, with these signatures.
+        unsafe {
+            Library {
+                index: DebugIndex::build(&so, info.dli_fbase as u64).expect("the library's DWARF"),
+                source: LIBRARY,
+                dispatch: std::mem::transmute::<Sym, Dispatch>(dispatch),
+                unchecked: std::mem::transmute::<Sym, Unchecked>(symbol("sonde_jt_unchecked")),
+                tail: std::mem::transmute::<Sym, Tail>(symbol("sonde_jt_tail")),
+                copy: std::mem::transmute::<Sym, CopyFn>(symbol("sonde_jt_copy")),
+            }
+        }
+    })
+}
+
+impl Library {
+    /// The single address of a marked line of the library.
+    fn address_of(&self, marker: &str) -> u64 {
+        let found = self
+            .index
+            .lookup("sonde_jt.rs", markers::line(self.source, marker));
+        assert_eq!(found.addresses.len(), 1, "{marker}: {found:?}");
+        found.addresses[0].address
+    }
+}
+
+#[test]
+fn every_arm_of_an_optimized_match_on_a_jump_table_runs_through_its_trampoline() {
+    let lib = library();
+    let start = lib.dispatch as *const () as u64;
+    let function = lib
+        .index
+        .function_at(start)
+        .unwrap()
+        .expect("dispatch")
+        .range;
+    assert!(jumps_through_a_register(
+        &code(function.start, function.end),
+        start
+    ));
+    let plans: Vec<Plan> = LIBRARY_ARMS
+        .iter()
+        .map(|m| qualifies(&lib.index, lib.address_of(m)).unwrap_or_else(|w| panic!("{m}: {w}")))
+        .collect();
+    const CALLS: u64 = 11 * 2_000;
+    let (bad, arms, hits) = run_through_trampolines(&plans, |t| {
+        let lib = library();
+        let (mut bad, mut arms) = (0, vec![0u64; LIBRARY_ARMS.len()]);
+        for n in 0..CALLS {
+            let (op, a) = ((n % 11) as u32, t << 40 | n);
+            let (expected, arm) = library_expected(op, a);
+            bad += u64::from((lib.dispatch)(op, a) != expected);
+            arms[arm] += 1;
+        }
+        (bad, arms)
+    });
+    assert_eq!(bad, 0, "a patched arm computed something else");
+    assert_eq!(
+        hits, arms,
+        "each arm's trampoline ran once per call of that arm"
+    );
+    assert_eq!(arms[8], 3 * 4 * CALLS / 11);
+}
+
+#[test]
+fn a_jump_table_without_a_bound_and_a_tail_call_through_a_register_are_refused() {
+    let lib = library();
+    assert_eq!((lib.unchecked)(&2, 0), 0x3333_3333);
+    extern "C" fn twice(a: u64) -> u64 {
+        a * 2
+    }
+    assert_eq!((lib.tail)(twice, 1), 0x1235 * 2);
+    // `mov ecx, dword ptr [rdi]` then the table: the index is any u32.
+    let at = lib.unchecked as *const () as u64;
+    match qualifies(&lib.index, at) {
+        Err(Why::TableUnbounded { at: jump, .. }) => assert!(jump > at),
         other => panic!("{other:?}"),
     }
+    // `jmp rax` with `rax` an argument: it could go anywhere.
+    let at = lib.tail as *const () as u64;
+    match qualifies(&lib.index, at) {
+        Err(Why::IndirectJump { at: jump, mnemonic }) => {
+            assert_eq!(mnemonic, "jmp");
+            assert!(jump > at);
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn a_tail_call_through_the_got_leaves_the_function_so_its_lines_qualify() {
+    let lib = library();
+    let at = lib.copy as *const () as u64;
+    let function = lib.index.function_at(at).unwrap().expect("copy").range;
+    let bytes = code(function.start, function.end);
+    let jump = iced_x86::Decoder::with_ip(64, &bytes, function.start, 0)
+        .iter()
+        .find(|i| i.flow_control() == iced_x86::FlowControl::IndirectBranch)
+        .expect("a tail call");
+    // `jmp qword ptr [rip + d]`: the slot is memcpy's in the GOT, in the library's
+    // PT_GNU_RELRO, and leads out of the function.
+    assert!(jump.is_ip_rel_memory_operand(), "{jump:?}");
+    let slot = jump.ip_rel_memory_address();
+    let target = u64::from_le_bytes(code(slot, slot + 8).try_into().unwrap());
+    assert!(!function.contains(&target));
+    // The function's first line: `xor rdx, 0x55555555` (7 bytes), before the jump.
+    let plan = qualifies(&lib.index, at).expect("the tail call is proved to leave");
+    assert_eq!(plan.mnemonics(), ["xor"]);
+    let (_, _, hits) = run_through_trampolines(&[plan], |_| {
+        let (src, mut dst) = ([7u8; 3], [0u8; 3]);
+        // Safety: `n ^ 0x5555_5555` is 3, the arrays' length.
+        unsafe { (library().copy)(dst.as_mut_ptr(), src.as_ptr(), 0x5555_5555 ^ 3) };
+        (u64::from(dst != src), vec![1])
+    });
+    assert_eq!(hits, [4], "one call per thread");
 }
 
 #[test]

@@ -8,8 +8,9 @@
 //! `jmp rel32` replaces 5, over one or more instruction boundaries, so two things must hold:
 //!
 //! * **No control flow lands strictly inside the 5 bytes.** [`qualifies`] proves it from the
-//!   code of the whole function (no branch target inside, no indirect jump in the function, no
-//!   call among the displaced instructions so no return address inside; the reasoning is in
+//!   code of the whole function (no branch target inside, those of its indirect jumps
+//!   included, which must all be proved: jump tables, tail calls through the GOT; no call
+//!   among the displaced instructions so no return address inside; the reasoning is in
 //!   `analyse`), and refuses with the instruction's shape otherwise ([`Why`]).
 //! * **No thread is inside them when they change.** [`Trampoline::install`] stops every other
 //!   thread (`stop`: a real-time signal to each, whose handler reports where the thread was and
@@ -60,7 +61,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-pub use analyse::{Plan, Why, qualifies, qualifies_code};
+pub use analyse::{Plan, Why, qualifies, qualifies_code, qualifies_code_with};
 pub use stop::StopError;
 
 use self::{

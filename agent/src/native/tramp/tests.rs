@@ -1,9 +1,10 @@
 //! A census of which statement addresses of a binary qualify for a trampoline, by reason
-//! (ignored by default: it prints a table).
+//! (ignored by default: it prints a table). `examples/jump_survey.rs` does the same through
+//! the public API, reading the GOT as the dynamic linker fills it.
 
 use std::collections::BTreeMap;
 
-use object::{Object, ObjectSection, ObjectSymbol};
+use object::{Object, ObjectSection, ObjectSymbol, SectionFlags, elf};
 
 use super::*;
 use crate::native::DebugIndex;
@@ -35,6 +36,27 @@ fn census() {
                 .then(|| s.data().ok())
                 .flatten()
                 .map(|d| d[(start - a) as usize..(end - a) as usize].to_vec())
+        })
+    };
+    // Jump tables: from the sections loaded read-only (at the same bias as the code).
+    let read_only: Vec<(u64, &[u8])> = obj
+        .sections()
+        .filter(|s| {
+            matches!(s.flags(), SectionFlags::Elf { sh_flags, .. }
+                if sh_flags.0 & elf::SHF_ALLOC.0 != 0 && sh_flags.0 & elf::SHF_WRITE.0 == 0)
+        })
+        .filter_map(|s| Some((s.address() + bias, s.data().ok()?)))
+        .collect();
+    let read = |addr: u64, buf: &mut [u8]| -> bool {
+        read_only.iter().any(|&(a, data)| {
+            let Some(bytes) = addr
+                .checked_sub(a)
+                .and_then(|at| data.get(at as usize..at as usize + buf.len()))
+            else {
+                return false;
+            };
+            buf.copy_from_slice(bytes);
+            true
         })
     };
     let mut addrs: Vec<u64> = index
@@ -69,7 +91,7 @@ fn census() {
                 .and_then(|r| code_of(&r).map(|code| (r, code)));
         }
         let result = match &cached {
-            Some((range, code)) => qualifies_code(code, range.start, addr),
+            Some((range, code)) => qualifies_code_with(code, range.start, addr, &read),
             None => Err(Why::NoFunction(addr)),
         };
         match result {
