@@ -38,14 +38,16 @@
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
 
 mod markers;
+mod native_agent;
 
 use std::collections::HashMap;
 use std::hint::black_box;
-use std::sync::{Mutex, MutexGuard, OnceLock};
-use std::time::{Duration, Instant};
+use std::sync::OnceLock;
+use std::time::Duration;
 
+use native_agent::{serial, status, wait_for};
 use sonde_agent::{
-    Agent, AgentHandle, Budgets, PrometheusProvider, TracepointState, TracepointStatus,
+    Agent, AgentHandle, Budgets, PrometheusProvider, TracepointState,
     native::{CapturePlan, DebugIndex, NativeBudget, Unavailable, Variable},
 };
 use sonde_native_fixture::{Checkout, Customer, Item, Region, checkout_boxed};
@@ -169,11 +171,6 @@ fn variables_on(path: &str, line: u32) -> Vec<HashMap<String, Variable>> {
         .collect()
 }
 
-fn serial() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|p| p.into_inner())
-}
-
 fn agent(registry: &prometheus::Registry) -> AgentHandle {
     let prometheus = PrometheusProvider::new(registry.clone());
     Agent::builder()
@@ -275,25 +272,6 @@ fn expected(
         sums.into_iter().map(|(k, v)| (k, v as f64)).collect();
     out.sort_by(|a, b| a.0.cmp(&b.0));
     out
-}
-
-fn status(agent: &AgentHandle, id: &str) -> TracepointStatus {
-    agent
-        .statuses()
-        .into_iter()
-        .find(|s| s.id == id)
-        .expect("status present")
-}
-
-fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
-    let started = Instant::now();
-    while !ok() {
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 /// The results `checkout` computes, by (task, call), without the runtime.

@@ -10,18 +10,20 @@
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
 
 mod markers;
+mod native_agent;
 
 use std::{
     hint::black_box,
     sync::{
-        Arc, Mutex, MutexGuard,
+        Arc,
         atomic::{AtomicBool, Ordering},
     },
     time::{Duration, Instant},
 };
 
+use native_agent::{serial, status, wait_for};
 use sonde_agent::{
-    Agent, AgentHandle, Budgets, PrometheusProvider, TracepointState, TracepointStatus,
+    Agent, AgentHandle, Budgets, PrometheusProvider, TracepointState,
     native::{CapturePlan, DebugIndex, NativeBudget},
 };
 use sonde_native_fixture::{Item, order_total};
@@ -98,11 +100,6 @@ fn fixture_line(marker: &str) -> u32 {
 /// The line of this file holding `marker`.
 fn line_of(marker: &str) -> u32 {
     markers::line(include_str!("native_breakpoints.rs"), marker)
-}
-
-fn serial() -> MutexGuard<'static, ()> {
-    static LOCK: Mutex<()> = Mutex::new(());
-    LOCK.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 fn agent(registry: &prometheus::Registry, budget: NativeBudget) -> AgentHandle {
@@ -189,25 +186,6 @@ fn counter_value(
                 matches.then(|| m.get_counter().get_value())
             })
         })
-}
-
-fn status(agent: &AgentHandle, id: &str) -> TracepointStatus {
-    agent
-        .statuses()
-        .into_iter()
-        .find(|s| s.id == id)
-        .expect("status present")
-}
-
-fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
-    let started = Instant::now();
-    while !ok() {
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
 }
 
 #[test]
