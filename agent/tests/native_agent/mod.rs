@@ -24,13 +24,17 @@ pub fn status(agent: &AgentHandle, id: &str) -> TracepointStatus {
 }
 
 /// Waits up to 20 s for `ok`, polling every 10 ms; panics naming `what` otherwise.
-pub fn wait_for(what: &str, mut ok: impl FnMut() -> bool) {
+pub fn wait_for(what: &str, ok: impl FnMut() -> bool) {
+    wait_showing(what, ok, String::new);
+}
+
+/// [`wait_for`], with what `state` says at the timeout in the panic message.
+pub fn wait_showing(what: &str, mut ok: impl FnMut() -> bool, state: impl Fn() -> String) {
     let started = Instant::now();
     while !ok() {
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "timed out waiting for {what}"
-        );
+        if started.elapsed() > Duration::from_secs(20) {
+            panic!("timed out waiting for {what}: {}", state());
+        }
         std::thread::sleep(Duration::from_millis(10));
     }
 }
