@@ -41,17 +41,7 @@ mod survey {
         let index = DebugIndex::build(&path, 0)?;
         let binary = std::fs::read(&path)?;
         let obj = object::File::parse(&binary[..])?;
-        // The DWARF lives in the binary or in a separate debug file the index found.
-        let debug = if index.debug_file() == path {
-            None
-        } else {
-            Some(std::fs::read(index.debug_file())?)
-        };
-        let dwarf_obj = match &debug {
-            Some(bytes) => object::File::parse(&bytes[..])?,
-            None => object::File::parse(&binary[..])?,
-        };
-        let addrs = statement_addresses(&dwarf_obj)?;
+        let addrs = index.statement_addresses();
         let (files, rows) = index.stats();
         println!(
             "{}: {files} files, {rows} statement rows indexed, {} distinct statement addresses",
@@ -78,6 +68,8 @@ mod survey {
         functions.dedup_by_key(|r| r.start);
 
         let mut why: BTreeMap<String, usize> = BTreeMap::new();
+        let mut shapes: BTreeMap<String, usize> = BTreeMap::new();
+        let mut lens: BTreeMap<usize, usize> = BTreeMap::new();
         let mut ok = 0usize;
         let mut cached: Option<(Range<u64>, &[u8])> = None;
         for &addr in &addrs {
@@ -94,7 +86,11 @@ mod survey {
                 None => Err(Why::NoFunction(addr)),
             };
             match result {
-                Ok(_) => ok += 1,
+                Ok(plan) => {
+                    ok += 1;
+                    *shapes.entry(plan.mnemonics().join("+")).or_default() += 1;
+                    *lens.entry(plan.len()).or_default() += 1;
+                }
                 Err(w) => *why.entry(w.kind()).or_default() += 1,
             }
         }
@@ -109,6 +105,12 @@ mod survey {
         for (w, n) in why {
             println!("  refused, {w}: {n}");
         }
+        let mut shapes: Vec<_> = shapes.into_iter().collect();
+        shapes.sort_by_key(|(s, n)| (std::cmp::Reverse(*n), s.clone()));
+        for (s, n) in shapes.iter().take(15) {
+            println!("  qualifies, displaced {s}: {n}");
+        }
+        println!("  displaced bytes (length: addresses): {lens:?}");
         Ok(())
     }
 
@@ -195,49 +197,5 @@ mod survey {
             }
             true
         })
-    }
-
-    /// Every distinct address where a line starts in the line table (an `is_stmt` row whose file
-    /// and line differ from the previous row's), as [`DebugIndex`] indexes them.
-    fn statement_addresses(obj: &object::File<'_>) -> Result<Vec<u64>, gimli::Error> {
-        let load = |id: gimli::SectionId| -> Result<_, gimli::Error> {
-            let data = obj
-                .section_by_name(id.name())
-                .and_then(|s| s.data().ok())
-                .unwrap_or(&[]);
-            Ok(gimli::EndianSlice::new(data, gimli::LittleEndian))
-        };
-        let dwarf = gimli::Dwarf::load(load)?;
-        let mut out = Vec::new();
-        let mut units = dwarf.units();
-        while let Some(header) = units.next()? {
-            let unit = dwarf.unit(header)?;
-            let Some(program) = unit.line_program.clone() else {
-                continue;
-            };
-            let mut rows = program.rows();
-            let mut prev = None;
-            let mut started = false;
-            while let Some((_, row)) = rows.next_row()? {
-                if row.end_sequence() {
-                    prev = None;
-                    continue;
-                }
-                let line = row.line().map_or(0, |l| l.get());
-                let key = (row.file_index(), line);
-                if prev != Some(key) {
-                    prev = Some(key);
-                    started = false;
-                }
-                if started || !row.is_stmt() || line == 0 || row.address() == 0 {
-                    continue;
-                }
-                started = true;
-                out.push(row.address());
-            }
-        }
-        out.sort_unstable();
-        out.dedup();
-        Ok(out)
     }
 }

@@ -230,54 +230,44 @@ impl Encoder {
     /// Starts a family: its `# HELP` (when there is help text) and `# TYPE` lines.
     pub(crate) fn family(&mut self, name: &str, help: &str, kind: Kind) {
         self.kind = kind;
+        let om = matches!(self.format, Format::OpenMetrics);
+        // OpenMetrics names a counter family without `_total`; its samples add it back.
+        let base = match kind {
+            Kind::Counter if om => name.strip_suffix("_total").unwrap_or(name),
+            _ => name,
+        };
         self.base.clear();
-        match self.format {
-            Format::Text => {
-                self.base.push_str(name);
-                if !help.is_empty() {
-                    self.out.push_str("# HELP ");
-                    self.out.push_str(name);
-                    self.out.push(' ');
-                    escape_into(&mut self.out, help, false);
-                    self.out.push('\n');
-                }
-                self.out.push_str("# TYPE ");
-                self.out.push_str(name);
-                self.out.push(' ');
-                self.out.push_str(match kind {
-                    Kind::Counter => "counter",
-                    Kind::Gauge => "gauge",
-                    Kind::Histogram => "histogram",
-                    Kind::Summary => "summary",
-                    Kind::Untyped => "untyped",
-                });
-                self.out.push('\n');
-            }
-            Format::OpenMetrics => {
-                let base = match kind {
-                    Kind::Counter => name.strip_suffix("_total").unwrap_or(name),
-                    _ => name,
-                };
-                self.base.push_str(base);
-                self.out.push_str("# TYPE ");
-                self.out.push_str(base);
-                self.out.push(' ');
-                self.out.push_str(match kind {
-                    Kind::Counter => "counter",
-                    Kind::Gauge => "gauge",
-                    Kind::Histogram => "histogram",
-                    Kind::Summary => "summary",
-                    Kind::Untyped => "unknown",
-                });
-                self.out.push('\n');
-                if !help.is_empty() {
-                    self.out.push_str("# HELP ");
-                    self.out.push_str(base);
-                    self.out.push(' ');
-                    escape_into(&mut self.out, help, true);
-                    self.out.push('\n');
-                }
-            }
+        self.base.push_str(base);
+        let type_name = match kind {
+            Kind::Counter => "counter",
+            Kind::Gauge => "gauge",
+            Kind::Histogram => "histogram",
+            Kind::Summary => "summary",
+            Kind::Untyped if om => "unknown",
+            Kind::Untyped => "untyped",
+        };
+        // The text format writes HELP before TYPE, OpenMetrics after it.
+        if !om {
+            self.help(base, help, false);
+        }
+        self.out.push_str("# TYPE ");
+        self.out.push_str(base);
+        self.out.push(' ');
+        self.out.push_str(type_name);
+        self.out.push('\n');
+        if om {
+            self.help(base, help, true);
+        }
+    }
+
+    /// A family's `# HELP` line, unless `help` is empty.
+    fn help(&mut self, name: &str, help: &str, openmetrics: bool) {
+        if !help.is_empty() {
+            self.out.push_str("# HELP ");
+            self.out.push_str(name);
+            self.out.push(' ');
+            escape_into(&mut self.out, help, openmetrics);
+            self.out.push('\n');
         }
     }
 

@@ -118,6 +118,54 @@ fn agent(registry: &prometheus::Registry, budget: NativeBudget) -> AgentHandle {
         .expect("agent starts")
 }
 
+/// Calls `step(thread, call)` on 3 threads until tracepoint `id`'s site says `moved` (its line
+/// moved to a jump), and 300 ms more (at least 2,000 calls each); each thread's calls and the
+/// sum of what `step` returned. At most 16 calls per millisecond per thread: well above
+/// `jump_above`, and below what the decoder drains even on a loaded machine (unthrottled, a
+/// jump's hits outrun it and the rings drop records, counted in
+/// `sonde_agent_native_dropped_records_total`). The threads stop even if the wait fails, so
+/// they do not run into other tests.
+fn run_until_jump(
+    agent: &AgentHandle,
+    id: &str,
+    moved: &str,
+    step: impl Fn(u64, u64) -> f64 + Send + Sync + 'static,
+) -> Vec<(u64, f64)> {
+    struct StopOnDrop(Arc<AtomicBool>);
+    impl Drop for StopOnDrop {
+        fn drop(&mut self) {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let _stop_guard = StopOnDrop(stop.clone());
+    let step = Arc::new(step);
+    let workers: Vec<_> = (0..3)
+        .map(|t| {
+            let (stop, step) = (stop.clone(), step.clone());
+            std::thread::spawn(move || {
+                let (mut calls, mut sum) = (0u64, 0f64);
+                while !stop.load(Ordering::Relaxed) || calls < 2_000 {
+                    sum += step(t, calls);
+                    calls += 1;
+                    if calls % 16 == 0 {
+                        std::thread::sleep(Duration::from_millis(1));
+                    }
+                }
+                (calls, sum)
+            })
+        })
+        .collect();
+    wait_showing(
+        "the line to move to a jump",
+        || status(agent, id).sites[0].contains(moved),
+        || format!("{:?}", status(agent, id)),
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    stop.store(true, Ordering::Relaxed);
+    workers.into_iter().map(|w| w.join().unwrap()).collect()
+}
+
 /// What a timed-out wait on tracepoint `id` reports: its fires against the `calls` made, the
 /// agent's own native counts, and its status.
 fn native_state(
@@ -342,56 +390,22 @@ fn a_hot_line_moves_to_a_jump_and_its_counts_stay_exact() {
         Some("base"),
         &[("who", "name")],
     )]);
-    let stop = Arc::new(AtomicBool::new(false));
-    // Stop the workers even if an assertion below fails, so they do not run into other tests.
-    struct StopOnDrop(Arc<AtomicBool>);
-    impl Drop for StopOnDrop {
-        fn drop(&mut self) {
-            self.0.store(true, Ordering::Relaxed);
-        }
-    }
-    let _stop_guard = StopOnDrop(stop.clone());
-    let workers: Vec<_> = (0..3)
-        .map(|t| {
-            let stop = stop.clone();
-            std::thread::spawn(move || {
-                let name = format!("j{t}");
-                let (mut calls, mut bases) = (0u64, 0u64);
-                while !stop.load(Ordering::Relaxed) || calls < 2_000 {
-                    let i = calls % 1000;
-                    assert_eq!(hot(i, &name), (i + 1) * 3 + 2);
-                    bases += i + 1;
-                    calls += 1;
-                    // Well above `jump_above`, and below what the decoder drains even on a
-                    // loaded machine (unthrottled, a jump's hits outrun it and the rings drop
-                    // records, counted in `sonde_agent_native_dropped_records_total`).
-                    if calls % 16 == 0 {
-                        std::thread::sleep(Duration::from_millis(1));
-                    }
-                }
-                (name, calls, bases)
-            })
-        })
-        .collect();
-    wait_showing(
-        "the line to move to a jump",
-        || status(&agent, "jump").sites[0].contains("1 by jump"),
-        || format!("{:?}", status(&agent, "jump")),
-    );
-    // Keep running through the jump for a while.
-    std::thread::sleep(Duration::from_millis(300));
-    stop.store(true, Ordering::Relaxed);
-    let done: Vec<(String, u64, u64)> = workers.into_iter().map(|w| w.join().unwrap()).collect();
-    let total: u64 = done.iter().map(|d| d.1).sum();
+    const NAMES: [&str; 3] = ["j0", "j1", "j2"];
+    let done = run_until_jump(&agent, "jump", "1 by jump", |t, k| {
+        let i = k % 1000;
+        assert_eq!(hot(i, NAMES[t as usize]), (i + 1) * 3 + 2);
+        (i + 1) as f64
+    });
+    let total: u64 = done.iter().map(|d| d.0).sum();
     wait_showing(
         "every hit to be decoded",
         || agent.fires("jump") == Some(total),
         || native_state(&agent, &registry, "jump", total),
     );
-    for (name, _, bases) in &done {
+    for (name, (_, bases)) in NAMES.iter().zip(&done) {
         assert_eq!(
             counter_value(&registry, "native_jump_total", &[("who", name)]),
-            Some(*bases as f64),
+            Some(*bases),
             "series for {name}"
         );
     }
@@ -820,43 +834,13 @@ fn a_hot_line_reading_an_xmm_register_moves_to_a_jump() {
     agent.apply(vec![
         counter("xmm", line, "native_xmm_total", Some("gross"), &[]).tap_path(FIXTURE),
     ]);
-    let stop = Arc::new(AtomicBool::new(false));
-    struct StopOnDrop(Arc<AtomicBool>);
-    impl Drop for StopOnDrop {
-        fn drop(&mut self) {
-            self.0.store(true, Ordering::Relaxed);
-        }
-    }
-    let _stop_guard = StopOnDrop(stop.clone());
     // Prices in whole units and a rate of one half: every `gross` and every sum is exact.
-    let workers: Vec<_> = (0..3)
-        .map(|t| {
-            let stop = stop.clone();
-            std::thread::spawn(move || {
-                let (mut calls, mut grosses) = (0u64, 0f64);
-                while !stop.load(Ordering::Relaxed) || calls < 2_000 {
-                    let price = ((calls + t) % 100) as f64;
-                    let net = sonde_native_fixture::discounted(price, 0.5);
-                    assert_eq!(net, price * 1.5 * 0.9 + 0.5);
-                    grosses += price * 1.5;
-                    calls += 1;
-                    // Well above `jump_above`, well below what the decoder drains.
-                    if calls % 16 == 0 {
-                        std::thread::sleep(Duration::from_millis(1));
-                    }
-                }
-                (calls, grosses)
-            })
-        })
-        .collect();
-    wait_showing(
-        "the line to move to a jump",
-        || status(&agent, "xmm").sites[0].contains("by jump"),
-        || format!("{:?}", status(&agent, "xmm")),
-    );
-    std::thread::sleep(Duration::from_millis(300));
-    stop.store(true, Ordering::Relaxed);
-    let done: Vec<(u64, f64)> = workers.into_iter().map(|w| w.join().unwrap()).collect();
+    let done = run_until_jump(&agent, "xmm", "by jump", |t, k| {
+        let price = ((k + t) % 100) as f64;
+        let net = sonde_native_fixture::discounted(price, 0.5);
+        assert_eq!(net, price * 1.5 * 0.9 + 0.5);
+        price * 1.5
+    });
     let calls: u64 = done.iter().map(|d| d.0).sum();
     let grosses: f64 = done.iter().map(|d| d.1).sum();
     wait_showing(

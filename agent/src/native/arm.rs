@@ -722,12 +722,12 @@ fn republish(state: &mut State) {
                     if a == addr
                         && let Some(caps) = line.captures.get(i)
                     {
-                        users.push(User {
-                            line: line.id,
-                            addr_index: i as u16,
-                            gate: line.gate.clone(),
-                            captures: caps.clone().into_boxed_slice(),
-                        });
+                        users.push(User::new(
+                            line.id,
+                            i as u16,
+                            line.gate.clone(),
+                            caps.clone().into_boxed_slice(),
+                        ));
                     }
                 }
             }
@@ -1039,12 +1039,12 @@ fn try_jumps(shared: &Shared, state: &mut State, line: &Line) {
         let captures = &line.captures[i];
         let result = jump_plan(index, state, addr).and_then(|plan| {
             let users = Box::new(TrampolineUsers {
-                users: vec![User {
-                    line: line.id,
-                    addr_index: i as u16,
-                    gate: line.gate.clone(),
-                    captures: captures.clone().into_boxed_slice(),
-                }]
+                users: vec![User::new(
+                    line.id,
+                    i as u16,
+                    line.gate.clone(),
+                    captures.clone().into_boxed_slice(),
+                )]
                 .into_boxed_slice(),
                 wide: plan.uses_wide_vector_state(),
             });

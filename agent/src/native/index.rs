@@ -161,6 +161,17 @@ impl DebugIndex {
         &self.files[file.0 as usize]
     }
 
+    /// Every distinct runtime address where a statement line starts, ascending.
+    pub fn statement_addresses(&self) -> Vec<u64> {
+        let mut out: Vec<u64> = self
+            .by_addr
+            .iter()
+            .map(|&i| self.rows[i as usize].addr + self.bias)
+            .collect();
+        out.dedup();
+        out
+    }
+
     /// Number of indexed files and statement addresses (for the agent's status).
     pub fn stats(&self) -> (usize, usize) {
         (self.files.len(), self.rows.len())

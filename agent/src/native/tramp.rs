@@ -525,6 +525,3 @@ fn alloc_slot(near: u64) -> Option<u64> {
     arenas.push((base, TRAMPOLINE_SIZE));
     Some(base)
 }
-
-#[cfg(test)]
-mod tests;

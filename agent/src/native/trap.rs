@@ -149,16 +149,25 @@ pub(crate) struct User {
     pub addr_index: u16,
     pub gate: std::sync::Arc<Gate>,
     pub captures: Box<[VarCapture]>,
+    /// The most bytes a record of these captures takes (reserved in a ring per hit).
+    max_record: usize,
 }
 
 impl User {
-    fn max_record(&self) -> usize {
-        HEADER
-            + self
-                .captures
-                .iter()
-                .map(VarCapture::max_bytes)
-                .sum::<usize>()
+    pub fn new(
+        line: u64,
+        addr_index: u16,
+        gate: std::sync::Arc<Gate>,
+        captures: Box<[VarCapture]>,
+    ) -> Self {
+        let max_record = HEADER + captures.iter().map(VarCapture::max_bytes).sum::<usize>();
+        Self {
+            line,
+            addr_index,
+            gate,
+            captures,
+            max_record,
+        }
     }
 }
 
@@ -547,7 +556,7 @@ fn capture<R: Regs>(user: &User, regs: &R) {
         return;
     }
     let hint = (regs.greg(libc::REG_RSP as usize) >> 16) as usize;
-    let Some(mut slot) = rings().reserve(hint, user.max_record()) else {
+    let Some(mut slot) = rings().reserve(hint, user.max_record) else {
         gate.lost.fetch_add(1, Ordering::Relaxed);
         return;
     };
