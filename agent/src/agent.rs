@@ -16,13 +16,13 @@ use sonde_proto::tracepoint::TracePointConfig;
 use tokio::sync::watch;
 
 use crate::{
-    client::{self, ClientConfig},
-    endpoint,
+    client::{self, ClientConfig, ClientMode},
     install::{Installer, TracepointStatus},
-    pipeline::Budgets,
-    provider::MetricProvider,
-    self_metrics::SelfMetrics,
+    metrics::endpoint,
+    metrics::provider::MetricProvider,
+    metrics::self_metrics::SelfMetrics,
     site,
+    tracepoint::budget::Budgets,
 };
 
 /// Only one agent runs in a process at a time: probe sites are global.
@@ -38,18 +38,6 @@ impl Agent {
     pub fn builder() -> AgentBuilder {
         AgentBuilder::default()
     }
-}
-
-/// How the agent follows the control plane.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub enum ClientMode {
-    /// Sonde's watch stream when the server offers it, else Deep's poll.
-    #[default]
-    Auto,
-    /// Only the watch stream.
-    Watch,
-    /// Only Deep's poll (works against a Deep server).
-    Poll,
 }
 
 /// Why the agent did not start.

@@ -36,8 +36,8 @@ use super::{
     },
 };
 use crate::{
-    pipeline::{self, Installed},
-    self_metrics::NativeMetrics,
+    metrics::self_metrics::NativeMetrics,
+    tracepoint::pipeline::{self, Installed},
 };
 
 /// Limits of native breakpoints.

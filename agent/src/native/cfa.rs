@@ -1,5 +1,5 @@
 //! [`CfaRule`]: how to compute the canonical frame address (CFA) at an address, read from the
-//! running executable's `.eh_frame` unwind info ([`DebugIndex::cfa_at`]).
+//! running executable's `.eh_frame` unwind info (read through `DebugIndex::cfa_at`).
 //!
 //! The CFA is the value the stack pointer had in the caller just before the call: on x86_64 it is
 //! `RSP + 8` at a function's first instruction, and after the prologue whatever the unwind rows
@@ -21,8 +21,6 @@ use gimli::{
 };
 use memmap2::Mmap;
 use object::{Object, ObjectSection};
-
-use super::index::DebugIndex;
 
 /// How to compute the canonical frame address at one address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -127,27 +125,10 @@ impl Unwind {
     }
 }
 
-impl DebugIndex {
-    /// The rule for the canonical frame address at `pc` (a runtime address), from the
-    /// executable's `.eh_frame`: `RSP + 8` at a function's entry, the frame's own rule after its
-    /// prologue. `None` when no unwind info covers `pc` (or the executable has none).
-    ///
-    /// The rule describes the registers *before* the instruction at `pc` runs, which is the
-    /// state a trap on that instruction sees.
-    pub fn cfa_at(&self, pc: u64) -> Option<CfaRule> {
-        self.unwind.as_ref()?.rule_at(pc.wrapping_sub(self.bias))
-    }
-
-    /// Whether the executable's unwind info (`.eh_frame`) was found, so that [`Self::cfa_at`]
-    /// can answer.
-    pub fn has_unwind_info(&self) -> bool {
-        self.unwind.is_some()
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::native::DebugIndex;
 
     #[inline(never)]
     fn some_function(x: u64) -> u64 {

@@ -14,9 +14,9 @@ use std::path::{Path, PathBuf};
 
 use gimli::{AttributeValue, EndianSlice, LittleEndian, constants};
 
-use super::cfa::Unwind;
+use super::cfa::{CfaRule, Unwind};
 use super::load::{DebugFile, LoadError, executable_bias};
-use crate::path_matches;
+use crate::site::path_matches;
 
 pub(crate) type Slice<'a> = EndianSlice<'a, LittleEndian>;
 
@@ -178,7 +178,7 @@ impl DebugIndex {
     }
 
     /// The files a tracepoint path matches, by whole trailing components
-    /// ([`path_matches`](crate::path_matches)).
+    /// ([`path_matches`](crate::site::path_matches)).
     pub fn matching_files(&self, tracepoint_path: &str) -> Vec<FileId> {
         let Some(name) = tracepoint_path
             .rsplit(['/', '\\'])
@@ -509,5 +509,23 @@ impl Builder {
             variables: self.variables,
             unwind,
         }
+    }
+}
+
+impl DebugIndex {
+    /// The rule for the canonical frame address at `pc` (a runtime address), from the
+    /// executable's `.eh_frame`: `RSP + 8` at a function's entry, the frame's own rule after its
+    /// prologue. `None` when no unwind info covers `pc` (or the executable has none).
+    ///
+    /// The rule describes the registers *before* the instruction at `pc` runs, which is the
+    /// state a trap on that instruction sees.
+    pub fn cfa_at(&self, pc: u64) -> Option<CfaRule> {
+        self.unwind.as_ref()?.rule_at(pc.wrapping_sub(self.bias))
+    }
+
+    /// Whether the executable's unwind info (`.eh_frame`) was found, so that [`Self::cfa_at`]
+    /// can answer.
+    pub fn has_unwind_info(&self) -> bool {
+        self.unwind.is_some()
     }
 }

@@ -26,6 +26,7 @@ use std::{
 };
 
 use super::{
+    guard::guarded_copy,
     patch::{Action, CallTarget, INT3},
     ring::Rings,
     shape::{Deref, DerefLen, MAX_DEREF_BYTES, MAX_DEREFS},
@@ -426,28 +427,6 @@ fn now_ns() -> u64 {
         let ts = ts.assume_init();
         ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64
     }
-}
-
-/// Copies `dst.len()` bytes from `src` in this process, failing instead of faulting.
-/// Async-signal-safe (one `process_vm_readv`).
-pub(crate) fn guarded_copy(dst: &mut [u8], src: u64) -> bool {
-    if dst.is_empty() {
-        return true;
-    }
-    if src == 0 {
-        return false;
-    }
-    let local = libc::iovec {
-        iov_base: dst.as_mut_ptr().cast(),
-        iov_len: dst.len(),
-    };
-    let remote = libc::iovec {
-        iov_base: src as *mut libc::c_void,
-        iov_len: dst.len(),
-    };
-    // SAFETY: reads into our own buffer; the kernel validates the remote range.
-    let n = unsafe { libc::process_vm_readv(libc::getpid(), &local, 1, &remote, 1, 0) };
-    n == dst.len() as isize
 }
 
 /// The registers at a patch point: a signal's saved context, or a trampoline's saved state.

@@ -487,7 +487,7 @@ fn read_only_loaded(addr: u64, buf: &mut [u8]) -> bool {
     // points to `query`, alive for the whole call.
     unsafe { libc::dl_iterate_phdr(Some(visit), (&raw mut query).cast()) };
     // A copy that fails instead of faulting, should the object be unloaded in between.
-    query.found && crate::native::trap::guarded_copy(buf, addr)
+    query.found && crate::native::guard::guarded_copy(buf, addr)
 }
 
 /// Jump tables: every target of every indirect jump of a function, proved by a forward

@@ -31,7 +31,7 @@ use opentelemetry_sdk::{
 };
 use tonic::{metadata::MetadataMap, transport::ClientTlsConfig};
 
-use crate::otel::OtelProvider;
+use crate::metrics::otel::OtelProvider;
 
 /// Why the exporter could not be built or shut down.
 #[derive(Debug, thiserror::Error)]

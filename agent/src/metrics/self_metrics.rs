@@ -36,8 +36,8 @@
 use std::sync::Arc;
 
 use crate::{
+    metrics::provider::MetricProvider,
     metrics::{Counter, CounterVec, Gauge, Metrics, Timer, TimerVec},
-    provider::MetricProvider,
 };
 
 /// The agent's own instruments.

@@ -77,7 +77,7 @@ async fn answer(
         .headers()
         .get(header::ACCEPT)
         .and_then(|v| v.to_str().ok());
-    let (content_type, body) = crate::exposition::encode(&registry, accept);
+    let (content_type, body) = crate::metrics::exposition::encode(&registry, accept);
     let mut resp = response(StatusCode::OK, content_type, body);
     resp.headers_mut()
         .insert(header::VARY, header::HeaderValue::from_static("accept"));

@@ -16,7 +16,7 @@ use cadence::{
     MetricBuilder, StatsdClient,
 };
 
-use crate::provider::{
+use crate::metrics::provider::{
     Instrument, MetricKind, MetricProvider, MetricSpec, ProviderError, RecordError, Series,
 };
 

@@ -12,128 +12,26 @@ use std::{
     panic::{AssertUnwindSafe, catch_unwind},
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
-    time::{Duration, Instant},
+    time::Instant,
 };
 
 use sonde_expr::{EvalError, Expr, Lookup};
 
+use super::budget::{Budgets, CPU_SAMPLE_EVERY, FireBudget, MIN_CPU_SAMPLES, WindowCounter};
 use crate::{
-    capture::{Capture, HitVars},
-    provider::{Instrument, RecordError, Series},
-    self_metrics::TracepointMetrics,
-    series_cache::{SeriesCache, make_series},
-    site::Site,
-    tracepoint::now_unix_ms,
+    metrics::provider::{Instrument, RecordError, Series},
+    metrics::self_metrics::TracepointMetrics,
+    metrics::series_cache::{SeriesCache, make_series},
+    site::capture::{Capture, HitVars},
+    site::{self, Site},
+    tracepoint::spec::now_unix_ms,
 };
-
-/// One hit in this many is timed for the CPU budget (timing costs two clock reads).
-pub const CPU_SAMPLE_EVERY: u64 = 16;
-
-/// Timed hits a window needs before the CPU budget may disarm (so 8 × 16 = 128 hits at least):
-/// the budget guards hot lines; a line hit a few times cannot cost much.
-pub const MIN_CPU_SAMPLES: u64 = 8;
 
 /// The tracepoints bound to one site.
 pub(crate) struct Program {
     pub tracepoints: Vec<Arc<Installed>>,
-}
-
-/// Local safety limits of one tracepoint.
-#[derive(Debug, Clone, Copy)]
-pub struct Budgets {
-    /// CPU time a tracepoint may spend evaluating per [`Budgets::window`].
-    pub cpu: Duration,
-    /// Evaluation errors a tracepoint may make per [`Budgets::window`].
-    pub errors: u64,
-    /// The accounting window.
-    pub window: Duration,
-    /// Label sets per metric before excess ones fold into the overflow series.
-    pub max_series: usize,
-}
-
-impl Default for Budgets {
-    fn default() -> Self {
-        Self {
-            cpu: Duration::from_millis(50),
-            errors: 100,
-            window: Duration::from_secs(10),
-            max_series: 1000,
-        }
-    }
-}
-
-/// A fire budget: at most `remaining` fires (negative = unlimited), at least `period_ms` apart.
-pub(crate) struct FireBudget {
-    remaining: AtomicI64,
-    period_ms: u64,
-    last_ms: AtomicU64,
-}
-
-impl FireBudget {
-    pub fn new(count: i64, period_ms: u64) -> Self {
-        Self {
-            remaining: AtomicI64::new(count),
-            period_ms,
-            last_ms: AtomicU64::new(0),
-        }
-    }
-
-    /// Takes one fire if the budget allows.
-    fn try_fire(&self) -> bool {
-        if self.remaining.load(Ordering::Relaxed) == 0 {
-            return false;
-        }
-        if self.period_ms > 0 {
-            let now = now_unix_ms();
-            let last = self.last_ms.load(Ordering::Relaxed);
-            if last != 0 && now.saturating_sub(last) < self.period_ms {
-                return false;
-            }
-            if self
-                .last_ms
-                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
-                .is_err()
-            {
-                return false;
-            }
-        }
-        // Negative means unlimited; positive counts down to zero.
-        self.remaining
-            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |r| match r {
-                0 => None,
-                r if r < 0 => Some(r),
-                r => Some(r - 1),
-            })
-            .is_ok()
-    }
-}
-
-/// Usage within a fixed window that restarts when it has passed.
-struct WindowCounter {
-    start: Mutex<Instant>,
-    used: AtomicU64,
-}
-
-impl WindowCounter {
-    fn new() -> Self {
-        Self {
-            start: Mutex::new(Instant::now()),
-            used: AtomicU64::new(0),
-        }
-    }
-
-    /// Adds `amount`; returns the total in the current window.
-    fn add(&self, amount: u64, window: Duration) -> u64 {
-        if let Ok(mut start) = self.start.try_lock()
-            && start.elapsed() >= window
-        {
-            *start = Instant::now();
-            self.used.store(0, Ordering::Relaxed);
-        }
-        self.used.fetch_add(amount, Ordering::Relaxed) + amount
-    }
 }
 
 /// Where a label value comes from, compiled.
@@ -503,25 +401,23 @@ impl Drop for Exit {
     }
 }
 
-/// Runs every tracepoint bound to `site`. A hit inside a hit (a probe reached while evaluating,
-/// or from a provider) is skipped.
-pub(crate) fn hit(site: &'static Site, values: &[&dyn Capture]) {
-    let entered = IN_HIT.try_with(|f| !f.replace(true)).unwrap_or(false);
-    if !entered {
-        return;
-    }
-    let _exit = Exit;
-    let program = site.program.load();
-    let Some(program) = program.as_ref() else {
-        return;
-    };
-    let vars = HitVars {
-        names: site.names(),
-        values,
-    };
-    for tp in &program.tracepoints {
-        if catch_unwind(AssertUnwindSafe(|| tp.fire(&vars))).is_err() {
-            tp.error("panic", "panic", "a panic inside the tracepoint was caught");
+impl site::Program for Program {
+    /// Runs every tracepoint bound to `site`. A hit inside a hit (a probe reached while
+    /// evaluating, or from a provider) is skipped.
+    fn hit(&self, site: &'static Site, values: &[&dyn Capture]) {
+        let entered = IN_HIT.try_with(|f| !f.replace(true)).unwrap_or(false);
+        if !entered {
+            return;
+        }
+        let _exit = Exit;
+        let vars = HitVars {
+            names: site.names(),
+            values,
+        };
+        for tp in &self.tracepoints {
+            if catch_unwind(AssertUnwindSafe(|| tp.fire(&vars))).is_err() {
+                tp.error("panic", "panic", "a panic inside the tracepoint was caught");
+            }
         }
     }
 }
@@ -535,30 +431,5 @@ pub(crate) fn hit(site: &'static Site, values: &[&dyn Capture]) {
 pub(crate) fn fire_decoded(tp: &Installed, vars: &(impl Lookup + ?Sized)) {
     if catch_unwind(AssertUnwindSafe(|| tp.fire(vars))).is_err() {
         tp.error("panic", "panic", "a panic inside the tracepoint was caught");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn fire_budgets_count_and_space() {
-        let unlimited = FireBudget::new(-1, 0);
-        assert!((0..1000).all(|_| unlimited.try_fire()));
-        let three = FireBudget::new(3, 0);
-        assert_eq!((0..10).filter(|_| three.try_fire()).count(), 3);
-        let spaced = FireBudget::new(-1, 60_000);
-        assert!(spaced.try_fire());
-        assert!(!spaced.try_fire(), "within the period");
-    }
-
-    #[test]
-    fn window_counters_restart() {
-        let c = WindowCounter::new();
-        assert_eq!(c.add(5, Duration::from_secs(60)), 5);
-        assert_eq!(c.add(5, Duration::from_secs(60)), 10);
-        std::thread::sleep(Duration::from_millis(5));
-        assert_eq!(c.add(5, Duration::from_millis(1)), 5, "a new window");
     }
 }

@@ -11,6 +11,12 @@
 //!
 //! Sites are collected at link time into one distributed slice ([`linkme`]), so the agent can
 //! enumerate every site of the binary at start-up without any registration call at run time.
+//!
+//! What a site runs is a [`Program`], a trait this module defines and the hit pipeline
+//! (`tracepoint::pipeline`) implements: sites know nothing of tracepoints, so the dependency
+//! points one way (the pipeline uses sites, never the reverse).
+//!
+//! May use: nothing else in the crate (sites and captures are the bottom of the tracepoint path).
 
 use std::sync::{
     Arc,
@@ -19,7 +25,20 @@ use std::sync::{
 
 use arc_swap::ArcSwapOption;
 
-use crate::{capture::Capture, pipeline};
+pub(crate) mod capture;
+#[cfg(feature = "serde")]
+pub(crate) mod serde_capture;
+
+use capture::Capture;
+
+/// What an armed site runs on a hit: the tracepoints bound to it.
+pub(crate) trait Program: Send + Sync {
+    /// Runs over the values the site captured.
+    fn hit(&self, site: &'static Site, values: &[&dyn Capture]);
+}
+
+/// A published program (boxed, since `ArcSwapOption` holds a sized type).
+pub(crate) type SiteProgram = Box<dyn Program>;
 
 /// A probe site: where it is, what it captures, and whether a tracepoint is bound to it.
 pub struct Site {
@@ -28,7 +47,7 @@ pub struct Site {
     module: &'static str,
     names: &'static [&'static str],
     armed: AtomicBool,
-    pub(crate) program: ArcSwapOption<pipeline::Program>,
+    program: ArcSwapOption<SiteProgram>,
 }
 
 impl std::fmt::Debug for Site {
@@ -93,10 +112,12 @@ impl Site {
     #[cold]
     #[inline(never)]
     pub fn hit(&'static self, values: &[&dyn Capture]) {
-        pipeline::hit(self, values);
+        if let Some(program) = self.program.load().as_ref() {
+            program.hit(self, values);
+        }
     }
 
-    pub(crate) fn arm(&self, program: Arc<pipeline::Program>) {
+    pub(crate) fn arm(&self, program: Arc<SiteProgram>) {
         self.program.store(Some(program));
         self.armed.store(true, Ordering::Release);
     }

@@ -20,7 +20,7 @@
 //! ordered as the exposition lists them (label keys sorted by name, label sets sorted by their
 //! values). The collector turns them into `MetricFamily` values for `Registry::gather()`, as the
 //! `prometheus` crate's vectors would. A scrape through
-//! [`encode_registry`](crate::exposition::encode_registry) skips that step, which for many
+//! [`encode_registry`](crate::metrics::exposition::encode_registry) skips that step, which for many
 //! series is most of its cost: it calls [`gather`] here, which gathers the registry while the
 //! collector holds its metrics back (a thread-local flag set for the duration), then hands them
 //! over to be written straight from the series, merged by name with the rest of the registry.
@@ -41,13 +41,13 @@ use prometheus::{
 };
 
 use crate::{
-    backends::{CounterSeries, GaugeSeries},
-    exposition::{Encoder, Kind},
-    provider::{
+    metrics::backends::{CounterSeries, GaugeSeries},
+    metrics::encoder::{Encoder, Kind},
+    metrics::provider::{
         Instrument, MetricKind, MetricProvider, MetricSpec, ProviderError, RecordError, Series,
         SeriesSnapshot,
     },
-    summary::{DEFAULT_QUANTILES, SlidingSummary, SummaryWindow},
+    metrics::summary::{DEFAULT_QUANTILES, SlidingSummary, SummaryWindow},
 };
 
 /// The collector's own gauge: how many metrics it holds.
@@ -1096,7 +1096,7 @@ mod tests {
     /// straight from their series) is the one the gathered families give: the `prometheus`
     /// crate's own encoder for the 0.0.4 text, `encode_families` for OpenMetrics.
     fn assert_both_paths_agree(r: &Registry) -> String {
-        use crate::exposition::{Format, encode_families, encode_registry};
+        use crate::metrics::exposition::{Format, encode_families, encode_registry};
         let gathered = r.gather();
         let text = String::from_utf8(encode_registry(r, Format::Text)).unwrap();
         let crates = prometheus::TextEncoder::new()
@@ -1290,7 +1290,10 @@ mod tests {
         let hook = std::panic::take_hook();
         std::panic::set_hook(Box::new(|_| {}));
         let scrape = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            crate::exposition::encode_registry(&broken, crate::exposition::Format::Text)
+            crate::metrics::exposition::encode_registry(
+                &broken,
+                crate::metrics::exposition::Format::Text,
+            )
         }));
         std::panic::set_hook(hook);
         assert!(scrape.is_err());

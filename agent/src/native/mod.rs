@@ -20,9 +20,16 @@
 //! Where the binary has no debug info (its own or a separate file found by build-id or
 //! `.gnu_debuglink`), building fails once with [`LoadError::NoDebugInfo`] and probe sites keep
 //! working.
+//!
+//! The files, bottom up: `load` (mapping the binary and its debug file), `cfa` (unwind rules),
+//! `index` (the `DebugIndex`), `shape` and `plan` (types and variable locations), `guard`
+//! (fault-free reads), `patch`, `tramp` (jump trampolines: `analyse`, `emit`, `stop`), `ring`,
+//! `trap`, and `arm` on top. May use: `tracepoint` (a native hit runs the same pipeline as a
+//! probe site), `site::path_matches`, and `metrics` (its self metrics).
 
 mod arm;
 mod cfa;
+mod guard;
 mod index;
 mod load;
 mod patch;

@@ -5,6 +5,9 @@
 //! After every change it applies, and whenever a tracepoint's status changes on the hot path, it
 //! reports the status of every tracepoint (`sonde.v1.StatusService/Report`); against a server
 //! without that service (Deep's) reporting is switched off after the first `UNIMPLEMENTED`.
+//!
+//! May use: `install` (it applies what it receives and reports the statuses) and `metrics` (the
+//! agent's connection metrics). The only part of the agent that knows tonic and the wire types.
 
 use std::{
     sync::{Arc, Mutex, atomic::Ordering},
@@ -29,10 +32,21 @@ use tonic::{
 };
 
 use crate::{
-    agent::ClientMode,
     install::{Installer, TracepointState},
-    self_metrics::SelfMetrics,
+    metrics::self_metrics::SelfMetrics,
 };
+
+/// How the agent follows the control plane.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum ClientMode {
+    /// Sonde's watch stream when the server offers it, else Deep's poll.
+    #[default]
+    Auto,
+    /// Only the watch stream.
+    Watch,
+    /// Only Deep's poll (works against a Deep server).
+    Poll,
+}
 
 /// Settings of the client.
 #[derive(Debug, Clone)]

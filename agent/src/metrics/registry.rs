@@ -1,49 +1,5 @@
-//! [`Metrics`]: the metrics API for the metrics an application writes by hand, on the same
-//! providers as tracepoint metrics (Prometheus, OpenTelemetry, in-memory, null, log, multi).
-//!
-//! ```
-//! use sonde_agent::metrics::{Buckets, Metrics};
-//! use sonde_agent::{InMemoryProvider, SeriesSnapshot};
-//!
-//! let metrics = Metrics::builder()
-//!     .provider(InMemoryProvider::new())
-//!     .namespace("shop")
-//!     .global_tag("env", "test")
-//!     .build();
-//!
-//! let orders = metrics.counter_vec("orders_total", "Orders placed.", &["country"]);
-//! orders.with(&["NZ"]).inc();
-//! orders.with(&["NZ"]).add(2.0);
-//!
-//! let latency = metrics.timer("checkout_duration_seconds", "Checkout latency.");
-//! latency.time(|| { /* the work */ });
-//!
-//! let in_flight = metrics.gauge("checkouts_in_flight", "Checkouts running now.");
-//! {
-//!     let _guard = in_flight.track_in_flight(); // +1 now, -1 at the end of the scope
-//! }
-//!
-//! let snap = metrics.snapshot();
-//! let nz = snap.iter().find(|m| m.name == "shop_orders_total").unwrap();
-//! assert_eq!(nz.tags, vec![("country".to_owned(), "NZ".to_owned()), ("env".to_owned(), "test".to_owned())]);
-//! assert_eq!(nz.value, SeriesSnapshot::Counter(3.0));
-//! ```
-//!
-//! # Names and tags
-//! A metric's exposed name is `<namespace>_<subsystem>_<name>` (each part only when set). Tags
-//! are labels: the provider's global tags apply to everything, an instrument's own keys are
-//! fixed when it is created (`counter_vec(.., &["route"])`), and [`Counter::with_tags`] derives
-//! an instrument with more. Keep tag values low-cardinality: past `max_series` label sets per
-//! metric (1,000 by default) the excess folds into one `sonde_overflow` series.
-//!
-//! # Hot paths
-//! An instrument handle holds its series: `counter.inc()` is one virtual call into the provider
-//! (an atomic add for Prometheus). `vec.add(&values, v)` hashes the values that vary (global tags
-//! are the same for every series, so they are left out of the key) and finds the cached series
-//! without a lock, allocating nothing once the label set exists (see `series_cache.rs`);
-//! `vec.with(&values)` does the same and builds a handle. Nothing here panics
-//! into the application: a misuse (one name registered as two kinds) is logged once and gives a
-//! handle that records nothing.
+//! [`Metrics`]: a set of instruments on one provider, and the instrument handles
+//! ([`Counter`], [`Gauge`], [`Histogram`], [`Timer`] and their `*Vec` forms).
 
 use std::{
     collections::HashMap,
@@ -54,30 +10,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::{
+use super::{
     backends::NullProvider,
+    buckets::Buckets,
     provider::{Instrument, MetricKind, MetricProvider, MetricSpec, Series, SeriesSnapshot},
     series_cache::{SeriesCache, make_series},
 };
-
-/// Histogram bucket presets.
-#[derive(Debug, Clone, Copy)]
-pub struct Buckets;
-
-impl Buckets {
-    /// Latencies in seconds, 5 ms to 10 s.
-    pub const LATENCY_SECONDS: &'static [f64] = &[
-        0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-    ];
-    /// Sizes in bytes, 64 B to 16 MiB by powers of four.
-    pub const SIZES_BYTES: &'static [f64] = &[
-        64.0, 256.0, 1024.0, 4096.0, 16384.0, 65536.0, 262144.0, 1048576.0, 4194304.0, 16777216.0,
-    ];
-    /// Token counts (LLM prompts and completions), 16 to 32k by powers of two.
-    pub const TOKENS: &'static [f64] = &[
-        16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0, 2048.0, 4096.0, 8192.0, 16384.0, 32768.0,
-    ];
-}
 
 /// A handle on a set of instruments and the provider behind them. Cheap to clone.
 #[derive(Clone)]
@@ -174,7 +112,10 @@ impl Family {
     /// The overflow series: every label, global tags too, [`crate::OVERFLOW_LABEL`].
     fn make_overflow(&self) -> Option<Arc<dyn Series>> {
         let instruments = self.instruments.lock().unwrap_or_else(|p| p.into_inner());
-        make_series(&instruments, &vec![crate::OVERFLOW_LABEL; self.keys.len()])
+        make_series(
+            &instruments,
+            &vec![super::series_cache::OVERFLOW_LABEL; self.keys.len()],
+        )
     }
 
     /// Records `value` into the series for the own values, mapped through `slots` (no string
@@ -259,7 +200,10 @@ impl Family {
             .collect();
         out.sort_by(|a, b| a.0.cmp(&b.0));
         if let Some(s) = self.series.overflow_series() {
-            out.push((vec![crate::OVERFLOW_LABEL.to_owned(); self.keys.len()], s));
+            out.push((
+                vec![super::series_cache::OVERFLOW_LABEL.to_owned(); self.keys.len()],
+                s,
+            ));
         }
         out
     }

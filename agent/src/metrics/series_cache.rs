@@ -29,7 +29,7 @@ use std::sync::{
     atomic::{AtomicU64, AtomicUsize, Ordering},
 };
 
-use crate::provider::{Fanout, Instrument, Series};
+use crate::metrics::provider::{Fanout, Instrument, Series};
 
 /// The value label sets beyond the cap are folded into.
 pub const OVERFLOW_LABEL: &str = "sonde_overflow";
@@ -389,7 +389,7 @@ impl SeriesCache {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::provider::RecordError;
+    use crate::metrics::provider::RecordError;
     use std::sync::atomic::AtomicUsize as Made;
 
     struct Null;

@@ -14,7 +14,7 @@ use std::{
 use base64::Engine as _;
 use prometheus::Registry;
 
-use crate::exposition::{self, Format};
+use crate::metrics::exposition::{self, Format};
 
 /// Pushes a registry to a Prometheus Pushgateway on an interval, from a background thread.
 ///

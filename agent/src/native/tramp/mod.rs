@@ -464,7 +464,7 @@ fn busy(threads: &[Stopped], ranges: &[Range<u64>]) -> Option<(i32, u64)> {
         let end = at.saturating_add(STACK_SCAN);
         while at < end {
             let n = (4096 - (at & 4095)) as usize;
-            if !super::trap::guarded_copy(&mut buf[..n], at) {
+            if !super::guard::guarded_copy(&mut buf[..n], at) {
                 break;
             }
             for w in buf[..n].chunks_exact(8) {

@@ -12,7 +12,7 @@ use std::{borrow::Cow, collections::BTreeMap, fmt};
 use serde::ser::{self, Serialize};
 use sonde_expr::Value;
 
-use crate::capture::Capture;
+use crate::site::capture::Capture;
 
 /// Captures a `serde::Serialize` value: `probe!(order = SerdeCapture(&order))`.
 ///
@@ -503,7 +503,7 @@ mod tests {
         };
         let captured = SerdeCapture(&order);
         let values: [&dyn Capture; 1] = [&captured];
-        let vars = crate::capture::HitVars {
+        let vars = crate::site::capture::HitVars {
             names: &["order"],
             values: &values,
         };

@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::provider::{RecordError, Series, SeriesSnapshot};
+use crate::metrics::provider::{RecordError, Series, SeriesSnapshot};
 
 /// Quantiles reported unless configured otherwise: median, p90, p99.
 pub const DEFAULT_QUANTILES: &[f64] = &[0.5, 0.9, 0.99];

@@ -5,6 +5,9 @@
 //! (fire counts, series); removed and changed ones are unbound first, so their metrics are
 //! unregistered before replacements register; then new and changed ones are compiled, bound and
 //! published to their sites, and sites left with no tracepoint are disarmed.
+//!
+//! May use: `native` (arming lines without a probe site), `tracepoint` (compiling a spec into
+//! what a hit runs), `site` and `metrics`. Used by the client and the agent.
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
@@ -17,14 +20,13 @@ use std::{
 use sonde_expr::{Expr, ExprKind, compile};
 use sonde_proto::tracepoint::TracePointConfig;
 
+use crate::tracepoint::budget::{Budgets, FireBudget};
 use crate::{
-    pipeline::{
-        BoundMetric, Budgets, DisarmReason, FireBudget, Installed, InstalledParts, Label, Program,
-    },
-    provider::{MetricProvider, MetricSpec},
-    self_metrics::SelfMetrics,
+    metrics::provider::{MetricProvider, MetricSpec},
+    metrics::self_metrics::SelfMetrics,
     site::{Site, path_matches},
-    tracepoint::{LabelRule, TracepointSpec},
+    tracepoint::pipeline::{BoundMetric, DisarmReason, Installed, InstalledParts, Label, Program},
+    tracepoint::spec::{LabelRule, TracepointSpec},
 };
 
 /// What became of a tracepoint in this process.
@@ -203,7 +205,7 @@ impl Installer {
         }
         self.armed = programs.values().map(|(s, _)| *s).collect();
         for (site, tracepoints) in programs.into_values() {
-            site.arm(Arc::new(Program { tracepoints }));
+            site.arm(Arc::new(Box::new(Program { tracepoints })));
         }
     }
 

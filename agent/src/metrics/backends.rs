@@ -9,11 +9,11 @@ use std::sync::{
 };
 
 use crate::{
-    provider::{
+    metrics::provider::{
         Fanout, Instrument, MetricKind, MetricProvider, MetricSpec, ProviderError, RecordError,
         Series, SeriesSnapshot,
     },
-    summary::{SlidingSummary, SummaryWindow},
+    metrics::summary::{SlidingSummary, SummaryWindow},
 };
 
 /// Discards everything. Recording through it allocates nothing and touches no shared memory
@@ -77,7 +77,7 @@ pub struct InMemoryProvider {
 impl Default for InMemoryProvider {
     fn default() -> Self {
         Self {
-            buckets: crate::metrics::Buckets::LATENCY_SECONDS.to_vec(),
+            buckets: super::buckets::Buckets::LATENCY_SECONDS.to_vec(),
             window: SummaryWindow::default(),
         }
     }

@@ -36,7 +36,7 @@ use opentelemetry::{
     metrics::{Counter, Gauge, Histogram, Meter},
 };
 
-use crate::provider::{
+use crate::metrics::provider::{
     Instrument, MetricKind, MetricProvider, MetricSpec, ProviderError, RecordError, Series,
 };
 

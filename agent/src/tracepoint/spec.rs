@@ -10,7 +10,7 @@ use sonde_proto::{
     tracepoint::{MetricType, TracePointConfig, label_expression},
 };
 
-use crate::provider::MetricKind;
+use crate::metrics::provider::MetricKind;
 
 /// One tracepoint as the agent understands it.
 #[derive(Debug, Clone, PartialEq)]
