@@ -55,10 +55,7 @@ fn bench(c: &mut Criterion) {
         .offline()
         .provider(PrometheusProvider::new(registry))
         // Millions of hits: the evaluation CPU budget would disarm the line mid-bench.
-        .budgets(Budgets {
-            cpu: Duration::from_secs(3600),
-            ..Budgets::default()
-        })
+        .budgets(Budgets::unlimited_cpu())
         .native_breakpoints(NativeBudget {
             captures_per_sec: 100_000_000,
             burst: 100_000_000,

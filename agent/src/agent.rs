@@ -181,7 +181,9 @@ impl AgentBuilder {
         self
     }
 
-    /// Local safety limits per tracepoint.
+    /// Local safety limits per tracepoint: the CPU budget (a share of the process's own CPU,
+    /// past which a metric tracepoint samples), the error budget and the cardinality cap. A
+    /// share that is not above 0 or a CPU window under 10 ms makes `start()` fail.
     pub fn budgets(mut self, budgets: Budgets) -> Self {
         self.budgets = budgets;
         self
@@ -232,7 +234,10 @@ impl AgentBuilder {
     /// Reads `SONDE_AGENT_SERVER` (comma-separated gRPC URLs of the control plane, port 43315 —
     /// not the HTTP API that the CLI's `SONDE_SERVER` names), `SONDE_AGENT_TOKEN` (the server's
     /// `--agent-token`), `SONDE_AGENT_CA_CERT` (a PEM file), `SONDE_AGENT_POLL_INTERVAL_MS`,
-    /// `SONDE_AGENT_MODE` (`auto`, `watch`, `poll`), `SONDE_SERVICE_NAME`, `SONDE_TENANT` and
+    /// `SONDE_AGENT_MODE` (`auto`, `watch`, `poll`), `SONDE_AGENT_CPU_PERCENT` and
+    /// `SONDE_AGENT_TOTAL_CPU_PERCENT` (a tracepoint's and all tracepoints' share of the process's
+    /// CPU, [`Budgets::cpu_share`] and [`Budgets::agent_cpu_share`] in percent, default 1 and 3),
+    /// `SONDE_SERVICE_NAME`, `SONDE_TENANT` and
     /// `SONDE_RESOURCE_ATTRIBUTES` (`k=v,k=v`), and with feature `native` `SONDE_AGENT_NATIVE`
     /// (`1` arms lines without a probe site natively). Values set on the builder before this call are
     /// replaced by the environment's; a malformed value makes `start()` fail, naming it.
@@ -273,6 +278,24 @@ impl AgentBuilder {
                     self.env_error = Some(format!(
                         "SONDE_AGENT_MODE: {other:?} is not auto, watch or poll"
                     ))
+                }
+            }
+        }
+        for (key, share) in [
+            ("SONDE_AGENT_CPU_PERCENT", &mut self.budgets.cpu_share),
+            (
+                "SONDE_AGENT_TOTAL_CPU_PERCENT",
+                &mut self.budgets.agent_cpu_share,
+            ),
+        ] {
+            if let Some(value) = var(key) {
+                match value.trim().parse::<f64>() {
+                    Ok(p) if p > 0.0 && p <= 100.0 => *share = p / 100.0,
+                    _ => {
+                        self.env_error = Some(format!(
+                            "{key}: not a percentage above 0 and at most 100: {value:?}"
+                        ))
+                    }
                 }
             }
         }
@@ -330,6 +353,7 @@ impl AgentBuilder {
                 )));
             }
         }
+        self.budgets.check().map_err(StartError::Config)?;
         if self.poll_interval.is_zero() {
             return Err(StartError::Config(
                 "the poll interval must not be zero".into(),

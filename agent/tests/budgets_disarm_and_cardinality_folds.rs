@@ -1,5 +1,5 @@
-//! Local safety: past its error budget or its CPU budget a tracepoint disarms itself and its
-//! status says why; label sets past the cap fold into one overflow series; a log_msg line is
+//! Local safety: past its error budget, or past its CPU budget with sampling off, a tracepoint
+//! disarms itself and its status says why; label sets past the cap fold into one overflow series; a log_msg line is
 //! emitted through `tracing` with the tracepoint's ID. One agent per process, so one test walks
 //! through the cases in order.
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
@@ -126,25 +126,33 @@ fn budgets_cardinality_and_log_lines() {
         "no made-up values"
     );
 
-    // CPU budget: with no CPU allowed, it disarms once eight hits were timed (one hit in 16 is):
-    // a single slow first hit never disarms a rarely hit line.
+    // CPU budget with sampling off (an operator's hard cap): with no CPU allowed it disarms at
+    // the first window with eight timed evaluations (one in 64 is timed): a single slow first
+    // hit never disarms a rarely hit line. (Sampling instead of disarming is
+    // cpu_budget_samples_instead_of_disarming.rs.)
     drop(agent);
     let agent = Agent::builder()
         .offline()
         .provider(PrometheusProvider::new(prometheus::Registry::new()))
         .budgets(Budgets {
-            cpu: Duration::ZERO,
+            cpu_share: 1e-9,
+            agent_cpu_share: 1e-9,
+            cpu_floor: Duration::ZERO,
+            cpu_window: Duration::from_millis(10),
             ..Budgets::default()
         })
         .start()
         .unwrap();
-    agent.apply(vec![tracepoint(
-        "cpu",
-        Metric {
-            name: "cpu".into(),
-            ..Default::default()
-        },
-    )]);
+    agent.apply(vec![TracePointConfig {
+        args: [("sampling".to_owned(), "off".to_owned())].into(),
+        ..tracepoint(
+            "cpu",
+            Metric {
+                name: "cpu".into(),
+                ..Default::default()
+            },
+        )
+    }]);
     let cpu_status = || {
         agent
             .statuses()
@@ -161,12 +169,19 @@ fn budgets_cardinality_and_log_lines() {
         TracepointState::Bound,
         "fewer than 8 timed hits: {status:?}"
     );
-    for _ in 0..100 {
-        hit("x", 1);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while cpu_status().state != TracepointState::Disarmed && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(15));
+        for _ in 0..1000 {
+            hit("x", 1);
+        }
     }
     let status = cpu_status();
     assert_eq!(status.state, TracepointState::Disarmed, "{status:?}");
-    assert!(status.message.contains("CPU"), "{status:?}");
+    assert!(
+        status.message.contains("CPU") && status.message.contains("sampling is off"),
+        "{status:?}"
+    );
     let fires = agent.fires("cpu").unwrap();
     hit("x", 1);
     assert_eq!(

@@ -177,10 +177,7 @@ fn agent(registry: &prometheus::Registry) -> AgentHandle {
         .offline()
         .provider(prometheus)
         // The evaluation CPU budget is not under test here; a loaded machine must not trip it.
-        .budgets(Budgets {
-            cpu: Duration::from_secs(3600),
-            ..Budgets::default()
-        })
+        .budgets(Budgets::unlimited_cpu())
         .native_breakpoints(NativeBudget {
             captures_per_sec: 10_000_000,
             burst: 10_000_000,

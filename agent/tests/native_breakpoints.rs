@@ -108,10 +108,7 @@ fn agent(registry: &prometheus::Registry, budget: NativeBudget) -> AgentHandle {
         .offline()
         .provider(prometheus.clone())
         // The evaluation CPU budget is not under test here; a loaded machine must not trip it.
-        .budgets(Budgets {
-            cpu: Duration::from_secs(3600),
-            ..Budgets::default()
-        })
+        .budgets(Budgets::unlimited_cpu())
         .native_breakpoints(budget)
         .self_metrics(prometheus)
         .start()
@@ -603,9 +600,9 @@ fn a_line_over_its_trap_budget_disarms_itself() {
             .contains("hits/s over the native budget of 500/s"),
         "{st:?}"
     );
-    // The token bucket let through far fewer captures than there were traps.
+    // Fires count the hits each capture stands for (itself and the traps turned away before it).
     let fired = agent.fires("hot").unwrap();
-    assert!(fired < calls / 2, "{fired} of {calls}");
+    assert!(fired <= calls, "{fired} of {calls}");
     // The agent's own metrics say so too (the counts are flushed as the line is dropped).
     assert_eq!(
         own_metric(
@@ -622,9 +619,18 @@ fn a_line_over_its_trap_budget_disarms_itself() {
         &registry,
         r#"sonde_agent_native_throttled_total{tracepoint="hot"}"#,
     );
+    // The token bucket let through far fewer captures than there were traps...
     assert!(
-        matches!((traps, throttled), (Some(t), Some(th)) if th > 0.0 && th < t && t >= fired as f64),
+        matches!((traps, throttled), (Some(t), Some(th)) if th > t / 2.0 && th < t && t >= fired as f64),
         "traps {traps:?}, throttled {throttled:?}, fired {fired}"
+    );
+    // ...and each capture carried the traps turned away before it, so the counter still counts
+    // (nearly) every trap: all but those turned away after the last capture.
+    let counted = counter_value(&registry, "native_hot_total", &[]).unwrap();
+    let traps = traps.unwrap();
+    assert!(
+        counted <= traps && counted >= 0.8 * traps,
+        "counter {counted} for {traps} traps ({throttled:?} throttled)"
     );
     agent.apply(Vec::new());
     agent.shutdown();

@@ -218,6 +218,13 @@ fn kernel(x: u64) -> [u64; 35] {
     out
 }
 
+/// Held by the tests that run `sonde_tramp_kernel` or patch it: installing refuses (`Busy`) while
+/// another test's thread is inside the bytes it would displace, so they take turns.
+fn kernel_lock() -> std::sync::MutexGuard<'static, ()> {
+    static KERNEL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    KERNEL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 fn kernel_expected(x: u64) -> [u64; 35] {
     let mut out = [0u64; 35];
     for (k, o) in out.iter_mut().enumerate().take(16) {
@@ -430,6 +437,7 @@ extern "C" fn check_and_clobber(regs: *mut TrampolineRegs, user: *const ()) {
 
 #[test]
 fn registers_flags_vectors_and_the_red_zone_survive_the_callback() {
+    let _kernel = kernel_lock();
     let (start, patch) = (
         sonde_tramp_kernel as *const () as u64,
         sonde_tramp_kernel_patch as *const () as u64,
@@ -930,6 +938,7 @@ fn a_branch_into_the_patched_bytes_is_refused() {
 
 #[test]
 fn code_that_changed_since_the_analysis_is_not_patched() {
+    let _kernel = kernel_lock();
     let (start, patch, end) = (
         sonde_tramp_kernel as *const () as u64,
         sonde_tramp_kernel_patch as *const () as u64,

@@ -97,11 +97,13 @@ impl ValidationError {
 /// The `args` keys tracepoints may carry.
 pub const KNOWN_ARGS: &[&str] = &[
     "condition",
+    "cpu_percent",
     "fire_count",
     "fire_period",
     "frame_type",
     "log_msg",
     "method_name",
+    "sampling",
     "snapshot",
     "span",
     "stack_type",
@@ -397,6 +399,21 @@ impl Ctx<'_> {
                 )),
             },
             "fire_period" => int(0),
+            // Sonde's: a tracepoint's share of its process's CPU, and whether it may sample.
+            "cpu_percent" => match value.trim().parse::<f64>() {
+                Ok(p) if p > 0.0 && p <= 100.0 => Ok(()),
+                _ => Err(ValidationError::new(
+                    field,
+                    format!("\"{value}\" is not a percentage above 0 and at most 100"),
+                )),
+            },
+            "sampling" => match value.trim() {
+                "auto" | "off" => Ok(()),
+                _ => Err(ValidationError::new(
+                    field,
+                    format!("\"{value}\" is not a sampling mode: use \"auto\" or \"off\""),
+                )),
+            },
             "window_start" | "window_end" => int(0),
             "condition" => {
                 if value.trim().is_empty() {
@@ -553,6 +570,10 @@ mod tests {
             ("fire_count", "0"),
             ("fire_count", "many"),
             ("fire_period", "-5"),
+            ("cpu_percent", "0"),
+            ("cpu_percent", "101"),
+            ("cpu_percent", "lots"),
+            ("sampling", "sometimes"),
             ("snapshot", "sometimes"),
             ("window_start", "yesterday"),
         ] {
@@ -564,6 +585,8 @@ mod tests {
         tp.args.insert("fire_count".into(), "-1".into());
         tp.args.insert("fire_period".into(), "0".into());
         tp.args.insert("snapshot".into(), "no_collect".into());
+        tp.args.insert("cpu_percent".into(), "2.5".into());
+        tp.args.insert("sampling".into(), "off".into());
         validate(&tp, &Limits::default()).unwrap();
     }
 

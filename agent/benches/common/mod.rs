@@ -77,10 +77,7 @@ pub fn agent() -> (AgentHandle, prometheus::Registry) {
     let agent = Agent::builder()
         .service_name("bench")
         .provider(PrometheusProvider::new(registry.clone()))
-        .budgets(Budgets {
-            cpu: Duration::from_secs(3600),
-            ..Budgets::default()
-        })
+        .budgets(Budgets::unlimited_cpu())
         .offline()
         .start()
         .expect("the agent starts");

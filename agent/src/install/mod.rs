@@ -20,7 +20,10 @@ use std::{
 use sonde_expr::{Expr, ExprKind, compile};
 use sonde_proto::tracepoint::TracePointConfig;
 
-use crate::tracepoint::budget::{Budgets, FireBudget};
+use crate::tracepoint::{
+    budget::{Budgets, FireBudget},
+    cpu::{AgentCpu, Sampler},
+};
 use crate::{
     metrics::provider::{MetricProvider, MetricSpec},
     metrics::self_metrics::SelfMetrics,
@@ -86,6 +89,8 @@ pub(crate) struct Installer {
     /// Set by tracepoints when their status changes on the hot path.
     pub dirty: Arc<AtomicBool>,
     own: Option<Arc<SelfMetrics>>,
+    /// The CPU budget all tracepoints share.
+    agent_cpu: Arc<AgentCpu>,
     #[cfg(all(feature = "native", target_os = "linux", target_arch = "x86_64"))]
     native: Option<crate::native::Native>,
 }
@@ -107,6 +112,7 @@ impl Installer {
             armed: Vec::new(),
             dirty: Arc::new(AtomicBool::new(false)),
             own,
+            agent_cpu: Arc::new(AgentCpu::new(&budgets)),
             #[cfg(all(feature = "native", target_os = "linux", target_arch = "x86_64"))]
             native: None,
         }
@@ -162,6 +168,8 @@ impl Installer {
                         window_start_ms: None,
                         window_end_ms: None,
                         metrics: Vec::new(),
+                        cpu_percent: None,
+                        sampling: true,
                     },
                     outcome: Outcome::Failed(message),
                 },
@@ -336,6 +344,15 @@ impl Installer {
             budgets: self.budgets,
             dirty: self.dirty.clone(),
             own: self.own.as_ref().map(|m| m.for_tracepoint(&spec.id)),
+            // A log-only tracepoint does not sample (its lines would be lost): over budget it
+            // disarms, as does one whose `sampling` arg is `off`.
+            sampler: Sampler::new(
+                &self.budgets,
+                spec.cpu_percent
+                    .map_or(self.budgets.cpu_share, |p| p / 100.0),
+                spec.sampling && !spec.metrics.is_empty(),
+            ),
+            agent_cpu: self.agent_cpu.clone(),
         });
         Ok(Arc::new(tp))
     }
@@ -438,9 +455,20 @@ fn bound_status(
             id: id.to_owned(),
             state: TracepointState::Disarmed,
             message: match reason {
+                DisarmReason::Cpu if tp.sample_every() > 1 => format!(
+                    "disarmed: evaluation used more than {} of the process's CPU even sampling \
+                     1 in {}",
+                    percent(tp.cpu_percent()),
+                    tp.sample_every()
+                ),
                 DisarmReason::Cpu => format!(
-                    "disarmed: evaluation used more than {:?} of CPU per {:?}",
-                    tp.budgets.cpu, tp.budgets.window
+                    "disarmed: evaluation used more than {} of the process's CPU{}",
+                    percent(tp.cpu_percent()),
+                    if spec.sampling {
+                        " (a tracepoint without metrics does not sample)"
+                    } else {
+                        " (sampling is off)"
+                    }
                 ),
                 DisarmReason::Errors => format!(
                     "disarmed: more than {} evaluation errors per {:?}; last: {}",
@@ -465,18 +493,36 @@ fn bound_status(
         None => TracepointStatus {
             id: id.to_owned(),
             state: TracepointState::Bound,
-            message: tp
-                .last_error()
-                .map(|(stage, e)| {
+            message: {
+                let sampling = (tp.sample_every() > 1).then(|| {
+                    format!(
+                        "sampling 1 in {} to stay within {} of process CPU (at least {:?} a \
+                         second)",
+                        tp.sample_every(),
+                        percent(tp.cpu_percent()),
+                        tp.budgets.cpu_floor
+                    )
+                });
+                let errors = tp.last_error().map(|(stage, e)| {
                     format!(
                         "{} evaluation errors; last in {stage}: {e}",
                         tp.stats.errors.load(Ordering::Relaxed)
                     )
-                })
-                .unwrap_or_default(),
+                });
+                sampling
+                    .into_iter()
+                    .chain(errors)
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            },
             sites,
         },
     }
+}
+
+/// A share in percent as a status says it: `1%`, `0.5%`.
+fn percent(p: f64) -> String {
+    format!("{}%", (p * 1000.0).round() / 1000.0)
 }
 
 struct Compiled {

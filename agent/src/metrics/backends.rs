@@ -4,7 +4,7 @@
 //! `tracing`).
 
 use std::sync::{
-    Arc, Mutex, OnceLock,
+    Arc, OnceLock,
     atomic::{AtomicU64, Ordering},
 };
 
@@ -26,6 +26,10 @@ struct NullSeries;
 impl Series for NullSeries {
     #[inline]
     fn record(&self, _value: f64) -> Result<(), RecordError> {
+        Ok(())
+    }
+    #[inline]
+    fn record_weighted(&self, _value: f64, _weight: u64) -> Result<(), RecordError> {
         Ok(())
     }
     #[inline]
@@ -101,10 +105,7 @@ impl Instrument for MemInstrument {
         Ok(match self.kind {
             MetricKind::Counter => Arc::new(CounterSeries::default()),
             MetricKind::Gauge => Arc::new(GaugeSeries::default()),
-            MetricKind::Histogram => Arc::new(MemHistogram {
-                bounds: self.buckets.clone(),
-                state: Mutex::new((0, 0.0, vec![0; self.buckets.len()])),
-            }),
+            MetricKind::Histogram => Arc::new(HistogramSeries::new(self.buckets.clone())),
             MetricKind::Summary => Arc::new(SlidingSummary::new(self.window)),
         })
     }
@@ -181,6 +182,14 @@ impl Series for CounterSeries {
         Ok(())
     }
 
+    #[inline]
+    fn record_weighted(&self, value: f64, weight: u64) -> Result<(), RecordError> {
+        self.0.add(RecordError::counter(
+            RecordError::counter(value)? * weight as f64,
+        )?);
+        Ok(())
+    }
+
     fn snapshot(&self) -> Option<SeriesSnapshot> {
         Some(SeriesSnapshot::Counter(self.0.get()))
     }
@@ -197,6 +206,12 @@ impl Series for GaugeSeries {
         Ok(())
     }
 
+    /// A gauge holds the last value, whatever the weight.
+    #[inline]
+    fn record_weighted(&self, value: f64, _weight: u64) -> Result<(), RecordError> {
+        self.record(value)
+    }
+
     #[inline]
     fn add(&self, delta: f64) -> Result<(), RecordError> {
         self.0.add(RecordError::finite(delta)?);
@@ -208,39 +223,72 @@ impl Series for GaugeSeries {
     }
 }
 
-struct MemHistogram {
+/// A histogram's series (the in-memory and the Prometheus providers'): a count per bucket and
+/// the sum, each an atomic, so an observation of weight `n` (a sampled tracepoint's) costs the
+/// same two adds as one of weight 1.
+pub(crate) struct HistogramSeries {
+    /// The finite upper bounds, ascending.
     bounds: Arc<[f64]>,
-    /// Count, sum, and per-bucket (non-cumulative) counts.
-    state: Mutex<(u64, f64, Vec<u64>)>,
+    /// Observations per bucket (not cumulative): one per bound, then one above them all.
+    counts: Box<[AtomicU64]>,
+    sum: AtomicF64,
 }
 
-impl Series for MemHistogram {
-    fn record(&self, value: f64) -> Result<(), RecordError> {
-        let value = RecordError::finite(value)?;
-        let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        state.0 += 1;
-        state.1 += value;
-        if let Some(i) = self.bounds.iter().position(|b| value <= *b) {
-            state.2[i] += 1;
+impl HistogramSeries {
+    /// An empty series with these upper bounds (ascending, finite; `+Inf` is implied).
+    pub fn new(bounds: Arc<[f64]>) -> Self {
+        let counts = (0..=bounds.len()).map(|_| AtomicU64::new(0)).collect();
+        Self {
+            bounds,
+            counts,
+            sum: AtomicF64::default(),
         }
+    }
+
+    /// Counts `n` observations of `value` (finite).
+    #[inline]
+    fn observe(&self, value: f64, n: u64) {
+        // The first bucket whose bound is at least the value (`le` is inclusive).
+        let i = self.bounds.partition_point(|b| *b < value);
+        self.counts[i].fetch_add(n, Ordering::Relaxed);
+        self.sum.add(value * n as f64);
+    }
+
+    /// `(bound, cumulative count)` per finite bound, the count of all observations, and their
+    /// sum. The count is the buckets' total, so the two always agree.
+    pub fn cumulative(&self) -> (Vec<(f64, u64)>, u64, f64) {
+        let mut total = 0;
+        let mut buckets = Vec::with_capacity(self.bounds.len());
+        for (bound, count) in self.bounds.iter().zip(self.counts.iter()) {
+            total += count.load(Ordering::Relaxed);
+            buckets.push((*bound, total));
+        }
+        if let Some(above) = self.counts.last() {
+            total += above.load(Ordering::Relaxed);
+        }
+        (buckets, total, self.sum.get())
+    }
+}
+
+impl Series for HistogramSeries {
+    #[inline]
+    fn record(&self, value: f64) -> Result<(), RecordError> {
+        self.observe(RecordError::finite(value)?, 1);
         Ok(())
     }
+
+    #[inline]
+    fn record_weighted(&self, value: f64, weight: u64) -> Result<(), RecordError> {
+        self.observe(RecordError::finite(value)?, weight);
+        Ok(())
+    }
+
     fn snapshot(&self) -> Option<SeriesSnapshot> {
-        let state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        let mut cumulative = 0;
-        let mut buckets: Vec<(f64, u64)> = self
-            .bounds
-            .iter()
-            .zip(&state.2)
-            .map(|(b, n)| {
-                cumulative += n;
-                (*b, cumulative)
-            })
-            .collect();
-        buckets.push((f64::INFINITY, state.0));
+        let (mut buckets, count, sum) = self.cumulative();
+        buckets.push((f64::INFINITY, count));
         Some(SeriesSnapshot::Histogram {
-            count: state.0,
-            sum: state.1,
+            count,
+            sum,
             buckets,
         })
     }
@@ -364,6 +412,15 @@ impl Series for LogSeries {
         tracing::info!(target: "sonde::metrics", metric = %self.name, labels = %self.labels, op, value);
         Ok(())
     }
+    fn record_weighted(&self, value: f64, weight: u64) -> Result<(), RecordError> {
+        let op = match self.kind {
+            MetricKind::Counter => "add",
+            MetricKind::Gauge => "set",
+            MetricKind::Histogram | MetricKind::Summary => "observe",
+        };
+        tracing::info!(target: "sonde::metrics", metric = %self.name, labels = %self.labels, op, value, weight);
+        Ok(())
+    }
     fn add(&self, delta: f64) -> Result<(), RecordError> {
         tracing::info!(target: "sonde::metrics", metric = %self.name, labels = %self.labels, op = "add", value = delta);
         Ok(())
@@ -454,6 +511,53 @@ mod tests {
                 buckets: vec![(1.0, 1), (5.0, 2), (f64::INFINITY, 3)]
             })
         );
+    }
+
+    /// A record of weight n must leave a series as n plain records would: checked for every kind
+    /// on the in-memory and the Prometheus providers (their counter, gauge and histogram series
+    /// are the ones in this file; the summary is `SlidingSummary`).
+    #[test]
+    fn a_weighted_record_equals_that_many_records() {
+        let registry = prometheus::Registry::new();
+        let prom = crate::PrometheusProvider::new(registry);
+        let providers: [&dyn MetricProvider; 2] = [&InMemoryProvider::new(), &prom];
+        for (p, provider) in providers.into_iter().enumerate() {
+            for kind in [
+                MetricKind::Counter,
+                MetricKind::Gauge,
+                MetricKind::Histogram,
+                MetricKind::Summary,
+            ] {
+                let name_w = format!("w{p}{kind:?}").to_lowercase();
+                let name_r = format!("r{p}{kind:?}").to_lowercase();
+                let make = |name: &str| {
+                    provider
+                        .register(&MetricSpec { name, ..spec(kind) })
+                        .unwrap()
+                        .series(&[])
+                        .unwrap()
+                };
+                let (weighted, repeated) = (make(&name_w), make(&name_r));
+                for (v, n) in [(0.5, 3u64), (2.0, 16), (9.0, 1), (4.0, 1000)] {
+                    weighted.record_weighted(v, n).unwrap();
+                    for _ in 0..n {
+                        repeated.record(v).unwrap();
+                    }
+                }
+                let (w, r) = (weighted.snapshot().unwrap(), repeated.snapshot().unwrap());
+                match (&w, &r) {
+                    // Quantiles come from the window's samples, of which the weighted series
+                    // keeps one per record: compare the count and the sum.
+                    (
+                        SeriesSnapshot::Summary { count, sum, .. },
+                        SeriesSnapshot::Summary {
+                            count: rc, sum: rs, ..
+                        },
+                    ) => assert_eq!((count, sum), (rc, rs), "{kind:?} on provider {p}"),
+                    _ => assert_eq!(w, r, "{kind:?} on provider {p}"),
+                }
+            }
+        }
     }
 
     #[test]

@@ -247,6 +247,27 @@ impl Series for OtelSeries {
         }
         Ok(())
     }
+
+    /// Counters add `value × weight` and gauges record the value. OpenTelemetry's histogram
+    /// has no weighted record, so a histogram records `weight` times (the same bucket counts and
+    /// sum as `weight` hits; it costs one record per hit that the sample stands for, which the
+    /// CPU budget charges like any other evaluation cost).
+    fn record_weighted(&self, value: f64, weight: u64) -> Result<(), RecordError> {
+        let value = RecordError::finite(value)?;
+        match &self.instrument {
+            Otel::Counter(c) => c.add(
+                RecordError::counter(RecordError::counter(value)? * weight as f64)?,
+                &self.attributes,
+            ),
+            Otel::Gauge(g) => g.record(value, &self.attributes),
+            Otel::Histogram(h) => {
+                for _ in 0..weight {
+                    h.record(value, &self.attributes);
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

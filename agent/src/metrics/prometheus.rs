@@ -41,11 +41,10 @@ use prometheus::{
 };
 
 use crate::{
-    metrics::backends::{CounterSeries, GaugeSeries},
+    metrics::backends::{CounterSeries, GaugeSeries, HistogramSeries},
     metrics::encoder::{Encoder, Kind},
     metrics::provider::{
-        Instrument, MetricKind, MetricProvider, MetricSpec, ProviderError, RecordError, Series,
-        SeriesSnapshot,
+        Instrument, MetricKind, MetricProvider, MetricSpec, ProviderError, Series,
     },
     metrics::summary::{DEFAULT_QUANTILES, SlidingSummary, SummaryWindow},
 };
@@ -208,36 +207,12 @@ fn label_pairs<V: AsRef<str>>(keys: &[String], values: &[V]) -> Vec<proto::Label
         .collect()
 }
 
-/// A histogram's series.
-struct PromHistogram(Histogram);
-
-impl Series for PromHistogram {
-    fn record(&self, value: f64) -> Result<(), RecordError> {
-        self.0.observe(RecordError::finite(value)?);
-        Ok(())
-    }
-
-    fn snapshot(&self) -> Option<SeriesSnapshot> {
-        let metric = self.0.metric();
-        let h = metric.get_histogram();
-        let mut buckets: Vec<(f64, u64)> = h
-            .get_bucket()
-            .iter()
-            .map(|b| (b.upper_bound(), b.cumulative_count()))
-            .collect();
-        buckets.push((f64::INFINITY, h.get_sample_count()));
-        Some(SeriesSnapshot::Histogram {
-            count: h.get_sample_count(),
-            sum: h.get_sample_sum(),
-            buckets,
-        })
-    }
-}
-
-/// Histograms: the children, and the options each is made with.
+/// Histograms: the children, and the bucket bounds each is made with (those the `prometheus`
+/// crate's own histogram would use for the same options). Sonde's series, not the crate's
+/// `Histogram`, so that a sampled tracepoint's observation of weight N is two atomic adds.
 struct Histograms {
-    children: Children<PromHistogram>,
-    opts: HistogramOpts,
+    children: Children<HistogramSeries>,
+    bounds: Arc<[f64]>,
 }
 
 #[derive(Clone)]
@@ -263,7 +238,22 @@ impl Vector {
                 m.set_gauge(gauge);
             }),
             Vector::Histogram(h) => h.children.collect(MetricType::HISTOGRAM, |h, m| {
-                m.set_histogram(h.0.metric().get_histogram().clone());
+                let (buckets, count, sum) = h.cumulative();
+                let mut histogram = proto::Histogram::default();
+                histogram.set_sample_count(count);
+                histogram.set_sample_sum(sum);
+                histogram.set_bucket(
+                    buckets
+                        .into_iter()
+                        .map(|(bound, cumulative)| {
+                            let mut b = proto::Bucket::default();
+                            b.set_upper_bound(bound);
+                            b.set_cumulative_count(cumulative);
+                            b
+                        })
+                        .collect(),
+                );
+                m.set_histogram(histogram);
             }),
             Vector::Summary(s) => s.collect(MetricType::SUMMARY, |s, m| {
                 let (count, sum, quantiles) = s.snapshot(DEFAULT_QUANTILES);
@@ -303,13 +293,8 @@ impl Vector {
             Vector::Histogram(h) => {
                 h.children
                     .encode(enc, name, Kind::Histogram, common, |h, enc| {
-                        let metric = h.0.metric();
-                        let h = metric.get_histogram();
-                        let buckets = h
-                            .get_bucket()
-                            .iter()
-                            .map(|b| (b.upper_bound(), b.cumulative_count()));
-                        enc.histogram(buckets, h.get_sample_count(), h.get_sample_sum());
+                        let (buckets, count, sum) = h.cumulative();
+                        enc.histogram(buckets, count, sum);
                     });
             }
             Vector::Summary(s) => {
@@ -838,11 +823,19 @@ impl MetricProvider for PrometheusProvider {
                 if let Some(b) = spec.buckets {
                     opts = opts.buckets(b.to_vec());
                 }
-                // Made once here to check the buckets; each label set gets its own.
-                Histogram::with_opts(opts.clone()).map_err(to_err)?;
+                // Made once here to check the buckets and learn the bounds the crate would use.
+                let checked = Histogram::with_opts(opts).map_err(to_err)?;
+                let bounds = checked
+                    .metric()
+                    .get_histogram()
+                    .get_bucket()
+                    .iter()
+                    .map(|b| b.upper_bound())
+                    .filter(|b| b.is_finite())
+                    .collect();
                 Vector::Histogram(Arc::new(Histograms {
                     children: Children::new(&name, spec.help, spec.label_keys),
-                    opts,
+                    bounds,
                 }))
             }
             MetricKind::Summary => {
@@ -893,11 +886,7 @@ impl Instrument for PromInstrument {
                 .map_err(err)?,
             Vector::Histogram(h) => h
                 .children
-                .child(label_values, || {
-                    Histogram::with_opts(h.opts.clone())
-                        .map(PromHistogram)
-                        .map_err(|e| e.to_string())
-                })
+                .child(label_values, || Ok(HistogramSeries::new(h.bounds.clone())))
                 .map_err(err)?,
             Vector::Summary(s) => s
                 .child(label_values, || {
@@ -953,6 +942,7 @@ impl Drop for CallbackInstrument {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::metrics::provider::RecordError;
 
     fn spec<'a>(name: &'a str, kind: MetricKind, keys: &'a [&'a str]) -> MetricSpec<'a> {
         MetricSpec {

@@ -138,6 +138,18 @@ pub trait Series: Send + Sync {
     /// Adds (counter), sets (gauge) or observes (histogram, summary) `value`.
     fn record(&self, value: f64) -> Result<(), RecordError>;
 
+    /// Records `value` as `weight` hits would: a counter adds `value × weight`, a gauge sets
+    /// `value`, a histogram or summary counts `weight` observations of `value` (a sampled
+    /// tracepoint evaluates one hit in `weight` and records it this way). The default records
+    /// `weight` times, which is right for every kind but costs `weight` records; the built-in
+    /// series do it in one.
+    fn record_weighted(&self, value: f64, weight: u64) -> Result<(), RecordError> {
+        for _ in 0..weight {
+            self.record(value)?;
+        }
+        Ok(())
+    }
+
     /// Gauges: adds `delta` (negative to subtract). Other kinds, or a provider that cannot:
     /// [`RecordError::Unsupported`].
     fn add(&self, delta: f64) -> Result<(), RecordError> {
@@ -187,6 +199,16 @@ impl Series for Fanout {
         let mut result = Ok(());
         for s in &self.0 {
             if let Err(e) = s.record(value) {
+                result = Err(e);
+            }
+        }
+        result
+    }
+
+    fn record_weighted(&self, value: f64, weight: u64) -> Result<(), RecordError> {
+        let mut result = Ok(());
+        for s in &self.0 {
+            if let Err(e) = s.record_weighted(value, weight) {
                 result = Err(e);
             }
         }

@@ -10,7 +10,8 @@
 //! | `sonde_agent_tracepoint_fires_total` | `tracepoint` | hits that recorded or logged |
 //! | `sonde_agent_tracepoint_condition_false_total` | `tracepoint` | hits whose condition was false |
 //! | `sonde_agent_tracepoint_errors_total` | `tracepoint`, `stage`, `kind` | evaluation errors (`stage`: condition, label, value, log, panic) |
-//! | `sonde_agent_tracepoint_evaluation_seconds` | `tracepoint` | time per hit, sampled one hit in 16 |
+//! | `sonde_agent_tracepoint_evaluation_seconds` | `tracepoint` | CPU time per evaluated hit (at most one evaluation in 64 is timed, on the thread's CPU clock) |
+//! | `sonde_agent_tracepoint_sample_every` | `tracepoint` | N: one hit in N is evaluated and recorded with weight N (1: every hit) |
 //! | `sonde_agent_tracepoint_disarms_total` | `tracepoint`, `reason` | local disarms (`cpu`, `errors`) |
 //! | `sonde_agent_cardinality_overflow_total` | `tracepoint` | records folded into the overflow series |
 //! | `sonde_agent_control_plane_request_duration_seconds` | `kind` | poll, watch (to first message), report |
@@ -37,7 +38,7 @@ use std::sync::Arc;
 
 use crate::{
     metrics::provider::MetricProvider,
-    metrics::{Counter, CounterVec, Gauge, Metrics, Timer, TimerVec},
+    metrics::{Counter, CounterVec, Gauge, GaugeVec, Metrics, Timer, TimerVec},
 };
 
 /// The agent's own instruments.
@@ -51,6 +52,7 @@ pub(crate) struct SelfMetrics {
     evaluation: TimerVec,
     disarms: CounterVec,
     overflow: CounterVec,
+    sample_every: GaugeVec,
     pub installed: Counter,
     pub removed: Counter,
     expired: Counter,
@@ -89,13 +91,19 @@ impl SelfMetrics {
             ),
             evaluation: m.timer_vec(
                 "tracepoint_evaluation_seconds",
-                "Time spent evaluating a tracepoint per hit (one hit in 16 is timed).",
+                "CPU time spent evaluating a tracepoint per evaluated hit (at most one in 64 is timed).",
                 &["tracepoint"],
             ),
             disarms: m.counter_vec(
                 "tracepoint_disarms_total",
                 "Tracepoints disarmed locally by a budget.",
                 &["tracepoint", "reason"],
+            ),
+            sample_every: m.gauge_vec(
+                "tracepoint_sample_every",
+                "One hit in this many is evaluated (1: every hit); each evaluated hit records with \
+                 this weight to keep the tracepoint within its CPU budget.",
+                &["tracepoint"],
             ),
             overflow: m.counter_vec(
                 "cardinality_overflow_total",
@@ -178,6 +186,11 @@ impl SelfMetrics {
             errors: self.errors.clone(),
             disarms: self.disarms.clone(),
             expired: self.expired.clone(),
+            sample_every: {
+                let g = self.sample_every.with(&[id]);
+                g.set(1.0);
+                g
+            },
             id: id.to_owned(),
         }
     }
@@ -205,6 +218,7 @@ pub(crate) struct TracepointMetrics {
     errors: CounterVec,
     disarms: CounterVec,
     pub expired: Counter,
+    pub sample_every: Gauge,
     id: String,
 }
 

@@ -399,10 +399,29 @@ impl StatsdSeries {
 
 impl Series for StatsdSeries {
     fn record(&self, value: f64) -> Result<(), RecordError> {
+        self.record_weighted(value, 1)
+    }
+
+    /// Counters send `value × weight`, gauges the value; histograms and distributions send the
+    /// value once with the sampling rate divided by `weight` (`|@0.0625` for 1 in 16), which
+    /// StatsD servers scale back, as they do for the provider's own sampling.
+    fn record_weighted(&self, value: f64, weight: u64) -> Result<(), RecordError> {
         if !value.is_finite() {
             return Err(RecordError::NotFinite);
         }
-        let rate = self.inner.sample_rate;
+        let value = match self.kind {
+            MetricKind::Counter => value * weight as f64,
+            _ => value,
+        };
+        if !value.is_finite() {
+            return Err(RecordError::NotFinite);
+        }
+        let rate = match self.kind {
+            MetricKind::Histogram | MetricKind::Summary => {
+                self.inner.sample_rate / weight.max(1) as f64
+            }
+            _ => self.inner.sample_rate,
+        };
         let client = &self.inner.client;
         match self.kind {
             MetricKind::Counter => {

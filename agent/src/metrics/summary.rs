@@ -108,10 +108,17 @@ impl SlidingSummary {
 
     /// Records one observation.
     pub fn observe(&self, value: f64) {
+        self.observe_weighted(value, 1);
+    }
+
+    /// Records `weight` observations of `value`: the count and the sum as `weight` of them,
+    /// the window's sample once (the observation stands for `weight` hits of which it is a
+    /// uniform sample, so the quantiles keep their shape).
+    pub fn observe_weighted(&self, value: f64, weight: u64) {
         let now = Instant::now();
         let mut state = self.state.lock().unwrap_or_else(|p| p.into_inner());
-        state.count += 1;
-        state.sum += value;
+        state.count += weight;
+        state.sum += value * weight as f64;
         self.rotate(&mut state, now);
         let reservoir = self.window.reservoir;
         let State {
@@ -167,6 +174,11 @@ impl SlidingSummary {
 impl Series for SlidingSummary {
     fn record(&self, value: f64) -> Result<(), RecordError> {
         self.observe(RecordError::finite(value)?);
+        Ok(())
+    }
+
+    fn record_weighted(&self, value: f64, weight: u64) -> Result<(), RecordError> {
+        self.observe_weighted(RecordError::finite(value)?, weight);
         Ok(())
     }
 

@@ -103,6 +103,8 @@ struct Line {
     /// Traps and throttled traps already added to the agent's own metrics.
     exported_hits: AtomicU64,
     exported_throttled: AtomicU64,
+    /// Throttled traps already carried as weight by a decoded capture.
+    weighed_throttled: AtomicU64,
     /// Addresses of the line that run through a jump trampoline.
     jumps: AtomicU64,
 }
@@ -530,6 +532,7 @@ impl Native {
             last_hits: AtomicU64::new(0),
             exported_hits: AtomicU64::new(0),
             exported_throttled: AtomicU64::new(0),
+            weighed_throttled: AtomicU64::new(0),
             jumps: AtomicU64::new(0),
         });
         for (addr, orig, action) in &planned {
@@ -898,7 +901,13 @@ fn drain(shared_lines: &Shared) {
         };
         // A decoding bug must not end the thread that serves every native tracepoint.
         match std::panic::catch_unwind(|| decode_record(&rec[HEADER..], specs)) {
-            Ok(vars) => pipeline::fire_decoded(&line.tp, &vars),
+            Ok(vars) => {
+                // The hits the token bucket turned away since the last capture ride on this one
+                // (the decoder is the only writer of `weighed_throttled`).
+                let throttled = line.gate.throttled.load(Ordering::Relaxed);
+                let carried = line.weighed_throttled.swap(throttled, Ordering::Relaxed);
+                pipeline::fire_decoded(&line.tp, &vars, 1 + throttled.saturating_sub(carried))
+            }
             Err(_) => {
                 tracing::error!(tracepoint = %line.tp.id, "decoding a native capture panicked")
             }

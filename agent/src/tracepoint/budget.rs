@@ -1,5 +1,6 @@
-//! [`Budgets`]: what one tracepoint may cost, and the counters that enforce it ([`FireBudget`]
-//! for Deep's fire count and period, [`WindowCounter`] for CPU and errors per window).
+//! [`Budgets`]: what one tracepoint may cost, and the counters that enforce Deep's fire count and
+//! period ([`FireBudget`]) and the error budget ([`WindowCounter`]). The CPU budget is
+//! `cpu.rs`'s.
 
 use std::{
     sync::{
@@ -11,21 +12,33 @@ use std::{
 
 use super::spec::now_unix_ms;
 
-/// One hit in this many is timed for the CPU budget (timing costs two clock reads).
-pub const CPU_SAMPLE_EVERY: u64 = 16;
-
-/// Timed hits a window needs before the CPU budget may disarm (so 8 × 16 = 128 hits at least):
-/// the budget guards hot lines; a line hit a few times cannot cost much.
-pub const MIN_CPU_SAMPLES: u64 = 8;
-
-/// Local safety limits of one tracepoint.
+/// Local safety limits of a tracepoint, set on the agent ([`AgentBuilder::budgets`], or
+/// `SONDE_AGENT_CPU_PERCENT` and friends in [`AgentBuilder::from_env`]).
+///
+/// The CPU budget is relative to the process: a tracepoint may use [`Budgets::cpu_share`] of the
+/// CPU time the process itself used, and past it a metric tracepoint samples one hit in N with
+/// weight N rather than stopping (see the design notes in `tracepoint/cpu.rs`, and docs/budgets.md).
+///
+/// [`AgentBuilder::budgets`]: crate::AgentBuilder::budgets
+/// [`AgentBuilder::from_env`]: crate::AgentBuilder::from_env
 #[derive(Debug, Clone, Copy)]
 pub struct Budgets {
-    /// CPU time a tracepoint may spend evaluating per [`Budgets::window`].
-    pub cpu: Duration,
+    /// The share of the process's CPU time one tracepoint may use (default 0.01, 1%). A
+    /// tracepoint's `cpu_percent` arg overrides it.
+    pub cpu_share: f64,
+    /// The share all tracepoints of the agent may use together (default 0.03, 3%).
+    pub agent_cpu_share: f64,
+    /// CPU time per second a tracepoint may always use, however idle the process (default 1 ms,
+    /// 0.1% of a core).
+    pub cpu_floor: Duration,
+    /// How often the CPU budget is judged and the sample factor adjusted (default 1 s).
+    pub cpu_window: Duration,
+    /// The largest sample factor (rounded up to a power of two; default 4096). A tracepoint
+    /// still over budget there disarms.
+    pub max_sample_every: u64,
     /// Evaluation errors a tracepoint may make per [`Budgets::window`].
     pub errors: u64,
-    /// The accounting window.
+    /// The error budget's window.
     pub window: Duration,
     /// Label sets per metric before excess ones fold into the overflow series.
     pub max_series: usize,
@@ -34,11 +47,47 @@ pub struct Budgets {
 impl Default for Budgets {
     fn default() -> Self {
         Self {
-            cpu: Duration::from_millis(50),
+            cpu_share: 0.01,
+            agent_cpu_share: 0.03,
+            cpu_floor: Duration::from_millis(1),
+            cpu_window: Duration::from_secs(1),
+            max_sample_every: 4096,
             errors: 100,
             window: Duration::from_secs(10),
             max_series: 1000,
         }
+    }
+}
+
+impl Budgets {
+    /// Budgets with no CPU limit at all: never samples, never disarms for CPU (benchmarks that
+    /// measure every hit, and tests that count them).
+    pub fn unlimited_cpu() -> Self {
+        Self {
+            cpu_share: f64::INFINITY,
+            agent_cpu_share: f64::INFINITY,
+            cpu_floor: Duration::from_secs(3600),
+            ..Self::default()
+        }
+    }
+
+    /// Checks the values: shares positive (infinite allowed), a window of at least 10 ms.
+    pub(crate) fn check(&self) -> Result<(), String> {
+        for (name, v) in [
+            ("cpu_share", self.cpu_share),
+            ("agent_cpu_share", self.agent_cpu_share),
+        ] {
+            if v.is_nan() || v <= 0.0 {
+                return Err(format!("budgets: {name} must be above 0, not {v}"));
+            }
+        }
+        if self.cpu_window < Duration::from_millis(10) {
+            return Err(format!(
+                "budgets: cpu_window must be at least 10ms, not {:?}",
+                self.cpu_window
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -56,6 +105,11 @@ impl FireBudget {
             period_ms,
             last_ms: AtomicU64::new(0),
         }
+    }
+
+    /// Whether it allows every fire (no count, no period).
+    pub(crate) fn is_unlimited(&self) -> bool {
+        self.period_ms == 0 && self.remaining.load(Ordering::Relaxed) < 0
     }
 
     /// Takes one fire if the budget allows.

@@ -4,8 +4,9 @@
 //! Per hit, per tracepoint: re-entrancy guard (once per hit), local disarm flag, time window, fire
 //! budget, condition, then each metric (labels, value, cached series, record) and the log line.
 //! Every evaluation error is counted and remembered for the status report, never turned into a
-//! made-up value. Panics are caught per tracepoint. One hit in [`CPU_SAMPLE_EVERY`] is timed to
-//! charge the CPU budget; past the CPU or the error budget the tracepoint disarms itself.
+//! made-up value. Panics are caught per tracepoint. The CPU budget ([`Sampler`]) decides how many
+//! hits are evaluated: one in N, each recorded with weight N; past the error budget, or past the
+//! CPU budget with no way left to sample, the tracepoint disarms itself.
 
 use std::{
     cell::{Cell, RefCell},
@@ -14,12 +15,15 @@ use std::{
         Arc, Mutex,
         atomic::{AtomicBool, AtomicU64, Ordering},
     },
-    time::Instant,
+    time::{Duration, Instant},
 };
 
 use sonde_expr::{EvalError, Expr, Lookup};
 
-use super::budget::{Budgets, CPU_SAMPLE_EVERY, FireBudget, MIN_CPU_SAMPLES, WindowCounter};
+use super::{
+    budget::{Budgets, FireBudget, WindowCounter},
+    cpu::{self, AgentCpu, Sampler, Verdict},
+};
 use crate::{
     metrics::provider::{Instrument, RecordError, Series},
     metrics::self_metrics::TracepointMetrics,
@@ -94,9 +98,11 @@ pub(crate) struct Installed {
     pub log_budget: FireBudget,
     pub window: (Option<u64>, Option<u64>),
     pub budgets: Budgets,
-    hits: AtomicU64,
-    cpu: WindowCounter,
-    cpu_samples: WindowCounter,
+    sampler: Sampler,
+    agent_cpu: Arc<AgentCpu>,
+    /// Whether evaluated hits record with weight N: only while the metric fire budget is
+    /// unlimited (a fire-limited tracepoint records what it fires, no more).
+    weighted: bool,
     errors: WindowCounter,
     disarmed: AtomicBool,
     /// Reached after its window ended (it then does nothing).
@@ -130,10 +136,13 @@ pub(crate) struct InstalledParts {
     pub dirty: Arc<AtomicBool>,
     /// The agent's own metrics for this tracepoint, when the agent exports them.
     pub own: Option<TracepointMetrics>,
+    pub sampler: Sampler,
+    pub agent_cpu: Arc<AgentCpu>,
 }
 
 impl Installed {
     pub fn new(p: InstalledParts) -> Self {
+        let weighted = p.metric_budget.is_unlimited();
         Self {
             id: p.id,
             condition: p.condition,
@@ -144,9 +153,9 @@ impl Installed {
             log_budget: p.log_budget,
             window: p.window,
             budgets: p.budgets,
-            hits: AtomicU64::new(0),
-            cpu: WindowCounter::new(),
-            cpu_samples: WindowCounter::new(),
+            weighted,
+            sampler: p.sampler,
+            agent_cpu: p.agent_cpu,
             errors: WindowCounter::new(),
             disarmed: AtomicBool::new(false),
             expired: AtomicBool::new(false),
@@ -217,7 +226,9 @@ impl Installed {
         }
     }
 
-    fn fire<L: Lookup + ?Sized>(&self, vars: &L) {
+    /// Runs the tracepoint on one hit that stands for `hits` hits (1 at a probe site; more for a
+    /// native capture that also stands for the hits its trap budget turned away before it).
+    fn fire<L: Lookup + ?Sized>(&self, vars: &L, hits: u64) {
         if self.disarmed.load(Ordering::Relaxed) {
             return;
         }
@@ -236,36 +247,63 @@ impl Installed {
                 return;
             }
         }
-        let timed = self
-            .hits
-            .fetch_add(1, Ordering::Relaxed)
-            .is_multiple_of(CPU_SAMPLE_EVERY);
-        let started = timed.then(Instant::now);
-        self.run(vars);
-        if let Some(started) = started {
-            let elapsed = started.elapsed();
-            if let Some(own) = &self.own {
-                own.evaluation.record(elapsed);
-            }
-            let spent = elapsed.as_nanos() as u64 * CPU_SAMPLE_EVERY;
-            let total = self.cpu.add(spent, self.budgets.window);
-            // One sample is scaled by CPU_SAMPLE_EVERY: a single slow hit (the first one creates
-            // series and warms caches) must not disarm a tracepoint that runs rarely.
-            let samples = self.cpu_samples.add(1, self.budgets.window);
-            if samples >= MIN_CPU_SAMPLES && total > self.budgets.cpu.as_nanos() as u64 {
-                self.disarm(DisarmReason::Cpu);
-            }
+        let Some((every, timed)) = self.sampler.admit() else {
+            return;
+        };
+        let weight = if self.weighted {
+            every.saturating_mul(hits)
+        } else {
+            1
+        };
+        let Some(span) = timed else {
+            self.run(vars, weight);
+            return;
+        };
+        let started = cpu::ThreadTime::now();
+        self.run(vars, weight);
+        let ns = started.elapsed_ns();
+        if let Some(own) = &self.own {
+            own.evaluation.record(Duration::from_nanos(ns));
+        }
+        match self
+            .sampler
+            .charge(&self.agent_cpu, ns, span, Instant::now())
+        {
+            Verdict::Keep => {}
+            Verdict::Every(n) => self.sampling_changed(n),
+            Verdict::Disarm => self.disarm(DisarmReason::Cpu),
         }
     }
 
-    fn run<L: Lookup + ?Sized>(&self, vars: &L) {
+    #[cold]
+    fn sampling_changed(&self, every: u64) {
+        self.dirty.store(true, Ordering::Relaxed);
+        if let Some(own) = &self.own {
+            own.sample_every.set(every as f64);
+        }
+        tracing::debug!(tracepoint = %self.id, every, "tracepoint sampling changed");
+    }
+
+    /// One hit in this many is evaluated now.
+    pub fn sample_every(&self) -> u64 {
+        self.sampler.every()
+    }
+
+    /// The share of the process's CPU this tracepoint may use, in percent.
+    pub fn cpu_percent(&self) -> f64 {
+        self.sampler.percent()
+    }
+
+    fn run<L: Lookup + ?Sized>(&self, vars: &L, weight: u64) {
         if let Some(cond) = &self.condition {
             match cond.eval_condition(vars) {
                 Ok(true) => {}
                 Ok(false) => {
-                    self.stats.condition_false.fetch_add(1, Ordering::Relaxed);
+                    self.stats
+                        .condition_false
+                        .fetch_add(weight, Ordering::Relaxed);
                     if let Some(own) = &self.own {
-                        own.condition_false.inc();
+                        own.condition_false.add(weight as f64);
                     }
                     return;
                 }
@@ -276,7 +314,7 @@ impl Installed {
         if !self.metrics.is_empty() && self.metric_budget.try_fire() {
             fired = true;
             for m in &self.metrics {
-                self.record(m, vars);
+                self.record(m, vars, weight);
             }
         }
         if let Some(log) = &self.log
@@ -290,14 +328,14 @@ impl Installed {
             }
         }
         if fired {
-            self.stats.fires.fetch_add(1, Ordering::Relaxed);
+            self.stats.fires.fetch_add(weight, Ordering::Relaxed);
             if let Some(own) = &self.own {
-                own.fires.inc();
+                own.fires.add(weight as f64);
             }
         }
     }
 
-    fn record<L: Lookup + ?Sized>(&self, m: &BoundMetric, vars: &L) {
+    fn record<L: Lookup + ?Sized>(&self, m: &BoundMetric, vars: &L, weight: u64) {
         let value = match &m.value {
             None => 1.0,
             Some(e) => match e.eval_f64(vars) {
@@ -329,6 +367,9 @@ impl Installed {
                 own.overflow.inc();
             }
             match series {
+                Some(series) if weight > 1 => series
+                    .record_weighted(value, weight)
+                    .map_err(Failure::Record),
                 Some(series) => series.record(value).map_err(Failure::Record),
                 None => Ok(()),
             }
@@ -415,7 +456,7 @@ impl site::Program for Program {
             values,
         };
         for tp in &self.tracepoints {
-            if catch_unwind(AssertUnwindSafe(|| tp.fire(&vars))).is_err() {
+            if catch_unwind(AssertUnwindSafe(|| tp.fire(&vars, 1))).is_err() {
                 tp.error("panic", "panic", "a panic inside the tracepoint was caught");
             }
         }
@@ -423,13 +464,15 @@ impl site::Program for Program {
 }
 
 /// Runs one tracepoint on variables decoded off the application's threads (native breakpoints:
-/// the decoder thread calls this for each captured record).
+/// the decoder thread calls this for each captured record), standing for `hits` hits: the
+/// capture's own, and those the line's trap budget turned away since the previous capture, so a
+/// throttled line's counts stay unbiased like a sampled one's.
 #[cfg_attr(
     not(all(feature = "native", target_os = "linux", target_arch = "x86_64")),
     allow(dead_code)
 )]
-pub(crate) fn fire_decoded(tp: &Installed, vars: &(impl Lookup + ?Sized)) {
-    if catch_unwind(AssertUnwindSafe(|| tp.fire(vars))).is_err() {
+pub(crate) fn fire_decoded(tp: &Installed, vars: &(impl Lookup + ?Sized), hits: u64) {
+    if catch_unwind(AssertUnwindSafe(|| tp.fire(vars, hits))).is_err() {
         tp.error("panic", "panic", "a panic inside the tracepoint was caught");
     }
 }

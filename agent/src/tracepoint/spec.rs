@@ -28,6 +28,12 @@ pub(crate) struct TracepointSpec {
     pub window_start_ms: Option<u64>,
     pub window_end_ms: Option<u64>,
     pub metrics: Vec<MetricRule>,
+    /// The share of the process's CPU it may use, in percent (`args.cpu_percent`); `None` is
+    /// the agent's.
+    pub cpu_percent: Option<f64>,
+    /// Whether it may sample when over its CPU budget (`args.sampling`: `auto`, the default, or
+    /// `off`, which disarms it instead).
+    pub sampling: bool,
 }
 
 /// A metric a tracepoint feeds.
@@ -92,6 +98,26 @@ impl TracepointSpec {
                     .parse::<u64>()
                     .map_err(|_| format!("args.fire_period: not a number of ms: {s:?}"))?,
             ),
+        };
+        let cpu_percent = match nonempty("cpu_percent") {
+            None => None,
+            Some(s) => match s.trim().parse::<f64>() {
+                Ok(p) if p > 0.0 && p <= 100.0 => Some(p),
+                _ => {
+                    return Err(format!(
+                        "args.cpu_percent: not a percentage above 0 and at most 100: {s:?}"
+                    ));
+                }
+            },
+        };
+        let sampling = match nonempty("sampling").as_deref().map(str::trim) {
+            None | Some("auto") => true,
+            Some("off") => false,
+            Some(other) => {
+                return Err(format!(
+                    "args.sampling: {other:?} is not \"auto\" or \"off\""
+                ));
+            }
         };
         let window_start_ms =
             window_ms(args.get("window_start")).map_err(|e| format!("args.window_start: {e}"))?;
@@ -163,6 +189,8 @@ impl TracepointSpec {
             window_start_ms,
             window_end_ms,
             metrics,
+            cpu_percent,
+            sampling,
         })
     }
 }

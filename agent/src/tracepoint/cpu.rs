@@ -1,0 +1,553 @@
+//! [`Sampler`]: a tracepoint's CPU budget, judged against the process's own CPU time, kept by
+//! evaluating one hit in N instead of going dark.
+//!
+//! # Why sampling
+//! A fixed CPU allowance per tracepoint disarms the busiest lines first, the ones people most want
+//! a metric on, and a counter that stops makes every rate over it read 0 at the peak of traffic.
+//! So a metric tracepoint over its budget *samples*: it evaluates one hit in `N` (a power of two)
+//! and records each evaluated hit with weight `N`. Hits are numbered by a shared counter and cut
+//! into blocks of `N`; in each block exactly one hit is evaluated, at an offset drawn from a hash
+//! of the block's number ([`picked`]). So over any `k` blocks exactly `k` hits are evaluated: a
+//! count is exact to within `N`; and since the offset is random, a periodic workload (round-robin
+//! over four backends, with `N` = 4) is not aliased onto one phase: counter totals and rates,
+//! histogram and summary counts and sums stay unbiased, and quantiles keep their shape (the
+//! evaluated hits are a uniform subsample).
+//!
+//! # The budget
+//! Every [`Budgets::cpu_window`] (1 s) a tracepoint closes its window, on the first hit after it
+//! ended (nothing runs off the hot path, and nothing at all while the line is not hit):
+//! - its cost is estimated from timed evaluations (one in `64 / N`, at least one in one, each
+//!   standing for the evaluations it represents), as if every hit had been evaluated. They are
+//!   timed on the thread's CPU clock, not the wall clock: on a busy machine a thread is often
+//!   preempted in the middle of an evaluation, and wall time would charge the wait to the
+//!   tracepoint (seen: a counter sampled 1 in 1024 under load where 1 in 16 sufficed);
+//! - its allowance is [`Budgets::cpu_share`] (1%) of the CPU the process used over the window,
+//!   times the agent's scale (below), but never less than [`Budgets::cpu_floor`] per second, so a
+//!   mostly idle process can still afford its hits;
+//! - `N` becomes the smallest power of two that brings the cost within 80% of the allowance. It is
+//!   raised at once and lowered one halving per window, only while half of it would still cost
+//!   under 40%, so it does not flap.
+//!
+//! The process's CPU time is read once per window for the whole agent ([`AgentCpu`]:
+//! `getrusage`), never per hit. The agent also holds all tracepoints together to
+//! [`Budgets::agent_cpu_share`] (3%): when their total exceeds it, a scale below 1 shrinks every
+//! tracepoint's allowance in proportion, and recovers by a quarter a window once it fits.
+//!
+//! # The last resort
+//! A tracepoint still over its allowance at [`Budgets::max_sample_every`] for three windows in a
+//! row disarms, saying why. So does one that may not sample (a log-only tracepoint, whose lines
+//! would be lost, or `sampling: off`, an operator's hard cap): it disarms as soon as a window with
+//! enough timed evaluations (8) shows it over its allowance.
+
+use std::{
+    sync::{
+        Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use super::budget::Budgets;
+
+/// Timed evaluations a window needs before its estimate may raise `N` or disarm: a single slow
+/// hit (the first creates series and warms caches) must not throttle a line hit a few times.
+pub(crate) const MIN_TIMED: u64 = 8;
+
+/// At most one evaluation in this many is timed: reading a thread's CPU clock is a system call
+/// (about 0.3 µs here), so timing costs about 10 ns per evaluation at this rate.
+const TIME_EVERY: u64 = 64;
+
+/// `N` is chosen so the cost stays within this share of the allowance.
+const TARGET: f64 = 0.8;
+
+/// `N` is halved only while half of it would cost at most this share of the allowance.
+const LOWER_AT: f64 = 0.4;
+
+/// Windows in a row over budget at the largest `N` before a tracepoint disarms.
+const OVER_AT_MAX_WINDOWS: u32 = 3;
+
+/// The process's CPU time so far (user and system), in nanoseconds; `None` where the platform
+/// does not say.
+pub(crate) fn process_cpu_ns() -> Option<u64> {
+    #[cfg(unix)]
+    {
+        let mut usage = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+        // SAFETY: getrusage writes the struct it is given; RUSAGE_SELF is always valid.
+        let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, usage.as_mut_ptr()) };
+        if rc != 0 {
+            return None;
+        }
+        // SAFETY: initialised by the successful call above.
+        let usage = unsafe { usage.assume_init() };
+        let ns = |tv: libc::timeval| tv.tv_sec as u64 * 1_000_000_000 + tv.tv_usec as u64 * 1_000;
+        Some(ns(usage.ru_utime) + ns(usage.ru_stime))
+    }
+    #[cfg(not(unix))]
+    {
+        None
+    }
+}
+
+/// Whether hit number `hit` is the one evaluated in its block of `every` (a power of two): one
+/// per block, at an offset that a hash of the block's number picks. No state, no lock: a
+/// multiply and two shifts.
+#[inline]
+pub(crate) fn picked(hit: u64, every: u64) -> bool {
+    let mask = every - 1;
+    let block = hit >> every.trailing_zeros();
+    // The finaliser of splitmix64: consecutive blocks get unrelated offsets.
+    let mut z = block.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^= z >> 31;
+    hit & mask == z & mask
+}
+
+/// A point on the calling thread's CPU clock (wall time where the platform has none): what a
+/// timed evaluation is measured with.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ThreadTime(ThreadClock);
+
+#[derive(Debug, Clone, Copy)]
+enum ThreadClock {
+    Cpu(u64),
+    Wall(Instant),
+}
+
+impl ThreadTime {
+    #[inline]
+    pub(crate) fn now() -> Self {
+        #[cfg(any(target_os = "linux", target_os = "android", target_os = "macos"))]
+        {
+            let mut ts = std::mem::MaybeUninit::<libc::timespec>::zeroed();
+            // SAFETY: clock_gettime writes the timespec it is given.
+            let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, ts.as_mut_ptr()) };
+            if rc == 0 {
+                // SAFETY: initialised by the successful call above.
+                let ts = unsafe { ts.assume_init() };
+                return Self(ThreadClock::Cpu(
+                    ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64,
+                ));
+            }
+        }
+        Self(ThreadClock::Wall(Instant::now()))
+    }
+
+    /// Nanoseconds since `self` on the same clock.
+    #[inline]
+    pub(crate) fn elapsed_ns(self) -> u64 {
+        match (self.0, Self::now().0) {
+            (ThreadClock::Cpu(then), ThreadClock::Cpu(now)) => now.saturating_sub(then),
+            (ThreadClock::Wall(then), _) => {
+                u64::try_from(then.elapsed().as_nanos()).unwrap_or(u64::MAX)
+            }
+            (ThreadClock::Cpu(_), ThreadClock::Wall(_)) => 0,
+        }
+    }
+}
+
+fn load_f64(a: &AtomicU64) -> f64 {
+    f64::from_bits(a.load(Ordering::Relaxed))
+}
+
+fn store_f64(a: &AtomicU64, v: f64) {
+    a.store(v.to_bits(), Ordering::Relaxed);
+}
+
+/// The agent's side of the CPU budget: the process's CPU rate over the last window, and the
+/// scale that holds all tracepoints together to their share.
+#[derive(Debug)]
+pub(crate) struct AgentCpu {
+    share: f64,
+    window: Duration,
+    /// Estimated nanoseconds all tracepoints spent in the current window.
+    spent: AtomicU64,
+    /// Multiplies every tracepoint's allowance (f64 bits, in (0, 1]).
+    scale: AtomicU64,
+    /// The process's CPU nanoseconds per wall nanosecond over the last closed window (f64 bits;
+    /// NaN until one closed, or where the platform does not say).
+    rate: AtomicU64,
+    state: Mutex<AgentWindow>,
+}
+
+#[derive(Debug)]
+struct AgentWindow {
+    start: Instant,
+    cpu: Option<u64>,
+}
+
+impl AgentCpu {
+    pub(crate) fn new(budgets: &Budgets) -> Self {
+        Self {
+            share: budgets.agent_cpu_share,
+            window: budgets.cpu_window,
+            spent: AtomicU64::new(0),
+            scale: AtomicU64::new(1.0f64.to_bits()),
+            rate: AtomicU64::new(f64::NAN.to_bits()),
+            state: Mutex::new(AgentWindow {
+                start: Instant::now(),
+                cpu: process_cpu_ns(),
+            }),
+        }
+    }
+
+    /// Closes the agent's window if it has passed: reads the process's CPU time (the only place
+    /// that does) and adjusts the scale.
+    fn roll(&self, now: Instant) {
+        let Ok(mut state) = self.state.try_lock() else {
+            return;
+        };
+        let elapsed = now.saturating_duration_since(state.start);
+        if elapsed < self.window {
+            return;
+        }
+        let cpu = process_cpu_ns();
+        let wall = elapsed.as_nanos() as f64;
+        let rate = match (cpu, state.cpu) {
+            (Some(now), Some(then)) => now.saturating_sub(then) as f64 / wall,
+            _ => f64::NAN,
+        };
+        store_f64(&self.rate, rate);
+        let total = self.spent.swap(0, Ordering::Relaxed) as f64;
+        let allowed = self.share * rate * wall;
+        let scale = load_f64(&self.scale);
+        let scale = if rate.is_nan() {
+            1.0
+        } else if total > allowed && total > 0.0 {
+            (scale * allowed / total).clamp(1e-4, 1.0)
+        } else {
+            (scale * 1.25).min(1.0)
+        };
+        store_f64(&self.scale, scale);
+        *state = AgentWindow { start: now, cpu };
+    }
+}
+
+/// What a closed window decided.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Verdict {
+    /// Nothing changed.
+    Keep,
+    /// `N` changed to this.
+    Every(u64),
+    /// Over budget with no way left to shed work: disarm.
+    Disarm,
+}
+
+/// One tracepoint's CPU budget: its sample factor `N` and its current window.
+#[derive(Debug)]
+pub(crate) struct Sampler {
+    /// Hits so far: numbers each hit, for [`picked`] and for choosing which evaluations to time.
+    hits: AtomicU64,
+    /// The sample factor, packed so a hit reads it in one load: bits 0..6 the log2 of `N` before
+    /// hit `switch_at`, bits 6..12 its log2 from then on, bits 12.. `switch_at`. A new `N` takes
+    /// effect at a boundary of the larger of the two block sizes, so no block is cut in two and
+    /// counts stay exact to within one `N` however often it changes.
+    mode: AtomicU64,
+    /// Estimated nanoseconds spent in the current window (each timed evaluation scaled by the
+    /// evaluations it stands for).
+    spent: AtomicU64,
+    timed: AtomicU64,
+    share: f64,
+    /// Nanoseconds per second allowed whatever the process does.
+    floor: f64,
+    max_every: u64,
+    window: Duration,
+    /// False: over budget disarms instead of sampling.
+    may_sample: bool,
+    state: Mutex<SamplerWindow>,
+}
+
+#[derive(Debug)]
+struct SamplerWindow {
+    start: Instant,
+    over_at_max: u32,
+}
+
+impl Sampler {
+    /// A sampler with the agent's budgets; `share` is the tracepoint's own (its `cpu_percent`
+    /// arg, else the agent's).
+    pub(crate) fn new(budgets: &Budgets, share: f64, may_sample: bool) -> Self {
+        Self {
+            hits: AtomicU64::new(0),
+            mode: AtomicU64::new(0),
+            spent: AtomicU64::new(0),
+            timed: AtomicU64::new(0),
+            share,
+            floor: budgets.cpu_floor.as_nanos() as f64,
+            max_every: budgets.max_sample_every.max(1).next_power_of_two(),
+            window: budgets.cpu_window,
+            may_sample,
+            state: Mutex::new(SamplerWindow {
+                start: Instant::now(),
+                over_at_max: 0,
+            }),
+        }
+    }
+
+    /// The log2 of `N` for hit number `hit` under `mode`.
+    #[inline]
+    fn shift(mode: u64, hit: u64) -> u32 {
+        let bits = if hit >= mode >> 12 { mode >> 6 } else { mode };
+        (bits & 63) as u32
+    }
+
+    /// `N`: one hit in this many is evaluated (from the next block boundary, when it just
+    /// changed).
+    pub(crate) fn every(&self) -> u64 {
+        1 << ((self.mode.load(Ordering::Relaxed) >> 6) & 63)
+    }
+
+    /// Counts a hit and says whether to evaluate it: `None` to skip it, else its weight `N` and,
+    /// when this evaluation is to be timed, the number of evaluations its time stands for.
+    #[inline]
+    pub(crate) fn admit(&self) -> Option<(u64, Option<u64>)> {
+        let hit = self.hits.fetch_add(1, Ordering::Relaxed);
+        let shift = Self::shift(self.mode.load(Ordering::Relaxed), hit);
+        let every = 1u64 << shift;
+        if every > 1 && !picked(hit, every) {
+            return None;
+        }
+        // One evaluation in `span` is timed: the one of every `span`-th block.
+        let span = (TIME_EVERY >> shift).max(1);
+        let timed = (hit >> shift).is_multiple_of(span);
+        Some((every, timed.then_some(span)))
+    }
+
+    /// Makes `next` the sample factor from the next boundary of a block of the larger of it and
+    /// the factor in force now.
+    fn switch_to(&self, next: u64) {
+        let hit = self.hits.load(Ordering::Relaxed);
+        let mode = self.mode.load(Ordering::Relaxed);
+        let now = u64::from(Self::shift(mode, hit));
+        let next = u64::from(next.trailing_zeros());
+        let block = 1u64 << now.max(next);
+        let switch_at = (hit / block + 1) * block;
+        self.mode
+            .store(switch_at << 12 | next << 6 | now, Ordering::Relaxed);
+    }
+
+    /// Charges a timed evaluation that took `ns` and stands for `span` evaluations; closes the
+    /// window if it has passed.
+    pub(crate) fn charge(&self, agent: &AgentCpu, ns: u64, span: u64, now: Instant) -> Verdict {
+        let ns = ns.saturating_mul(span);
+        self.spent.fetch_add(ns, Ordering::Relaxed);
+        agent.spent.fetch_add(ns, Ordering::Relaxed);
+        self.timed.fetch_add(1, Ordering::Relaxed);
+        let Ok(mut state) = self.state.try_lock() else {
+            return Verdict::Keep;
+        };
+        let elapsed = now.saturating_duration_since(state.start);
+        if elapsed < self.window {
+            return Verdict::Keep;
+        }
+        agent.roll(now);
+        let spent = self.spent.swap(0, Ordering::Relaxed) as f64;
+        let timed = self.timed.swap(0, Ordering::Relaxed);
+        state.start = now;
+        let wall = elapsed.as_nanos() as f64;
+        let rate = load_f64(&agent.rate);
+        let relative = if rate.is_nan() {
+            0.0
+        } else {
+            self.share * rate * wall * load_f64(&agent.scale)
+        };
+        let allowance = relative.max(self.floor * wall / 1e9);
+        let every = self.every();
+        if !self.may_sample {
+            return if timed >= MIN_TIMED && spent > allowance {
+                Verdict::Disarm
+            } else {
+                Verdict::Keep
+            };
+        }
+        let next = next_every(
+            every,
+            spent * every as f64,
+            allowance,
+            self.max_every,
+            timed >= MIN_TIMED,
+        );
+        if next == self.max_every && spent > allowance && timed >= MIN_TIMED {
+            state.over_at_max += 1;
+            if state.over_at_max >= OVER_AT_MAX_WINDOWS {
+                return Verdict::Disarm;
+            }
+        } else {
+            state.over_at_max = 0;
+        }
+        if next == every {
+            Verdict::Keep
+        } else {
+            self.switch_to(next);
+            Verdict::Every(next)
+        }
+    }
+
+    /// The share of the process's CPU this tracepoint may use, in percent (for its status).
+    pub(crate) fn percent(&self) -> f64 {
+        self.share * 100.0
+    }
+}
+
+/// The next sample factor: `full` is what evaluating every hit would have cost over the window,
+/// `allowance` what the window allowed. Raised at once to the smallest power of two within
+/// [`TARGET`] of the allowance (only on an estimate from enough timed evaluations), lowered one
+/// halving at a time while half would still cost under [`LOWER_AT`]; never above `max`.
+fn next_every(every: u64, full: f64, allowance: f64, max: u64, trusted: bool) -> u64 {
+    let need = full / (TARGET * allowance);
+    let wanted = if !need.is_finite() || need >= max as f64 {
+        max
+    } else {
+        (need.ceil().max(1.0) as u64).next_power_of_two().min(max)
+    };
+    if wanted > every {
+        if trusted { wanted } else { every }
+    } else if every > 1 && full / (every / 2) as f64 <= LOWER_AT * allowance {
+        every / 2
+    } else {
+        every
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_factor_rises_at_once_and_falls_one_halving_at_a_time() {
+        // Within budget at N = 1: stays.
+        assert_eq!(next_every(1, 50.0, 100.0, 1024, true), 1);
+        // Ten times the allowance: 10 / 0.8 = 12.5 -> 16.
+        assert_eq!(next_every(1, 1000.0, 100.0, 1024, true), 16);
+        // An untrusted estimate (few timed evaluations) never raises it.
+        assert_eq!(next_every(1, 1000.0, 100.0, 1024, false), 1);
+        // Load gone: 16 -> 8 (at 8 it would cost 100 / 8 = 12.5, under 40% of 100).
+        assert_eq!(next_every(16, 100.0, 100.0, 1024, true), 8);
+        // At 8 it would cost 1000 / 8 = 125, over 40: stays.
+        assert_eq!(next_every(16, 1000.0, 100.0, 1024, true), 16);
+        // Never above the largest factor, even with nothing allowed.
+        assert_eq!(next_every(1, 1e12, 1.0, 1024, true), 1024);
+        assert_eq!(next_every(1, 1.0, 0.0, 1024, true), 1024);
+    }
+
+    #[test]
+    fn one_hit_per_block_is_picked_and_a_periodic_workload_is_not_aliased() {
+        for every in [2u64, 4, 16, 1024] {
+            for block in 0..200u64 {
+                let picked_in_block = (block * every..(block + 1) * every)
+                    .filter(|&h| picked(h, every))
+                    .count();
+                assert_eq!(picked_in_block, 1, "every {every}, block {block}");
+            }
+        }
+        // Round-robin over four backends, sampled 1 in 4: every backend is seen, about equally.
+        let mut seen = [0u32; 4];
+        for hit in 0..40_000u64 {
+            if picked(hit, 4) {
+                seen[(hit % 4) as usize] += 1;
+            }
+        }
+        assert_eq!(seen.iter().sum::<u32>(), 10_000);
+        for n in seen {
+            assert!((2_200..2_800).contains(&n), "{seen:?}");
+        }
+    }
+
+    #[test]
+    fn counts_stay_exact_to_one_block_however_often_the_factor_changes() {
+        let b = Budgets::default();
+        let s = Sampler::new(&b, 0.01, true);
+        let mut weight = 0u64;
+        let mut hits = 0u64;
+        let mut timed = 0u64;
+        for (round, next) in [16u64, 4, 1024, 2, 64, 1, 256, 8].into_iter().enumerate() {
+            // An odd number of hits, so every switch is asked for in the middle of a block.
+            for _ in 0..(10_007 + round as u64 * 997) {
+                hits += 1;
+                if let Some((w, t)) = s.admit() {
+                    weight += w;
+                    timed += u64::from(t.is_some());
+                }
+            }
+            s.switch_to(next);
+        }
+        for _ in 0..5_003 {
+            hits += 1;
+            if let Some((w, _)) = s.admit() {
+                weight += w;
+            }
+        }
+        // Only the last, unfinished block may be off, by less than its factor.
+        assert!(
+            weight.abs_diff(hits) < s.every(),
+            "{weight} for {hits} hits"
+        );
+        assert!(timed > 0);
+    }
+
+    #[test]
+    fn the_process_has_a_cpu_clock_that_moves() {
+        let before = process_cpu_ns().expect("unix has getrusage");
+        let started = Instant::now();
+        let mut x = 0u64;
+        while started.elapsed() < Duration::from_millis(30) {
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+        }
+        let after = process_cpu_ns().expect("unix has getrusage");
+        assert!(after > before, "{before} -> {after}");
+    }
+
+    fn budgets(window: Duration) -> Budgets {
+        Budgets {
+            cpu_window: window,
+            cpu_floor: Duration::from_micros(100),
+            max_sample_every: 64,
+            ..Budgets::default()
+        }
+    }
+
+    #[test]
+    fn an_expensive_tracepoint_samples_and_a_cheap_one_does_not() {
+        // Times are made up, from before the samplers' windows start (so those charges land in
+        // the first window) to one second after (so the next one closes it).
+        let mut t = Instant::now();
+        let b = budgets(Duration::from_millis(1));
+        let agent = AgentCpu::new(&b);
+        let dear = Sampler::new(&b, 0.01, true);
+        let cheap = Sampler::new(&b, 0.01, true);
+        // 20 timed evaluations of 1 ms each, standing for 16 each: far over 1% of anything.
+        for _ in 0..20 {
+            dear.charge(&agent, 1_000_000, 16, t);
+            cheap.charge(&agent, 10, 1, t);
+        }
+        t += Duration::from_secs(1);
+        assert!(matches!(dear.charge(&agent, 1_000_000, 16, t), Verdict::Every(n) if n > 1));
+        assert!(dear.every() > 1);
+        assert_eq!(cheap.charge(&agent, 10, 1, t), Verdict::Keep);
+        assert_eq!(cheap.every(), 1);
+    }
+
+    #[test]
+    fn past_the_largest_factor_it_disarms_and_without_sampling_at_once() {
+        let mut t = Instant::now();
+        let b = budgets(Duration::from_millis(1));
+        let agent = AgentCpu::new(&b);
+        let s = Sampler::new(&b, 0.01, true);
+        let hard = Sampler::new(&b, 0.01, false);
+        let mut verdicts = Vec::new();
+        let mut hard_verdicts = Vec::new();
+        for _ in 0..6 {
+            for _ in 0..10 {
+                s.charge(&agent, 10_000_000, 1, t);
+                hard.charge(&agent, 10_000_000, 1, t);
+            }
+            t += Duration::from_secs(1);
+            verdicts.push(s.charge(&agent, 10_000_000, 1, t));
+            hard_verdicts.push(hard.charge(&agent, 10_000_000, 1, t));
+        }
+        assert_eq!(verdicts[0], Verdict::Every(64), "{verdicts:?}");
+        assert!(verdicts.contains(&Verdict::Disarm), "{verdicts:?}");
+        assert_eq!(hard_verdicts[0], Verdict::Disarm, "{hard_verdicts:?}");
+    }
+}
