@@ -1,0 +1,475 @@
+//! [`Variable`]: a variable in scope at an address, as
+//! [`DebugIndex::variables_at`] lists them, and the [`Function`] around an address
+//! ([`DebugIndex::function_at`]).
+
+use std::slice;
+
+use gimli::{AttributeValue, constants};
+use sonde_expr::Path;
+
+use super::coroutine::{
+    Await, CoroutineState, await_lines, awaits_since, is_coroutine, pointee, suspended_fields,
+};
+use super::location::{FrameBase, compile, const_plan, frame_base, is_live};
+use super::scope::{attr_with_origin, describe_type, name_of, same_unit, scopes_at};
+use super::{CapturePlan, DwarfError, Entry, Unavailable, Unit};
+use crate::native::index::{DebugIndex, Row, Slice};
+use crate::native::shape::{self, Reads, TypeShape};
+
+/// A variable or parameter in scope at an address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Variable {
+    /// Its name in the source.
+    pub name: String,
+    /// Whether it is a function parameter.
+    pub is_parameter: bool,
+    /// The function (or inlined function) it belongs to.
+    pub function: Option<String>,
+    /// Whether that function is inlined at this address.
+    pub inlined: bool,
+    /// Its type's name (`u64`, `&str`, `alloc::string::String`, …).
+    pub type_name: Option<String>,
+    /// Its type's size in bytes.
+    pub byte_size: Option<u64>,
+    /// Where to read it at this address.
+    pub plan: CapturePlan,
+    /// How to copy and decode its value, from its type; `Err` names what is not supported.
+    /// From [`DebugIndex::variables_at_reading`], pruned to the paths read below it.
+    pub shape: Result<TypeShape, String>,
+    /// When the plan is unavailable: lines of the same file in the same function where the
+    /// variable can be read, nearest first (at most 5).
+    pub available_at: Vec<u32>,
+    /// Set for a local of an optimized `async fn` that the build gives no location, read from
+    /// the coroutine's state (see the `plan` module header): the line of the last `.await` before
+    /// the address. The state is sure to hold the value the local had when the task last
+    /// suspended (at that `.await` or an earlier one); a change made since may not be seen,
+    /// as the optimized code can keep the new value in a register and store it later, and
+    /// DWARF does not say which locals are changed.
+    pub in_state_since: Option<u32>,
+}
+
+/// A function whose code contains an address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Function {
+    /// Its name (`DW_AT_name`, not the linkage name).
+    pub name: Option<String>,
+    /// Its mangled name (`DW_AT_linkage_name`), which names the impl a method belongs to.
+    pub linkage_name: Option<String>,
+    /// Runtime address range of the part of it that contains the address.
+    pub range: std::ops::Range<u64>,
+}
+
+/// DWARF address ranges where a location-list variable has an available plan.
+type LiveRanges = Vec<std::ops::Range<u64>>;
+
+impl DebugIndex {
+    /// The innermost non-inlined function whose code contains `pc` (a runtime address).
+    pub fn function_at(&self, pc: u64) -> Result<Option<Function>, DwarfError> {
+        let dwarf = self.file.dwarf();
+        let dpc = pc.wrapping_sub(self.bias);
+        let Some(unit) = self.unit_for(&dwarf, dpc)? else {
+            return Ok(None);
+        };
+        let chain = scopes_at(&dwarf, &unit, dpc)?;
+        let Some(sub) = chain
+            .iter()
+            .rev()
+            .find(|s| s.entry.tag() == constants::DW_TAG_subprogram)
+        else {
+            return Ok(None);
+        };
+        let range = sub
+            .ranges
+            .iter()
+            .find(|r| r.contains(&dpc))
+            .cloned()
+            .unwrap_or(dpc..dpc);
+        let linkage_name = attr_with_origin(&unit, &sub.entry, constants::DW_AT_linkage_name)
+            .and_then(|v| dwarf.attr_string(&unit, v).ok())
+            .map(|s| s.to_string_lossy().into_owned());
+        Ok(Some(Function {
+            name: name_of(&dwarf, &unit, &sub.entry),
+            linkage_name,
+            range: range.start.wrapping_add(self.bias)..range.end.wrapping_add(self.bias),
+        }))
+    }
+
+    /// The variables and parameters in scope at `pc` (a runtime address), innermost scope
+    /// last, each with its capture plan there and the shape of its whole value. Empty without
+    /// `debug = 2`.
+    pub fn variables_at(&self, pc: u64) -> Result<Vec<Variable>, DwarfError> {
+        self.variables(pc, None)
+    }
+
+    /// As [`DebugIndex::variables_at`], with each variable's shape pruned to what `paths` read
+    /// below it (the paths of a tracepoint's expressions, [`sonde_expr::Expr::paths`]): a path
+    /// `order.user.tier` (root `order`) keeps, of `order`, the field `user` and of it `tier`,
+    /// through references, `Box`, `Rc`, `Arc` and `Option`; `items[0].sku` keeps every element
+    /// of `items`, each with only `sku`. Every path resolves on the decoded value as on the full
+    /// shape's (a field no path reads is simply absent from its record), while the heap reads
+    /// and the [`MAX_DEREFS`](crate::native::MAX_DEREFS) budget go to what is read: a field the
+    /// full shape left out for lack of budget is captured when a path reads it. (Heap reads
+    /// saved can also capture more elements of a `Vec<String>`-like sequence; see the `shape`
+    /// module header.)
+    ///
+    /// A path without segments (`order`, `{order}` in a template, `len(order)`) keeps the
+    /// variable's full shape, and a step its type does not have keeps the full shape of the
+    /// value it applies to. A variable that no path is rooted at keeps its full shape.
+    pub fn variables_at_reading(
+        &self,
+        pc: u64,
+        paths: &[Path],
+    ) -> Result<Vec<Variable>, DwarfError> {
+        self.variables(pc, Some(paths))
+    }
+
+    /// The variables at `pc`, with shapes pruned to `paths` when given.
+    fn variables(&self, pc: u64, paths: Option<&[Path]>) -> Result<Vec<Variable>, DwarfError> {
+        let dwarf = self.file.dwarf();
+        let dpc = pc.wrapping_sub(self.bias);
+        let Some(unit) = self.unit_for(&dwarf, dpc)? else {
+            return Ok(Vec::new());
+        };
+        let chain = scopes_at(&dwarf, &unit, dpc)?;
+        let Some(first_sub) = chain
+            .iter()
+            .position(|s| s.entry.tag() == constants::DW_TAG_subprogram)
+        else {
+            return Ok(Vec::new());
+        };
+        let sub = &chain[first_sub];
+        let frame_base = match sub.entry.attr_value(constants::DW_AT_frame_base) {
+            Some(AttributeValue::Exprloc(e)) => frame_base(e, unit.encoding()),
+            _ => FrameBase::Unknown,
+        }
+        .at(|| self.cfa_at(pc));
+        let sub_range = sub
+            .ranges
+            .iter()
+            .find(|r| r.contains(&dpc))
+            .cloned()
+            .unwrap_or(dpc..dpc);
+        let here = self.row_before(dpc).filter(|r| sub_range.contains(&r.addr));
+
+        // The state of the coroutine whose poll function this is (found when needed).
+        let mut state: Option<Option<CoroutineState>> = None;
+        let mut out = Vec::new();
+        for (depth, scope) in chain.iter().enumerate().skip(first_sub) {
+            let inlined = scope.entry.tag() == constants::DW_TAG_inlined_subroutine;
+            // The function a lexical block belongs to is the nearest enclosing (inlined) function.
+            let function_at = (first_sub..=depth).rev().find(|&i| {
+                matches!(
+                    chain[i].entry.tag(),
+                    constants::DW_TAG_subprogram | constants::DW_TAG_inlined_subroutine
+                )
+            });
+            let function = function_at
+                .map(|i| &chain[i])
+                .map(|s| (name_of(&dwarf, &unit, &s.entry), s.entry.tag()));
+            // The line of that function's source the address is on: the call site of the
+            // first function inlined into it there, or the address's own line.
+            let line_here = function_at.and_then(|i| {
+                match chain[i + 1..]
+                    .iter()
+                    .find(|s| s.entry.tag() == constants::DW_TAG_inlined_subroutine)
+                {
+                    Some(call) => Some(Await {
+                        line: call
+                            .entry
+                            .attr_value(constants::DW_AT_call_line)
+                            .and_then(|v| v.udata_value())
+                            .and_then(|l| u32::try_from(l).ok())?,
+                        file: match call.entry.attr_value(constants::DW_AT_call_file) {
+                            Some(AttributeValue::FileIndex(f)) => Some(f),
+                            v => v.and_then(|v| v.udata_value()),
+                        },
+                    }),
+                    None => here.map(|h| Await {
+                        line: h.line,
+                        file: None,
+                    }),
+                }
+            });
+            // The row the lines of that function where a variable can be read are found
+            // from: the address's own, or within a function inlined into the (not inlined)
+            // function, the line it is called on, in the file of the function's entry (its
+            // first row).
+            let own = match line_here {
+                Some(l) if l.file.is_none() => here,
+                Some(l) if function_at == Some(first_sub) => sub
+                    .ranges
+                    .iter()
+                    .min_by_key(|r| r.start)
+                    .and_then(|entry| self.rows_in(entry.clone()).next())
+                    .map(|entry| Row {
+                        line: l.line,
+                        addr: dpc,
+                        ..entry
+                    }),
+                _ => None,
+            };
+            // The `.await`s in this scope (found when one of its variables needs them).
+            let mut awaits: Option<Vec<Await>> = None;
+            let mut tree = unit.entries_tree(Some(scope.entry.offset()))?;
+            let mut children = tree.root()?.children();
+            while let Some(child) = children.next()? {
+                let e = child.entry();
+                let is_parameter = e.tag() == constants::DW_TAG_formal_parameter;
+                if !is_parameter && e.tag() != constants::DW_TAG_variable {
+                    continue;
+                }
+                let Some(name) = name_of(&dwarf, &unit, e) else {
+                    continue;
+                };
+                let ty = attr_with_origin(&unit, e, constants::DW_AT_type);
+                let (type_name, byte_size) = match ty {
+                    Some(AttributeValue::UnitRef(off)) => describe_type(&dwarf, &unit, off),
+                    _ => (None, None),
+                };
+                let (mut plan, live) = self.locate(&dwarf, &unit, e, dpc, frame_base, byte_size)?;
+                let coroutine = matches!(&function, Some((Some(f), _)) if is_coroutine(f));
+                // An optimized build describes the locals a coroutine holds in its state
+                // without a location; after an `.await`, read them from the state.
+                let mut in_state = None;
+                let mut held_after = None;
+                if coroutine
+                    && plan == CapturePlan::Unavailable(Unavailable::OptimizedOut)
+                    && function
+                        .as_ref()
+                        .is_some_and(|f| f.1 == constants::DW_TAG_subprogram)
+                    && let Some(at) = line_here
+                {
+                    let awaits = awaits.get_or_insert_with(|| {
+                        await_lines(&dwarf, &unit, scope.entry.offset()).unwrap_or_default()
+                    });
+                    let state = state.get_or_insert_with(|| {
+                        self.coroutine_state(&dwarf, &unit, &sub.entry, dpc, frame_base)
+                    });
+                    if let Some(found) = state.as_ref().and_then(|s| s.plan_of(&name)) {
+                        if let Some(since) = awaits_since(&unit, e, awaits, at) {
+                            plan = found;
+                            in_state = Some(since.last);
+                        } else {
+                            // Not stored yet: readable after the first `.await` after it.
+                            let anywhere = Await {
+                                line: u32::MAX,
+                                file: None,
+                            };
+                            held_after = awaits_since(&unit, e, awaits, anywhere).map(|s| s.first);
+                            if let Some(line) = held_after {
+                                plan = CapturePlan::Unavailable(Unavailable::InStateAfterAwait {
+                                    line,
+                                });
+                            }
+                        }
+                    }
+                }
+                let reads = paths.and_then(|p| Reads::of(p, &name));
+                let reads = reads.as_ref().unwrap_or_else(|| Reads::all());
+                let shape = match ty {
+                    Some(AttributeValue::UnitRef(off)) => match plan {
+                        CapturePlan::Indirect { add, .. } => {
+                            shape::build_behind(&dwarf, &unit, off, reads, add)
+                        }
+                        _ => shape::build(&dwarf, &unit, off, reads),
+                    }
+                    .map_err(|why| match &type_name {
+                        Some(name) if !why.contains(name.as_str()) => {
+                            format!("type `{name}`: {why}")
+                        }
+                        _ => why,
+                    }),
+                    Some(_) => Err("the type is described in another unit".to_owned()),
+                    None => Err("no type in the debug info".to_owned()),
+                };
+                // A local of a coroutine that its state does not hold: a stack slot, stale
+                // after an `.await` between its declaration and here (the poll function
+                // returned and was called again). `_task_context`, the poll's `Context`, is
+                // stored again on each resumption.
+                let stale = match (&plan, &live, line_here) {
+                    (CapturePlan::Mem { .. } | CapturePlan::Reg(_), None, Some(at))
+                        if coroutine && in_state.is_none() && name != "_task_context" =>
+                    {
+                        let awaits = awaits.get_or_insert_with(|| {
+                            await_lines(&dwarf, &unit, scope.entry.offset()).unwrap_or_default()
+                        });
+                        awaits_since(&unit, e, awaits, at).map(|s| (s.decl, s.first))
+                    }
+                    _ => None,
+                };
+                let (plan, available_at) = match (stale, &plan, here, live, held_after) {
+                    (Some((decl, line)), _, _, _, _) => (
+                        CapturePlan::Unavailable(Unavailable::NotKeptAcrossAwait { line }),
+                        own.map(|own| {
+                            self.lines_between(own, slice::from_ref(&sub_range), decl, line)
+                        })
+                        .unwrap_or_default(),
+                    ),
+                    (_, CapturePlan::Unavailable(_), _, _, Some(after)) => {
+                        let lines = own
+                            .map(|own| self.lines_between(own, &scope.ranges, after, u32::MAX))
+                            .unwrap_or_default();
+                        (plan, lines)
+                    }
+                    (_, CapturePlan::Unavailable(_), Some(here), Some(live), _) => {
+                        let lines = self.lines_where_live(here, &sub_range, &live);
+                        (plan, lines)
+                    }
+                    _ => (plan, Vec::new()),
+                };
+                out.push(Variable {
+                    name,
+                    is_parameter,
+                    function: function.as_ref().and_then(|f| f.0.clone()),
+                    inlined: inlined
+                        || function
+                            .as_ref()
+                            .is_some_and(|f| f.1 == constants::DW_TAG_inlined_subroutine),
+                    type_name,
+                    byte_size,
+                    plan,
+                    shape,
+                    available_at,
+                    in_state_since: in_state,
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    fn unit_for<'a>(
+        &self,
+        dwarf: &gimli::Dwarf<Slice<'a>>,
+        dpc: u64,
+    ) -> Result<Option<Unit<'a>>, DwarfError> {
+        let Some(offset) = self.unit_at(dpc) else {
+            return Ok(None);
+        };
+        let header = dwarf.debug_info.header_from_offset(offset)?;
+        Ok(Some(dwarf.unit(header)?))
+    }
+
+    /// The plan at `dpc`, and for a location list the DWARF ranges where the plan is available.
+    fn locate<'a>(
+        &self,
+        dwarf: &gimli::Dwarf<Slice<'a>>,
+        unit: &Unit<'a>,
+        e: &Entry<'a>,
+        dpc: u64,
+        fb: FrameBase,
+        size: Option<u64>,
+    ) -> Result<(CapturePlan, Option<LiveRanges>), DwarfError> {
+        let enc = unit.encoding();
+        match e.attr_value(constants::DW_AT_location) {
+            Some(AttributeValue::Exprloc(expr)) => Ok((self.compile(expr, enc, fb), None)),
+            Some(value) => {
+                let Some(offset) = dwarf.attr_locations_offset(unit, value)? else {
+                    return Ok((CapturePlan::Unavailable(Unavailable::Malformed), None));
+                };
+                let mut plan = CapturePlan::Unavailable(Unavailable::NotLiveHere);
+                let mut live = Vec::new();
+                let mut iter = dwarf.locations(unit, offset)?;
+                while let Some(entry) = iter.next()? {
+                    let p = self.compile(entry.data, enc, fb);
+                    if entry.range.begin <= dpc && dpc < entry.range.end {
+                        plan = p.clone();
+                    }
+                    if is_live(&p) {
+                        live.push(entry.range.begin..entry.range.end);
+                    }
+                }
+                Ok((plan, Some(live)))
+            }
+            None => Ok((
+                match e.attr_value(constants::DW_AT_const_value) {
+                    Some(v) => const_plan(v, size),
+                    None => CapturePlan::Unavailable(Unavailable::OptimizedOut),
+                },
+                None,
+            )),
+        }
+    }
+
+    fn compile(
+        &self,
+        expr: gimli::Expression<Slice<'_>>,
+        enc: gimli::Encoding,
+        fb: FrameBase,
+    ) -> CapturePlan {
+        compile(expr, enc, fb, self.bias)
+    }
+
+    /// The state of the coroutine whose poll function is `sub`, at `dpc`: where the state pointer
+    /// (the poll's first parameter, `self: Pin<&mut {async_fn_env#0}>`) is, and the offsets of
+    /// the locals its suspended variants hold. `None` when either is not found.
+    fn coroutine_state<'a>(
+        &self,
+        dwarf: &gimli::Dwarf<Slice<'a>>,
+        unit: &Unit<'a>,
+        sub: &Entry<'a>,
+        dpc: u64,
+        fb: FrameBase,
+    ) -> Option<CoroutineState> {
+        let mut tree = unit.entries_tree(Some(sub.offset())).ok()?;
+        let root = tree.root().ok()?;
+        let mut children = root.children();
+        let mut param = None;
+        while let Some(child) = children.next().ok()? {
+            if child.entry().tag() == constants::DW_TAG_formal_parameter {
+                param = Some(child.entry().clone());
+                break;
+            }
+        }
+        let param = param?;
+        let env = same_unit(unit, attr_with_origin(unit, &param, constants::DW_AT_type)?)
+            .and_then(|ty| pointee(unit, ty))?;
+        let fields = suspended_fields(dwarf, unit, env);
+        if fields.is_empty() {
+            return None;
+        }
+        let (pointer, _) = self.locate(dwarf, unit, &param, dpc, fb, Some(8)).ok()?;
+        matches!(pointer, CapturePlan::Reg(0..=15) | CapturePlan::Mem { .. })
+            .then_some(CoroutineState { pointer, fields })
+    }
+
+    /// Lines of `here`'s file after `after` and before `before`, with statement rows in
+    /// `ranges`, nearest first (at most 5).
+    fn lines_between(
+        &self,
+        here: Row,
+        ranges: &[std::ops::Range<u64>],
+        after: u32,
+        before: u32,
+    ) -> Vec<u32> {
+        let mut lines: Vec<u32> = ranges
+            .iter()
+            .flat_map(|r| self.rows_in(r.clone()))
+            .filter(|r| r.file == here.file && r.line != here.line)
+            .filter(|r| r.line > after && r.line < before)
+            .map(|r| r.line)
+            .collect();
+        lines.sort_unstable_by_key(|&l| (l.abs_diff(here.line), l));
+        lines.dedup();
+        lines.truncate(5);
+        lines
+    }
+
+    /// Lines of `here`'s file, with statement rows in `function` inside `live`, nearest first.
+    fn lines_where_live(
+        &self,
+        here: Row,
+        function: &std::ops::Range<u64>,
+        live: &[std::ops::Range<u64>],
+    ) -> Vec<u32> {
+        let mut lines: Vec<u32> = self
+            .rows_in(function.clone())
+            .filter(|r| r.file == here.file && r.line != here.line)
+            .filter(|r| live.iter().any(|l| l.contains(&r.addr)))
+            .map(|r| r.line)
+            .collect();
+        lines.sort_unstable_by_key(|&l| (l.abs_diff(here.line), l));
+        lines.dedup();
+        lines.truncate(5);
+        lines
+    }
+}
