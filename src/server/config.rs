@@ -26,7 +26,7 @@ pub struct ServerConfig {
     #[arg(long, env = "SONDE_DATA_DIR", default_value = "./sonde-data")]
     pub data_dir: PathBuf,
 
-    /// An API token, NAME:ROLE[@TENANT]:SECRET (repeatable). ROLE is `read` (tracepoints, agents,
+    /// An API token, `NAME:ROLE[@TENANT]:SECRET` (repeatable). ROLE is `read` (tracepoints, agents,
     /// the tenant's audit log), `write` (read + create, edit, delete), `capture` (read +
     /// snapshots, which hold production values) or `admin` (everything, and every tenant's audit
     /// log); @TENANT binds the token to one tenant. NAME is who the audit log names. When any
@@ -41,7 +41,7 @@ pub struct ServerConfig {
     )]
     pub tokens: Vec<String>,
 
-    /// A file of API tokens, one NAME:ROLE[@TENANT]:SECRET per line (`#` starts a comment). SECRET
+    /// A file of API tokens, one `NAME:ROLE[@TENANT]:SECRET` per line (`#` starts a comment). SECRET
     /// may be `hash:sha256:SALT:DIGEST` (`sonde token hash` makes it), so the file need not hold
     /// secrets. Re-read on SIGHUP; a bad file keeps the tokens in force and logs why. Its
     /// presence alone closes the API: an empty file refuses every request.
