@@ -1,4 +1,5 @@
-//! The `sonde` command line: `server`, `tracepoint add|get|list|edit|rm`, `agents`, `validate`.
+//! The `sonde` command line: `server`, `tracepoint add|get|list|edit|rm`, `agents`, `audit`,
+//! `token new|hash`, `validate`.
 //!
 //! Client commands talk to the HTTP API (`--server`, default `http://127.0.0.1:3300`). Output is
 //! a table for people, or JSON with `-o json`. Exit codes: 0 done; 1 refused (invalid input, not
@@ -38,6 +39,12 @@ enum Command {
     Tracepoint(Box<TracepointCommand>),
     /// List the agents that polled recently, with the status of each tracepoint they hold.
     Agents(ClientOpts),
+    /// Show the audit log: who created, edited and deleted which tracepoint (before and after),
+    /// when, from where, and every refused request. Oldest first, one page at a time.
+    Audit(Box<AuditArgs>),
+    /// Make API tokens for `sonde server --token` or its --tokens-file.
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// Check a tracepoint JSON file offline, with the server's own validation.
     Validate {
         /// The file: `{"tracepoint": {...}}` or a bare tracepoint object; `-` reads stdin.
@@ -87,13 +94,51 @@ enum TracepointCommand {
     },
 }
 
+#[derive(Debug, Args)]
+struct AuditArgs {
+    /// Entries since: an age (`30m`, `2h`, `7d`), Unix seconds or milliseconds, or RFC 3339
+    /// (`2026-01-31T12:00:00Z`).
+    #[arg(long)]
+    since: Option<String>,
+    /// Entries about this tracepoint ID.
+    #[arg(long)]
+    tracepoint: Option<String>,
+    /// Entries by this token name (`anonymous` when the server has no tokens).
+    #[arg(long)]
+    who: Option<String>,
+    /// Every tenant's entries (admin tokens only; others see their own tenant).
+    #[arg(long)]
+    all_tenants: bool,
+    /// Entries per page (1 to 1000).
+    #[arg(long, default_value_t = 50)]
+    limit: usize,
+    /// Start after this entry: the number a previous page printed as `--after N`.
+    #[arg(long)]
+    after: Option<i64>,
+    #[command(flatten)]
+    client: ClientOpts,
+}
+
+#[derive(Debug, Subcommand)]
+enum TokenCommand {
+    /// Make a random secret and the tokens-file line that holds only its hash.
+    New {
+        /// Who the audit log will name.
+        name: String,
+        /// read, write, capture or admin; ROLE@TENANT binds the token to one tenant.
+        role: String,
+    },
+    /// Hash a secret read from stdin (first line) into the tokens file's `hash:` form.
+    Hash,
+}
+
 /// How to reach the server, and how to print.
 #[derive(Debug, Clone, Args)]
 pub struct ClientOpts {
     /// The server's HTTP API.
     #[arg(long, env = "SONDE_SERVER", default_value = "http://127.0.0.1:3300")]
     pub server: String,
-    /// Bearer token (the server's --admin-token or --read-token).
+    /// Bearer token: the SECRET of one of the server's API tokens.
     #[arg(long, env = "SONDE_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
     /// Tenant (sent as X-Scope-OrgID).
@@ -227,7 +272,57 @@ impl Cli {
                 output::agents(&client, &agents);
                 Ok(())
             }
+            Command::Audit(args) => audit(*args),
+            Command::Token(cmd) => token(cmd),
             Command::Tracepoint(cmd) => tracepoint(*cmd),
+        }
+    }
+}
+
+fn audit(args: AuditArgs) -> Result<(), CliError> {
+    let mut query = vec![format!("limit={}", args.limit)];
+    let mut add = |key: &str, value: Option<&str>| {
+        if let Some(v) = value {
+            query.push(format!("{key}={}", client::path_segment(v)));
+        }
+    };
+    add("since", args.since.as_deref());
+    add("tracepoint", args.tracepoint.as_deref());
+    add("who", args.who.as_deref());
+    add("after", args.after.map(|a| a.to_string()).as_deref());
+    add("tenant", args.all_tenants.then_some("*"));
+    let c = Client::new(&args.client)?;
+    let page = c.get_json(&format!("/api/audit?{}", query.join("&")))?;
+    output::audit(&args.client, &page);
+    Ok(())
+}
+
+fn token(cmd: TokenCommand) -> Result<(), CliError> {
+    use crate::server::SecretHash;
+    match cmd {
+        TokenCommand::New { name, role } => {
+            let mut bytes = [0u8; 32];
+            crate::server::random_bytes(&mut bytes);
+            let secret: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+            let line = format!("{name}:{role}:{}", SecretHash::new(&secret).encode());
+            // Parse the line as the server will, so a bad name or role is caught here.
+            crate::server::parse_token_line(&line)
+                .map_err(|e| CliError::usage(format!("{name}:{role}: {e}")))?;
+            println!("secret: {secret}");
+            println!("line:   {line}");
+            Ok(())
+        }
+        TokenCommand::Hash => {
+            let mut secret = String::new();
+            std::io::stdin()
+                .read_line(&mut secret)
+                .map_err(|e| CliError::refused(format!("reading stdin: {e}")))?;
+            let secret = secret.trim_end_matches(['\r', '\n']);
+            if secret.is_empty() {
+                return Err(CliError::usage("give the secret on stdin"));
+            }
+            println!("{}", SecretHash::new(secret).encode());
+            Ok(())
         }
     }
 }

@@ -16,6 +16,7 @@
 
 mod adhoc;
 mod agents;
+mod audit;
 mod auth;
 mod config;
 mod grpc;
@@ -25,6 +26,7 @@ mod net;
 mod snapshots;
 mod state;
 mod store;
+mod tokens;
 mod validate;
 
 use std::{net::SocketAddr, sync::Arc, time::Duration};
@@ -33,9 +35,20 @@ use anyhow::Context as _;
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 
 pub use agents::{AgentKind, AgentView, TracepointStatusView};
+pub use audit::{Actor, Via, parse_since, rfc3339};
+pub use auth::TokensError;
 pub use config::{LogFormat, ServerConfig};
 pub use state::{DEFAULT_TENANT, Resource};
-pub use store::{SqliteStore, Store, StoreError, StoredRecord};
+pub use store::{
+    AuditEntry, AuditQuery, AuditRecord, SqliteStore, Store, StoreError, StoredRecord,
+};
+pub use tokens::{BadToken, Role, SecretHash, random as random_bytes};
+
+/// Parses one tokens-file line (`NAME:ROLE[@TENANT]:SECRET`, SECRET possibly `hash:...`) as the
+/// server does; the error names the field.
+pub fn parse_token_line(line: &str) -> Result<(), BadToken> {
+    tokens::parse_token(line, true).map(drop)
+}
 pub use validate::{
     KNOWN_ARGS, LANGUAGE_ATTRIBUTE, Limits, Position, ValidationError, exposed_name, is_foreign,
     validate,
@@ -64,6 +77,35 @@ pub(crate) struct App {
 }
 
 impl App {
+    /// Records a refused API request in the audit log (on its own: there is no change). A store
+    /// failure is logged; the request is refused either way.
+    async fn audit_refusal(
+        self: &Arc<Self>,
+        refusal: &auth::Refusal,
+        via: audit::Via,
+        address: Option<std::net::IpAddr>,
+        request: String,
+    ) {
+        let actor = audit::Actor {
+            who: refusal.who.clone(),
+            via,
+            address,
+        };
+        let mut record = actor.record(&refusal.tenant, "denied", None, None, None);
+        record.detail = Some(format!("{request}: {}", refusal.denied));
+        tracing::info!(who = %refusal.who, tenant = %refusal.tenant, ?address, %request,
+            reason = %refusal.denied, "API request refused");
+        let app = self.clone();
+        let written =
+            tokio::task::spawn_blocking(move || app.tracepoints.store().append_audit(&record))
+                .await;
+        match written {
+            Ok(Ok(())) => {}
+            Ok(Err(err)) => tracing::error!(%err, "cannot write a refusal to the audit log"),
+            Err(err) => tracing::error!(%err, "the audit task failed"),
+        }
+    }
+
     fn refresh_gauges(&self) {
         self.metrics
             .tracepoints
@@ -116,16 +158,27 @@ impl std::fmt::Debug for Server {
 impl Server {
     /// Opens the store, loads the tracepoints and binds both ports.
     pub async fn bind(config: ServerConfig) -> anyhow::Result<Self> {
+        // Tokens first: a bad one stops the server before anything is created on disk.
+        let auth = Auth::from_config(&config).context("reading the API tokens")?;
         let store = SqliteStore::open(&config.data_dir)
             .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
         tracing::info!(path = %store.path().display(), "store opened");
-        Self::bind_with_store(config, Arc::new(store)).await
+        Self::bind_inner(config, Arc::new(store), auth).await
     }
 
     /// As [`Server::bind`], with a store of the caller's choosing.
     pub async fn bind_with_store(
         config: ServerConfig,
         store: Arc<dyn Store>,
+    ) -> anyhow::Result<Self> {
+        let auth = Auth::from_config(&config).context("reading the API tokens")?;
+        Self::bind_inner(config, store, auth).await
+    }
+
+    async fn bind_inner(
+        config: ServerConfig,
+        store: Arc<dyn Store>,
+        auth: Auth,
     ) -> anyhow::Result<Self> {
         let tls = match (&config.tls_cert, &config.tls_key) {
             (Some(cert), Some(key)) => Some(net::tls_acceptor(cert, key)?),
@@ -161,7 +214,7 @@ impl Server {
             snapshots: Snapshots::new(config.snapshots_per_tracepoint, 1000),
             metrics,
             adhoc,
-            auth: Auth::from_config(&config),
+            auth,
             tracepoints,
             config,
             shutdown,
@@ -234,11 +287,17 @@ impl Server {
         let mut shutdown = self.app.shutdown.clone();
         let housekeeping = tokio::spawn(async move {
             let mut tick = tokio::time::interval(Duration::from_secs(30));
+            let mut ticks: u64 = 0;
             loop {
                 tokio::select! {
                     _ = tick.tick() => {
                         app.agents.prune();
                         app.refresh_gauges();
+                        // The audit log is pruned at start and then hourly.
+                        if ticks.is_multiple_of(120) {
+                            prune_audit(&app).await;
+                        }
+                        ticks += 1;
                     }
                     () = net::stopped(&mut shutdown) => break,
                 }
@@ -247,9 +306,23 @@ impl Server {
         RunningServer {
             grpc_addr,
             http_addr,
+            app: self.app,
             shutdown_tx: self.shutdown_tx,
             tasks: vec![grpc, http, housekeeping],
         }
+    }
+}
+
+/// Removes audit entries older than the retention.
+async fn prune_audit(app: &Arc<App>) {
+    let cutoff = audit::now_ms()
+        - i64::try_from(app.config.audit_retention().as_millis()).unwrap_or(i64::MAX);
+    let app = app.clone();
+    match tokio::task::spawn_blocking(move || app.tracepoints.store().prune_audit(cutoff)).await {
+        Ok(Ok(0)) => {}
+        Ok(Ok(n)) => tracing::info!(removed = n, "old audit entries pruned"),
+        Ok(Err(err)) => tracing::error!(%err, "pruning the audit log failed"),
+        Err(err) => tracing::error!(%err, "the audit prune task failed"),
     }
 }
 
@@ -258,6 +331,7 @@ impl Server {
 pub struct RunningServer {
     grpc_addr: SocketAddr,
     http_addr: SocketAddr,
+    app: Arc<App>,
     shutdown_tx: watch::Sender<bool>,
     tasks: Vec<JoinHandle<()>>,
 }
@@ -271,6 +345,14 @@ impl RunningServer {
     /// Where the HTTP API listens.
     pub fn http_addr(&self) -> SocketAddr {
         self.http_addr
+    }
+
+    /// Re-reads `--tokens-file` (what SIGHUP does): the file's tokens replace the previous file's
+    /// from the next request on, and connections (agents' watch streams included) stay open.
+    /// On error (no file, unreadable, a bad line) the tokens in force stay. Returns how many API
+    /// tokens are now in force.
+    pub fn reload_tokens(&self) -> Result<usize, TokensError> {
+        self.app.auth.reload()
     }
 
     /// Stops accepting, ends watch streams, lets requests in flight finish, and waits.

@@ -70,7 +70,11 @@ impl Client {
         let builder = http::Request::builder()
             .method(method)
             .uri(&url)
-            .header("accept", "application/json");
+            .header("accept", "application/json")
+            .header(
+                "user-agent",
+                concat!("sonde-cli/", env!("CARGO_PKG_VERSION")),
+            );
         let builder = match &self.token {
             Some(t) => builder.header("authorization", format!("Bearer {t}")),
             None => builder,

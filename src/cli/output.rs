@@ -217,3 +217,68 @@ pub fn agents(opts: &ClientOpts, value: &serde_json::Value) {
         &rows,
     );
 }
+
+/// A page of the audit log (`GET /api/audit`); in table mode, where the next page starts goes to
+/// stderr.
+pub fn audit(opts: &ClientOpts, page: &serde_json::Value) {
+    if opts.output == Output::Json {
+        return json(page);
+    }
+    let empty = Vec::new();
+    let s = |v: &serde_json::Value, key: &str| {
+        v.get(key)
+            .map(|x| match x {
+                serde_json::Value::String(s) => s.clone(),
+                serde_json::Value::Null => String::new(),
+                other => other.to_string(),
+            })
+            .unwrap_or_default()
+    };
+    let location = |tp: Option<&serde_json::Value>| {
+        tp.filter(|t| !t.is_null())
+            .map(|t| format!("{}:{}", s(t, "path"), s(t, "lineNumber")))
+    };
+    let rows: Vec<Vec<String>> = page
+        .get("entries")
+        .and_then(|e| e.as_array())
+        .unwrap_or(&empty)
+        .iter()
+        .map(|e| {
+            let (before, after) = (location(e.get("before")), location(e.get("after")));
+            let what = match (before, after) {
+                (Some(b), Some(a)) if a != b => format!("{b} -> {a}"),
+                (_, Some(a)) => a,
+                (Some(b), None) => b,
+                (None, None) => s(e, "detail"),
+            };
+            vec![
+                s(e, "seq"),
+                s(e, "time"),
+                s(e, "tenant"),
+                s(e, "who"),
+                s(e, "via"),
+                s(e, "address"),
+                s(e, "action"),
+                s(e, "tracepoint"),
+                what,
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "SEQ",
+            "TIME",
+            "TENANT",
+            "WHO",
+            "VIA",
+            "ADDRESS",
+            "ACTION",
+            "TRACEPOINT",
+            "WHAT",
+        ],
+        &rows,
+    );
+    if let Some(next) = page.get("next").and_then(|n| n.as_i64()) {
+        eprintln!("more entries: add --after {next}");
+    }
+}

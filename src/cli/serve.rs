@@ -1,4 +1,5 @@
-//! `sonde server`: logging, the async runtime, signals, and the server itself.
+//! `sonde server`: logging, the async runtime, signals, and the server itself. SIGINT and SIGTERM
+//! stop it gracefully; SIGHUP re-reads `--tokens-file`.
 
 use std::process::ExitCode;
 
@@ -28,13 +29,64 @@ pub(super) fn run(config: ServerConfig) -> ExitCode {
 
 async fn serve(config: ServerConfig) -> anyhow::Result<()> {
     let server = Server::bind(config).await?;
+    // Listen for SIGHUP before saying where we listen: from then on a script may send it, and
+    // its default action would end the process.
+    let mut hangups = hangup_signals();
     // Machine-readable lines on stdout (tests and scripts read the ports from them, which matters
     // with --grpc-port 0 / --http-port 0); everything else goes to the log on stderr.
     println!("grpc listening on {}", server.grpc_addr());
     println!("http listening on {}", server.http_addr());
-    server.run_until(shutdown_signal()).await?;
+    let running = server.spawn();
+    let stop = shutdown_signal();
+    tokio::pin!(stop);
+    loop {
+        tokio::select! {
+            () = &mut stop => break,
+            () = hangups.next() => match running.reload_tokens() {
+                Ok(count) => tracing::info!(tokens = count, "SIGHUP: API tokens reloaded"),
+                Err(err) => tracing::error!(
+                    "SIGHUP: the API tokens in force stay, because the reload failed: {err}"
+                ),
+            },
+        }
+    }
+    running.shutdown().await?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// SIGHUPs, one `next()` each (never completes where there are none).
+struct Hangups {
+    #[cfg(unix)]
+    signal: Option<tokio::signal::unix::Signal>,
+}
+
+fn hangup_signals() -> Hangups {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::hangup()) {
+            Ok(s) => Hangups { signal: Some(s) },
+            Err(err) => {
+                tracing::error!(%err, "cannot listen for SIGHUP: the tokens file will not reload");
+                Hangups { signal: None }
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    Hangups {}
+}
+
+impl Hangups {
+    async fn next(&mut self) {
+        #[cfg(unix)]
+        if let Some(s) = &mut self.signal
+            && s.recv().await.is_some()
+        {
+            return;
+        }
+        std::future::pending::<()>().await;
+    }
 }
 
 async fn shutdown_signal() {

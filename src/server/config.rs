@@ -26,11 +26,34 @@ pub struct ServerConfig {
     #[arg(long, env = "SONDE_DATA_DIR", default_value = "./sonde-data")]
     pub data_dir: PathBuf,
 
-    /// Bearer token required for writes (and accepted for reads). Unset: writes are open.
+    /// An API token, `NAME:ROLE[@TENANT]:SECRET` (repeatable). ROLE is `read` (tracepoints, agents,
+    /// the tenant's audit log), `write` (read + create, edit, delete), `capture` (read +
+    /// snapshots, which hold production values) or `admin` (everything, and every tenant's audit
+    /// log); @TENANT binds the token to one tenant. NAME is who the audit log names. When any
+    /// token is set (here, in --tokens-file, --admin-token or --read-token), every API request
+    /// needs one. In the environment variable, separate tokens with `,`.
+    #[arg(
+        long = "token",
+        env = "SONDE_API_TOKENS",
+        value_name = "NAME:ROLE[@TENANT]:SECRET",
+        value_delimiter = ',',
+        hide_env_values = true
+    )]
+    pub tokens: Vec<String>,
+
+    /// A file of API tokens, one `NAME:ROLE[@TENANT]:SECRET` per line (`#` starts a comment). SECRET
+    /// may be `hash:sha256:SALT:DIGEST` (`sonde token hash` makes it), so the file need not hold
+    /// secrets. Re-read on SIGHUP; a bad file keeps the tokens in force and logs why. Its
+    /// presence alone closes the API: an empty file refuses every request.
+    #[arg(long, env = "SONDE_TOKENS_FILE", value_name = "PATH")]
+    pub tokens_file: Option<PathBuf>,
+
+    /// An unnamed token of role `admin` (the audit log calls it `(admin-token)`); also accepted
+    /// from agents.
     #[arg(long, env = "SONDE_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
 
-    /// Bearer token accepted for reads. When any token is set, every API request needs one.
+    /// An unnamed token of role `read` (the audit log calls it `(read-token)`).
     #[arg(long, env = "SONDE_READ_TOKEN", hide_env_values = true)]
     pub read_token: Option<String>,
 
@@ -72,6 +95,10 @@ pub struct ServerConfig {
     #[arg(long, env = "SONDE_WATCH_HEARTBEAT_SECS", default_value_t = 30)]
     pub watch_heartbeat_secs: u64,
 
+    /// Days the audit log keeps an entry (every create, edit, delete and refused API request).
+    #[arg(long, env = "SONDE_AUDIT_RETENTION_DAYS", default_value_t = 90)]
+    pub audit_retention_days: u64,
+
     /// Log format.
     #[arg(long, env = "SONDE_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
@@ -95,6 +122,8 @@ impl ServerConfig {
             grpc_port: 0,
             http_port: 0,
             data_dir: data_dir.into(),
+            tokens: Vec::new(),
+            tokens_file: None,
             admin_token: None,
             read_token: None,
             agent_token: None,
@@ -106,6 +135,7 @@ impl ServerConfig {
             snapshots_per_tracepoint: 10,
             agent_ttl_secs: 60,
             watch_heartbeat_secs: 30,
+            audit_retention_days: 90,
             log_format: LogFormat::Text,
         }
     }
@@ -122,7 +152,14 @@ impl ServerConfig {
     }
 
     pub(crate) fn any_api_token(&self) -> bool {
-        self.admin_token.is_some() || self.read_token.is_some()
+        self.admin_token.is_some()
+            || self.read_token.is_some()
+            || !self.tokens.is_empty()
+            || self.tokens_file.is_some()
+    }
+
+    pub(crate) fn audit_retention(&self) -> Duration {
+        Duration::from_secs(self.audit_retention_days.max(1).saturating_mul(86_400))
     }
 
     pub(crate) fn any_agent_credential(&self) -> bool {

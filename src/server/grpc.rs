@@ -28,10 +28,12 @@ use tonic::{Request, Response, Status, codec::CompressionEncoding, metadata::Met
 use super::{
     App,
     agents::{AgentKind, Agents},
-    auth::{Access, Denied},
+    audit::{Actor, Via},
+    auth::Denied,
     net::PeerAddr,
     state::{ChangeError, Resource, TenantList},
     tenant_from,
+    tokens::Role,
 };
 
 /// Every gRPC service, as one router.
@@ -83,8 +85,12 @@ impl PollMetrics {
 
 fn denied(d: Denied) -> Status {
     match d {
-        Denied::Unauthenticated => Status::unauthenticated(d.to_string()),
-        Denied::Forbidden => Status::permission_denied(d.to_string()),
+        Denied::Unauthenticated => Status::unauthenticated(
+            "missing or invalid credentials: send authorization: Bearer <token>",
+        ),
+        Denied::Forbidden { .. } | Denied::OtherTenant { .. } => {
+            Status::permission_denied(d.to_string())
+        }
     }
 }
 
@@ -128,17 +134,51 @@ impl Grpc {
         Ok((tenant, peer))
     }
 
-    fn api_context<T>(&self, req: &Request<T>, access: Access) -> Result<String, Status> {
-        self.app
+    /// Authenticates and authorises an API call that needs `needs`: the tenant it acts in and
+    /// who it is, for the audit log. A refusal is written to the audit log first.
+    async fn api_context<T>(
+        &self,
+        req: &Request<T>,
+        method: &str,
+        needs: Role,
+    ) -> Result<(String, Actor), Status> {
+        let requested = match req
+            .metadata()
+            .get("x-scope-orgid")
+            .and_then(|v| v.to_str().ok())
+            .map(str::trim)
+        {
+            None | Some("") => None,
+            Some(t) => {
+                Some(tenant_from(Some(t)).map_err(|e| Status::invalid_argument(e.to_string()))?)
+            }
+        };
+        let address = req.extensions().get::<PeerAddr>().map(|p| p.0.ip());
+        match self
+            .app
             .auth
-            .api(authorization(req.metadata()), access)
-            .map_err(denied)?;
-        tenant_from(
-            req.metadata()
-                .get("x-scope-orgid")
-                .and_then(|v| v.to_str().ok()),
-        )
-        .map_err(|e| Status::invalid_argument(e.to_string()))
+            .api(authorization(req.metadata()), requested.as_deref(), needs)
+        {
+            Ok(caller) => Ok((
+                caller.tenant,
+                Actor {
+                    who: caller.who,
+                    via: Via::Grpc,
+                    address,
+                },
+            )),
+            Err(refusal) => {
+                self.app
+                    .audit_refusal(
+                        &refusal,
+                        Via::Grpc,
+                        address,
+                        format!("sonde.v1.TracepointService/{method}"),
+                    )
+                    .await;
+                Err(denied(refusal.denied))
+            }
+        }
     }
 
     fn observe(&self, method: &str, started: Instant) {
@@ -380,13 +420,13 @@ impl TracepointService for Grpc {
         &self,
         req: Request<CreateTracepointRequest>,
     ) -> Result<Response<TracepointResponse>, Status> {
-        let tenant = self.api_context(&req, Access::Write)?;
+        let (tenant, actor) = self.api_context(&req, "Create", Role::Write).await?;
         let config = req
             .into_inner()
             .tracepoint
             .ok_or_else(|| Status::invalid_argument("tracepoint: is required"))?;
         let entry = self
-            .blocking(move |app| app.tracepoints.create(&tenant, config))
+            .blocking(move |app| app.tracepoints.create(&tenant, config, &actor))
             .await?;
         Ok(Response::new(TracepointResponse {
             tracepoint: Some(entry.config.clone()),
@@ -397,7 +437,7 @@ impl TracepointService for Grpc {
         &self,
         req: Request<GetTracepointRequest>,
     ) -> Result<Response<TracepointResponse>, Status> {
-        let tenant = self.api_context(&req, Access::Read)?;
+        let (tenant, _) = self.api_context(&req, "Get", Role::Read).await?;
         let id = req.into_inner().id;
         let list = self.app.tracepoints.list(&tenant);
         let entry = list
@@ -412,7 +452,7 @@ impl TracepointService for Grpc {
         &self,
         req: Request<ListTracepointsRequest>,
     ) -> Result<Response<ListTracepointsResponse>, Status> {
-        let tenant = self.api_context(&req, Access::Read)?;
+        let (tenant, _) = self.api_context(&req, "List", Role::Read).await?;
         let list = self.app.tracepoints.list(&tenant);
         Ok(Response::new(ListTracepointsResponse {
             tracepoints: list.iter().map(|e| e.config.clone()).collect(),
@@ -423,7 +463,7 @@ impl TracepointService for Grpc {
         &self,
         req: Request<UpdateTracepointRequest>,
     ) -> Result<Response<TracepointResponse>, Status> {
-        let tenant = self.api_context(&req, Access::Write)?;
+        let (tenant, actor) = self.api_context(&req, "Update", Role::Write).await?;
         let config = req
             .into_inner()
             .tracepoint
@@ -435,7 +475,7 @@ impl TracepointService for Grpc {
         }
         let id = config.id.clone();
         let entry = self
-            .blocking(move |app| app.tracepoints.update(&tenant, &id, config))
+            .blocking(move |app| app.tracepoints.update(&tenant, &id, config, &actor))
             .await?;
         Ok(Response::new(TracepointResponse {
             tracepoint: Some(entry.config.clone()),
@@ -446,10 +486,10 @@ impl TracepointService for Grpc {
         &self,
         req: Request<DeleteTracepointRequest>,
     ) -> Result<Response<TracepointResponse>, Status> {
-        let tenant = self.api_context(&req, Access::Write)?;
+        let (tenant, actor) = self.api_context(&req, "Delete", Role::Write).await?;
         let id = req.into_inner().id;
         let entry = self
-            .blocking(move |app| app.tracepoints.delete(&tenant, &id))
+            .blocking(move |app| app.tracepoints.delete(&tenant, &id, &actor))
             .await?;
         Ok(Response::new(TracepointResponse {
             tracepoint: Some(entry.config.clone()),

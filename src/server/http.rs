@@ -9,6 +9,7 @@
 //! | `DELETE /api/tracepoints/{id}` | remove one; answers with what was removed |
 //! | `GET /api/tracepoints/{id}/snapshots` | the latest snapshots agents sent for it |
 //! | `GET /api/agents` | agents seen recently, with resource and per-tracepoint status |
+//! | `GET /api/audit` | the audit log, oldest first: `since`, `tracepoint`, `who`, `after` (the previous page's `next`), `limit` (1..1000, default 100); `tenant` (a name or `*`) for admin tokens only |
 //! | `POST /api/sessions/{id}/metrics` | report a number for a session (an agent ID `GET /api/agents` lists): body `{"name", "value", "tags": ["key:value", "bare"]}`, answer `{"success": true}`; exposed on `/metrics` as gauge `sonde_adhoc_<name>` labelled `session`, `tenant`, the tag keys and `tags` (see `adhoc`). Unknown session: 404; a new series past 1000 per tenant: 409. Allowed with an API write token or an agent credential |
 //! | `GET /healthz`, `GET /metrics` | liveness; the server's own Prometheus metrics |
 //!
@@ -16,18 +17,23 @@
 //! proto3 JSON, or binary protobuf with `Content-Type`/`Accept: application/protobuf`. The tenant
 //! comes from `X-Scope-OrgID`. Errors are `{"error": {"code", "field", "message", "position"}}`.
 //!
+//! Roles: reads of tracepoints, agents and the audit log need `read`; create, edit and delete need
+//! `write`; snapshots need `capture` (they hold production values); another tenant's audit log
+//! needs `admin`. Refusals answer 401 (no or unknown token) or 403 naming the role lacking, and
+//! are written to the audit log.
+//!
 //! Ad-hoc metrics are what agents (and scripts speaking for a session) report, so that route takes
 //! either credential: whatever `Auth::api` allows to write or `Auth::agent` allows to speak as an
 //! agent. It is therefore open exactly when the API is open or agents are (no agent credential
 //! configured), as agents' status reports and snapshots are. A read token alone is refused (403).
 
-use std::{collections::HashSet, sync::Arc, time::Instant};
+use std::{collections::HashSet, convert::Infallible, net::IpAddr, sync::Arc, time::Instant};
 
 use axum::{
     Json, Router,
     body::{Body, Bytes},
-    extract::{MatchedPath, Path, Query, Request, State},
-    http::{HeaderMap, HeaderValue, StatusCode, header},
+    extract::{FromRequestParts, MatchedPath, Path, Query, Request, State},
+    http::{HeaderMap, HeaderValue, Method, StatusCode, header, request::Parts},
     middleware::{self, Next},
     response::{IntoResponse, Response},
     routing::{get, post},
@@ -41,12 +47,16 @@ use sonde_proto::{
 };
 
 use super::{
-    App,
+    App, DEFAULT_TENANT,
     adhoc::{self, CapReached},
-    auth::{Access, Denied},
+    audit::{self, Actor, CLI_USER_AGENT, EntryView, Via},
+    auth::{Caller, Denied, Refusal},
     grpc::poll_answer,
+    net::PeerAddr,
     state::{ChangeError, Entry, Resource},
+    store::AuditQuery,
     tenant_from,
+    tokens::Role,
     validate::{Position, ValidationError},
 };
 
@@ -63,6 +73,7 @@ pub(crate) fn router(app: Arc<App>) -> Router {
             "/api",
             tracepoints()
                 .route("/agents", get(agents))
+                .route("/audit", get(audit_log))
                 .route("/sessions/{id}/metrics", post(session_metric)),
         )
         .merge(tracepoints())
@@ -89,6 +100,9 @@ struct ErrorBody {
     message: String,
     #[serde(skip_serializing_if = "Option::is_none")]
     position: Option<Position>,
+    /// On 403 for a role: the role the request needs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    needs: Option<&'static str>,
 }
 
 impl ApiError {
@@ -100,6 +114,7 @@ impl ApiError {
                 field: None,
                 message: message.into(),
                 position: None,
+                needs: None,
             },
         }
     }
@@ -130,7 +145,12 @@ impl From<Denied> for ApiError {
                     "missing or invalid credentials: send Authorization: Bearer <token>".into();
                 e
             }
-            Denied::Forbidden => {
+            Denied::Forbidden { needs, .. } => {
+                let mut e = Self::new(StatusCode::FORBIDDEN, "permission_denied", d.to_string());
+                e.body.needs = Some(needs.as_str());
+                e
+            }
+            Denied::OtherTenant { .. } => {
                 Self::new(StatusCode::FORBIDDEN, "permission_denied", d.to_string())
             }
         }
@@ -146,6 +166,7 @@ impl From<ValidationError> for ApiError {
                 field: Some(v.field),
                 message: v.message,
                 position: v.position,
+                needs: None,
             },
         }
     }
@@ -179,35 +200,122 @@ impl From<ChangeError> for ApiError {
     }
 }
 
+/// The request's path as it arrived (nested routers see it without their prefix).
+#[derive(Debug, Clone)]
+struct FullPath(String);
+
+/// What a handler needs to know about a request besides its body.
+pub(crate) struct Meta {
+    headers: HeaderMap,
+    method: Method,
+    path: String,
+    peer: Option<IpAddr>,
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Meta {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Infallible> {
+        Ok(Self {
+            headers: parts.headers.clone(),
+            method: parts.method.clone(),
+            path: parts
+                .extensions
+                .get::<FullPath>()
+                .map(|p| p.0.clone())
+                .unwrap_or_else(|| parts.uri.path().to_owned()),
+            peer: parts.extensions.get::<PeerAddr>().map(|p| p.0.ip()),
+        })
+    }
+}
+
+impl Meta {
+    fn via(&self) -> Via {
+        if header_str(&self.headers, header::USER_AGENT)
+            .is_some_and(|ua| ua.starts_with(CLI_USER_AGENT))
+        {
+            Via::Cli
+        } else {
+            Via::Http
+        }
+    }
+
+    /// The tenant the request names (`X-Scope-OrgID`), `None` when it names none.
+    fn requested_tenant(&self) -> Result<Option<String>, ApiError> {
+        match header_str(&self.headers, "x-scope-orgid").map(str::trim) {
+            None | Some("") => Ok(None),
+            Some(t) => tenant_from(Some(t))
+                .map(Some)
+                .map_err(|e| ApiError::invalid("X-Scope-OrgID", e.to_string())),
+        }
+    }
+
+    fn request_line(&self) -> String {
+        format!("{} {}", self.method, self.path)
+    }
+}
+
 struct Ctx {
     tenant: String,
     protobuf: bool,
+    caller: Caller,
+    actor: Actor,
 }
 
-fn context(app: &App, headers: &HeaderMap, access: Access) -> Result<Ctx, ApiError> {
-    app.auth
-        .api(header_str(headers, header::AUTHORIZATION), access)
-        .map_err(ApiError::from)?;
-    let tenant = tenant_from(header_str(headers, "x-scope-orgid"))
-        .map_err(|e| ApiError::invalid("X-Scope-OrgID", e.to_string()))?;
-    let protobuf = header_str(headers, header::ACCEPT).is_some_and(is_protobuf);
-    Ok(Ctx { tenant, protobuf })
+impl Ctx {
+    fn new(meta: &Meta, caller: Caller) -> Self {
+        Self {
+            tenant: caller.tenant.clone(),
+            protobuf: header_str(&meta.headers, header::ACCEPT).is_some_and(is_protobuf),
+            actor: Actor {
+                who: caller.who.clone(),
+                via: meta.via(),
+                address: meta.peer,
+            },
+            caller,
+        }
+    }
+}
+
+/// Authenticates and authorises a request that needs `needs`; a refusal is written to the audit
+/// log before it is answered.
+async fn context(app: &Arc<App>, meta: &Meta, needs: Role) -> Result<Ctx, ApiError> {
+    let requested = meta.requested_tenant()?;
+    match app.auth.api(
+        header_str(&meta.headers, header::AUTHORIZATION),
+        requested.as_deref(),
+        needs,
+    ) {
+        Ok(caller) => Ok(Ctx::new(meta, caller)),
+        Err(refusal) => Err(refuse(app, meta, refusal).await),
+    }
+}
+
+async fn refuse(app: &Arc<App>, meta: &Meta, refusal: Refusal) -> ApiError {
+    app.audit_refusal(&refusal, meta.via(), meta.peer, meta.request_line())
+        .await;
+    refusal.denied.into()
 }
 
 /// As [`context`] for reports from agents: an API write token or an agent credential.
-fn report_context(app: &App, headers: &HeaderMap) -> Result<Ctx, ApiError> {
-    let authorization = header_str(headers, header::AUTHORIZATION);
-    if let Err(denied) = app.auth.api(authorization, Access::Write)
-        && app.auth.agent(authorization).is_err()
+async fn report_context(app: &Arc<App>, meta: &Meta) -> Result<Ctx, ApiError> {
+    let requested = meta.requested_tenant()?;
+    let authorization = header_str(&meta.headers, header::AUTHORIZATION);
+    match app
+        .auth
+        .api(authorization, requested.as_deref(), Role::Write)
     {
-        return Err(denied.into());
+        Ok(caller) => Ok(Ctx::new(meta, caller)),
+        Err(_) if app.auth.agent(authorization).is_ok() => Ok(Ctx::new(
+            meta,
+            Caller {
+                who: "(agent)".into(),
+                role: None,
+                tenant: requested.unwrap_or_else(|| DEFAULT_TENANT.to_owned()),
+            },
+        )),
+        Err(refusal) => Err(refuse(app, meta, refusal).await),
     }
-    let tenant = tenant_from(header_str(headers, "x-scope-orgid"))
-        .map_err(|e| ApiError::invalid("X-Scope-OrgID", e.to_string()))?;
-    Ok(Ctx {
-        tenant,
-        protobuf: false,
-    })
 }
 
 fn header_str(headers: &HeaderMap, name: impl header::AsHeaderName) -> Option<&str> {
@@ -322,10 +430,10 @@ async fn blocking<T: Send + 'static>(
 
 async fn poll_list(
     State(app): State<Arc<App>>,
-    headers: HeaderMap,
+    meta: Meta,
     Query(params): Query<Vec<(String, String)>>,
 ) -> Result<Response, ApiError> {
-    let ctx = context(&app, &headers, Access::Read)?;
+    let ctx = context(&app, &meta, Role::Read).await?;
     let mut hash = String::new();
     let mut attrs = Vec::new();
     for (key, value) in params {
@@ -356,26 +464,26 @@ async fn poll_list(
     })
 }
 
-async fn create(
-    State(app): State<Arc<App>>,
-    headers: HeaderMap,
-    body: Body,
-) -> Result<Response, ApiError> {
-    let ctx = context(&app, &headers, Access::Write)?;
-    let config = read_tracepoint(&app, &headers, body).await?;
+async fn create(State(app): State<Arc<App>>, meta: Meta, body: Body) -> Result<Response, ApiError> {
+    let ctx = context(&app, &meta, Role::Write).await?;
+    let config = read_tracepoint(&app, &meta.headers, body).await?;
     let tenant = ctx.tenant.clone();
-    let entry = blocking(&app, move |app| app.tracepoints.create(&tenant, config)).await?;
-    tracing::info!(tenant = %ctx.tenant, id = %entry.config.id, path = %entry.config.path,
+    let actor = ctx.actor.clone();
+    let entry = blocking(&app, move |app| {
+        app.tracepoints.create(&tenant, config, &actor)
+    })
+    .await?;
+    tracing::info!(tenant = %ctx.tenant, who = %ctx.actor.who, id = %entry.config.id, path = %entry.config.path,
         line = entry.config.line_number, "tracepoint created");
     Ok(tracepoint_response(&ctx, &entry))
 }
 
 async fn get_one(
     State(app): State<Arc<App>>,
-    headers: HeaderMap,
+    meta: Meta,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let ctx = context(&app, &headers, Access::Read)?;
+    let ctx = context(&app, &meta, Role::Read).await?;
     let list = app.tracepoints.list(&ctx.tenant);
     let entry = list
         .get(&id)
@@ -385,41 +493,46 @@ async fn get_one(
 
 async fn update(
     State(app): State<Arc<App>>,
-    headers: HeaderMap,
+    meta: Meta,
     Path(id): Path<String>,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let ctx = context(&app, &headers, Access::Write)?;
-    let config = read_tracepoint(&app, &headers, body).await?;
+    let ctx = context(&app, &meta, Role::Write).await?;
+    let config = read_tracepoint(&app, &meta.headers, body).await?;
     let tenant = ctx.tenant.clone();
     let id2 = id.clone();
+    let actor = ctx.actor.clone();
     let entry = blocking(&app, move |app| {
-        app.tracepoints.update(&tenant, &id2, config)
+        app.tracepoints.update(&tenant, &id2, config, &actor)
     })
     .await?;
-    tracing::info!(tenant = %ctx.tenant, %id, "tracepoint edited");
+    tracing::info!(tenant = %ctx.tenant, who = %ctx.actor.who, %id, "tracepoint edited");
     Ok(tracepoint_response(&ctx, &entry))
 }
 
 async fn delete(
     State(app): State<Arc<App>>,
-    headers: HeaderMap,
+    meta: Meta,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let ctx = context(&app, &headers, Access::Write)?;
+    let ctx = context(&app, &meta, Role::Write).await?;
     let tenant = ctx.tenant.clone();
     let id2 = id.clone();
-    let entry = blocking(&app, move |app| app.tracepoints.delete(&tenant, &id2)).await?;
-    tracing::info!(tenant = %ctx.tenant, %id, "tracepoint deleted");
+    let actor = ctx.actor.clone();
+    let entry = blocking(&app, move |app| {
+        app.tracepoints.delete(&tenant, &id2, &actor)
+    })
+    .await?;
+    tracing::info!(tenant = %ctx.tenant, who = %ctx.actor.who, %id, "tracepoint deleted");
     Ok(tracepoint_response(&ctx, &entry))
 }
 
 async fn snapshots(
     State(app): State<Arc<App>>,
-    headers: HeaderMap,
+    meta: Meta,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
-    let ctx = context(&app, &headers, Access::Read)?;
+    let ctx = context(&app, &meta, Role::Capture).await?;
     let snaps = app.snapshots.for_tracepoint(&ctx.tenant, &id);
     let list: Vec<_> = snaps.iter().map(|s| &**s).collect();
     #[derive(Serialize)]
@@ -429,8 +542,8 @@ async fn snapshots(
     Ok(json_response(&Snapshots { snapshots: list }))
 }
 
-async fn agents(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Response, ApiError> {
-    let ctx = context(&app, &headers, Access::Read)?;
+async fn agents(State(app): State<Arc<App>>, meta: Meta) -> Result<Response, ApiError> {
+    let ctx = context(&app, &meta, Role::Read).await?;
     #[derive(Serialize)]
     struct Agents {
         agents: Vec<super::agents::AgentView>,
@@ -444,13 +557,13 @@ async fn agents(State(app): State<Arc<App>>, headers: HeaderMap) -> Result<Respo
 /// tenant. Bad input (400), an unknown session (404) or a full tenant (409) change nothing.
 async fn session_metric(
     State(app): State<Arc<App>>,
-    headers: HeaderMap,
+    meta: Meta,
     Path(id): Path<String>,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let ctx = report_context(&app, &headers)?;
-    let bytes = read_body(&app, &headers, body).await?;
-    if header_str(&headers, header::CONTENT_TYPE).is_some_and(is_protobuf) {
+    let ctx = report_context(&app, &meta).await?;
+    let bytes = read_body(&app, &meta.headers, body).await?;
+    if header_str(&meta.headers, header::CONTENT_TYPE).is_some_and(is_protobuf) {
         return Err(ApiError::invalid(
             "body",
             "ad-hoc metrics are JSON only: send Content-Type: application/json",
@@ -476,6 +589,105 @@ async fn session_metric(
     app.adhoc.record(&ctx.tenant, &id, sample, &live)?;
     tracing::debug!(tenant = %ctx.tenant, session = %id, %name, "ad-hoc metric reported");
     Ok(json_response(&serde_json::json!({"success": true})))
+}
+
+/// Most entries one page of `GET /api/audit` holds.
+const MAX_AUDIT_PAGE: usize = 1000;
+
+/// `GET /api/audit`: the audit log of the caller's tenant (any tenant, or all with `*`, for
+/// admins), oldest first, one page at a time.
+async fn audit_log(
+    State(app): State<Arc<App>>,
+    meta: Meta,
+    Query(params): Query<Vec<(String, String)>>,
+) -> Result<Response, ApiError> {
+    let ctx = context(&app, &meta, Role::Read).await?;
+    let mut query = AuditQuery {
+        tenant: Some(ctx.tenant.clone()),
+        limit: 100,
+        ..AuditQuery::default()
+    };
+    let mut asked_tenant = None;
+    for (key, value) in params {
+        let nonempty = || Some(value.clone()).filter(|v| !v.is_empty());
+        match key.as_str() {
+            "since" => {
+                query.since_ms = Some(
+                    audit::parse_since(&value, audit::now_ms())
+                        .map_err(|m| ApiError::invalid("since", m))?,
+                )
+            }
+            "tracepoint" => query.tracepoint = nonempty(),
+            "who" => query.who = nonempty(),
+            "after" => {
+                query.after_seq = Some(value.parse::<i64>().map_err(|_| {
+                    ApiError::invalid("after", "is the `next` number of the previous page")
+                })?)
+            }
+            "limit" => {
+                query.limit = value
+                    .parse::<usize>()
+                    .ok()
+                    .filter(|n| (1..=MAX_AUDIT_PAGE).contains(n))
+                    .ok_or_else(|| {
+                        ApiError::invalid("limit", format!("is 1 to {MAX_AUDIT_PAGE}"))
+                    })?
+            }
+            "tenant" => asked_tenant = Some(value),
+            other => {
+                return Err(ApiError::invalid(
+                    other,
+                    "is not a parameter of /api/audit (since, tracepoint, who, after, limit, tenant)",
+                ));
+            }
+        }
+    }
+    if let Some(asked) = asked_tenant.filter(|t| *t != ctx.tenant) {
+        if !ctx.caller.is_admin() {
+            let refusal = Refusal {
+                denied: Denied::Forbidden {
+                    who: ctx.caller.who.clone(),
+                    role: ctx.caller.role.unwrap_or(Role::Read),
+                    needs: Role::Admin,
+                },
+                who: ctx.caller.who.clone(),
+                tenant: if asked == "*" {
+                    ctx.tenant.clone()
+                } else {
+                    asked
+                },
+            };
+            return Err(refuse(&app, &meta, refusal).await);
+        }
+        query.tenant = if asked == "*" {
+            None
+        } else {
+            Some(
+                tenant_from(Some(&asked))
+                    .map_err(|e| ApiError::invalid("tenant", e.to_string()))?,
+            )
+        };
+    }
+    let page = query.limit;
+    query.limit += 1;
+    let mut entries = blocking(&app, move |app| {
+        Ok(app.tracepoints.store().audit(&query)?)
+    })
+    .await?;
+    let next = (entries.len() > page).then(|| {
+        entries.truncate(page);
+        entries.last().map(|e| e.seq)
+    });
+    #[derive(Serialize)]
+    struct Page {
+        entries: Vec<EntryView>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        next: Option<i64>,
+    }
+    Ok(json_response(&Page {
+        entries: entries.into_iter().map(EntryView::from).collect(),
+        next: next.flatten(),
+    }))
 }
 
 async fn healthz() -> Response {
@@ -514,8 +726,10 @@ async fn method_not_allowed(req: Request) -> ApiError {
     )
 }
 
-async fn observe(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
+async fn observe(State(app): State<Arc<App>>, mut req: Request, next: Next) -> Response {
     let started = Instant::now();
+    let path = FullPath(req.uri().path().to_owned());
+    req.extensions_mut().insert(path);
     let route = req
         .extensions()
         .get::<MatchedPath>()

@@ -25,7 +25,8 @@ use sonde_proto::{
 use tokio::sync::watch;
 
 use super::{
-    store::{Store, StoreError, StoredRecord},
+    audit::Actor,
+    store::{AuditRecord, Store, StoreError, StoredRecord},
     validate::{Limits, ValidationError, validate},
 };
 
@@ -239,6 +240,11 @@ impl Tracepoints {
         self.tenant(tenant).tx.subscribe()
     }
 
+    /// The store behind the lists (the audit log is read from it directly).
+    pub fn store(&self) -> &Arc<dyn Store> {
+        &self.store
+    }
+
     /// Total tracepoints over all tenants.
     pub fn total(&self) -> usize {
         let tenants = self.tenants.read().unwrap_or_else(|p| p.into_inner());
@@ -264,12 +270,13 @@ impl Tracepoints {
             .clone()
     }
 
-    /// Validates and stores a new tracepoint under a fresh ID; returns it as stored.
-    /// Blocking (it writes to the store).
+    /// Validates and stores a new tracepoint under a fresh ID, with its audit entry by `actor`;
+    /// returns it as stored. Blocking (it writes to the store).
     pub fn create(
         &self,
         tenant: &str,
         mut config: TracePointConfig,
+        actor: &Actor,
     ) -> Result<Arc<Entry>, ChangeError> {
         if !config.id.is_empty() {
             return Err(ValidationError::new(
@@ -289,7 +296,8 @@ impl Tracepoints {
             });
         }
         let now = now_ms();
-        let entry = self.write_through(tenant, config, now, now)?;
+        let audit = actor.record(tenant, "create", Some(&config.id), None, Some(&config));
+        let entry = self.write_through(tenant, config, now, now, &audit)?;
         publish(&t, &current, |entries| {
             entries.insert(entry.config.id.clone(), entry.clone());
         });
@@ -297,12 +305,13 @@ impl Tracepoints {
     }
 
     /// Validates and replaces the tracepoint `id`; the body's ID must be empty or equal `id`.
-    /// Blocking.
+    /// The audit entry by `actor` holds the tracepoint before and after. Blocking.
     pub fn update(
         &self,
         tenant: &str,
         id: &str,
         mut config: TracePointConfig,
+        actor: &Actor,
     ) -> Result<Arc<Entry>, ChangeError> {
         if !config.id.is_empty() && config.id != id {
             return Err(ValidationError::new(
@@ -322,22 +331,25 @@ impl Tracepoints {
         let Some(old) = current.get(id) else {
             return Err(ChangeError::NotFound(id.to_owned()));
         };
-        let entry = self.write_through(tenant, config, old.created_ms, now_ms())?;
+        let audit = actor.record(tenant, "edit", Some(id), Some(&old.config), Some(&config));
+        let entry = self.write_through(tenant, config, old.created_ms, now_ms(), &audit)?;
         publish(&t, &current, |entries| {
             entries.insert(id.to_owned(), entry.clone());
         });
         Ok(entry)
     }
 
-    /// Removes the tracepoint `id`; returns what it was. Blocking.
-    pub fn delete(&self, tenant: &str, id: &str) -> Result<Arc<Entry>, ChangeError> {
+    /// Removes the tracepoint `id`, with its audit entry by `actor`; returns what it was.
+    /// Blocking.
+    pub fn delete(&self, tenant: &str, id: &str, actor: &Actor) -> Result<Arc<Entry>, ChangeError> {
         let _guard = self.write.lock().unwrap_or_else(|p| p.into_inner());
         let t = self.tenant(tenant);
         let current = t.tx.borrow().clone();
         let Some(old) = current.get(id).cloned() else {
             return Err(ChangeError::NotFound(id.to_owned()));
         };
-        self.store.delete(tenant, id)?;
+        let audit = actor.record(tenant, "delete", Some(id), Some(&old.config), None);
+        self.store.delete(tenant, id, &audit)?;
         publish(&t, &current, |entries| {
             entries.remove(id);
         });
@@ -350,15 +362,19 @@ impl Tracepoints {
         config: TracePointConfig,
         created_ms: i64,
         updated_ms: i64,
+        audit: &AuditRecord,
     ) -> Result<Arc<Entry>, StoreError> {
         let encoded = config.encode_to_vec();
-        self.store.put(&StoredRecord {
-            tenant: tenant.to_owned(),
-            id: config.id.clone(),
-            config: encoded.clone(),
-            created_ms,
-            updated_ms,
-        })?;
+        self.store.put(
+            &StoredRecord {
+                tenant: tenant.to_owned(),
+                id: config.id.clone(),
+                config: encoded.clone(),
+                created_ms,
+                updated_ms,
+            },
+            audit,
+        )?;
         Ok(Arc::new(Entry {
             digest: digest(&encoded),
             config,
@@ -457,14 +473,19 @@ mod tests {
         let shop = Resource::from_pairs([("service.name".into(), "shop".into())]);
         let billing = Resource::from_pairs([("service.name".into(), "billing".into())]);
         let a = tps
-            .create("t", tp("a.rs", vec![target("service.name", "shop")]))
+            .create(
+                "t",
+                tp("a.rs", vec![target("service.name", "shop")]),
+                &Actor::named("t"),
+            )
             .unwrap();
         let shop_before = tps.list("t").hash_for_client(&shop);
         let billing_before = tps.list("t").hash_for_client(&billing);
 
         let mut edited = a.config.clone();
         edited.line_number = 8;
-        tps.update("t", &a.config.id, edited).unwrap();
+        tps.update("t", &a.config.id, edited, &Actor::named("t"))
+            .unwrap();
         assert_ne!(tps.list("t").hash_for_client(&shop), shop_before);
         assert_eq!(tps.list("t").hash_for_client(&billing), billing_before);
         let current = tps.list("t");
@@ -476,14 +497,16 @@ mod tests {
     #[test]
     fn tenants_do_not_see_each_other() {
         let (_dir, tps) = open();
-        let a = tps.create("a", tp("x.rs", vec![])).unwrap();
+        let a = tps
+            .create("a", tp("x.rs", vec![]), &Actor::named("t"))
+            .unwrap();
         assert_eq!(tps.list("b").len(), 0);
         assert!(matches!(
-            tps.delete("b", &a.config.id),
+            tps.delete("b", &a.config.id, &Actor::named("t")),
             Err(ChangeError::NotFound(_))
         ));
         assert!(matches!(
-            tps.update("b", &a.config.id, tp("x.rs", vec![])),
+            tps.update("b", &a.config.id, tp("x.rs", vec![]), &Actor::named("t")),
             Err(ChangeError::NotFound(_))
         ));
         assert_eq!(tps.list("a").len(), 1);
@@ -498,13 +521,16 @@ mod tests {
             ..Limits::default()
         };
         let tps = Tracepoints::load(store, limits).unwrap();
-        tps.create("t", tp("a.rs", vec![])).unwrap();
-        tps.create("t", tp("b.rs", vec![])).unwrap();
+        tps.create("t", tp("a.rs", vec![]), &Actor::named("t"))
+            .unwrap();
+        tps.create("t", tp("b.rs", vec![]), &Actor::named("t"))
+            .unwrap();
         assert!(matches!(
-            tps.create("t", tp("c.rs", vec![])),
+            tps.create("t", tp("c.rs", vec![]), &Actor::named("t")),
             Err(ChangeError::TenantFull { limit: 2 })
         ));
-        tps.create("other", tp("c.rs", vec![])).unwrap();
+        tps.create("other", tp("c.rs", vec![]), &Actor::named("t"))
+            .unwrap();
     }
 
     #[test]
@@ -514,9 +540,13 @@ mod tests {
         let (ids, hash) = {
             let store = Arc::new(SqliteStore::open(dir.path()).unwrap());
             let tps = Tracepoints::load(store, Limits::default()).unwrap();
-            let a = tps.create("t", tp("a.rs", vec![])).unwrap();
-            let b = tps.create("t", tp("b.rs", vec![])).unwrap();
-            tps.delete("t", &b.config.id).unwrap();
+            let a = tps
+                .create("t", tp("a.rs", vec![]), &Actor::named("t"))
+                .unwrap();
+            let b = tps
+                .create("t", tp("b.rs", vec![]), &Actor::named("t"))
+                .unwrap();
+            tps.delete("t", &b.config.id, &Actor::named("t")).unwrap();
             (
                 vec![a.config.id.clone()],
                 tps.list("t").hash_for_client(&everyone),

@@ -218,7 +218,17 @@ impl ServerProcess {
     /// Starts `sonde server` on ephemeral loopback ports with `data_dir`, and waits for the
     /// lines that say where it listens.
     pub fn spawn(data_dir: &Path, extra: &[&str]) -> Self {
+        Self::spawn_logging(data_dir, extra, None)
+    }
+
+    /// As [`ServerProcess::spawn`]; with `log`, the server's stderr (its log, at `info`) goes to
+    /// that file.
+    pub fn spawn_logging(data_dir: &Path, extra: &[&str], log: Option<&Path>) -> Self {
         use std::io::BufRead as _;
+        let stderr = match log {
+            Some(path) => std::process::Stdio::from(std::fs::File::create(path).expect("log file")),
+            None => std::process::Stdio::inherit(),
+        };
         let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_sonde"))
             .args([
                 "server",
@@ -232,9 +242,9 @@ impl ServerProcess {
             ])
             .arg(data_dir)
             .args(extra)
-            .env("SONDE_LOG", "warn")
+            .env("SONDE_LOG", if log.is_some() { "info" } else { "warn" })
             .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .expect("spawn sonde server");
         let stdout = child.stdout.take().expect("stdout");
@@ -252,17 +262,37 @@ impl ServerProcess {
     }
 
     pub fn request(&self, method: &str, path: &str, body: Option<&str>) -> (u16, Value) {
+        self.request_with(method, path, body, &[])
+    }
+
+    /// A request with extra headers.
+    pub fn request_with(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&str>,
+        headers: &[(&str, &str)],
+    ) -> (u16, Value) {
         let (status, bytes) = send(
             &http_agent(),
             method,
             &format!("{}{path}", self.http),
             body.map(|b| b.as_bytes().to_vec()),
-            &[],
+            headers,
         );
         (
             status,
             serde_json::from_slice(&bytes).unwrap_or(Value::Null),
         )
+    }
+
+    /// Sends a signal (`HUP`, `TERM`, ...) with `kill`.
+    pub fn signal(&self, name: &str) {
+        let status = std::process::Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .expect("kill");
+        assert!(status.success(), "kill -{name}");
     }
 
     /// SIGKILL, as `kill -9`: no chance to flush anything.

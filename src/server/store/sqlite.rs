@@ -1,4 +1,9 @@
 //! [`SqliteStore`]: the default store, one SQLite file in WAL mode under the data directory.
+//!
+//! Schema versions (`PRAGMA user_version`), each a migration step in [`migrate`]:
+//! 1. `tracepoints`;
+//! 2. `audit`, the audit log (`seq` is `AUTOINCREMENT`, so numbers are never reused after a
+//!    prune and page cursors stay valid).
 
 use std::{
     path::{Path, PathBuf},
@@ -7,10 +12,10 @@ use std::{
 
 use rusqlite::{Connection, OptionalExtension as _, params};
 
-use super::{Store, StoreError, StoredRecord};
+use super::{AuditEntry, AuditQuery, AuditRecord, Store, StoreError, StoredRecord};
 
 /// Schema versions this build can read; bump with a migration step in [`migrate`].
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 
 /// Tracepoints in one SQLite file (`sonde.db`), written with `synchronous=FULL` so that an
 /// acknowledged write survives `kill -9` and power loss.
@@ -74,6 +79,25 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
             ) WITHOUT ROWID;",
         )?;
     }
+    if version < 2 {
+        tx.execute_batch(
+            "CREATE TABLE IF NOT EXISTS audit (
+                seq        INTEGER PRIMARY KEY AUTOINCREMENT,
+                at_ms      INTEGER NOT NULL,
+                tenant     TEXT    NOT NULL,
+                who        TEXT    NOT NULL,
+                via        TEXT    NOT NULL,
+                address    TEXT,
+                action     TEXT    NOT NULL,
+                tracepoint TEXT,
+                before     TEXT,
+                after      TEXT,
+                detail     TEXT
+            );
+            CREATE INDEX IF NOT EXISTS audit_tenant_seq ON audit (tenant, seq);
+            CREATE INDEX IF NOT EXISTS audit_at ON audit (at_ms);",
+        )?;
+    }
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     tx.commit()?;
     Ok(())
@@ -97,7 +121,7 @@ impl Store for SqliteStore {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    fn put(&self, record: &StoredRecord) -> Result<(), StoreError> {
+    fn put(&self, record: &StoredRecord, audit: &AuditRecord) -> Result<(), StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         tx.execute(
@@ -113,11 +137,12 @@ impl Store for SqliteStore {
                 record.updated_ms
             ],
         )?;
+        insert_audit(&tx, audit)?;
         tx.commit()?;
         Ok(())
     }
 
-    fn delete(&self, tenant: &str, id: &str) -> Result<bool, StoreError> {
+    fn delete(&self, tenant: &str, id: &str, audit: &AuditRecord) -> Result<bool, StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
         let existed = tx
@@ -128,9 +153,86 @@ impl Store for SqliteStore {
             )
             .optional()?
             .is_some();
+        if existed {
+            insert_audit(&tx, audit)?;
+        }
         tx.commit()?;
         Ok(existed)
     }
+
+    fn append_audit(&self, audit: &AuditRecord) -> Result<(), StoreError> {
+        let conn = self.conn();
+        insert_audit(&conn, audit)?;
+        Ok(())
+    }
+
+    fn audit(&self, query: &AuditQuery) -> Result<Vec<AuditEntry>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare_cached(
+            "SELECT seq, at_ms, tenant, who, via, address, action, tracepoint, before, after, detail
+             FROM audit
+             WHERE (?1 IS NULL OR tenant = ?1)
+               AND (?2 IS NULL OR at_ms >= ?2)
+               AND (?3 IS NULL OR tracepoint = ?3)
+               AND (?4 IS NULL OR who = ?4)
+               AND seq > ?5
+             ORDER BY seq
+             LIMIT ?6",
+        )?;
+        let rows = stmt.query_map(
+            params![
+                query.tenant,
+                query.since_ms,
+                query.tracepoint,
+                query.who,
+                query.after_seq.unwrap_or(0),
+                i64::try_from(query.limit).unwrap_or(i64::MAX),
+            ],
+            |row| {
+                Ok(AuditEntry {
+                    seq: row.get(0)?,
+                    record: AuditRecord {
+                        at_ms: row.get(1)?,
+                        tenant: row.get(2)?,
+                        who: row.get(3)?,
+                        via: row.get(4)?,
+                        address: row.get(5)?,
+                        action: row.get(6)?,
+                        tracepoint: row.get(7)?,
+                        before: row.get(8)?,
+                        after: row.get(9)?,
+                        detail: row.get(10)?,
+                    },
+                })
+            },
+        )?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn prune_audit(&self, before_ms: i64) -> Result<usize, StoreError> {
+        let conn = self.conn();
+        Ok(conn.execute("DELETE FROM audit WHERE at_ms < ?1", params![before_ms])?)
+    }
+}
+
+fn insert_audit(conn: &Connection, a: &AuditRecord) -> Result<(), StoreError> {
+    conn.prepare_cached(
+        "INSERT INTO audit (at_ms, tenant, who, via, address, action, tracepoint, before, after, detail)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)",
+    )?
+    .execute(params![
+        a.at_ms,
+        a.tenant,
+        a.who,
+        a.via,
+        a.address,
+        a.action,
+        a.tracepoint,
+        a.before,
+        a.after,
+        a.detail
+    ])?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -147,18 +249,41 @@ mod tests {
         }
     }
 
+    fn audit(tenant: &str, action: &str, id: &str) -> AuditRecord {
+        AuditRecord {
+            at_ms: 10,
+            tenant: tenant.into(),
+            who: "tester".into(),
+            via: "http".into(),
+            action: action.into(),
+            tracepoint: Some(id.into()),
+            ..Default::default()
+        }
+    }
+
     #[test]
     fn put_load_replace_delete_round_trip_through_a_reopened_file() {
         let dir = tempfile::tempdir().unwrap();
         {
             let store = SqliteStore::open(dir.path()).unwrap();
-            store.put(&record("a", "1", b"one")).unwrap();
-            store.put(&record("b", "1", b"other tenant")).unwrap();
-            store.put(&record("a", "1", b"edited")).unwrap();
-            store.put(&record("a", "2", b"two")).unwrap();
-            assert!(store.delete("a", "2").unwrap());
+            store
+                .put(&record("a", "1", b"one"), &audit("a", "create", "1"))
+                .unwrap();
+            store
+                .put(
+                    &record("b", "1", b"other tenant"),
+                    &audit("b", "create", "1"),
+                )
+                .unwrap();
+            store
+                .put(&record("a", "1", b"edited"), &audit("a", "edit", "1"))
+                .unwrap();
+            store
+                .put(&record("a", "2", b"two"), &audit("a", "create", "2"))
+                .unwrap();
+            assert!(store.delete("a", "2", &audit("a", "delete", "2")).unwrap());
             assert!(
-                !store.delete("a", "2").unwrap(),
+                !store.delete("a", "2", &audit("a", "delete", "2")).unwrap(),
                 "second delete finds nothing"
             );
         }
@@ -170,6 +295,109 @@ mod tests {
                 record("a", "1", b"edited"),
                 record("b", "1", b"other tenant")
             ]
+        );
+        let entries = store
+            .audit(&AuditQuery {
+                tenant: Some("a".into()),
+                limit: 100,
+                ..Default::default()
+            })
+            .unwrap();
+        let actions: Vec<_> = entries
+            .iter()
+            .map(|e| (e.record.action.as_str(), e.record.tracepoint.as_deref()))
+            .collect();
+        assert_eq!(
+            actions,
+            [
+                ("create", Some("1")),
+                ("edit", Some("1")),
+                ("create", Some("2")),
+                ("delete", Some("2"))
+            ],
+            "one entry per change, none for the delete that found nothing"
+        );
+        assert!(entries.windows(2).all(|w| w[0].seq < w[1].seq));
+    }
+
+    #[test]
+    fn audit_queries_filter_page_and_prune() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = SqliteStore::open(dir.path()).unwrap();
+        for i in 0..5 {
+            let mut a = audit("t", "denied", &i.to_string());
+            a.at_ms = i * 100;
+            a.who = if i % 2 == 0 { "even" } else { "odd" }.into();
+            store.append_audit(&a).unwrap();
+        }
+        let q = |query: AuditQuery| {
+            let limit = if query.limit == 0 { 2 } else { query.limit };
+            store.audit(&AuditQuery { limit, ..query }).unwrap()
+        };
+        let first = q(AuditQuery::default());
+        assert_eq!(first.len(), 2);
+        let second = q(AuditQuery {
+            after_seq: Some(first[1].seq),
+            ..Default::default()
+        });
+        assert_eq!(second[0].record.tracepoint.as_deref(), Some("2"));
+        let odd = q(AuditQuery {
+            who: Some("odd".into()),
+            limit: 10,
+            ..Default::default()
+        });
+        assert_eq!(odd.len(), 2);
+        let late = q(AuditQuery {
+            since_ms: Some(300),
+            ..Default::default()
+        });
+        assert_eq!(late.len(), 2);
+        assert_eq!(store.prune_audit(200).unwrap(), 2);
+        assert_eq!(
+            q(AuditQuery {
+                limit: 10,
+                ..Default::default()
+            })
+            .len(),
+            3
+        );
+    }
+
+    #[test]
+    fn a_version_1_database_upgrades_and_keeps_its_tracepoints() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            // What Sonde before the audit log wrote.
+            let conn = Connection::open(dir.path().join("sonde.db")).unwrap();
+            conn.execute_batch(
+                "CREATE TABLE tracepoints (
+                    tenant TEXT NOT NULL, id TEXT NOT NULL, config BLOB NOT NULL,
+                    created_ms INTEGER NOT NULL, updated_ms INTEGER NOT NULL,
+                    PRIMARY KEY (tenant, id)) WITHOUT ROWID;
+                 INSERT INTO tracepoints VALUES ('a', '1', x'0102', 1, 2);
+                 PRAGMA user_version = 1;",
+            )
+            .unwrap();
+        }
+        let store = SqliteStore::open(dir.path()).unwrap();
+        assert_eq!(store.load_all().unwrap(), vec![record("a", "1", &[1, 2])]);
+        store
+            .put(&record("a", "2", b"x"), &audit("a", "create", "2"))
+            .unwrap();
+        let version: i64 = store
+            .conn()
+            .pragma_query_value(None, "user_version", |r| r.get(0))
+            .unwrap();
+        assert_eq!(version, 2);
+        assert_eq!(
+            store
+                .audit(&AuditQuery {
+                    limit: 10,
+                    ..Default::default()
+                })
+                .unwrap()
+                .len(),
+            1
         );
     }
 
