@@ -24,9 +24,9 @@
 //! - its allowance is [`Budgets::cpu_share`] (1%) of the CPU the process used over the window,
 //!   times the agent's scale (below), but never less than [`Budgets::cpu_floor`] per second, so a
 //!   mostly idle process can still afford its hits;
-//! - `N` becomes the smallest power of two that brings the cost within 80% of the allowance. It is
-//!   raised at once and lowered one halving per window, only while half of it would still cost
-//!   under 40%, so it does not flap.
+//! - `N` becomes the smallest power of two that brings the cost within 80% of the allowance when
+//!   it must rise, and the smallest that brings it within 40% when it may fall: both at once, and
+//!   the gap between the two keeps it from flapping.
 //!
 //! The process's CPU time is read once per window for the whole agent ([`AgentCpu`]:
 //! `getrusage`), never per hit. The agent also holds all tracepoints together to
@@ -60,7 +60,7 @@ const TIME_EVERY: u64 = 64;
 /// `N` is chosen so the cost stays within this share of the allowance.
 const TARGET: f64 = 0.8;
 
-/// `N` is halved only while half of it would cost at most this share of the allowance.
+/// `N` is lowered only as far as keeps the cost within this share of the allowance.
 const LOWER_AT: f64 = 0.4;
 
 /// Windows in a row over budget at the largest `N` before a tracepoint disarms.
@@ -391,23 +391,28 @@ impl Sampler {
 }
 
 /// The next sample factor: `full` is what evaluating every hit would have cost over the window,
-/// `allowance` what the window allowed. Raised at once to the smallest power of two within
-/// [`TARGET`] of the allowance (only on an estimate from enough timed evaluations), lowered one
-/// halving at a time while half would still cost under [`LOWER_AT`]; never above `max`.
+/// `allowance` what the window allowed. Raised at once to the smallest power of two that keeps
+/// the cost within [`TARGET`] of the allowance (only on an estimate from enough timed
+/// evaluations); lowered at once to the smallest that keeps it within [`LOWER_AT`] (so a line
+/// whose traffic fell away gets its full resolution back at its next window, and the gap between
+/// the two shares keeps the factor from flapping); never above `max`.
 fn next_every(every: u64, full: f64, allowance: f64, max: u64, trusted: bool) -> u64 {
-    let need = full / (TARGET * allowance);
-    let wanted = if !need.is_finite() || need >= max as f64 {
-        max
-    } else {
-        (need.ceil().max(1.0) as u64).next_power_of_two().min(max)
+    let smallest = |share: f64| {
+        if full <= 0.0 {
+            return 1;
+        }
+        let need = full / (share * allowance);
+        if !need.is_finite() || need >= max as f64 {
+            max
+        } else {
+            (need.ceil().max(1.0) as u64).next_power_of_two().min(max)
+        }
     };
-    if wanted > every {
-        if trusted { wanted } else { every }
-    } else if every > 1 && full / (every / 2) as f64 <= LOWER_AT * allowance {
-        every / 2
-    } else {
-        every
+    let raise = smallest(TARGET);
+    if raise > every {
+        return if trusted { raise } else { every };
     }
+    smallest(LOWER_AT).min(every)
 }
 
 #[cfg(test)]
@@ -415,16 +420,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_factor_rises_at_once_and_falls_one_halving_at_a_time() {
+    fn the_factor_rises_and_falls_at_once_with_a_gap_between() {
         // Within budget at N = 1: stays.
         assert_eq!(next_every(1, 50.0, 100.0, 1024, true), 1);
+        // Nothing spent, nothing allowed: stays at 1.
+        assert_eq!(next_every(1, 0.0, 0.0, 1024, true), 1);
         // Ten times the allowance: 10 / 0.8 = 12.5 -> 16.
         assert_eq!(next_every(1, 1000.0, 100.0, 1024, true), 16);
         // An untrusted estimate (few timed evaluations) never raises it.
         assert_eq!(next_every(1, 1000.0, 100.0, 1024, false), 1);
-        // Load gone: 16 -> 8 (at 8 it would cost 100 / 8 = 12.5, under 40% of 100).
-        assert_eq!(next_every(16, 100.0, 100.0, 1024, true), 8);
-        // At 8 it would cost 1000 / 8 = 125, over 40: stays.
+        // Load fell away: 16 -> 4, the smallest within 40% (100 / 4 = 25; 100 / 2 = 50 > 40).
+        assert_eq!(next_every(16, 100.0, 100.0, 1024, true), 4);
+        // Between the two shares it stays: at 16, 1000 / 16 = 62.5 is within 80% but 40% would
+        // need 32, more than it has.
         assert_eq!(next_every(16, 1000.0, 100.0, 1024, true), 16);
         // Never above the largest factor, even with nothing allowed.
         assert_eq!(next_every(1, 1e12, 1.0, 1024, true), 1024);

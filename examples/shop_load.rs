@@ -1,0 +1,425 @@
+//! `shop_load`: what tracepoints cost a real service, measured before turning Sonde on in
+//! production. Starts a `sonde server` and the `shop` example as child processes on loopback, then
+//! drives `POST /checkout` from closed-loop keep-alive connections for a fixed time in each phase:
+//!
+//! 1. no tracepoint;
+//! 2. three tracepoints on the checkout line: the README's counter (labels `order.country` and
+//!    `order.user.tier`, plain paths), a counter labelled by a general expression
+//!    (`order.country + "-" + order.user.tier`, through rhai), and a histogram of `order.total`.
+//!
+//! The two phases alternate for `--rounds` rounds (the tracepoints are created before each armed
+//! phase and deleted after it), so drift on a shared machine falls on both alike. It prints each
+//! phase's throughput, p50 and p99 latency and the shop's CPU time per request (from
+//! `/proc/<pid>/stat`), the armed phases' means as ratios of the others', and per round the sample
+//! factor each tracepoint settled on (`sonde_agent_tracepoint_sample_every`), its CPU per timed
+//! evaluation, and how far its count is from the orders the generator completed.
+//!
+//! ```text
+//! cargo build --release --bin sonde --example shop --example shop_load
+//! target/release/examples/shop_load          # --seconds 15 --connections 32 --rounds 2
+//! ```
+//!
+//! The load generator shares the machine with the shop (2 cores here): throughput is what the
+//! pair reaches, and the ratios are what to read.
+
+#[path = "../tests/common/load.rs"]
+mod load;
+
+use std::{
+    io::{BufRead, BufReader},
+    net::SocketAddr,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::mpsc,
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context, bail, ensure};
+use serde_json::{Value, json};
+
+/// A child process, killed on drop.
+struct Proc(Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `cmd` and returns it with the stdout lines it prints (drained on a thread).
+fn spawn(cmd: &mut Command) -> anyhow::Result<(Proc, mpsc::Receiver<String>)> {
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .with_context(|| format!("starting {cmd:?}"))?;
+    let stdout = child.stdout.take().context("the child's stdout")?;
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    Ok((Proc(child), rx))
+}
+
+/// Waits for a line starting with `prefix` and parses the address after it.
+fn address_after(rx: &mpsc::Receiver<String>, prefix: &str) -> anyhow::Result<SocketAddr> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let line = rx
+            .recv_timeout(left)
+            .with_context(|| format!("no line with {prefix:?}"))?;
+        if let Some(rest) = line.split(prefix).nth(1) {
+            let addr = rest.split_whitespace().next().unwrap_or_default();
+            return addr.parse().with_context(|| format!("parsing {addr:?}"));
+        }
+    }
+}
+
+/// The CPU time a process has used (user + system), from `/proc/<pid>/stat`, whose times are in
+/// USER_HZ ticks (100 a second on Linux whatever the kernel's own tick).
+fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    // Fields after the command name (which may hold spaces) start at `) `.
+    let after = stat.rsplit_once(") ").context("a stat line")?.1;
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
+    Ok(Duration::from_millis(ticks * 10))
+}
+
+struct Phase {
+    name: &'static str,
+    report: load::LoadReport,
+    cpu: Duration,
+}
+
+impl Phase {
+    fn cpu_per_request_us(&self) -> f64 {
+        self.cpu.as_secs_f64() * 1e6 / self.report.ok.max(1) as f64
+    }
+}
+
+/// A phase: 2 s of warm-up, then `on_start` (to read the counters), then the measured run.
+fn measure(
+    name: &'static str,
+    shop: SocketAddr,
+    pid: u32,
+    connections: usize,
+    seconds: u64,
+    on_start: impl FnOnce() -> anyhow::Result<()>,
+) -> anyhow::Result<Phase> {
+    load::run(shop, connections, Duration::from_secs(2));
+    on_start()?;
+    let before = cpu_time(pid)?;
+    let report = load::run(shop, connections, Duration::from_secs(seconds));
+    let cpu = cpu_time(pid)?.saturating_sub(before);
+    ensure!(
+        report.failed == 0,
+        "{name}: {} requests failed",
+        report.failed
+    );
+    Ok(Phase { name, report, cpu })
+}
+
+fn get(agent: &ureq::Agent, url: &str) -> anyhow::Result<String> {
+    Ok(agent
+        .get(url)
+        .call()
+        .with_context(|| format!("GET {url}"))?
+        .body_mut()
+        .read_to_string()?)
+}
+
+/// The sum of every sample of `name` (all label sets).
+fn total(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+fn args() -> anyhow::Result<(u64, usize, usize)> {
+    let (mut seconds, mut connections, mut rounds) = (15u64, 32usize, 2usize);
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let mut value = |flag: &str| args.next().with_context(|| format!("{flag} needs a value"));
+        match arg.as_str() {
+            "--seconds" => seconds = value("--seconds")?.parse().context("--seconds")?,
+            "--connections" => {
+                connections = value("--connections")?.parse().context("--connections")?
+            }
+            "--rounds" => rounds = value("--rounds")?.parse().context("--rounds")?,
+            "-h" | "--help" => {
+                println!(
+                    "usage: shop_load [--seconds N (15)] [--connections N (32)] [--rounds N (2)]"
+                );
+                std::process::exit(0);
+            }
+            other => bail!("unknown argument {other:?} (try --help)"),
+        }
+    }
+    ensure!(
+        seconds > 0 && connections > 0 && rounds > 0,
+        "--seconds, --connections and --rounds must be above 0"
+    );
+    Ok((seconds, connections, rounds))
+}
+
+fn beside_me(name: &str) -> anyhow::Result<PathBuf> {
+    let me = std::env::current_exe()?;
+    // target/<profile>/examples/shop_load -> target/<profile>
+    let profile = me
+        .parent()
+        .and_then(Path::parent)
+        .context("target/<profile>")?;
+    let path = if name == "sonde" {
+        profile.join("sonde")
+    } else {
+        profile.join("examples").join(name)
+    };
+    ensure!(
+        path.is_file(),
+        "{} not found: cargo build --release --bin sonde --example shop --example shop_load",
+        path.display()
+    );
+    Ok(path)
+}
+
+/// The three tracepoints of the armed phase: what each is, and its metric.
+fn tracepoints() -> [(&'static str, Value); 3] {
+    let label = |key: &str, expression: &str| json!({"key": key, "expression": expression});
+    [
+        (
+            "paths",
+            json!({"name": "checkout_value", "type": "COUNTER", "expression": "charged",
+                   "labelExpressions": [label("country", "order.country"),
+                                        label("tier", "order.user.tier")]}),
+        ),
+        (
+            "general",
+            json!({"name": "checkouts", "type": "COUNTER",
+                   "labelExpressions": [label("segment", "order.country + \"-\" + order.user.tier")]}),
+        ),
+        (
+            "histogram",
+            json!({"name": "order_total", "type": "HISTOGRAM", "expression": "order.total"}),
+        ),
+    ]
+}
+
+/// Creates the three tracepoints and waits until the shop's agent reports them bound.
+fn arm(
+    api: &ureq::Agent,
+    http: SocketAddr,
+    line: usize,
+) -> anyhow::Result<Vec<(&'static str, String)>> {
+    let target = json!([{"key": "service.name", "value": {"stringValue": "shop-load"}}]);
+    let mut ids = Vec::new();
+    for (what, metric) in tracepoints() {
+        let body = json!({"tracepoint": {"path": "examples/shop.rs", "line_number": line,
+                                         "targeting": target, "metrics": [metric]}});
+        let text = api
+            .post(format!("http://{http}/api/tracepoints"))
+            .header("content-type", "application/json")
+            .send(body.to_string())
+            .context("creating a tracepoint")?
+            .body_mut()
+            .read_to_string()?;
+        let created: Value = serde_json::from_str(&text)?;
+        let id = created["tracepoint"]["ID"]
+            .as_str()
+            .with_context(|| format!("no ID in {text}"))?;
+        ids.push((what, id.to_owned()));
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let agents: Value = serde_json::from_str(&get(api, &format!("http://{http}/api/agents"))?)?;
+        let bound = agents["agents"].as_array().into_iter().flatten().any(|a| {
+            ids.iter().all(|(_, id)| {
+                a["tracepoints"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .any(|t| t["id"] == id.as_str() && t["state"] == "bound")
+            })
+        });
+        if bound {
+            return Ok(ids);
+        }
+        ensure!(
+            Instant::now() < deadline,
+            "the tracepoints were never bound: {agents}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Deletes the tracepoints and waits until their metrics left the shop's exposition.
+fn disarm(
+    api: &ureq::Agent,
+    http: SocketAddr,
+    shop: SocketAddr,
+    ids: &[(&'static str, String)],
+) -> anyhow::Result<()> {
+    for (_, id) in ids {
+        api.delete(format!("http://{http}/api/tracepoints/{id}"))
+            .call()
+            .with_context(|| format!("deleting {id}"))?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while get(api, &format!("http://{shop}/metrics"))?.contains("deep_checkouts_total") {
+        ensure!(
+            Instant::now() < deadline,
+            "the tracepoints' metrics never went"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    Ok(())
+}
+
+fn main() -> anyhow::Result<()> {
+    let (seconds, connections, rounds) = args()?;
+    let data = tempfile::tempdir()?;
+    let (_server, server_out) = spawn(
+        Command::new(beside_me("sonde")?)
+            .args(["server", "--listen", "127.0.0.1", "--grpc-port", "0"])
+            .args(["--http-port", "0", "--data-dir"])
+            .arg(data.path())
+            .env("SONDE_LOG", "warn"),
+    )?;
+    let grpc = address_after(&server_out, "grpc listening on ")?;
+    let http = address_after(&server_out, "http listening on ")?;
+    let (shop_proc, shop_out) = spawn(
+        Command::new(beside_me("shop")?)
+            .args(["--listen", "127.0.0.1:0"])
+            .env("SONDE_AGENT_SERVER", format!("http://{grpc}"))
+            .env("SONDE_SERVICE_NAME", "shop-load")
+            .env("RUST_LOG", "warn"),
+    )?;
+    let shop = address_after(&shop_out, "listening on http://")?;
+    let pid = shop_proc.0.id();
+    println!("shop_load: sonde server {http} (gRPC {grpc}), shop {shop} (pid {pid})");
+    println!(
+        "shop_load: {connections} connections, {rounds} rounds of two phases of {seconds} s \
+         (each after 2 s of warm-up)"
+    );
+    let line = include_str!("shop.rs")
+        .lines()
+        .position(|l| l.contains("probe!(order, discount, charged, took)"))
+        .context("the checkout probe")?
+        + 1;
+    let api: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(10)))
+        .build()
+        .into();
+
+    let mut phases = Vec::new();
+    let mut settled = Vec::new();
+    for _ in 0..rounds {
+        phases.push(measure(
+            "no tracepoint",
+            shop,
+            pid,
+            connections,
+            seconds,
+            || Ok(()),
+        )?);
+        let ids = arm(&api, http, line)?;
+        let mut before = String::new();
+        let armed = measure("three tracepoints", shop, pid, connections, seconds, || {
+            before = get(&api, &format!("http://{shop}/metrics"))?;
+            Ok(())
+        })?;
+        let after = get(&api, &format!("http://{shop}/metrics"))?;
+        settled.push(describe(&ids, &before, &after, armed.report.ok as f64));
+        phases.push(armed);
+        disarm(&api, http, shop, &ids)?;
+    }
+
+    println!();
+    println!(
+        "{:<18} {:>10} {:>10} {:>10} {:>14}",
+        "phase", "req/s", "p50 µs", "p99 µs", "CPU µs/req"
+    );
+    for p in &phases {
+        println!(
+            "{:<18} {:>10.0} {:>10} {:>10} {:>14.1}",
+            p.name,
+            p.report.throughput(),
+            p.report.latency_us(0.5),
+            p.report.latency_us(0.99),
+            p.cpu_per_request_us()
+        );
+    }
+    // Ratios of the means over the rounds.
+    let mean = |armed: bool, f: &dyn Fn(&Phase) -> f64| {
+        let xs: Vec<f64> = phases
+            .iter()
+            .filter(|p| p.name.starts_with("three") == armed)
+            .map(f)
+            .collect();
+        xs.iter().sum::<f64>() / xs.len().max(1) as f64
+    };
+    let ratio = |f: &dyn Fn(&Phase) -> f64| mean(true, f) / mean(false, f);
+    println!(
+        "{:<18} {:>10.3} {:>10.3} {:>10.3} {:>14.3}",
+        "ratio (armed/none)",
+        ratio(&|p| p.report.throughput()),
+        ratio(&|p| p.report.latency_us(0.5) as f64),
+        ratio(&|p| p.report.latency_us(0.99) as f64),
+        ratio(&|p| p.cpu_per_request_us()),
+    );
+    for (round, lines) in settled.iter().enumerate() {
+        println!();
+        println!("round {}:", round + 1);
+        for line in lines {
+            println!("  {line}");
+        }
+    }
+    Ok(())
+}
+
+/// Per tracepoint: the sample factor it settled on, its CPU per timed evaluation, and how far
+/// its count is from the orders completed in the phase.
+fn describe(ids: &[(&'static str, String)], before: &str, after: &str, orders: f64) -> Vec<String> {
+    let delta = |name: &str| total(after, name) - total(before, name);
+    ids.iter()
+        .map(|(what, id)| {
+            let every = total(
+                after,
+                &format!(r#"sonde_agent_tracepoint_sample_every{{tracepoint="{id}"}}"#),
+            );
+            let own = |suffix: &str| {
+                delta(&format!(
+                    r#"sonde_agent_tracepoint_evaluation_seconds_{suffix}{{tracepoint="{id}"}}"#
+                ))
+            };
+            let per_evaluation_us = own("sum") / own("count").max(1.0) * 1e6;
+            let counted = match *what {
+                "general" => Some(("deep_checkouts_total", delta("deep_checkouts_total"))),
+                "histogram" => Some(("deep_order_total_count", delta("deep_order_total_count"))),
+                _ => None,
+            };
+            let accuracy = counted
+                .map(|(name, c)| {
+                    format!(
+                        "; {name} {c:.0} for {orders:.0} orders ({:+.2}%)",
+                        (c - orders) / orders * 100.0
+                    )
+                })
+                .unwrap_or_default();
+            format!(
+                "{what:<10} sample 1 in {every:<5} {per_evaluation_us:>6.2} µs CPU per timed \
+                 evaluation{accuracy}"
+            )
+        })
+        .collect()
+}
