@@ -41,7 +41,8 @@ pub struct TracepointStatusView {
 /// One agent as `GET /api/agents` shows it.
 #[derive(Debug, Clone, Serialize)]
 pub struct AgentView {
-    /// The agent's ID (its own for Sonde agents, derived from resource and address for pollers).
+    /// The agent's ID (its own for Sonde agents; for pollers their `service.instance.id`, else
+    /// derived from resource and address).
     pub id: String,
     /// How it talks to the server.
     pub kind: AgentKind,
@@ -91,8 +92,17 @@ impl Agents {
         }
     }
 
-    /// The ID of a poller that sends no ID of its own: derived from its resource and address.
+    /// The ID of a poller (a poll carries no agent ID): its resource's `service.instance.id`
+    /// when it has one (Sonde's agent sets it to the ID it sends with its status reports, so a
+    /// Sonde agent in poll mode is one agent, not a poller plus a reporter), else derived from
+    /// its resource and address.
     pub fn poller_id(resource: &Resource, address: Option<IpAddr>) -> String {
+        if let Some(id) = resource
+            .get("service.instance.id")
+            .filter(|id| !id.is_empty() && id.len() <= 128)
+        {
+            return id.to_owned();
+        }
         let mut h = DefaultHasher::new();
         resource.hash(&mut h);
         address.hash(&mut h);
@@ -288,6 +298,29 @@ mod tests {
         };
         assert_eq!(live, vec!["b"], "the poller expired, the watcher stays");
         assert_eq!(agents.live(), 1);
+    }
+
+    #[test]
+    fn a_poller_with_an_instance_id_is_one_agent_with_its_reports() {
+        let agents = Agents::new(Duration::from_secs(60));
+        let r = Resource::from_pairs([
+            ("service.name".into(), "shop".into()),
+            ("service.instance.id".into(), "agent-9".into()),
+        ]);
+        let id = Agents::poller_id(&r, None);
+        assert_eq!(id, "agent-9");
+        agents.seen("t", &id, AgentKind::Poll, &r, None, "h1");
+        let report = StatusReport {
+            agent_id: "agent-9".into(),
+            ..Default::default()
+        };
+        agents.report("t", &report, None);
+        let list = agents.list("t");
+        assert_eq!(list.len(), 1, "{list:?}");
+        assert_eq!(list[0].kind, AgentKind::Poll);
+
+        let anonymous = Resource::from_pairs([("service.name".into(), "py".into())]);
+        assert!(Agents::poller_id(&anonymous, None).starts_with("poll-"));
     }
 
     #[test]
