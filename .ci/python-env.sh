@@ -5,10 +5,11 @@
 #
 # Installs tests/interop/requirements.txt (Deep's Python agent and its pinned dependencies) into
 # .venv. Idempotent: a stamp file records a hash of the requirements and the interpreter version,
-# so a second run with nothing changed returns at once. Without python3 on the machine it prints a
-# notice and exits 0; tests/deep_python_agent_interop.rs then reports itself skipped (unless
-# SONDE_REQUIRE_INTEROP=1). A failing pip install is an error (exit non-zero).
-# Environment: PYTHON (interpreter to build the venv from, default python3).
+# so a second run with nothing changed returns at once. Without python3 (or its venv module) on the
+# machine it prints a notice and exits 0, and the interop tests report themselves skipped; with
+# SONDE_REQUIRE_INTEROP=1 (as .ci/run sets it) that is an error instead (exit 1). A failing pip
+# install is always an error.
+# Environment: PYTHON (interpreter to build the venv from, default python3), SONDE_REQUIRE_INTEROP.
 set -euo pipefail
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -17,9 +18,18 @@ req="$root/tests/interop/requirements.txt"
 stamp="$venv/.sonde-requirements.stamp"
 python="${PYTHON:-python3}"
 
-if ! command -v "$python" >/dev/null 2>&1; then
-    echo "python-env: '$python' not found; skipping the Python venv (the Deep interop test will be skipped)"
+# No venv: a notice (and the interop tests skip), or an error where the interop tests are required.
+give_up() {
+    if [ "${SONDE_REQUIRE_INTEROP:-}" = 1 ]; then
+        echo "python-env: $1; SONDE_REQUIRE_INTEROP=1, so this is an error" >&2
+        exit 1
+    fi
+    echo "python-env: $1; skipping the Python venv (the Deep interop tests will be skipped)"
     exit 0
+}
+
+if ! command -v "$python" >/dev/null 2>&1; then
+    give_up "'$python' not found"
 fi
 
 want="$({ "$python" -c 'import sys; print(sys.version)'; cat "$req"; } | sha256sum | cut -d' ' -f1)"
@@ -39,9 +49,7 @@ fi
 if [ ! -x "$venv/bin/python" ]; then
     if ! "$python" -m venv "$venv"; then
         rm -rf "$venv"
-        echo "python-env: '$python -m venv' failed (is the venv module installed? on Debian: apt-get install python3-venv);" \
-            "skipping the Python venv (the Deep interop test will be skipped)"
-        exit 0
+        give_up "'$python -m venv' failed (is the venv module installed? on Debian: apt-get install python3-venv)"
     fi
 fi
 

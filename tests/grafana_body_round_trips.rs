@@ -122,12 +122,20 @@ fn http_answers_decode_as_json_and_as_protobuf() {
     assert_eq!(decoded.response, vec![expected(&id)]);
     assert_eq!(decoded.current_hash, as_proto.current_hash);
 
-    // A matching hash gives NO_CHANGE over HTTP too.
-    let (_, json) = server.get(&format!(
+    // A matching hash gives NO_CHANGE over HTTP too: a 200 that says so, with the same hash and
+    // no list (a 500 with an error body would also lack `response`).
+    let (status, json) = server.get(&format!(
         "/api/tracepoints?service.name=myapp&hash={}",
         as_proto.current_hash
     ));
-    assert_eq!(json["response"], serde_json::Value::Null);
+    assert_eq!(status, 200, "{json}");
+    assert_eq!(json["responseType"], "NO_CHANGE", "{json}");
+    assert_eq!(
+        json["currentHash"],
+        as_proto.current_hash.as_str(),
+        "{json}"
+    );
+    assert_eq!(json["response"], serde_json::Value::Null, "{json}");
 
     // Deep's routes without the /api prefix; one tracepoint as protobuf.
     let (status, json) = server.get(&format!("/tracepoints/{id}"));

@@ -10,8 +10,8 @@
 //! and with `ClientMode::Auto`, where the agent first asks for the watch stream, gets
 //! UNIMPLEMENTED and must fall back to polling.
 //!
-//! Without `.venv` (or without `grpc`/`deepproto` in it) the test prints `skipped: ...` and passes,
-//! unless `SONDE_REQUIRE_INTEROP=1` is set, in which case it fails.
+//! Without `.venv` (or without `grpc`/`deepproto` in it) the test prints `SKIPPED ...` on stdout
+//! and passes, unless `SONDE_REQUIRE_INTEROP=1` is set or it runs under CI, where it fails.
 //!
 //! Run: `bash .ci/python-env.sh && cargo test --test sonde_agent_polls_a_deep_server -- --nocapture`
 
@@ -278,10 +278,13 @@ fn sonde_agent_polls_a_deep_server() {
         Ok(python) => python,
         Err(why) => {
             if common::interop_required() {
-                panic!("SONDE_REQUIRE_INTEROP=1 but the interop venv is unusable: {why}");
+                panic!("SONDE_REQUIRE_INTEROP=1 (or CI) but the interop venv is unusable: {why}");
             }
-            eprintln!(
-                "skipped: {why} (run `bash .ci/python-env.sh`; SONDE_REQUIRE_INTEROP=1 fails instead)"
+            common::skip::skip(
+                "sonde_agent_polls_a_deep_server",
+                &format!(
+                    "{why} (run `bash .ci/python-env.sh`; SONDE_REQUIRE_INTEROP=1 fails instead)"
+                ),
             );
             return;
         }

@@ -1,11 +1,15 @@
-//! A request of tenant A never sees, edits or deletes tenant B's tracepoints, over HTTP and gRPC.
+//! A request of tenant B never sees, edits or deletes tenant A's tracepoints or sees A's
+//! snapshots, over HTTP and gRPC.
 
 mod common;
 
 use common::TestServer;
-use sonde_proto::sonde::{
-    DeleteTracepointRequest, GetTracepointRequest,
-    tracepoint_service_client::TracepointServiceClient,
+use sonde_proto::{
+    sonde::{
+        DeleteTracepointRequest, GetTracepointRequest,
+        tracepoint_service_client::TracepointServiceClient,
+    },
+    tracepoint::{Snapshot, TracePointConfig, snapshot_service_client::SnapshotServiceClient},
 };
 
 const A: &[(&str, &str)] = &[("X-Scope-OrgID", "tenant-a")];
@@ -28,8 +32,37 @@ fn tenant_b_cannot_reach_tenant_a() {
         let (status, json) = server.request(method, &format!("/api/tracepoints/{id}"), body, B);
         assert_eq!(status, 404, "{method} by B: {json}");
     }
-    let (status, _) = server.request("GET", &format!("/api/tracepoints/{id}/snapshots"), None, B);
+    server.rt.block_on(async {
+        // An agent of tenant A sends a snapshot for A's tracepoint; A sees it, B does not.
+        let mut send = tonic::Request::new(Snapshot {
+            tracepoint: Some(TracePointConfig {
+                id: id.clone(),
+                ..Default::default()
+            }),
+            log_msg: Some("taken in tenant A".into()),
+            ..Default::default()
+        });
+        send.metadata_mut()
+            .insert("x-scope-orgid", "tenant-a".parse().unwrap());
+        SnapshotServiceClient::new(server.channel().await)
+            .send(send)
+            .await
+            .expect("snapshot stored");
+    });
+    let snapshots = format!("/api/tracepoints/{id}/snapshots");
+    let (status, json) = server.request("GET", &snapshots, None, A);
     assert_eq!(status, 200);
+    assert_eq!(
+        json["snapshots"][0]["logMsg"], "taken in tenant A",
+        "A sees its snapshot: {json}"
+    );
+    let (status, json) = server.request("GET", &snapshots, None, B);
+    assert_eq!(status, 200);
+    assert_eq!(
+        json["snapshots"],
+        serde_json::json!([]),
+        "B sees none: {json}"
+    );
 
     server.rt.block_on(async {
         let mut client = TracepointServiceClient::new(server.channel().await);

@@ -1,10 +1,13 @@
 //! One registry encoded in both exposition formats matches the golden files in `tests/data`:
 //! the Prometheus text format 0.0.4, and OpenMetrics 1.0 (counters' families without `_total`,
 //! canonical `le` and `quantile` values, escaping, `# EOF`). Set `SONDE_BLESS=1` to rewrite the
-//! files after a deliberate change, and review the diff.
+//! files after a deliberate change, and review the diff; under CI blessing is refused.
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
 
 use std::path::PathBuf;
+
+#[path = "../../tests/common/skip.rs"]
+mod skip;
 
 use sonde_agent::{
     PrometheusProvider,
@@ -53,6 +56,11 @@ fn golden(name: &str, actual: &str) {
         .join("tests/data")
         .join(name);
     if std::env::var_os("SONDE_BLESS").is_some() {
+        // Under CI a stray SONDE_BLESS would rewrite the files and pass whatever the output is.
+        assert!(
+            !skip::skips_refused(),
+            "SONDE_BLESS is set under CI: golden files are blessed by hand, never in CI"
+        );
         std::fs::write(&path, actual).unwrap();
     }
     let expected = std::fs::read_to_string(&path)

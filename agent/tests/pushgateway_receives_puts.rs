@@ -8,7 +8,7 @@ use std::{
     io::{BufRead as _, BufReader, Read as _, Write as _},
     net::TcpListener,
     sync::mpsc,
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use sonde_agent::{PrometheusProvider, PushGateway, metrics::Metrics};
@@ -149,17 +149,22 @@ fn failures_are_counted_not_raised() {
             .registry(prometheus::Registry::new())
             .start()
             .unwrap();
-        std::thread::sleep(Duration::from_millis(200));
         if answers {
             assert_eq!(
                 requests
-                    .recv_timeout(Duration::from_secs(5))
+                    .recv_timeout(Duration::from_secs(10))
                     .unwrap()
                     .method,
                 "PUT"
             );
         }
-        assert!(pusher.failures() >= 1, "{url}");
+        // The gateway records a request before it answers, so the failure is counted a moment
+        // after the request arrives: wait for the count itself.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while pusher.failures() == 0 {
+            assert!(Instant::now() < deadline, "{url}: no failure counted");
+            std::thread::sleep(Duration::from_millis(5));
+        }
         assert_eq!(pusher.pushes(), 0);
         assert!(pusher.last_error().is_some());
         pusher.shutdown();

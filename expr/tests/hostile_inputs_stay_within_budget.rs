@@ -35,36 +35,78 @@ fn deep_nesting_is_refused() {
     }
 }
 
+/// What a hostile expression must come to: refused at compile time for a stated reason, or
+/// compiled and stopped at run time with a given error, within a second.
+enum Outcome {
+    Refused(&'static str),
+    Stopped(EvalError),
+}
+
 #[test]
-fn data_blow_ups_exceed_the_budget() {
+fn data_blow_ups_are_refused_or_exceed_the_budget() {
     let vars = [
         ("s", Value::from("abcdefgh")),
         ("xs", Value::List(vec![Value::Int(1); 100])),
     ];
-    for src in [
-        "s.pad(100000000, \"x\")",
-        "(s + s + s + s + s + s + s + s + s + s).pad(70000, \"y\")",
-        "xs + xs + xs + xs + xs + xs + xs + xs + xs + xs + xs + xs + xs + xs + xs + xs + xs + xs + xs + xs + xs + xs + xs + xs + xs + xs + xs + xs + xs + xs + xs + xs + xs + xs + xs + xs + xs + xs + xs + xs + xs + xs + xs + xs + xs + xs + xs + xs + xs + xs + xs + xs + xs + xs + xs + xs + xs + xs + xs + xs + xs + xs + xs + xs + xs + xs + xs + xs + xs + xs + xs + xs + xs + xs + xs + xs + xs + xs + xs + xs + xs + xs + xs + xs + xs + xs + xs + xs + xs + xs + xs + xs + xs + xs + xs + xs + xs + xs + xs + xs + xs + xs",
-        "[0].pad(1000000, 0)",
-        "range(0, 100000000).map(|x| x)",
-    ] {
-        let Ok(e) = compile(src, ExprKind::Any) else {
-            continue;
-        };
-        let start = Instant::now();
-        let r = e.eval(&vars);
-        assert!(
-            start.elapsed() < Duration::from_secs(1),
-            "{src} took {:?}",
-            start.elapsed()
-        );
-        assert!(
-            matches!(r, Err(EvalError::BudgetExceeded | EvalError::TypeMismatch)),
-            "{src}: {r:?}"
-        );
+    let xs_chain = |n: usize| vec!["xs"; n].join(" + ");
+    let cases = [
+        // `pad` grows its receiver in place, and a captured value is a constant.
+        (
+            "s.pad(100000000, \"x\")".to_owned(),
+            Outcome::Stopped(EvalError::TypeMismatch),
+        ),
+        // On a temporary the growth itself is stopped: 80 bytes padded past the string limit.
+        (
+            "(s + s + s + s + s + s + s + s + s + s).pad(70000, \"y\")".to_owned(),
+            Outcome::Stopped(EvalError::BudgetExceeded),
+        ),
+        (
+            "(s + \"\").pad(100000000, \"x\")".to_owned(),
+            Outcome::Stopped(EvalError::BudgetExceeded),
+        ),
+        // A list grown past the collection limit at run time, within the depth limit.
+        (
+            "(xs + xs).pad(1000000, 0)".to_owned(),
+            Outcome::Stopped(EvalError::BudgetExceeded),
+        ),
+        (
+            format!("({}).pad(20000, 0)", xs_chain(40)),
+            Outcome::Stopped(EvalError::BudgetExceeded),
+        ),
+        // 102 chained operators: past the depth limit before anything runs.
+        (xs_chain(102), Outcome::Refused("nested too deeply")),
+        // Constant-only: rhai's optimiser folds it while compiling and hits the size limit there.
+        (
+            "[0].pad(1000000, 0)".to_owned(),
+            Outcome::Refused("too large"),
+        ),
+        // An unbounded range driven through a closure: closures are not in the language.
+        (
+            "range(0, 100000000).map(|x| x)".to_owned(),
+            Outcome::Refused("defining functions is not allowed"),
+        ),
+    ];
+    for (src, outcome) in cases {
+        let compiled = compile(&src, ExprKind::Any);
+        match outcome {
+            Outcome::Refused(reason) => {
+                let err = compiled.err().unwrap_or_else(|| panic!("{src}: compiled"));
+                assert!(err.message().contains(reason), "{src}: {err}");
+                assert!(err.position().is_some(), "{src}: {err}");
+            }
+            Outcome::Stopped(wanted) => {
+                let e = compiled.unwrap_or_else(|err| panic!("{src}: {err}"));
+                let start = Instant::now();
+                let r = e.eval(&vars);
+                assert!(
+                    start.elapsed() < Duration::from_secs(1),
+                    "{src} took {:?}",
+                    start.elapsed()
+                );
+                assert_eq!(r, Err(wanted), "{src}");
+            }
+        }
     }
-    let e = compile("(s + \"\").pad(100000000, \"x\")", ExprKind::Any).expect("compiles");
-    assert_eq!(e.eval(&vars), Err(EvalError::BudgetExceeded));
 }
 
 #[test]

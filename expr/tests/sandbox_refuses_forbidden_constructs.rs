@@ -49,17 +49,46 @@ fn mutating_methods_cannot_change_captured_values() {
         ("items", Value::List(vec![Value::Int(1)])),
         ("s", Value::from("ab")),
     ];
-    for src in [
-        "items.push(2)",
-        "items.clear()",
-        "s.clear()",
-        "s.trim()",
-        "items.pop()",
+    let eval = |src: &str| compile(src, ExprKind::Any).expect(src).eval(&vars);
+    for (captured, temporary) in [
+        ("items.push(2)", "[1].push(2)"),
+        ("items.clear()", "[1].clear()"),
+        ("items.pop()", "[1].pop()"),
+        ("items.insert(0, 5)", "[1].insert(0, 5)"),
+        ("items.truncate(0)", "[1].truncate(0)"),
+        ("items.reverse()", "[1].reverse()"),
+        ("s.clear()", "\"ab\".clear()"),
+        ("s.trim()", "\"ab\".trim()"),
+        ("s.make_upper()", "\"ab\".make_upper()"),
     ] {
-        let e = compile(src, ExprKind::Any).expect("compiles");
-        assert_eq!(e.eval(&vars), Err(EvalError::TypeMismatch), "{src}");
+        // On a captured value the method is refused at run time ...
+        assert_eq!(eval(captured), Err(EvalError::TypeMismatch), "{captured}");
+        // ... while on a temporary it runs: what stops it is that captured values are constants.
+        assert!(
+            eval(temporary).is_ok(),
+            "{temporary}: {:?}",
+            eval(temporary)
+        );
     }
-    assert_eq!(vars[0].1, Value::List(vec![Value::Int(1)]));
+    // A read after a mutation in the same expression never sees a changed value: the whole
+    // expression fails instead.
+    assert_eq!(
+        eval("[items.pop(), len(items), s.make_upper(), s]"),
+        Err(EvalError::TypeMismatch)
+    );
+    // Methods that make a new value work on captured values and leave them as they were, also
+    // for the next evaluation on this thread (whose scope is reused).
+    assert_eq!(
+        eval("[items + [2], s.to_upper()]"),
+        Ok(Value::List(vec![
+            Value::List(vec![Value::Int(1), Value::Int(2)]),
+            Value::from("AB"),
+        ]))
+    );
+    assert_eq!(
+        eval("[len(items), s]"),
+        Ok(Value::List(vec![Value::Int(1), Value::from("ab")]))
+    );
 }
 
 #[test]

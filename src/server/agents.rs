@@ -41,7 +41,8 @@ pub struct TracepointStatusView {
 /// One agent as `GET /api/agents` shows it.
 #[derive(Debug, Clone, Serialize)]
 pub struct AgentView {
-    /// The agent's ID (its own for Sonde agents, derived from resource and address for pollers).
+    /// The agent's ID (its own for Sonde agents; for pollers their `service.instance.id`, else
+    /// derived from resource and address).
     pub id: String,
     /// How it talks to the server.
     pub kind: AgentKind,
@@ -91,8 +92,17 @@ impl Agents {
         }
     }
 
-    /// The ID of a poller that sends no ID of its own: derived from its resource and address.
+    /// The ID of a poller (a poll carries no agent ID): its resource's `service.instance.id`
+    /// when it has one (Sonde's agent sets it to the ID it sends with its status reports, so a
+    /// Sonde agent in poll mode is one agent, not a poller plus a reporter), else derived from
+    /// its resource and address.
     pub fn poller_id(resource: &Resource, address: Option<IpAddr>) -> String {
+        if let Some(id) = resource
+            .get("service.instance.id")
+            .filter(|id| !id.is_empty() && id.len() <= 128)
+        {
+            return id.to_owned();
+        }
         let mut h = DefaultHasher::new();
         resource.hash(&mut h);
         address.hash(&mut h);
@@ -258,16 +268,59 @@ mod tests {
 
     #[test]
     fn agents_expire_after_the_ttl_unless_watching() {
-        let agents = Agents::new(Duration::from_millis(30));
+        // A short TTL, with no fixed sleep: a listing counts only when it was taken within the
+        // TTL of the agents' last sighting (a loaded machine may stall longer; then look again),
+        // and the expiry is waited for, not slept on.
+        let ttl = Duration::from_millis(30);
+        let agents = Agents::new(ttl);
         let r = Resource::from_pairs([("service.name".into(), "shop".into())]);
-        agents.seen("t", "a", AgentKind::Poll, &r, None, "h1");
         agents.seen("t", "b", AgentKind::Watch, &r, None, "h1");
         agents.watching("t", "b", true);
-        assert_eq!(agents.list("t").len(), 2);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let seen = Instant::now();
+            agents.seen("t", "a", AgentKind::Poll, &r, None, "h1");
+            let listed = agents.list("t").len();
+            if seen.elapsed() < ttl {
+                assert_eq!(listed, 2, "both are listed within the TTL");
+                break;
+            }
+            assert!(Instant::now() < deadline, "never listed within {ttl:?}");
+        }
         assert!(agents.list("other").is_empty(), "tenants are separate");
-        std::thread::sleep(Duration::from_millis(60));
-        let live: Vec<_> = agents.list("t").into_iter().map(|a| a.id).collect();
-        assert_eq!(live, vec!["b"]);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let live = loop {
+            let live: Vec<_> = agents.list("t").into_iter().map(|a| a.id).collect();
+            if live.len() < 2 || Instant::now() > deadline {
+                break live;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        };
+        assert_eq!(live, vec!["b"], "the poller expired, the watcher stays");
+        assert_eq!(agents.live(), 1);
+    }
+
+    #[test]
+    fn a_poller_with_an_instance_id_is_one_agent_with_its_reports() {
+        let agents = Agents::new(Duration::from_secs(60));
+        let r = Resource::from_pairs([
+            ("service.name".into(), "shop".into()),
+            ("service.instance.id".into(), "agent-9".into()),
+        ]);
+        let id = Agents::poller_id(&r, None);
+        assert_eq!(id, "agent-9");
+        agents.seen("t", &id, AgentKind::Poll, &r, None, "h1");
+        let report = StatusReport {
+            agent_id: "agent-9".into(),
+            ..Default::default()
+        };
+        agents.report("t", &report, None);
+        let list = agents.list("t");
+        assert_eq!(list.len(), 1, "{list:?}");
+        assert_eq!(list[0].kind, AgentKind::Poll);
+
+        let anonymous = Resource::from_pairs([("service.name".into(), "py".into())]);
+        assert!(Agents::poller_id(&anonymous, None).starts_with("poll-"));
     }
 
     #[test]

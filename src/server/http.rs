@@ -41,7 +41,7 @@ use axum::{
 use prost::Message as _;
 use serde::Serialize;
 use sonde_proto::{
-    poll::PollResponse,
+    poll::{PollResponse, ResponseType},
     sonde::{CreateTracepointRequest, TracepointResponse},
     tracepoint::TracePointConfig,
 };
@@ -460,8 +460,22 @@ async fn poll_list(
     Ok(if ctx.protobuf {
         protobuf_response(&resp)
     } else {
-        json_response(&resp)
+        json_response(&poll_json(&resp))
     })
+}
+
+/// The poll answer as proto3 JSON, with `responseType` always present: NO_CHANGE is the enum's
+/// default, which proto3 JSON leaves out, and a JSON reader should not have to infer it from an
+/// absent field (an error body lacks it too).
+fn poll_json(resp: &PollResponse) -> serde_json::Value {
+    let mut json = serde_json::to_value(resp).unwrap_or_default();
+    if let Some(obj) = json.as_object_mut() {
+        let name = ResponseType::try_from(resp.response_type)
+            .unwrap_or(ResponseType::NoChange)
+            .as_str_name();
+        obj.insert("responseType".into(), name.into());
+    }
+    json
 }
 
 async fn create(State(app): State<Arc<App>>, meta: Meta, body: Body) -> Result<Response, ApiError> {

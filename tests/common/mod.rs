@@ -2,6 +2,8 @@
 //! directory, and small HTTP and gRPC helpers.
 #![allow(dead_code)] // each test binary uses a different subset of these helpers
 
+pub mod skip;
+
 use std::{path::Path, time::Duration};
 
 use serde_json::Value;
@@ -326,10 +328,10 @@ impl Drop for ServerProcess {
     }
 }
 
-/// Whether the Python interop tests must run (`SONDE_REQUIRE_INTEROP=1`, set by `.ci/run` once
-/// its venv exists) rather than skip.
+/// Whether the Python interop tests must run rather than skip: `SONDE_REQUIRE_INTEROP=1` (which
+/// `.ci/run` always sets), or any run where skips are refused (under CI).
 pub fn interop_required() -> bool {
-    std::env::var("SONDE_REQUIRE_INTEROP").is_ok_and(|v| v == "1")
+    std::env::var("SONDE_REQUIRE_INTEROP").is_ok_and(|v| v == "1") || skip::skips_refused()
 }
 
 /// The interop venv's interpreter (made by `.ci/python-env.sh`), if it can `import` the given

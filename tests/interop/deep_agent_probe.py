@@ -20,6 +20,8 @@ Exit codes:
     2  timeout: no snapshot was sent in time (diagnostics are printed)
     3  the server answered a SnapshotService/send call with an error
     4  usage error, or the deep-agent package is not importable
+    5  with --expect-refused N: N polls were refused (UNAUTHENTICATED) and none succeeded
+    6  with --expect-refused N: a poll succeeded
 
 Everything the probe reports goes to stderr prefixed with `probe:`; the agent's
 own log lines go to stdout. The last line on success is
@@ -67,6 +69,7 @@ class Recorder:
         self.expect_line = expect_line
         self.polls = 0
         self.poll_errors = 0
+        self.poll_refusals = 0
         self.last_poll = None
         self.last_error = None
         self.sends = 0
@@ -128,6 +131,8 @@ def _make_interceptor(rec):
                     rec.last_error = msg
                     if is_poll:
                         rec.poll_errors += 1
+                        if err.code() == grpc.StatusCode.UNAUTHENTICATED:
+                            rec.poll_refusals += 1
                 if not repeated:
                     log(msg)
                 if is_send:
@@ -237,6 +242,9 @@ def parse_args(argv):
     p.add_argument("--password", default=os.environ.get("SONDE_PROBE_PASSWORD"))
     p.add_argument("--linger", type=float, default=0.0,
                    help="after the snapshot, keep the agent polling this many seconds (to watch NO_CHANGE)")
+    p.add_argument("--expect-refused", type=int, default=0, metavar="N",
+                   help="stop after N polls refused as UNAUTHENTICATED (exit 5), or at the first "
+                        "successful poll (exit 6)")
     p.add_argument("--debug", action="store_true", help="turn the agent's own logging up to DEBUG")
     p.add_argument("--print-target-line", action="store_true",
                    help="print the marker line number and exit")
@@ -293,6 +301,15 @@ def main(argv):
     iteration = 0
     code = 2
     while True:
+        if args.expect_refused:
+            with rec.lock:
+                refusals, polls = rec.poll_refusals, rec.polls
+            if polls > 0:
+                code = 6
+                break
+            if refusals >= args.expect_refused:
+                code = 5
+                break
         if rec.done.is_set():
             code = 0
             break
@@ -321,6 +338,11 @@ def main(argv):
     if code == 0:
         log("OK snapshot sent after %.1fs (%d polls, %d calls of the target): %s"
             % (elapsed, rec.polls, iteration, rec.outcome))
+    elif code == 5:
+        log("REFUSED as expected: %d polls refused, none succeeded, after %.1fs; last error: %s"
+            % (rec.poll_refusals, elapsed, rec.last_error))
+    elif code == 6:
+        log("UNEXPECTED: a poll succeeded after %.1fs: %s" % (elapsed, rec.last_poll))
     elif code == 3:
         log("FAILED: the server rejected the snapshot after %.1fs: %s" % (elapsed, rec.outcome))
     else:

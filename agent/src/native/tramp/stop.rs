@@ -346,7 +346,20 @@ mod tests {
                 })
             })
             .collect();
-        std::thread::sleep(Duration::from_millis(20));
+        let snapshot = || -> Vec<u64> { ticks.iter().map(|t| t.load(Ordering::Relaxed)).collect() };
+        // Every worker moved past `from` (waited for, not slept on: a loaded machine may take long).
+        let all_move_past = |from: &[u64], what: &str| {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            while !snapshot().iter().zip(from).all(|(now, was)| now > was) {
+                assert!(
+                    Instant::now() < deadline,
+                    "{what}: {:?} after {from:?}",
+                    snapshot()
+                );
+                std::thread::yield_now();
+            }
+        };
+        all_move_past(&[0; 4], "every worker starts");
         for _ in 0..3 {
             let moved = with_world_stopped(|threads| {
                 let before: Vec<u64> = ticks.iter().map(|t| t.load(Ordering::Relaxed)).collect();
@@ -359,13 +372,7 @@ mod tests {
             assert!(!moved.0, "a worker ran while the world was stopped");
             assert!(moved.1 >= 4, "saw {} threads", moved.1);
         }
-        let before: Vec<u64> = ticks.iter().map(|t| t.load(Ordering::Relaxed)).collect();
-        std::thread::sleep(Duration::from_millis(30));
-        let after: Vec<u64> = ticks.iter().map(|t| t.load(Ordering::Relaxed)).collect();
-        assert!(
-            before.iter().zip(&after).all(|(b, a)| a > b),
-            "every worker runs again"
-        );
+        all_move_past(&snapshot(), "every worker runs again");
         stop.store(true, Ordering::Relaxed);
         for w in workers {
             w.join().expect("worker");
