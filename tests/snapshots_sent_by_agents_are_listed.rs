@@ -134,9 +134,16 @@ fn agents_need_their_credential_and_readers_theirs() {
         c.agent_token = Some("agent-secret".into());
         c.agent_basic = Some("deep:pass".into());
         c.read_token = Some("read-secret".into());
+        c.tokens = vec!["cora:capture:capture-secret".into()];
     });
     let read = [("authorization", "Bearer read-secret")];
-    for auth in [None, Some("Bearer wrong"), Some("Bearer read-secret")] {
+    let capture = [("authorization", "Bearer capture-secret")];
+    for auth in [
+        None,
+        Some("Bearer wrong"),
+        Some("Bearer read-secret"),
+        Some("Bearer capture-secret"),
+    ] {
         let err = send(&server, snapshot(Some("tp"), "refused"), None, auth).expect_err("refused");
         assert_eq!(err.code(), Code::Unauthenticated, "{auth:?}: {err:?}");
     }
@@ -161,8 +168,10 @@ fn agents_need_their_credential_and_readers_theirs() {
         status, 401,
         "reading needs a token once tokens are configured"
     );
+    // Snapshots hold production values: the `read` role may not see them, `capture` may.
+    assert_eq!(listed(&server, "tp", &read), (403, Vec::new()));
     assert_eq!(
-        listed(&server, "tp", &read),
+        listed(&server, "tp", &capture),
         (200, vec!["by-basic".into(), "by-token".into()])
     );
 }
