@@ -51,7 +51,7 @@ use super::budget::Budgets;
 
 /// Timed evaluations a window needs before its estimate may raise `N` or disarm: a single slow
 /// hit (the first creates series and warms caches) must not throttle a line hit a few times.
-pub(crate) const MIN_TIMED: u64 = 8;
+const MIN_TIMED: u64 = 8;
 
 /// At most one evaluation in this many is timed: reading a thread's CPU clock is a system call
 /// (about 0.3 µs here), so timing costs about 10 ns per evaluation at this rate.
