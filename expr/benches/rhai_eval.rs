@@ -64,6 +64,30 @@ fn rhai_eval(c: &mut Criterion) {
         b.iter(|| black_box(&branch).eval_f64(black_box(vars.as_slice())))
     });
 
+    // Issue 19's three forms, evaluated together as one hit would (lookup lends its values).
+    let three = [
+        compile(
+            "order.country.contains(\"Z\") && order.total > 3",
+            ExprKind::Condition,
+        ),
+        compile(
+            "order.items[-1] + \"/\" + order.customer.tier",
+            ExprKind::Label,
+        ),
+        compile("order.total * 2 + len", ExprKind::Value),
+    ]
+    .map(|e| e.expect("compiles"));
+    assert!(three.iter().all(|e| e.is_native()));
+    c.bench_function("rhai/three issue-19 forms (native)", |b| {
+        b.iter(|| {
+            let vars = black_box(vars.as_slice());
+            let ok = three[0].eval_condition(vars) == Ok(true);
+            out.clear();
+            let label = three[1].eval_label(vars, &mut out);
+            (ok, label, three[2].eval_f64(vars))
+        })
+    });
+
     let rhai = compile(
         "upper(user.name) == \"ADA\" && order.total > 10",
         ExprKind::Condition,

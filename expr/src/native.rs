@@ -111,6 +111,9 @@ pub(crate) enum Node {
     Neg(Box<Node>),
     Not(Box<Node>),
     Bin(Op, Box<Node>, Box<Node>),
+    /// `t0 + t1 + …`, grouped from the left as rhai groups it (kept flat so that a label renders
+    /// it piece by piece without walking a tree).
+    Sum(Vec<Node>),
     /// A call of a known function; a method call `x.f(a)` is `f(x, a)`, as in rhai.
     Call(Func, Vec<Node>),
     /// `x[i]`.
@@ -329,7 +332,14 @@ impl Parser {
             self.deeper(&mut levels)?;
             self.pos += 1;
             let right = next(self)?;
-            left = Node::Bin(op.1, Box::new(left), Box::new(right));
+            left = match (op.1, left) {
+                (Op::Add, Node::Sum(mut terms)) => {
+                    terms.push(right);
+                    Node::Sum(terms)
+                }
+                (Op::Add, left) => Node::Sum(vec![left, right]),
+                (op, left) => Node::Bin(op, Box::new(left), Box::new(right)),
+            };
         }
         self.depth -= levels;
         Some(left)
@@ -671,6 +681,14 @@ impl<'a> Ctx<'a> {
                 let (l, r) = (self.eval(l)?, self.eval(r)?);
                 binary(*op, l, r)?
             }
+            Node::Sum(terms) => {
+                let mut acc = V::Unit;
+                for (i, term) in terms.iter().enumerate() {
+                    let v = self.eval(term)?;
+                    acc = if i == 0 { v } else { binary(Op::Add, acc, v)? };
+                }
+                acc
+            }
             Node::If(c, a, b) => {
                 if self.bool(c)? {
                     self.eval(a)?
@@ -784,7 +802,7 @@ impl<'a> Ctx<'a> {
                     Ok(())
                 }
             }
-            Node::Bin(Op::Add, ..) => self.render_sum(node, out),
+            Node::Sum(terms) => self.render_sum(terms, out),
             _ => {
                 let v = self.eval(node)?;
                 render_v(&v, out)
@@ -795,19 +813,11 @@ impl<'a> Ctx<'a> {
     /// Renders a chain `t0 + t1 + …` (left to right, as rhai groups it). Until a string enters,
     /// the terms add up as values; from then on every term is appended to `out` as rhai's string
     /// `+` would append it.
-    fn render_sum(&mut self, node: &'a Node, out: &mut String) -> Result<(), Fallback> {
-        let mut terms: Vec<&'a Node> = Vec::new();
-        let mut n = node;
-        while let Node::Bin(Op::Add, l, r) = n {
-            self.charge(OPS_PER_NODE)?;
-            terms.push(r);
-            n = l;
-        }
-        terms.push(n);
-        terms.reverse();
+    fn render_sum(&mut self, terms: &'a [Node], out: &mut String) -> Result<(), Fallback> {
+        self.charge(OPS_PER_NODE)?;
         let start = out.len();
         let mut acc: Option<V<'a>> = None; // `None`: the sum so far is a string, in `out`
-        for (i, term) in terms.into_iter().enumerate() {
+        for (i, term) in terms.iter().enumerate() {
             let v = self.eval(term)?;
             if i == 0 {
                 acc = Some(v);
