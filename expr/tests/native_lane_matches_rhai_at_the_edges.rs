@@ -210,3 +210,27 @@ fn labels_render_the_same_on_both_lanes() {
         assert_eq!(native, format!("x={rhai}"), "{src}");
     }
 }
+
+#[test]
+fn strings_over_the_size_limit_are_rhai_s_errors() {
+    let big = Value::Str("x".repeat(sonde_expr::MAX_STRING_SIZE + 1));
+    let vars = [("big", big.clone()), ("yes", Value::Bool(true))];
+    // Producing a string over the limit is a budget error; reading or passing one on is not.
+    for (src, want) in [
+        ("big + \"y\"", Err(EvalError::BudgetExceeded)),
+        ("big.to_upper()", Err(EvalError::BudgetExceeded)),
+        (
+            "big.len()",
+            Ok(Value::Int(
+                i64::try_from(sonde_expr::MAX_STRING_SIZE + 1).expect("fits"),
+            )),
+        ),
+        ("big.contains(\"y\")", Ok(Value::Bool(false))),
+        ("if yes { big } else { \"\" }", Ok(big.clone())),
+    ] {
+        let e = compile(src, ExprKind::Any).expect("compiles");
+        assert!(e.is_native(), "{src}");
+        assert_eq!(e.eval(&vars), want, "native: {src}");
+        assert_eq!(e.eval_rhai_lane(&vars), want, "rhai: {src}");
+    }
+}
