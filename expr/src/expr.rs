@@ -125,9 +125,9 @@ impl Expr {
         }
     }
 
-    /// Whether the expression (or every `{…}` of a template) is a constant, a plain path, or a
-    /// simple operator expression that the native lane evaluates without rhai when the values
-    /// allow (see the crate docs).
+    /// Whether the expression (or every `{…}` of a template) is a constant, a plain path, or in
+    /// the native lane's subset (operators, string methods, indexes, `in`, `if`, concatenation),
+    /// which is evaluated without rhai when the values allow (see the crate README).
     #[must_use]
     pub fn is_native(&self) -> bool {
         let native = |u: &Unit| !matches!(u, Unit::Rhai { native: None, .. });

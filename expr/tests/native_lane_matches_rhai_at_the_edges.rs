@@ -234,3 +234,22 @@ fn strings_over_the_size_limit_are_rhai_s_errors() {
         assert_eq!(e.eval_rhai_lane(&vars), want, "rhai: {src}");
     }
 }
+
+#[test]
+fn in_over_a_list_at_the_size_limit_agrees() {
+    // The native lane tallies rhai's operations conservatively and hands long lists over; either
+    // way the answer is the same.
+    let n = i64::try_from(sonde_expr::MAX_COLLECTION_SIZE).expect("fits");
+    let vars = [("xs", Value::List((0..n).map(Value::Int).collect()))];
+    let last = format!("{} in xs", n - 1);
+    for (src, want) in [("-1 in xs", false), (last.as_str(), true)] {
+        let e = compile(src, ExprKind::Any).expect("compiles");
+        assert!(e.is_native(), "{src}");
+        assert_eq!(e.eval(&vars), Ok(Value::Bool(want)), "native: {src}");
+        assert_eq!(
+            e.eval_rhai_lane(&vars),
+            Ok(Value::Bool(want)),
+            "rhai: {src}"
+        );
+    }
+}
