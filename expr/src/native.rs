@@ -647,6 +647,36 @@ impl<'a> Ctx<'a> {
         }
     }
 
+    /// Evaluates an operand: leaves (slots and literals, the usual operands) without a
+    /// recursive call, whose large frame and by-stack result cost more than the leaf itself.
+    #[inline(always)]
+    fn operand(&mut self, node: &'a Node) -> Result<V<'a>, Fallback> {
+        match node {
+            Node::Slot(n) => {
+                self.charge(OPS_PER_NODE)?;
+                Ok(from_value(
+                    self.slots
+                        .get(*n)
+                        .and_then(Option::as_deref)
+                        .ok_or(Fallback)?,
+                ))
+            }
+            Node::Int(i) => {
+                self.charge(OPS_PER_NODE)?;
+                Ok(V::Int(*i))
+            }
+            Node::Float(f) => {
+                self.charge(OPS_PER_NODE)?;
+                Ok(V::Float(*f))
+            }
+            Node::Str(s) => {
+                self.charge(OPS_PER_NODE)?;
+                Ok(V::Str(Cow::Borrowed(s)))
+            }
+            _ => self.eval(node),
+        }
+    }
+
     fn eval(&mut self, node: &'a Node) -> Result<V<'a>, Fallback> {
         self.charge(OPS_PER_NODE)?;
         Ok(match node {
@@ -670,21 +700,21 @@ impl<'a> Ctx<'a> {
             Node::Bin(Op::And, l, r) => V::Bool(self.bool(l)? && self.bool(r)?),
             Node::Bin(Op::Or, l, r) => V::Bool(self.bool(l)? || self.bool(r)?),
             Node::Bin(Op::In, l, r) => {
-                let (needle, hay) = (self.eval(l)?, self.eval(r)?);
+                let (needle, hay) = (self.operand(l)?, self.operand(r)?);
                 V::Bool(self.contains(hay, needle)?)
             }
             Node::Bin(Op::NotIn, l, r) => {
-                let (needle, hay) = (self.eval(l)?, self.eval(r)?);
+                let (needle, hay) = (self.operand(l)?, self.operand(r)?);
                 V::Bool(!self.contains(hay, needle)?)
             }
             Node::Bin(op, l, r) => {
-                let (l, r) = (self.eval(l)?, self.eval(r)?);
+                let (l, r) = (self.operand(l)?, self.operand(r)?);
                 binary(*op, l, r)?
             }
             Node::Sum(terms) => {
                 let mut acc = V::Unit;
                 for (i, term) in terms.iter().enumerate() {
-                    let v = self.eval(term)?;
+                    let v = self.operand(term)?;
                     acc = if i == 0 { v } else { binary(Op::Add, acc, v)? };
                 }
                 acc
@@ -699,7 +729,7 @@ impl<'a> Ctx<'a> {
                 }
             }
             Node::Index(x, i) => {
-                let (x, i) = (self.eval(x)?, self.eval(i)?);
+                let (x, i) = (self.operand(x)?, self.operand(i)?);
                 index(x, i)?
             }
             Node::Field(x, name) => match self.eval(x)? {
@@ -749,7 +779,7 @@ impl<'a> Ctx<'a> {
     fn call(&mut self, f: Func, args: &'a [Node]) -> Result<V<'a>, Fallback> {
         let mut vals = [V::Unit, V::Unit];
         for (cell, arg) in vals.iter_mut().zip(args) {
-            *cell = self.eval(arg)?;
+            *cell = self.operand(arg)?;
         }
         let [x, y] = vals;
         let s = match (f, x) {
@@ -818,7 +848,7 @@ impl<'a> Ctx<'a> {
         let start = out.len();
         let mut acc: Option<V<'a>> = None; // `None`: the sum so far is a string, in `out`
         for (i, term) in terms.iter().enumerate() {
-            let v = self.eval(term)?;
+            let v = self.operand(term)?;
             if i == 0 {
                 acc = Some(v);
                 continue;
