@@ -253,3 +253,18 @@ fn in_over_a_list_at_the_size_limit_agrees() {
         );
     }
 }
+
+#[test]
+fn template_holes_on_the_native_lane_render_as_rhai_does() {
+    let vars = vars();
+    let t = compile(
+        "{s + \"-\" + i} | {if i > 5 { up.to_lower() } else { s }} | {xs[neg1].sku} | {i * f}",
+        ExprKind::Template,
+    )
+    .expect("compiles");
+    assert!(t.is_native());
+    let mut out = String::new();
+    t.render(&vars, &mut out).expect("renders");
+    assert_eq!(out, "héllo-7 | nz | A1 | 10.5");
+    assert_eq!(t.eval_rhai_lane(&vars), Ok(Value::Str(out)));
+}
