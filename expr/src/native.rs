@@ -673,6 +673,22 @@ impl<'a> Ctx<'a> {
                 self.charge(OPS_PER_NODE)?;
                 Ok(V::Str(Cow::Borrowed(s)))
             }
+            // `len(x)` of a slot, the commonest call.
+            Node::Call(Func::Len, args) if matches!(args.as_slice(), [Node::Slot(_)]) => {
+                self.charge(2 * OPS_PER_NODE)?;
+                let Some(Node::Slot(n)) = args.first() else {
+                    return Err(Fallback);
+                };
+                match self
+                    .slots
+                    .get(*n)
+                    .and_then(Option::as_deref)
+                    .ok_or(Fallback)?
+                {
+                    Value::Str(s) => count(s.chars().count()),
+                    v => count(collection_len(v)?),
+                }
+            }
             _ => self.eval(node),
         }
     }
