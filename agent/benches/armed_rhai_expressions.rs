@@ -2,10 +2,10 @@
 //! `total * 2` and label `country + "-" + tier`, over plain captured variables (target ≤ 1 µs per
 //! hit).
 //!
-//! `as_written` is that tracepoint. sonde-expr evaluates the condition and the value in its
-//! native lane (simple operators over slots) and the label in rhai (string `+` is not native).
-//! `all_rhai` makes each of the three enter rhai (a function call is never native):
-//! `total > 3 && upper(country) != "X"`, `float(total) * 2`, `country + "-" + tier`.
+//! `as_written` is that tracepoint: sonde-expr evaluates all three on its native lane (operators,
+//! and string `+` written straight into the label buffer). `all_rhai` makes each of the three
+//! enter rhai (`upper`, `float` and `str` are not native): `total > 3 && upper(country) != "X"`,
+//! `float(total) * 2`, `str(country) + "-" + tier`.
 //! `condition_false` is a hit the condition rejects.
 
 mod common;
@@ -36,10 +36,18 @@ fn armed_rhai_expressions(c: &mut Criterion) {
             "all_rhai",
             r#"total > 3 && upper(country) != "X""#,
             "float(total) * 2",
-            r#"country + "-" + tier"#,
+            r#"str(country) + "-" + tier"#,
         ),
     ];
     for (name, condition, value, label) in variants {
+        for (src, kind) in [
+            (condition, sonde_expr::ExprKind::Condition),
+            (value, sonde_expr::ExprKind::Value),
+            (label, sonde_expr::ExprKind::Label),
+        ] {
+            let e = sonde_expr::compile(src, kind).expect("compiles");
+            assert_eq!(e.is_native(), name == "as_written", "{src}");
+        }
         let tp = common::counter_tracepoint(
             "tp-bench",
             site,

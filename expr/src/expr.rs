@@ -37,7 +37,7 @@ use crate::error::EvalError;
 use crate::kind::ExprKind;
 use crate::lookup::{Lookup, Path};
 use crate::native::{self, MAX_SLOTS, Node, V};
-use crate::value::{Number, Value, write_f64, write_i64};
+use crate::value::{Number, Value};
 
 /// A compiled expression: `Send + Sync`, cheap to clone (one `Arc`).
 #[derive(Clone)]
@@ -125,9 +125,9 @@ impl Expr {
         }
     }
 
-    /// Whether the expression (or every `{…}` of a template) is a constant, a plain path, or a
-    /// simple operator expression that the native lane evaluates without rhai when the values
-    /// allow (see the crate docs).
+    /// Whether the expression (or every `{…}` of a template) is a constant, a plain path, or in
+    /// the native lane's subset (operators, string methods, indexes, `in`, `if`, concatenation),
+    /// which is evaluated without rhai when the values allow (see the crate README).
     #[must_use]
     pub fn is_native(&self) -> bool {
         let native = |u: &Unit| !matches!(u, Unit::Rhai { native: None, .. });
@@ -231,6 +231,42 @@ impl Expr {
         r
     }
 
+    /// Evaluates as [`Expr::eval`] does, but never on the native lane: what rhai alone answers.
+    /// For the tests and the fuzzer that compare the two lanes.
+    ///
+    /// # Errors
+    /// The evaluation's error.
+    #[doc(hidden)]
+    pub fn eval_rhai_lane<L: Lookup + ?Sized>(&self, vars: &L) -> Result<Value, EvalError> {
+        match &self.0.body {
+            Body::Single(u) => guard(|| {
+                self.with_rhai(u, vars, |r| {
+                    Ok(match r {
+                        Res::Value(v) => v.clone(),
+                        Res::Dyn(d) => from_dynamic(d),
+                        Res::Native(v) => native::to_value(v).map_err(|_| EvalError::Runtime)?,
+                    })
+                })
+            }),
+            Body::Template(parts) => {
+                let mut s = String::new();
+                guard(|| {
+                    for part in parts {
+                        match part {
+                            Part::Text(t) => s.push_str(t),
+                            Part::Unit(u) => self.with_rhai(u, vars, |r| {
+                                render_res(&r, &mut s);
+                                Ok(())
+                            })?,
+                        }
+                    }
+                    Ok(())
+                })?;
+                Ok(Value::Str(s))
+            }
+        }
+    }
+
     /// Evaluates any kind to an owned [`Value`] (a template yields [`Value::Str`]); rhai maps come
     /// back as [`Value::Map`].
     ///
@@ -243,13 +279,8 @@ impl Expr {
                     Ok(match r {
                         Res::Value(v) => v.clone(),
                         Res::Dyn(d) => from_dynamic(d),
-                        Res::Native(v) => match v {
-                            V::Int(i) => Value::Int(i),
-                            V::Float(f) => Value::Float(f),
-                            V::Bool(b) => Value::Bool(b),
-                            V::Str(s) => Value::Str(s.to_owned()),
-                            V::Unit => Value::None,
-                        },
+                        // `native::eval` answers only with values that convert.
+                        Res::Native(v) => native::to_value(v).map_err(|_| EvalError::Runtime)?,
                     })
                 })
             }),
@@ -287,6 +318,27 @@ impl Expr {
             && let Some(done) = vars.render_path(&self.0.paths[*p], out)
         {
             return done;
+        }
+        if let Unit::Rhai {
+            slots,
+            native: Some(node),
+            ..
+        } = unit
+        {
+            // Straight into `out`; on a fallback, rhai renders from where it was.
+            let len = out.len();
+            let mut store: [Option<Cow<'_, Value>>; MAX_SLOTS] = Default::default();
+            for (cell, &p) in store.iter_mut().zip(slots) {
+                *cell = Some(vars.get_path(&self.0.paths[p])?);
+            }
+            if native::render(node, &store[..slots.len()], out).is_ok() {
+                return Ok(());
+            }
+            out.truncate(len);
+            return self.with_rhai(unit, vars, |r| {
+                render_res(&r, out);
+                Ok(())
+            });
         }
         self.with_unit(unit, vars, |r| {
             render_res(&r, out);
@@ -333,6 +385,30 @@ impl Expr {
         }
     }
 
+    /// As [`Expr::with_unit`], skipping the native lane.
+    fn with_rhai<L, R>(
+        &self,
+        unit: &Unit,
+        vars: &L,
+        f: impl FnOnce(Res<'_>) -> Result<R, EvalError>,
+    ) -> Result<R, EvalError>
+    where
+        L: Lookup + ?Sized,
+    {
+        match unit {
+            Unit::Rhai {
+                ast, slots, names, ..
+            } => {
+                let d = SCOPE.with(|cell| match cell.try_borrow_mut() {
+                    Ok(mut scope) => self.run(&mut scope, ast, slots, names, vars),
+                    Err(_) => self.run(&mut Scope::new(), ast, slots, names, vars),
+                })?;
+                f(Res::Dyn(&d))
+            }
+            _ => self.with_unit(unit, vars, f),
+        }
+    }
+
     fn run<L: Lookup + ?Sized>(
         &self,
         scope: &mut Scope<'static>,
@@ -358,13 +434,7 @@ fn render_res(r: &Res<'_>, out: &mut String) {
     match r {
         Res::Value(v) => v.render(out),
         Res::Dyn(d) => render_dynamic(d, out, false),
-        Res::Native(v) => match v {
-            V::Int(i) => write_i64(out, *i),
-            V::Float(f) => write_f64(out, *f),
-            V::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
-            V::Str(s) => out.push_str(s),
-            V::Unit => out.push_str("none"),
-        },
+        Res::Native(v) => native::render_value(v, out),
     }
 }
 

@@ -2,7 +2,8 @@
 //! `false`, and the native lane agrees with rhai on every expression it evaluates.
 
 use proptest::prelude::*;
-use sonde_expr::{EvalError, ExprKind, Value, compile};
+use proptest::test_runner::TestCaseError;
+use sonde_expr::{EvalError, ExprKind, Number, Value, compile};
 
 fn scalar() -> impl Strategy<Value = Value> {
     prop_oneof![
@@ -74,21 +75,257 @@ proptest! {
 
     #[test]
     fn native_lane_agrees_with_rhai(expr in arith(), a in scalar(), b in scalar(), c in scalar()) {
-        // Variable-free expressions that fail are compile errors: nothing to compare.
-        let Ok(native) = compile(&expr, ExprKind::Any) else { return Ok(()) };
-        // An `if` is outside the native subset: the same expression, all in rhai.
-        let rhai = compile(&format!("if true {{ {expr} }} else {{ () }}"), ExprKind::Any).expect("compiles");
-        prop_assume!(native.is_native() && !rhai.is_native());
         let vars = [("a", a), ("b", b), ("c", c)];
-        let render = |r: Result<Value, EvalError>| r.map(|v| v.to_string());
-        // A bare variable is the fast path: the value itself, with the full unsigned range
-        // (rhai, whose integers are i64, turns a UInt above i64::MAX into a float).
-        if let Some((_, v)) = vars.iter().find(|(name, _)| *name == expr) {
-            prop_assert_eq!(render(native.eval(&vars)), Ok(v.to_string()), "{}", expr);
-            return Ok(());
-        }
-        prop_assert_eq!(render(native.eval(&vars)), render(rhai.eval(&vars)), "{}", expr);
+        check_lanes(&expr, &vars)?;
     }
+
+    #[test]
+    fn native_lane_agrees_with_rhai_on_methods_indexes_in_and_if(
+        expr in general(),
+        a in scalar(),
+        s in text(),
+        t in text(),
+        xs in proptest::collection::vec(scalar(), 0..4),
+        m in proptest::collection::btree_map(key(), scalar(), 0..4),
+        i in -5i64..5,
+    ) {
+        let vars = [
+            ("a", a),
+            ("s", Value::Str(s)),
+            ("t", Value::Str(t)),
+            ("xs", Value::List(xs)),
+            ("m", Value::Map(m)),
+            ("i", Value::Int(i)),
+        ];
+        check_lanes(&expr, &vars)?;
+    }
+}
+
+/// Compiles `expr` and, when it is on the native lane, checks that its value, its label rendering
+/// and its typed reads are rhai's (the same compiled expression, evaluated by rhai alone).
+fn check_lanes(expr: &str, vars: &[(&str, Value)]) -> Result<(), TestCaseError> {
+    // Variable-free expressions that fail are compile errors: nothing to compare.
+    let Ok(e) = compile(expr, ExprKind::Any) else {
+        return Ok(());
+    };
+    // Counted by `most_generated_expressions_are_on_the_native_lane`, not rejected: rejecting
+    // would stop a long run at proptest's reject limit.
+    if !e.is_native() || e.is_fast_path() {
+        return Ok(());
+    }
+    let rhai = e.eval_rhai_lane(vars);
+    let render = |r: &Result<Value, EvalError>| r.clone().map(|v| v.to_string());
+    prop_assert_eq!(render(&e.eval(vars)), render(&rhai), "value of {}", expr);
+    let mut out = String::from("<");
+    let label = e.render(vars, &mut out).map(|()| out);
+    prop_assert_eq!(
+        label,
+        render(&rhai).map(|s| format!("<{s}")),
+        "label of {}",
+        expr
+    );
+    let cond = compile(expr, ExprKind::Condition).expect("compiles as a condition");
+    let want = rhai.clone().and_then(|v| match v {
+        Value::Bool(b) => Ok(b),
+        _ => Err(EvalError::TypeMismatch),
+    });
+    prop_assert_eq!(cond.eval_condition(vars), want, "condition {}", expr);
+    let number = compile(expr, ExprKind::Value).expect("compiles as a value");
+    let want = rhai.and_then(|v| match v {
+        Value::Int(i) => Ok(Number::Int(i)),
+        Value::Float(f) => Ok(Number::Float(f)),
+        _ => Err(EvalError::TypeMismatch),
+    });
+    let got = number.eval_number(vars);
+    // NaN != NaN: compare the renderings.
+    prop_assert_eq!(
+        got.map(|n| n.to_string()),
+        want.map(|n| n.to_string()),
+        "value {}",
+        expr
+    );
+    Ok(())
+}
+
+/// Strings with what trips up string code: empty, spaces, case, multi-byte characters.
+fn text() -> impl Strategy<Value = String> {
+    prop_oneof![
+        Just(String::new()),
+        "[a-cA-C ]{0,5}",
+        "[aé😀ß İ]{0,4}",
+        Just("NZ".to_owned()),
+    ]
+}
+
+/// Well-typed expressions (strings, integers, bools) mixed with `wild()` ones: most evaluate
+/// without error, so the lanes' values are compared, not just their errors.
+fn general() -> impl Strategy<Value = String> {
+    prop_oneof![
+        3 => str_e(3),
+        3 => int_e(3),
+        3 => bool_e(3),
+        1 => wild(),
+    ]
+}
+
+fn lits(items: &'static [&'static str]) -> BoxedStrategy<String> {
+    proptest::sample::select(items)
+        .prop_map(str::to_owned)
+        .boxed()
+}
+
+/// A string-valued expression (when `a` is one).
+fn str_e(depth: u32) -> BoxedStrategy<String> {
+    let leaf = lits(&["s", "t", "\"\"", "\"a\"", "\"É\"", "\" x \"", "\"k\"", "a"]);
+    if depth == 0 {
+        return leaf;
+    }
+    let s = || str_e(depth - 1);
+    let i = || int_e(depth - 1);
+    prop_oneof![
+        3 => leaf,
+        1 => (s(), lits(&["to_upper", "to_lower", "to_upper", "strip"]))
+            .prop_map(|(x, f)| if f == "strip" { format!("strip({x})") } else { format!("({x}).{f}()") }),
+        2 => (s(), s()).prop_map(|(x, y)| format!("({x} + {y})")),
+        1 => (s(), i()).prop_map(|(x, y)| format!("({x} + {y})")),
+        1 => (i(), s()).prop_map(|(x, y)| format!("({x} + {y})")),
+        1 => (bool_e(depth - 1), s(), s())
+            .prop_map(|(c, x, y)| format!("(if {c} {{ {x} }} else {{ {y} }})")),
+        1 => (s(), i()).prop_map(|(x, n)| format!("({x})[{n}]")),
+        1 => i().prop_map(|n| format!("xs[{n}]")),
+        1 => s().prop_map(|k| format!("m[{k}]")),
+    ]
+    .boxed()
+}
+
+/// An integer-valued expression (floats where a float literal or `a` enters).
+fn int_e(depth: u32) -> BoxedStrategy<String> {
+    let leaf = prop_oneof![
+        lits(&[
+            "i",
+            "a",
+            "len(xs)",
+            "m.len()",
+            "9223372036854775807",
+            "2.5",
+            "0.0"
+        ]),
+        (-3i64..10).prop_map(|n| n.to_string()),
+    ]
+    .boxed();
+    if depth == 0 {
+        return leaf;
+    }
+    let i = || int_e(depth - 1);
+    prop_oneof![
+        3 => leaf,
+        2 => str_e(depth - 1).prop_map(|x| format!("len({x})")),
+        1 => str_e(depth - 1).prop_map(|x| format!("({x}).len()")),
+        3 => (i(), lits(&["+", "-", "*", "/", "%"]), i()).prop_map(|(x, o, y)| format!("({x} {o} {y})")),
+        1 => i().prop_map(|x| format!("-({x})")),
+        1 => (bool_e(depth - 1), i(), i())
+            .prop_map(|(c, x, y)| format!("(if {c} {{ {x} }} else {{ {y} }})")),
+        1 => i().prop_map(|n| format!("xs[{n}]")),
+    ]
+    .boxed()
+}
+
+/// A bool-valued expression.
+fn bool_e(depth: u32) -> BoxedStrategy<String> {
+    let leaf = lits(&["true", "False", "a", "s.is_empty()", "\"k\" in m"]);
+    if depth == 0 {
+        return leaf;
+    }
+    let s = || str_e(depth - 1);
+    let i = || int_e(depth - 1);
+    let b = || bool_e(depth - 1);
+    prop_oneof![
+        2 => leaf,
+        3 => (s(), lits(&["contains", "starts_with", "ends_with", "startswith", "endswith"]), s())
+            .prop_map(|(x, f, y)| format!("({x}).{f}({y})")),
+        2 => (s(), lits(&["in", "not in"]), s()).prop_map(|(x, o, y)| format!("({x} {o} {y})")),
+        1 => (s(), lits(&["in", "not in"])).prop_map(|(x, o)| format!("({x} {o} m)")),
+        1 => (i(), lits(&["in", "not in"])).prop_map(|(x, o)| format!("({x} {o} xs)")),
+        1 => s().prop_map(|x| format!("({x} in xs)")),
+        1 => b().prop_map(|x| format!("not {x}")),
+        2 => (b(), lits(&["and", "or", "&&", "||"]), b()).prop_map(|(x, o, y)| format!("({x} {o} {y})")),
+        2 => (i(), lits(&["<", "<=", ">", ">=", "==", "!="]), i()).prop_map(|(x, o, y)| format!("({x} {o} {y})")),
+        1 => (s(), lits(&["<", "==", "!="]), s()).prop_map(|(x, o, y)| format!("({x} {o} {y})")),
+        1 => s().prop_map(|x| format!("is_empty({x})")),
+        1 => (b(), b(), b()).prop_map(|(c, x, y)| format!("(if {c} {{ {x} }} else {{ {y} }})")),
+    ]
+    .boxed()
+}
+
+fn key() -> impl Strategy<Value = String> {
+    prop_oneof![Just("k".to_owned()), Just("é".to_owned()), "[a-c]{1,2}"]
+}
+
+/// Methods, calls, indexes, `in`, `if` and concatenation over `a`, `s`, `t`, `xs`, `m`, `i`,
+/// with no regard for types: mostly the errors and hand-overs.
+fn wild() -> impl Strategy<Value = String> {
+    let leaf = prop_oneof![
+        Just("a".to_owned()),
+        Just("s".to_owned()),
+        Just("t".to_owned()),
+        Just("xs".to_owned()),
+        Just("m".to_owned()),
+        Just("i".to_owned()),
+        (-6i64..6).prop_map(|i| i.to_string()),
+        (0u32..4).prop_map(|i| format!("{i}.5")),
+        prop_oneof![
+            Just("\"\""),
+            Just("\"a\""),
+            Just("\"A\""),
+            Just("\"é\""),
+            Just("\"k\""),
+            Just("\" \""),
+        ]
+        .prop_map(str::to_owned),
+        Just("true".to_owned()),
+        Just("False".to_owned()),
+        Just("None".to_owned()),
+    ];
+    leaf.prop_recursive(4, 32, 3, |inner| {
+        let method = prop_oneof![
+            Just("len"),
+            Just("is_empty"),
+            Just("to_upper"),
+            Just("to_lower"),
+        ];
+        let method2 = prop_oneof![
+            Just("contains"),
+            Just("starts_with"),
+            Just("ends_with"),
+            Just("startswith"),
+            Just("endswith"),
+        ];
+        let op = prop_oneof![
+            Just("+"),
+            Just("*"),
+            Just("/"),
+            Just("-"),
+            Just("=="),
+            Just("<"),
+            Just("in"),
+            Just("not in"),
+            Just("&&"),
+            Just("or"),
+        ];
+        prop_oneof![
+            (inner.clone(), method.clone()).prop_map(|(x, f)| format!("({x}).{f}()")),
+            (inner.clone(), method).prop_map(|(x, f)| format!("{f}({x})")),
+            inner.clone().prop_map(|x| format!("strip({x})")),
+            (inner.clone(), method2, inner.clone()).prop_map(|(x, f, y)| format!("({x}).{f}({y})")),
+            (inner.clone(), inner.clone()).prop_map(|(x, y)| format!("({x})[{y}]")),
+            (inner.clone(), inner.clone()).prop_map(|(x, y)| format!("{x}[{y}]")),
+            (inner.clone(), op, inner.clone()).prop_map(|(l, o, r)| format!("({l} {o} {r})")),
+            (inner.clone(), inner.clone(), inner.clone())
+                .prop_map(|(c, x, y)| format!("(if {c} {{ {x} }} else {{ {y} }})")),
+            (inner.clone(), inner.clone()).prop_map(|(c, x)| format!("(if {c} {{ {x} }})")),
+            inner.prop_map(|x| format!("not {x}")),
+        ]
+    })
 }
 
 fn contains_uint(v: &Value) -> bool {
@@ -160,17 +397,12 @@ fn float_comparisons_agree_with_rhai_at_the_edges() {
     ];
     let mut compared = 0;
     for op in ["==", "!=", "<", "<=", ">", ">="] {
-        let native = compile(&format!("a {op} b"), ExprKind::Any).expect("compiles");
-        let rhai = compile(
-            &format!("if true {{ a {op} b }} else {{ () }}"),
-            ExprKind::Any,
-        )
-        .expect("compiles");
-        assert!(native.is_native() && !rhai.is_native());
+        let e = compile(&format!("a {op} b"), ExprKind::Any).expect("compiles");
+        assert!(e.is_native());
         for a in &edges {
             for b in &edges {
                 let vars = [("a", a.clone()), ("b", b.clone())];
-                assert_eq!(native.eval(&vars), rhai.eval(&vars), "{a:?} {op} {b:?}");
+                assert_eq!(e.eval(&vars), e.eval_rhai_lane(&vars), "{a:?} {op} {b:?}");
                 compared += 1;
             }
         }
@@ -274,5 +506,45 @@ fn label_rendering_edge_cases_match_hand_written_text() {
                 "str({value:?})"
             );
         }
+    }
+}
+
+/// The lane comparisons above skip expressions that are not native: most of what the generators
+/// make must be, or they would compare little.
+#[test]
+fn most_generated_expressions_are_on_the_native_lane() {
+    use proptest::strategy::ValueTree;
+    use proptest::test_runner::TestRunner;
+    let mut runner = TestRunner::deterministic();
+    for (name, strategy) in [
+        ("arith", arith().boxed()),
+        ("general", general().boxed()),
+        ("wild", wild().boxed()),
+    ] {
+        let (mut native, mut total) = (0, 0);
+        for _ in 0..2000 {
+            let expr = strategy.new_tree(&mut runner).expect("generates").current();
+            // Constants and bare variables never reach either lane; count the rest.
+            let Ok(e) = compile(&expr, ExprKind::Any) else {
+                continue;
+            };
+            if e.is_fast_path() {
+                continue;
+            }
+            total += 1;
+            if e.is_native() {
+                native += 1;
+            } else {
+                eprintln!("{name}: not native: {expr}");
+            }
+        }
+        assert!(
+            total >= 1000,
+            "{name}: only {total} expressions read variables"
+        );
+        assert!(
+            native * 10 >= total * 9,
+            "{name}: {native} of {total} native"
+        );
     }
 }

@@ -1,0 +1,162 @@
+//! Armed hit, the three general expressions of issue 19: a COUNTER with a condition that calls a
+//! method, a label that indexes a list, and a value with arithmetic (targets: ≤ 300 ns per hit
+//! when all three are on sonde-expr's native lane, ≤ 1 µs when they are not).
+//!
+//! `native`: condition `order.country.contains("Z") && order.total > 3`, label
+//! `order.items[0].sku + "/" + user.tier`, value `order.total * 2 + order.items[0].qty`, all
+//! evaluated by the native lane. `rhai`: the same three with one form each that only rhai
+//! evaluates (`upper`, `str`, `float` are not native), so every expression runs in rhai.
+//! `native_no_list` is `native` without the index (`order.country + "/" + user.tier`,
+//! `order.total * 2 + 3`): the agent converts the whole `items` list to reach `items[0]` (its
+//! captures have no index step), so the difference is the cost of that conversion.
+//! `condition_false` is a hit the native condition rejects.
+
+mod common;
+
+use std::hint::black_box;
+
+use common::User;
+use criterion::{Criterion, criterion_group, criterion_main};
+use sonde_agent::{Capture, probe};
+use sonde_expr::Value;
+
+/// An order with line items, as an application would capture it.
+struct Basket {
+    total: f64,
+    country: String,
+    items: Vec<Item>,
+}
+
+struct Item {
+    sku: String,
+    qty: u32,
+}
+
+impl Capture for Item {
+    fn capture(&self) -> Value {
+        Value::Record(vec![
+            ("sku".into(), self.sku.capture()),
+            ("qty".into(), self.qty.capture()),
+        ])
+    }
+}
+
+impl Capture for Basket {
+    fn capture(&self) -> Value {
+        Value::Record(vec![
+            ("total".into(), self.total.capture()),
+            ("country".into(), self.country.capture()),
+            ("items".into(), self.items.capture()),
+        ])
+    }
+    fn field(&self, name: &str) -> Option<&dyn Capture> {
+        match name {
+            "total" => Some(&self.total),
+            "country" => Some(&self.country),
+            "items" => Some(&self.items),
+            _ => None,
+        }
+    }
+}
+
+#[inline(never)]
+fn checkout(order: &Basket, user: &User) {
+    probe!(order, user);
+}
+
+fn armed_general_expressions(c: &mut Criterion) {
+    let (agent, registry) = common::agent();
+    let site = common::site(&["order", "user"]);
+    let order = Basket {
+        total: 12.5,
+        country: "NZ".into(),
+        items: vec![
+            Item {
+                sku: "A1".into(),
+                qty: 3,
+            },
+            Item {
+                sku: "B2".into(),
+                qty: 1,
+            },
+        ],
+    };
+    let cheap = Basket {
+        total: 1.0,
+        country: "NZ".into(),
+        items: vec![Item {
+            sku: "A1".into(),
+            qty: 3,
+        }],
+    };
+    let user = User {
+        id: 7,
+        tier: "gold".into(),
+    };
+    let mut g = c.benchmark_group("armed_general_expressions");
+
+    let variants = [
+        (
+            "native",
+            r#"order.country.contains("Z") && order.total > 3"#,
+            "order.total * 2 + order.items[0].qty",
+            r#"order.items[0].sku + "/" + user.tier"#,
+        ),
+        (
+            "native_no_list",
+            r#"order.country.contains("Z") && order.total > 3"#,
+            "order.total * 2 + 3",
+            r#"order.country + "/" + user.tier"#,
+        ),
+        (
+            "rhai",
+            r#"upper(order.country).contains("Z") && order.total > 3"#,
+            "float(order.total) * 2 + order.items[0].qty",
+            r#"str(order.items[0].sku) + "/" + user.tier"#,
+        ),
+    ];
+    for (name, condition, value, label) in variants {
+        for (src, kind) in [
+            (condition, sonde_expr::ExprKind::Condition),
+            (value, sonde_expr::ExprKind::Value),
+            (label, sonde_expr::ExprKind::Label),
+        ] {
+            let e = sonde_expr::compile(src, kind).expect("compiles");
+            assert_eq!(e.is_native(), name != "rhai", "{src}");
+        }
+        let tp = common::counter_tracepoint(
+            "tp-bench",
+            site,
+            &format!("bench_{name}"),
+            value,
+            vec![common::label("item", label)],
+            Some(condition),
+        );
+        agent.apply(vec![tp]);
+        common::assert_bound(&agent);
+        checkout(&order, &user);
+        let text = common::exposition(&registry);
+        let item = if name == "native_no_list" { "NZ" } else { "A1" };
+        assert!(
+            text.contains(&format!(
+                r#"deep_bench_{name}_total{{item="{item}/gold"}} 28"#
+            )),
+            "{text}"
+        );
+        g.bench_function(name, |b| {
+            b.iter(|| checkout(black_box(&order), black_box(&user)))
+        });
+        if name == "native" {
+            g.bench_function("condition_false", |b| {
+                b.iter(|| checkout(black_box(&cheap), black_box(&user)))
+            });
+        }
+        common::assert_bound(&agent);
+        assert_eq!(agent.statuses()[0].message, "", "no evaluation errors");
+    }
+    g.finish();
+    agent.shutdown();
+}
+
+criterion_group! { name = benches; config = common::config(); targets = armed_general_expressions }
+criterion_main!(benches);
