@@ -1,17 +1,21 @@
-//! [`Agents`]: the agents that polled or watch recently, with their resource and reported status.
+//! [`Agents`]: the agents that polled or watch recently, with their resource, reported status and
+//! probe-site catalog; and [`binding`], what became of one tracepoint in each agent it targets.
 
 use std::{
     collections::HashMap,
     hash::{DefaultHasher, Hash as _, Hasher as _},
     net::IpAddr,
-    sync::Mutex,
+    sync::{Arc, Mutex},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use serde::Serialize;
 use sonde_proto::sonde::{StatusReport, TracepointState};
 
-use super::state::Resource;
+use super::{
+    catalog::Catalog,
+    state::{Entry, Resource, TenantList},
+};
 
 /// How an agent talks to the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -63,6 +67,12 @@ pub struct AgentView {
     pub current_hash: String,
     /// Per-tracepoint status, as last reported (Sonde agents only).
     pub tracepoints: Vec<TracepointStatusView>,
+    /// The hash of the list its last status report was about (empty: none, or not said).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub reported_hash: String,
+    /// How many probe sites its catalog lists (absent: it reported none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sites: Option<usize>,
 }
 
 #[derive(Debug)]
@@ -70,6 +80,122 @@ struct Agent {
     view: AgentView,
     last_seen: Instant,
     watches: usize,
+    /// Whether it reports status (it watched, reported or sent a catalog): Deep's agents do not.
+    reports: bool,
+    catalog: Option<Arc<Catalog>>,
+}
+
+/// One live agent with what it reported, for catalog and binding questions.
+#[derive(Debug, Clone)]
+pub struct LiveAgent {
+    /// As `GET /api/agents` shows it.
+    pub view: AgentView,
+    /// Whether it reports status at all.
+    pub reports: bool,
+    /// Its latest catalog.
+    pub catalog: Option<Arc<Catalog>>,
+}
+
+impl LiveAgent {
+    /// Its resource, for targeting.
+    pub fn resource(&self) -> Resource {
+        Resource::from_pairs(self.view.resource.clone())
+    }
+}
+
+/// What became of a tracepoint in one agent it targets.
+#[derive(Debug, Clone, Serialize)]
+pub struct Binding {
+    /// The agent.
+    pub agent: String,
+    /// Its `service.name`.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub service: String,
+    /// `bound`, `unbound`, `error`, `disarmed`; `pending` until the agent has reported on the
+    /// current version; `silent` for an agent that never reports (Deep's).
+    pub state: &'static str,
+    /// The agent's message.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    /// `file:line` of the sites it is bound to.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub sites: Vec<String>,
+}
+
+/// Counts of [`Binding`] states: what `sonde tracepoint list` shows as `3/4 bound, 1 error`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct BindingSummary {
+    /// Live agents the tracepoint targets.
+    pub agents: usize,
+    /// By state.
+    pub bound: usize,
+    pub unbound: usize,
+    pub error: usize,
+    pub disarmed: usize,
+    pub pending: usize,
+    pub silent: usize,
+}
+
+impl BindingSummary {
+    /// Counts the states of `bindings`.
+    pub fn of(bindings: &[Binding]) -> Self {
+        let mut s = Self {
+            agents: bindings.len(),
+            ..Self::default()
+        };
+        for b in bindings {
+            match b.state {
+                "bound" => s.bound += 1,
+                "unbound" => s.unbound += 1,
+                "disarmed" => s.disarmed += 1,
+                "pending" => s.pending += 1,
+                "silent" => s.silent += 1,
+                _ => s.error += 1,
+            }
+        }
+        s
+    }
+}
+
+/// What became of `entry` in each of `agents` it targets. An agent's report counts only when it
+/// is about the list the agent should hold now (its reported hash is the hash of the current list
+/// for its resource), so after an edit an agent is `pending` until it reports on the new version.
+pub fn binding(list: &TenantList, entry: &Entry, agents: &[LiveAgent]) -> Vec<Binding> {
+    let id = entry.config.id.as_str();
+    agents
+        .iter()
+        .filter_map(|a| {
+            let resource = a.resource();
+            if !resource.matches(&entry.config.targeting) {
+                return None;
+            }
+            let service = a
+                .view
+                .resource
+                .get("service.name")
+                .cloned()
+                .unwrap_or_default();
+            let current = a.view.reported_hash.is_empty()
+                || a.view.reported_hash == list.hash_for_client(&resource);
+            let reported = a.view.tracepoints.iter().find(|t| t.id == id);
+            let (state, message, sites) = match reported {
+                _ if !a.reports => (
+                    "silent",
+                    "this agent does not report status (Deep's agents do not)".to_owned(),
+                    Vec::new(),
+                ),
+                Some(t) if current => (t.state, t.message.clone(), t.sites.clone()),
+                _ => ("pending", String::new(), Vec::new()),
+            };
+            Some(Binding {
+                agent: a.view.id.clone(),
+                service,
+                state,
+                message,
+                sites,
+            })
+        })
+        .collect()
 }
 
 /// Agents by ID, per tenant: nested (not keyed by a `(tenant, id)` pair) so that looking up a
@@ -130,6 +256,7 @@ impl Agents {
             agent.last_seen = now;
             agent.view.last_seen_ms = unix_ms();
             agent.view.polls += 1;
+            agent.reports |= kind == AgentKind::Watch;
             if agent.view.current_hash != hash {
                 agent.view.current_hash = hash.to_owned();
             }
@@ -153,9 +280,13 @@ impl Agents {
                     watching: false,
                     current_hash: hash.to_owned(),
                     tracepoints: Vec::new(),
+                    reported_hash: String::new(),
+                    sites: None,
                 },
                 last_seen: now,
                 watches: 0,
+                reports: kind == AgentKind::Watch,
+                catalog: None,
             },
         );
     }
@@ -175,47 +306,98 @@ impl Agents {
         }
     }
 
-    /// Stores an agent's status report (it replaces the previous one).
-    pub fn report(&self, tenant: &str, report: &StatusReport, address: Option<IpAddr>) {
-        let resource = report
-            .resource
-            .as_ref()
-            .map(|r| Resource::from_attributes(&r.attributes))
-            .unwrap_or_default();
-        let id = report.agent_id.as_str();
+    /// Runs `f` on an agent that sent a report or a catalog, making it known first.
+    fn reporting(
+        &self,
+        tenant: &str,
+        id: &str,
+        resource: Option<&sonde_proto::resource::Resource>,
+        address: Option<IpAddr>,
+        f: impl FnOnce(&mut Agent),
+    ) {
         let mut agents = self.lock();
         if !agents.get(tenant).is_some_and(|t| t.contains_key(id)) {
             drop(agents);
-            self.seen(
-                tenant,
-                &report.agent_id,
-                AgentKind::Watch,
-                &resource,
-                address,
-                "",
-            );
+            let resource = resource
+                .map(|r| Resource::from_attributes(&r.attributes))
+                .unwrap_or_default();
+            self.seen(tenant, id, AgentKind::Watch, &resource, address, "");
             agents = self.lock();
         }
         if let Some(agent) = agents.get_mut(tenant).and_then(|t| t.get_mut(id)) {
             agent.last_seen = Instant::now();
             agent.view.last_seen_ms = unix_ms();
-            agent.view.tracepoints = report
-                .tracepoints
-                .iter()
-                .map(|s| TracepointStatusView {
-                    id: s.tracepoint_id.clone(),
-                    state: match TracepointState::try_from(s.state) {
-                        Ok(TracepointState::Bound) => "bound",
-                        Ok(TracepointState::Unbound) => "unbound",
-                        Ok(TracepointState::Error) => "error",
-                        Ok(TracepointState::Disarmed) => "disarmed",
-                        _ => "unspecified",
-                    },
-                    message: s.message.clone(),
-                    sites: s.sites.clone(),
-                })
-                .collect();
+            agent.reports = true;
+            f(agent);
         }
+    }
+
+    /// Stores an agent's probe-site catalog (it replaces the previous one).
+    pub fn catalog(
+        &self,
+        tenant: &str,
+        id: &str,
+        resource: Option<&sonde_proto::resource::Resource>,
+        address: Option<IpAddr>,
+        catalog: Catalog,
+    ) {
+        self.reporting(tenant, id, resource, address, |agent| {
+            agent.view.sites = Some(catalog.sites.len());
+            agent.catalog = Some(Arc::new(catalog));
+        });
+    }
+
+    /// The tenant's live agents with their catalogs, most recent first.
+    pub fn live_agents(&self, tenant: &str) -> Vec<LiveAgent> {
+        let now = Instant::now();
+        let agents = self.lock();
+        let mut out: Vec<_> = agents
+            .get(tenant)
+            .into_iter()
+            .flat_map(HashMap::values)
+            .filter(|a| a.watches > 0 || now - a.last_seen <= self.ttl)
+            .map(|a| LiveAgent {
+                view: a.view.clone(),
+                reports: a.reports,
+                catalog: a.catalog.clone(),
+            })
+            .collect();
+        out.sort_by(|a, b| {
+            b.view
+                .last_seen_ms
+                .cmp(&a.view.last_seen_ms)
+                .then(a.view.id.cmp(&b.view.id))
+        });
+        out
+    }
+
+    /// Stores an agent's status report (it replaces the previous one).
+    pub fn report(&self, tenant: &str, report: &StatusReport, address: Option<IpAddr>) {
+        self.reporting(
+            tenant,
+            &report.agent_id,
+            report.resource.as_ref(),
+            address,
+            |agent| {
+                agent.view.reported_hash = report.config_hash.clone();
+                agent.view.tracepoints = report
+                    .tracepoints
+                    .iter()
+                    .map(|s| TracepointStatusView {
+                        id: s.tracepoint_id.clone(),
+                        state: match TracepointState::try_from(s.state) {
+                            Ok(TracepointState::Bound) => "bound",
+                            Ok(TracepointState::Unbound) => "unbound",
+                            Ok(TracepointState::Error) => "error",
+                            Ok(TracepointState::Disarmed) => "disarmed",
+                            _ => "unspecified",
+                        },
+                        message: s.message.clone(),
+                        sites: s.sites.clone(),
+                    })
+                    .collect();
+            },
+        );
     }
 
     /// The tenant's agents seen within the TTL or watching now, most recent first.

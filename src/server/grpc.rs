@@ -11,8 +11,9 @@ use sonde_proto::{
     },
     sonde::{
         CreateTracepointRequest, DeleteTracepointRequest, GetTracepointRequest,
-        ListTracepointsRequest, ListTracepointsResponse, StatusReport, StatusReportResponse,
-        TracepointResponse, UpdateTracepointRequest, WatchRequest,
+        ListTracepointsRequest, ListTracepointsResponse, SiteCatalog, SiteCatalogResponse,
+        StatusReport, StatusReportResponse, TracepointResponse, UpdateTracepointRequest,
+        WatchRequest,
         status_service_server::{StatusService, StatusServiceServer},
         tracepoint_service_server::{TracepointService, TracepointServiceServer},
         watch_service_server::{WatchService, WatchServiceServer},
@@ -30,6 +31,7 @@ use super::{
     agents::{AgentKind, Agents},
     audit::{Actor, Via},
     auth::Denied,
+    catalog::Catalog,
     net::PeerAddr,
     state::{ChangeError, Resource, TenantList},
     tenant_from,
@@ -411,6 +413,33 @@ impl StatusService for Grpc {
             .inc();
         self.observe("report", started);
         Ok(Response::new(StatusReportResponse {}))
+    }
+
+    async fn report_catalog(
+        &self,
+        req: Request<SiteCatalog>,
+    ) -> Result<Response<SiteCatalogResponse>, Status> {
+        let started = Instant::now();
+        let (tenant, peer) = self.agent_context(&req)?;
+        let wire = req.into_inner();
+        if wire.agent_id.is_empty() || wire.agent_id.len() > 128 {
+            return Err(Status::invalid_argument(
+                "agent_id: required, at most 128 characters",
+            ));
+        }
+        let catalog =
+            Catalog::from_wire(&wire).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        tracing::debug!(%tenant, agent = %wire.agent_id, sites = catalog.sites.len(),
+            "probe-site catalog reported");
+        self.app.agents.catalog(
+            &tenant,
+            &wire.agent_id,
+            wire.resource.as_ref(),
+            peer,
+            catalog,
+        );
+        self.observe("report_catalog", started);
+        Ok(Response::new(SiteCatalogResponse {}))
     }
 }
 
