@@ -407,7 +407,8 @@ fn tracepoint(cmd: TracepointCommand) -> Result<(), CliError> {
                 }
             };
             let c = Client::new(&client)?;
-            let created = c.send_tracepoint("POST", "/api/tracepoints", &tp)?;
+            let (created, warnings) = c.send_tracepoint("POST", "/api/tracepoints", &tp)?;
+            warn(&warnings);
             let Some(limit) = limit else {
                 output::created(&client, &created, None);
                 return Ok(());
@@ -447,11 +448,12 @@ fn tracepoint(cmd: TracepointCommand) -> Result<(), CliError> {
             };
             spec.apply(&mut tp)?;
             tp.id.clear();
-            let edited = c.send_tracepoint(
+            let (edited, warnings) = c.send_tracepoint(
                 "PUT",
                 &format!("/api/tracepoints/{}", client::path_segment(&id)),
                 &tp,
             )?;
+            warn(&warnings);
             let Some(limit) = limit else {
                 output::tracepoint(&client, &edited, None);
                 return Ok(());
@@ -485,6 +487,13 @@ fn tracepoint(cmd: TracepointCommand) -> Result<(), CliError> {
                 None => Ok(()),
             }
         }
+    }
+}
+
+/// The server's warnings about a change it made (a line no targeted agent can bind), on stderr.
+fn warn(warnings: &[String]) {
+    for w in warnings {
+        eprintln!("warning: {w}");
     }
 }
 

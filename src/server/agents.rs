@@ -157,6 +157,55 @@ impl BindingSummary {
     }
 }
 
+/// Problems a tracepoint at `config`'s line will meet in the live agents it targets, foreseen from
+/// their catalogs: only agents that reported one and do not arm lines natively are judged (for the
+/// others the line may still bind). Empty when every judged agent has a probe site there.
+pub fn placement_warnings(
+    config: &sonde_proto::tracepoint::TracePointConfig,
+    agents: &[LiveAgent],
+) -> Vec<String> {
+    let (path, line) = (config.path.as_str(), config.line_number);
+    let judged: Vec<&Catalog> = agents
+        .iter()
+        .filter(|a| a.resource().matches(&config.targeting))
+        .filter_map(|a| a.catalog.as_deref())
+        .filter(|c| !c.native)
+        .collect();
+    let missing: Vec<&Catalog> = judged
+        .iter()
+        .copied()
+        .filter(|c| !c.has_site(path, line))
+        .collect();
+    if missing.is_empty() {
+        return Vec::new();
+    }
+    let mut nearest: Vec<&super::catalog::SiteView> = missing
+        .iter()
+        .flat_map(|c| c.nearest(path, line, 5))
+        .collect();
+    nearest.sort_by_key(|s| (s.line.abs_diff(line), s.line, &s.file));
+    nearest.dedup_by(|a, b| a.file == b.file && a.line == b.line);
+    nearest.truncate(5);
+    let problem = format!(
+        "no probe site at {path}:{line} in {} of the {} targeted agent(s) that reported their          probe sites (and arm no lines natively): it will stay unbound there",
+        missing.len(),
+        judged.len()
+    );
+    let hint = if nearest.is_empty() {
+        format!("no probe site in a file matching {path:?}; `sonde sites` lists them")
+    } else {
+        format!(
+            "nearest probe lines in that file: {}",
+            nearest
+                .iter()
+                .map(|s| format!("{}:{} ({})", s.file, s.line, s.names.join(", ")))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    };
+    vec![format!("{problem}; {hint}")]
+}
+
 /// What became of `entry` in each of `agents` it targets. An agent's report counts only when it
 /// is about the list the agent should hold now (its reported hash is the hash of the current list
 /// for its resource), so after an edit an agent is `pending` until it reports on the new version.
@@ -503,6 +552,75 @@ mod tests {
 
         let anonymous = Resource::from_pairs([("service.name".into(), "py".into())]);
         assert!(Agents::poller_id(&anonymous, None).starts_with("poll-"));
+    }
+
+    #[test]
+    fn a_line_off_every_probe_warns_naming_the_nearest_ones() {
+        use sonde_proto::{
+            common::{AnyValue, KeyValue, any_value},
+            sonde::{ProbeSite, SiteCatalog, SiteKind},
+            tracepoint::TracePointConfig,
+        };
+        let agents = Agents::new(Duration::from_secs(60));
+        let r = sonde_proto::resource::Resource {
+            attributes: vec![KeyValue {
+                key: "service.name".into(),
+                value: Some(AnyValue {
+                    value: Some(any_value::Value::StringValue("shop".into())),
+                }),
+            }],
+            dropped_attributes_count: 0,
+        };
+        let probe = |line| ProbeSite {
+            file: "examples/shop.rs".into(),
+            line,
+            kind: SiteKind::Probe as i32,
+            names: vec!["order".into()],
+            module: String::new(),
+        };
+        let catalog = |native| {
+            Catalog::from_wire(&SiteCatalog {
+                sites: vec![probe(220), probe(228)],
+                native,
+                ..Default::default()
+            })
+            .unwrap()
+        };
+        agents.catalog("t", "a", Some(&r), None, catalog(false));
+        let at = |line| TracePointConfig {
+            path: "shop.rs".into(),
+            line_number: line,
+            ..Default::default()
+        };
+        let live = agents.live_agents("t");
+        assert!(placement_warnings(&at(228), &live).is_empty());
+        let warnings = placement_warnings(&at(229), &live);
+        assert_eq!(warnings.len(), 1);
+        assert!(
+            warnings[0].starts_with("no probe site at shop.rs:229 in 1 of the 1 targeted agent")
+                && warnings[0].ends_with(
+                    "nearest probe lines in that file: examples/shop.rs:228 (order), \
+                     examples/shop.rs:220 (order)"
+                ),
+            "{warnings:?}"
+        );
+        let mut elsewhere = at(229);
+        elsewhere.targeting = vec![KeyValue {
+            key: "service.name".into(),
+            value: Some(AnyValue {
+                value: Some(any_value::Value::StringValue("other".into())),
+            }),
+        }];
+        assert!(
+            placement_warnings(&elsewhere, &live).is_empty(),
+            "not targeted"
+        );
+        agents.catalog("t", "a", Some(&r), None, catalog(true));
+        let live = agents.live_agents("t");
+        assert!(
+            placement_warnings(&at(229), &live).is_empty(),
+            "native may bind it"
+        );
     }
 
     #[test]

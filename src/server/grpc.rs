@@ -28,7 +28,7 @@ use tonic::{Request, Response, Status, codec::CompressionEncoding, metadata::Met
 
 use super::{
     App,
-    agents::{AgentKind, Agents},
+    agents::{AgentKind, Agents, placement_warnings},
     audit::{Actor, Via},
     auth::Denied,
     catalog::Catalog,
@@ -450,14 +450,16 @@ impl TracepointService for Grpc {
         req: Request<CreateTracepointRequest>,
     ) -> Result<Response<TracepointResponse>, Status> {
         let (tenant, actor) = self.api_context(&req, "Create", Role::Write).await?;
+        let tenant2 = tenant.clone();
         let config = req
             .into_inner()
             .tracepoint
             .ok_or_else(|| Status::invalid_argument("tracepoint: is required"))?;
         let entry = self
-            .blocking(move |app| app.tracepoints.create(&tenant, config, &actor))
+            .blocking(move |app| app.tracepoints.create(&tenant2, config, &actor))
             .await?;
         Ok(Response::new(TracepointResponse {
+            warnings: placement_warnings(&entry.config, &self.app.agents.live_agents(&tenant)),
             tracepoint: Some(entry.config.clone()),
         }))
     }
@@ -474,6 +476,7 @@ impl TracepointService for Grpc {
             .ok_or_else(|| Status::not_found(format!("no tracepoint with ID {id}")))?;
         Ok(Response::new(TracepointResponse {
             tracepoint: Some(entry.config.clone()),
+            warnings: Vec::new(),
         }))
     }
 
@@ -493,6 +496,7 @@ impl TracepointService for Grpc {
         req: Request<UpdateTracepointRequest>,
     ) -> Result<Response<TracepointResponse>, Status> {
         let (tenant, actor) = self.api_context(&req, "Update", Role::Write).await?;
+        let tenant2 = tenant.clone();
         let config = req
             .into_inner()
             .tracepoint
@@ -504,9 +508,10 @@ impl TracepointService for Grpc {
         }
         let id = config.id.clone();
         let entry = self
-            .blocking(move |app| app.tracepoints.update(&tenant, &id, config, &actor))
+            .blocking(move |app| app.tracepoints.update(&tenant2, &id, config, &actor))
             .await?;
         Ok(Response::new(TracepointResponse {
+            warnings: placement_warnings(&entry.config, &self.app.agents.live_agents(&tenant)),
             tracepoint: Some(entry.config.clone()),
         }))
     }
@@ -522,6 +527,7 @@ impl TracepointService for Grpc {
             .await?;
         Ok(Response::new(TracepointResponse {
             tracepoint: Some(entry.config.clone()),
+            warnings: Vec::new(),
         }))
     }
 }

@@ -3,7 +3,7 @@
 //! | route | what |
 //! |---|---|
 //! | `GET /api/tracepoints` | Deep's poll over HTTP: the list for the resource in the query (`hash`, `ts`, other parameters are resource attributes) |
-//! | `POST /api/tracepoints` | create: body `{"tracepoint": {...}}`, answer `{"tracepoint": {... "ID": ...}}` |
+//! | `POST /api/tracepoints` | create: body `{"tracepoint": {...}}`, answer `{"tracepoint": {... "ID": ...}}`, plus `"warnings"` when the line is no probe site in the catalogs of the agents it targets |
 //! | `GET /api/tracepoints/{id}` | one tracepoint |
 //! | `PUT /api/tracepoints/{id}` | replace one tracepoint (edit) |
 //! | `DELETE /api/tracepoints/{id}` | remove one; answers with what was removed |
@@ -53,7 +53,7 @@ use sonde_proto::{
 use super::{
     App, DEFAULT_TENANT,
     adhoc::{self, CapReached},
-    agents::{BindingSummary, LiveAgent, binding},
+    agents::{BindingSummary, LiveAgent, binding, placement_warnings},
     audit::{self, Actor, CLI_USER_AGENT, EntryView, Via},
     auth::{Caller, Denied, Refusal},
     catalog,
@@ -363,8 +363,13 @@ fn json_response(value: &impl Serialize) -> Response {
 }
 
 fn tracepoint_response(ctx: &Ctx, entry: &Entry) -> Response {
+    tracepoint_response_warning(ctx, entry, Vec::new())
+}
+
+fn tracepoint_response_warning(ctx: &Ctx, entry: &Entry, warnings: Vec<String>) -> Response {
     let resp = TracepointResponse {
         tracepoint: Some(entry.config.clone()),
+        warnings,
     };
     if ctx.protobuf {
         protobuf_response(&resp)
@@ -499,7 +504,8 @@ async fn create(State(app): State<Arc<App>>, meta: Meta, body: Body) -> Result<R
     .await?;
     tracing::info!(tenant = %ctx.tenant, who = %ctx.actor.who, id = %entry.config.id, path = %entry.config.path,
         line = entry.config.line_number, "tracepoint created");
-    Ok(tracepoint_response(&ctx, &entry))
+    let warnings = placement_warnings(&entry.config, &app.agents.live_agents(&ctx.tenant));
+    Ok(tracepoint_response_warning(&ctx, &entry, warnings))
 }
 
 async fn get_one(
@@ -531,7 +537,8 @@ async fn update(
     })
     .await?;
     tracing::info!(tenant = %ctx.tenant, who = %ctx.actor.who, %id, "tracepoint edited");
-    Ok(tracepoint_response(&ctx, &entry))
+    let warnings = placement_warnings(&entry.config, &app.agents.live_agents(&ctx.tenant));
+    Ok(tracepoint_response_warning(&ctx, &entry, warnings))
 }
 
 async fn delete(
