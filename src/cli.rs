@@ -46,7 +46,10 @@ enum Command {
     /// variables captured there.
     ///
     /// Merged over the live agents (of one service with --service), with how many agents have
-    /// each site; one agent's with --agent.
+    /// each site; one agent's with --agent. Columns: LOCATION (FILE:LINE, as a tracepoint names
+    /// it), KIND (`probe`: a `probe!` site), AGENTS (how many of the agents asked about have it),
+    /// CAPTURES (the variables an expression there can read). `-o json` prints the API's answer.
+    /// Deep's agents report no sites; an empty table says why on stderr.
     Sites(Box<sites::SitesArgs>),
     /// Show the audit log: who created, edited and deleted which tracepoint (before and after),
     /// when, from where, and every refused request. Oldest first, one page at a time.

@@ -127,12 +127,17 @@ pub struct Binding {
 pub struct BindingSummary {
     /// Live agents the tracepoint targets.
     pub agents: usize,
-    /// By state.
+    /// Agents that bound it.
     pub bound: usize,
+    /// Agents with no probe site (or native line) for it.
     pub unbound: usize,
+    /// Agents that could not install it.
     pub error: usize,
+    /// Agents that disarmed it (budgets, window).
     pub disarmed: usize,
+    /// Agents that have not reported on its current version yet.
     pub pending: usize,
+    /// Agents that report no status (Deep's).
     pub silent: usize,
 }
 
@@ -187,7 +192,8 @@ pub fn placement_warnings(
     nearest.dedup_by(|a, b| a.file == b.file && a.line == b.line);
     nearest.truncate(5);
     let problem = format!(
-        "no probe site at {path}:{line} in {} of the {} targeted agent(s) that reported their          probe sites (and arm no lines natively): it will stay unbound there",
+        "no probe site at {path}:{line} in {} of the {} targeted agent(s) that reported their \
+         probe sites (and arm no lines natively): it will stay unbound there",
         missing.len(),
         judged.len()
     );
