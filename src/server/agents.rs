@@ -1,11 +1,11 @@
 //! [`Agents`]: the agents that polled or watch recently, with their resource, reported status and
-//! probe-site catalog; and [`binding`], what became of one tracepoint in each agent it targets.
+//! probe-site catalog; and [`Judge`], what became of a tracepoint in each agent it targets.
 
 use std::{
     collections::HashMap,
     hash::{DefaultHasher, Hash as _, Hasher as _},
     net::IpAddr,
-    sync::{Arc, Mutex},
+    sync::{Arc, Mutex, Weak},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
@@ -212,45 +212,81 @@ pub fn placement_warnings(
     vec![format!("{problem}; {hint}")]
 }
 
-/// What became of `entry` in each of `agents` it targets. An agent's report counts only when it
-/// is about the list the agent should hold now (its reported hash is the hash of the current list
-/// for its resource), so after an edit an agent is `pending` until it reports on the new version.
-pub fn binding(list: &TenantList, entry: &Entry, agents: &[LiveAgent]) -> Vec<Binding> {
-    let id = entry.config.id.as_str();
-    agents
-        .iter()
-        .filter_map(|a| {
-            let resource = a.resource();
-            if !resource.matches(&entry.config.targeting) {
-                return None;
-            }
-            let service = a
-                .view
-                .resource
-                .get("service.name")
-                .cloned()
-                .unwrap_or_default();
-            let current = a.view.reported_hash.is_empty()
-                || a.view.reported_hash == list.hash_for_client(&resource);
-            let reported = a.view.tracepoints.iter().find(|t| t.id == id);
-            let (state, message, sites) = match reported {
-                _ if !a.reports => (
-                    "silent",
-                    "this agent does not report status (Deep's agents do not)".to_owned(),
-                    Vec::new(),
-                ),
-                Some(t) if current => (t.state, t.message.clone(), t.sites.clone()),
-                _ => ("pending", String::new(), Vec::new()),
-            };
-            Some(Binding {
-                agent: a.view.id.clone(),
-                service,
-                state,
-                message,
-                sites,
+/// Judges what became of tracepoints in the live agents of a tenant. Built once per request: each
+/// agent's resource, whether its last report is about the list it should hold now (its reported
+/// hash is the hash of the current list for its resource, so after an edit an agent is `pending`
+/// until it reports on the new version), and its statuses by tracepoint ID. Judging one
+/// tracepoint is then linear in the agents, and all of them (`GET /api/status`) in agents times
+/// tracepoints.
+pub struct Judge<'a> {
+    agents: Vec<Judged<'a>>,
+}
+
+struct Judged<'a> {
+    agent: &'a LiveAgent,
+    resource: Resource,
+    current: bool,
+    statuses: HashMap<&'a str, &'a TracepointStatusView>,
+}
+
+impl<'a> Judge<'a> {
+    /// Prepares `agents` against `list`.
+    pub fn new(list: &TenantList, agents: &'a [LiveAgent]) -> Self {
+        Self {
+            agents: agents
+                .iter()
+                .map(|a| {
+                    let resource = a.resource();
+                    let current = a.view.reported_hash.is_empty()
+                        || a.view.reported_hash == list.hash_for_client(&resource);
+                    Judged {
+                        agent: a,
+                        resource,
+                        current,
+                        statuses: a
+                            .view
+                            .tracepoints
+                            .iter()
+                            .map(|t| (t.id.as_str(), t))
+                            .collect(),
+                    }
+                })
+                .collect(),
+        }
+    }
+
+    /// What became of `entry` in each agent it targets.
+    pub fn binding(&self, entry: &Entry) -> Vec<Binding> {
+        let id = entry.config.id.as_str();
+        self.agents
+            .iter()
+            .filter(|j| j.resource.matches(&entry.config.targeting))
+            .map(|j| {
+                let a = j.agent;
+                let (state, message, sites) = match j.statuses.get(id) {
+                    _ if !a.reports => (
+                        "silent",
+                        "this agent does not report status (Deep's agents do not)".to_owned(),
+                        Vec::new(),
+                    ),
+                    Some(t) if j.current => (t.state, t.message.clone(), t.sites.clone()),
+                    _ => ("pending", String::new(), Vec::new()),
+                };
+                Binding {
+                    agent: a.view.id.clone(),
+                    service: a
+                        .view
+                        .resource
+                        .get("service.name")
+                        .cloned()
+                        .unwrap_or_default(),
+                    state,
+                    message,
+                    sites,
+                }
             })
-        })
-        .collect()
+            .collect()
+    }
 }
 
 /// Agents by ID, per tenant: nested (not keyed by a `(tenant, id)` pair) so that looking up a
@@ -262,6 +298,8 @@ type ByTenant = HashMap<String, HashMap<String, Agent>>;
 pub struct Agents {
     ttl: Duration,
     inner: Mutex<ByTenant>,
+    /// Catalogs by content hash, so the many agents of one binary share one copy.
+    catalogs: Mutex<HashMap<u64, Weak<Catalog>>>,
 }
 
 impl Agents {
@@ -270,6 +308,7 @@ impl Agents {
         Self {
             ttl,
             inner: Mutex::new(HashMap::new()),
+            catalogs: Mutex::new(HashMap::new()),
         }
     }
 
@@ -396,10 +435,27 @@ impl Agents {
         address: Option<IpAddr>,
         catalog: Catalog,
     ) {
+        let catalog = self.intern(catalog);
         self.reporting(tenant, id, resource, address, |agent| {
             agent.view.sites = Some(catalog.sites.len());
-            agent.catalog = Some(Arc::new(catalog));
+            agent.catalog = Some(catalog);
         });
+    }
+
+    /// The shared copy of `catalog`: agents running the same binary report equal catalogs.
+    fn intern(&self, catalog: Catalog) -> Arc<Catalog> {
+        let mut h = DefaultHasher::new();
+        catalog.hash(&mut h);
+        let key = h.finish();
+        let mut catalogs = self.catalogs.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(shared) = catalogs.get(&key).and_then(Weak::upgrade)
+            && *shared == catalog
+        {
+            return shared;
+        }
+        let shared = Arc::new(catalog);
+        catalogs.insert(key, Arc::downgrade(&shared));
+        shared
     }
 
     /// The tenant's live agents with their catalogs, most recent first.
@@ -488,6 +544,10 @@ impl Agents {
             tenant.retain(|_, a| a.watches > 0 || now - a.last_seen <= horizon);
             !tenant.is_empty()
         });
+        self.catalogs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, c| c.strong_count() > 0);
     }
 }
 
@@ -598,12 +658,20 @@ mod tests {
             line_number: line,
             ..Default::default()
         };
+        agents.catalog("t", "b", Some(&r), None, catalog(false));
         let live = agents.live_agents("t");
+        assert!(
+            Arc::ptr_eq(
+                live[0].catalog.as_ref().unwrap(),
+                live[1].catalog.as_ref().unwrap()
+            ),
+            "equal catalogs are shared"
+        );
         assert!(placement_warnings(&at(228), &live).is_empty());
         let warnings = placement_warnings(&at(229), &live);
         assert_eq!(warnings.len(), 1);
         assert!(
-            warnings[0].starts_with("no probe site at shop.rs:229 in 1 of the 1 targeted agent")
+            warnings[0].starts_with("no probe site at shop.rs:229 in 2 of the 2 targeted agent")
                 && warnings[0].ends_with(
                     "nearest probe lines in that file: examples/shop.rs:228 (order), \
                      examples/shop.rs:220 (order)"
@@ -622,6 +690,7 @@ mod tests {
             "not targeted"
         );
         agents.catalog("t", "a", Some(&r), None, catalog(true));
+        agents.catalog("t", "b", Some(&r), None, catalog(true));
         let live = agents.live_agents("t");
         assert!(
             placement_warnings(&at(229), &live).is_empty(),

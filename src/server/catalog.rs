@@ -19,7 +19,7 @@ pub const MAX_NAMES: usize = 64;
 pub const MAX_TEXT: usize = 1024;
 
 /// One site of a catalog.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
 pub struct SiteView {
     /// The file, as a tracepoint's `path` may name it.
     pub file: String,
@@ -35,7 +35,7 @@ pub struct SiteView {
 }
 
 /// One agent's catalog.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 pub struct Catalog {
     /// Whether the agent also arms lines without a probe site (native breakpoints).
     pub native: bool,

@@ -53,7 +53,7 @@ use sonde_proto::{
 use super::{
     App, DEFAULT_TENANT,
     adhoc::{self, CapReached},
-    agents::{BindingSummary, LiveAgent, binding, placement_warnings},
+    agents::{BindingSummary, Judge, LiveAgent, placement_warnings},
     audit::{self, Actor, CLI_USER_AGENT, EntryView, Via},
     auth::{Caller, Denied, Refusal},
     catalog,
@@ -596,7 +596,8 @@ async fn tracepoint_status(
     let entry = list
         .get(&id)
         .ok_or_else(|| ApiError::from(ChangeError::NotFound(id.clone())))?;
-    let bindings = binding(&list, entry, &app.agents.live_agents(&ctx.tenant));
+    let agents = app.agents.live_agents(&ctx.tenant);
+    let bindings = Judge::new(&list, &agents).binding(entry);
     Ok(json_response(&serde_json::json!({
         "tracepoint": id,
         "summary": BindingSummary::of(&bindings),
@@ -609,14 +610,10 @@ async fn all_status(State(app): State<Arc<App>>, meta: Meta) -> Result<Response,
     let ctx = context(&app, &meta, Role::Read).await?;
     let list = app.tracepoints.list(&ctx.tenant);
     let agents = app.agents.live_agents(&ctx.tenant);
+    let judge = Judge::new(&list, &agents);
     let summaries: std::collections::BTreeMap<&str, BindingSummary> = list
         .iter()
-        .map(|e| {
-            (
-                e.config.id.as_str(),
-                BindingSummary::of(&binding(&list, e, &agents)),
-            )
-        })
+        .map(|e| (e.config.id.as_str(), BindingSummary::of(&judge.binding(e))))
         .collect();
     Ok(json_response(
         &serde_json::json!({ "tracepoints": summaries }),
