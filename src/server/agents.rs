@@ -350,6 +350,9 @@ impl Agents {
             agent.last_seen = now;
             agent.view.last_seen_ms = unix_ms();
             agent.view.polls += 1;
+            // The latest way it talked decides (a catalog may have made it known before its
+            // first poll).
+            agent.view.kind = kind;
             agent.reports |= kind == AgentKind::Watch;
             if agent.view.current_hash != hash {
                 agent.view.current_hash = hash.to_owned();
