@@ -1,13 +1,16 @@
-//! The `sonde` command line: `server`, `tracepoint add|get|list|edit|rm`, `agents`, `audit`,
-//! `token new|hash`, `validate`.
+//! The `sonde` command line: `server`, `tracepoint add|get|list|edit|rm`, `agents`, `sites`,
+//! `audit`, `token new|hash`, `validate`.
 //!
 //! Client commands talk to the HTTP API (`--server`, default `http://127.0.0.1:3300`). Output is
 //! a table for people, or JSON with `-o json`. Exit codes: 0 done; 1 refused (invalid input, not
-//! found, not allowed); 2 bad usage; 3 the server could not be reached or failed.
+//! found, not allowed); 2 bad usage; 3 the server could not be reached or failed; with `--wait`,
+//! 4 stored but bound by no agent and 5 stored but an agent reported an error (see `wait`).
 
 mod client;
 mod output;
 mod serve;
+mod sites;
+mod wait;
 
 use std::{collections::BTreeMap, io::Read as _, path::PathBuf, process::ExitCode};
 
@@ -39,6 +42,15 @@ enum Command {
     Tracepoint(Box<TracepointCommand>),
     /// List the agents that polled recently, with the status of each tracepoint they hold.
     Agents(ClientOpts),
+    /// List the probe sites agents reported: where a tracepoint can bind (FILE:LINE), and the
+    /// variables captured there.
+    ///
+    /// Merged over the live agents (of one service with --service), with how many agents have
+    /// each site; one agent's with --agent. Columns: LOCATION (FILE:LINE, as a tracepoint names
+    /// it), KIND (`probe`: a `probe!` site), AGENTS (how many of the agents asked about have it),
+    /// CAPTURES (the variables an expression there can read). `-o json` prints the API's answer.
+    /// Deep's agents report no sites; an empty table says why on stderr.
+    Sites(Box<sites::SitesArgs>),
     /// Show the audit log: who created, edited and deleted which tracepoint (before and after),
     /// when, from where, and every refused request. Oldest first, one page at a time.
     Audit(Box<AuditArgs>),
@@ -55,9 +67,12 @@ enum Command {
 #[derive(Debug, Subcommand)]
 enum TracepointCommand {
     /// Create a tracepoint from flags or a JSON file.
+    #[command(after_help = WAIT_HELP)]
     Add {
         #[command(flatten)]
         spec: SpecArgs,
+        #[command(flatten)]
+        wait: WaitArgs,
         #[command(flatten)]
         client: ClientOpts,
     },
@@ -75,11 +90,14 @@ enum TracepointCommand {
         client: ClientOpts,
     },
     /// Change a tracepoint: the flags given replace those parts, the rest stays.
+    #[command(after_help = WAIT_HELP)]
     Edit {
         /// The tracepoint's ID.
         id: String,
         #[command(flatten)]
         spec: SpecArgs,
+        #[command(flatten)]
+        wait: WaitArgs,
         #[command(flatten)]
         client: ClientOpts,
     },
@@ -92,6 +110,48 @@ enum TracepointCommand {
         #[command(flatten)]
         client: ClientOpts,
     },
+}
+
+const WAIT_HELP: &str = "\
+With --wait, after the change the command waits until every live agent the tracepoint targets has \
+reported on it (default 5 s) and prints one line per agent on stderr (the ID or the tracepoint stays \
+alone on stdout): `bound at FILE:LINE`, `unbound: <why, with the nearest probe lines>`, \
+`error: <why>`, `disarmed: <why>`, `pending` (no report in time) or `silent` (an agent that \
+reports no status, such as Deep's). With -o json the JSON gains \"status\".
+
+Exit codes: 0 done (with --wait: at least one agent bound it and none reported an error); \
+1 refused (invalid input, not found, not allowed); 2 bad usage; 3 server unreachable or failing; \
+4 (--wait) stored, but no agent bound it: none connected, all unbound, or still pending; \
+5 (--wait) stored, but an agent reported an error or disarmed it.";
+
+/// `--wait[=SECS]`.
+#[derive(Debug, Default, Args)]
+struct WaitArgs {
+    /// Wait up to SECS (default 5) for the targeted agents to report on the change, print what
+    /// each made of it, and exit 0 only if one bound it and none failed (see below).
+    #[arg(
+        long,
+        value_name = "SECS",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "5"
+    )]
+    wait: Option<f64>,
+}
+
+impl WaitArgs {
+    fn limit(&self) -> Result<Option<std::time::Duration>, CliError> {
+        self.wait
+            .map(|secs| {
+                std::time::Duration::try_from_secs_f64(secs)
+                    .ok()
+                    .filter(|d| *d <= std::time::Duration::from_secs(3600))
+                    .ok_or_else(|| {
+                        CliError::usage(format!("--wait={secs}: give 0 to 3600 seconds"))
+                    })
+            })
+            .transpose()
+    }
 }
 
 #[derive(Debug, Args)]
@@ -272,6 +332,7 @@ impl Cli {
                 output::agents(&client, &agents);
                 Ok(())
             }
+            Command::Sites(args) => sites::run(*args),
             Command::Audit(args) => audit(*args),
             Command::Token(cmd) => token(cmd),
             Command::Tracepoint(cmd) => tracepoint(*cmd),
@@ -329,7 +390,8 @@ fn token(cmd: TokenCommand) -> Result<(), CliError> {
 
 fn tracepoint(cmd: TracepointCommand) -> Result<(), CliError> {
     match cmd {
-        TracepointCommand::Add { spec, client } => {
+        TracepointCommand::Add { spec, wait, client } => {
+            let limit = wait.limit()?;
             let tp = match &spec.file {
                 Some(file) => {
                     let mut tp = read_tracepoint_file(file)?;
@@ -348,23 +410,40 @@ fn tracepoint(cmd: TracepointCommand) -> Result<(), CliError> {
                 }
             };
             let c = Client::new(&client)?;
-            let created = c.send_tracepoint("POST", "/api/tracepoints", &tp)?;
-            output::created(&client, &created);
-            Ok(())
+            let (created, warnings) = c.send_tracepoint("POST", "/api/tracepoints", &tp)?;
+            warn(&warnings);
+            let Some(limit) = limit else {
+                output::created(&client, &created, None);
+                return Ok(());
+            };
+            let status = wait::wait(&c, &created.id, limit)?;
+            output::created(&client, &created, Some(&status));
+            report_wait(&client, &created.id, &status, limit)
         }
         TracepointCommand::Get { id, client } => {
             let c = Client::new(&client)?;
             let tp = c.get_tracepoint(&id)?;
-            output::tracepoint(&client, &tp);
+            let status = c.get_json(&format!(
+                "/api/tracepoints/{}/status",
+                client::path_segment(&id)
+            ))?;
+            output::tracepoint(&client, &tp, Some(&status));
             Ok(())
         }
         TracepointCommand::List { client } => {
             let c = Client::new(&client)?;
             let list = c.list_tracepoints()?;
-            output::tracepoints(&client, &list);
+            let status = c.get_json("/api/status")?;
+            output::tracepoints(&client, &list, &status);
             Ok(())
         }
-        TracepointCommand::Edit { id, spec, client } => {
+        TracepointCommand::Edit {
+            id,
+            spec,
+            wait,
+            client,
+        } => {
+            let limit = wait.limit()?;
             let c = Client::new(&client)?;
             let mut tp = match &spec.file {
                 Some(file) => read_tracepoint_file(file)?,
@@ -372,13 +451,19 @@ fn tracepoint(cmd: TracepointCommand) -> Result<(), CliError> {
             };
             spec.apply(&mut tp)?;
             tp.id.clear();
-            let edited = c.send_tracepoint(
+            let (edited, warnings) = c.send_tracepoint(
                 "PUT",
                 &format!("/api/tracepoints/{}", client::path_segment(&id)),
                 &tp,
             )?;
-            output::tracepoint(&client, &edited);
-            Ok(())
+            warn(&warnings);
+            let Some(limit) = limit else {
+                output::tracepoint(&client, &edited, None);
+                return Ok(());
+            };
+            let status = wait::wait(&c, &edited.id, limit)?;
+            output::tracepoint(&client, &edited, Some(&status));
+            report_wait(&client, &edited.id, &status, limit)
         }
         TracepointCommand::Rm { ids, client } => {
             let c = Client::new(&client)?;
@@ -406,6 +491,29 @@ fn tracepoint(cmd: TracepointCommand) -> Result<(), CliError> {
             }
         }
     }
+}
+
+/// The server's warnings about a change it made (a line no targeted agent can bind), on stderr.
+fn warn(warnings: &[String]) {
+    for w in warnings {
+        eprintln!("warning: {w}");
+    }
+}
+
+/// After `--wait`: one line per agent on stderr (table mode; JSON carries them), and the exit
+/// code the outcome means.
+fn report_wait(
+    client: &ClientOpts,
+    id: &str,
+    status: &serde_json::Value,
+    limit: std::time::Duration,
+) -> Result<(), CliError> {
+    if client.output == Output::Table {
+        for line in wait::lines(status, limit) {
+            eprintln!("{line}");
+        }
+    }
+    wait::outcome(id, status)
 }
 
 fn read_source(file: &PathBuf) -> Result<String, CliError> {

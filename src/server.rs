@@ -18,6 +18,7 @@ mod adhoc;
 mod agents;
 mod audit;
 mod auth;
+mod catalog;
 mod config;
 mod grpc;
 mod http;
@@ -34,9 +35,10 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 use anyhow::Context as _;
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 
-pub use agents::{AgentKind, AgentView, TracepointStatusView};
+pub use agents::{AgentKind, AgentView, Binding, BindingSummary, TracepointStatusView};
 pub use audit::{Actor, Via, parse_since, rfc3339};
 pub use auth::TokensError;
+pub use catalog::{Catalog, MergedSite, SiteView};
 pub use config::{LogFormat, ServerConfig};
 pub use state::{DEFAULT_TENANT, Resource};
 pub use store::{

@@ -19,6 +19,7 @@ fn session(server: &TestServer, agent_id: &str, tenant: Option<&str>, auth: Opti
             resource: resource(&[("service.name", "cron")]),
             ts_nanos: 1,
             tracepoints: vec![],
+            config_hash: String::new(),
         });
         if let Some(t) = tenant {
             req.metadata_mut()

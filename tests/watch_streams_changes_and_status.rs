@@ -115,6 +115,7 @@ fn status_reports_and_polls_are_listed_as_agents() {
                     message: "no probe site at a.rs:1; nearest: a.rs:4".into(),
                     sites: vec![],
                 }],
+                config_hash: String::new(),
             })
             .await
             .expect("report");

@@ -144,19 +144,24 @@ impl Client {
         Ok(resp.response)
     }
 
-    /// POST or PUT a tracepoint; returns it as the server stored it.
+    /// POST or PUT a tracepoint; returns it as the server stored it, and the server's warnings
+    /// (a line that is no probe site for the agents it targets).
     pub fn send_tracepoint(
         &self,
         method: &str,
         path: &str,
         tp: &TracePointConfig,
-    ) -> Result<TracePointConfig, CliError> {
+    ) -> Result<(TracePointConfig, Vec<String>), CliError> {
         let body = serde_json::to_string(&CreateTracepointRequest {
             tracepoint: Some(tp.clone()),
         })
         .map_err(|e| CliError::usage(e.to_string()))?;
         let text = self.send(method, path, Some(body))?;
-        unwrap_tracepoint(&text)
+        let resp = parse_response(&text)?;
+        let warnings = resp.warnings;
+        resp.tracepoint
+            .map(|tp| (tp, warnings))
+            .ok_or_else(|| CliError::unavailable("the server answered without a tracepoint"))
     }
 
     /// DELETE a tracepoint; returns what was removed.
@@ -170,10 +175,14 @@ impl Client {
     }
 }
 
+fn parse_response(text: &str) -> Result<TracepointResponse, CliError> {
+    serde_json::from_str(text)
+        .map_err(|e| CliError::unavailable(format!("the server answered with bad JSON: {e}")))
+}
+
 fn unwrap_tracepoint(text: &str) -> Result<TracePointConfig, CliError> {
-    let resp: TracepointResponse = serde_json::from_str(text)
-        .map_err(|e| CliError::unavailable(format!("the server answered with bad JSON: {e}")))?;
-    resp.tracepoint
+    parse_response(text)?
+        .tracepoint
         .ok_or_else(|| CliError::unavailable("the server answered without a tracepoint"))
 }
 

@@ -64,11 +64,75 @@ fn targeting_cell(tp: &TracePointConfig) -> String {
         .join(",")
 }
 
-/// After `add`: the ID alone in table mode (easy to capture in a script), the JSON otherwise.
-pub fn created(opts: &ClientOpts, tp: &TracePointConfig) {
+/// The JSON of one tracepoint, with its binding status when there is one.
+fn tracepoint_json(tp: &TracePointConfig, status: Option<&serde_json::Value>) -> serde_json::Value {
+    let mut v = serde_json::json!({ "tracepoint": tp });
+    if let Some(status) = status {
+        v["status"] = status.clone();
+    }
+    v
+}
+
+/// After `add`: the ID alone in table mode (easy to capture in a script, also with `--wait`,
+/// whose lines go to stderr), the JSON otherwise.
+pub fn created(opts: &ClientOpts, tp: &TracePointConfig, status: Option<&serde_json::Value>) {
     match opts.output {
-        Output::Json => json(&serde_json::json!({ "tracepoint": tp })),
+        Output::Json => json(&tracepoint_json(tp, status)),
         Output::Table => println!("{}", tp.id),
+    }
+}
+
+/// A binding summary (`GET /api/status`) as one cell: `3/4 bound, 1 error`.
+pub fn status_cell(summary: &serde_json::Value) -> String {
+    let n = |k: &str| summary[k].as_u64().unwrap_or(0);
+    if n("agents") == 0 {
+        return "no agents".into();
+    }
+    let mut out = format!("{}/{} bound", n("bound"), n("agents"));
+    for state in ["error", "disarmed", "unbound", "pending", "silent"] {
+        if n(state) > 0 {
+            out.push_str(&format!(", {} {state}", n(state)));
+        }
+    }
+    out
+}
+
+/// The probe sites (`GET /api/sites` or `GET /api/agents/{id}/sites`).
+pub fn sites(opts: &ClientOpts, value: &serde_json::Value) {
+    if opts.output == Output::Json {
+        return json(value);
+    }
+    let total = value["agents"].as_u64();
+    let rows: Vec<Vec<String>> = value["sites"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|site| {
+            let names: Vec<&str> = site["names"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|n| n.as_str())
+                .collect();
+            let mut row = vec![
+                format!(
+                    "{}:{}",
+                    site["file"].as_str().unwrap_or_default(),
+                    site["line"]
+                ),
+                site["kind"].as_str().unwrap_or_default().to_owned(),
+            ];
+            if let Some(total) = total {
+                row.push(format!("{}/{total}", site["agents"].as_u64().unwrap_or(0)));
+            }
+            row.push(names.join(", "));
+            row
+        })
+        .collect();
+    if total.is_some() {
+        table(&["LOCATION", "KIND", "AGENTS", "CAPTURES"], &rows);
+    } else {
+        table(&["LOCATION", "KIND", "CAPTURES"], &rows);
     }
 }
 
@@ -80,13 +144,16 @@ pub fn removed(opts: &ClientOpts, tp: &TracePointConfig) {
     }
 }
 
-/// One tracepoint in full.
-pub fn tracepoint(opts: &ClientOpts, tp: &TracePointConfig) {
+/// One tracepoint in full, with its status (`GET /api/tracepoints/{id}/status`) when given.
+pub fn tracepoint(opts: &ClientOpts, tp: &TracePointConfig, status: Option<&serde_json::Value>) {
     if opts.output == Output::Json {
-        return json(&serde_json::json!({ "tracepoint": tp }));
+        return json(&tracepoint_json(tp, status));
     }
     println!("id:        {}", tp.id);
     println!("location:  {}:{}", tp.path, tp.line_number);
+    if let Some(status) = status {
+        println!("status:    {}", status_cell(&status["summary"]));
+    }
     for (k, v) in &tp.args {
         println!("arg:       {k} = {v}");
     }
@@ -127,10 +194,10 @@ pub fn tracepoint(opts: &ClientOpts, tp: &TracePointConfig) {
     }
 }
 
-/// The tracepoint list.
-pub fn tracepoints(opts: &ClientOpts, list: &[TracePointConfig]) {
+/// The tracepoint list, with each one's binding counts (`GET /api/status`).
+pub fn tracepoints(opts: &ClientOpts, list: &[TracePointConfig], status: &serde_json::Value) {
     if opts.output == Output::Json {
-        return json(&serde_json::json!({ "tracepoints": list }));
+        return json(&serde_json::json!({ "tracepoints": list, "status": status["tracepoints"] }));
     }
     let rows: Vec<Vec<String>> = list
         .iter()
@@ -141,11 +208,19 @@ pub fn tracepoints(opts: &ClientOpts, list: &[TracePointConfig]) {
                 metrics_cell(tp),
                 tp.args.get("condition").cloned().unwrap_or_default(),
                 targeting_cell(tp),
+                status_cell(&status["tracepoints"][&tp.id]),
             ]
         })
         .collect();
     table(
-        &["ID", "LOCATION", "METRICS", "CONDITION", "TARGETING"],
+        &[
+            "ID",
+            "LOCATION",
+            "METRICS",
+            "CONDITION",
+            "TARGETING",
+            "STATUS",
+        ],
         &rows,
     );
 }
@@ -216,6 +291,38 @@ pub fn agents(opts: &ClientOpts, value: &serde_json::Value) {
         ],
         &rows,
     );
+    // Then what each agent made of each tracepoint, with its message.
+    let details: Vec<Vec<String>> = agents
+        .iter()
+        .flat_map(|a| {
+            a.get("tracepoints")
+                .and_then(|t| t.as_array())
+                .unwrap_or(&empty)
+                .iter()
+                .map(|t| {
+                    let sites: Vec<&str> = t["sites"]
+                        .as_array()
+                        .into_iter()
+                        .flatten()
+                        .filter_map(|x| x.as_str())
+                        .collect();
+                    let message = [sites.join(", "), s(t, "message")]
+                        .into_iter()
+                        .filter(|m| !m.is_empty())
+                        .collect::<Vec<_>>()
+                        .join("; ");
+                    vec![s(a, "id"), s(t, "id"), s(t, "state"), message]
+                })
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    if !details.is_empty() {
+        println!();
+        table(
+            &["AGENT", "TRACEPOINT", "STATE", "SITES / MESSAGE"],
+            &details,
+        );
+    }
 }
 
 /// A page of the audit log (`GET /api/audit`); in table mode, where the next page starts goes to

@@ -1,17 +1,21 @@
-//! [`Agents`]: the agents that polled or watch recently, with their resource and reported status.
+//! [`Agents`]: the agents that polled or watch recently, with their resource, reported status and
+//! probe-site catalog; and [`Judge`], what became of a tracepoint in each agent it targets.
 
 use std::{
     collections::HashMap,
     hash::{DefaultHasher, Hash as _, Hasher as _},
     net::IpAddr,
-    sync::Mutex,
+    sync::{Arc, Mutex, Weak},
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use serde::Serialize;
 use sonde_proto::sonde::{StatusReport, TracepointState};
 
-use super::state::Resource;
+use super::{
+    catalog::Catalog,
+    state::{Entry, Resource, TenantList},
+};
 
 /// How an agent talks to the server.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -63,6 +67,12 @@ pub struct AgentView {
     pub current_hash: String,
     /// Per-tracepoint status, as last reported (Sonde agents only).
     pub tracepoints: Vec<TracepointStatusView>,
+    /// The hash of the list its last status report was about (empty: none, or not said).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub reported_hash: String,
+    /// How many probe sites its catalog lists (absent: it reported none).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sites: Option<usize>,
 }
 
 #[derive(Debug)]
@@ -70,6 +80,213 @@ struct Agent {
     view: AgentView,
     last_seen: Instant,
     watches: usize,
+    /// Whether it reports status (it watched, reported or sent a catalog): Deep's agents do not.
+    reports: bool,
+    catalog: Option<Arc<Catalog>>,
+}
+
+/// One live agent with what it reported, for catalog and binding questions.
+#[derive(Debug, Clone)]
+pub struct LiveAgent {
+    /// As `GET /api/agents` shows it.
+    pub view: AgentView,
+    /// Whether it reports status at all.
+    pub reports: bool,
+    /// Its latest catalog.
+    pub catalog: Option<Arc<Catalog>>,
+}
+
+impl LiveAgent {
+    /// Its resource, for targeting.
+    pub fn resource(&self) -> Resource {
+        Resource::from_pairs(self.view.resource.clone())
+    }
+}
+
+/// What became of a tracepoint in one agent it targets.
+#[derive(Debug, Clone, Serialize)]
+pub struct Binding {
+    /// The agent.
+    pub agent: String,
+    /// Its `service.name`.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub service: String,
+    /// `bound`, `unbound`, `error`, `disarmed`; `pending` until the agent has reported on the
+    /// current version; `silent` for an agent that never reports (Deep's).
+    pub state: &'static str,
+    /// The agent's message.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub message: String,
+    /// `file:line` of the sites it is bound to.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub sites: Vec<String>,
+}
+
+/// Counts of [`Binding`] states: what `sonde tracepoint list` shows as `3/4 bound, 1 error`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct BindingSummary {
+    /// Live agents the tracepoint targets.
+    pub agents: usize,
+    /// Agents that bound it.
+    pub bound: usize,
+    /// Agents with no probe site (or native line) for it.
+    pub unbound: usize,
+    /// Agents that could not install it.
+    pub error: usize,
+    /// Agents that disarmed it (budgets, window).
+    pub disarmed: usize,
+    /// Agents that have not reported on its current version yet.
+    pub pending: usize,
+    /// Agents that report no status (Deep's).
+    pub silent: usize,
+}
+
+impl BindingSummary {
+    /// Counts the states of `bindings`.
+    pub fn of(bindings: &[Binding]) -> Self {
+        let mut s = Self {
+            agents: bindings.len(),
+            ..Self::default()
+        };
+        for b in bindings {
+            match b.state {
+                "bound" => s.bound += 1,
+                "unbound" => s.unbound += 1,
+                "disarmed" => s.disarmed += 1,
+                "pending" => s.pending += 1,
+                "silent" => s.silent += 1,
+                _ => s.error += 1,
+            }
+        }
+        s
+    }
+}
+
+/// Problems a tracepoint at `config`'s line will meet in the live agents it targets, foreseen from
+/// their catalogs: only agents that reported one and do not arm lines natively are judged (for the
+/// others the line may still bind). Empty when every judged agent has a probe site there.
+pub fn placement_warnings(
+    config: &sonde_proto::tracepoint::TracePointConfig,
+    agents: &[LiveAgent],
+) -> Vec<String> {
+    let (path, line) = (config.path.as_str(), config.line_number);
+    let judged: Vec<&Catalog> = agents
+        .iter()
+        .filter(|a| a.resource().matches(&config.targeting))
+        .filter_map(|a| a.catalog.as_deref())
+        .filter(|c| !c.native)
+        .collect();
+    let missing: Vec<&Catalog> = judged
+        .iter()
+        .copied()
+        .filter(|c| !c.has_site(path, line))
+        .collect();
+    if missing.is_empty() {
+        return Vec::new();
+    }
+    let mut nearest: Vec<&super::catalog::SiteView> = missing
+        .iter()
+        .flat_map(|c| c.nearest(path, line, 5))
+        .collect();
+    nearest.sort_by_key(|s| (s.line.abs_diff(line), s.line, &s.file));
+    nearest.dedup_by(|a, b| a.file == b.file && a.line == b.line);
+    nearest.truncate(5);
+    let problem = format!(
+        "no probe site at {path}:{line} in {} of the {} targeted agent(s) that reported their \
+         probe sites (and arm no lines natively): it will stay unbound there",
+        missing.len(),
+        judged.len()
+    );
+    let hint = if nearest.is_empty() {
+        format!("no probe site in a file matching {path:?}; `sonde sites` lists them")
+    } else {
+        format!(
+            "nearest probe lines in that file: {}",
+            nearest
+                .iter()
+                .map(|s| format!("{}:{} ({})", s.file, s.line, s.names.join(", ")))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    };
+    vec![format!("{problem}; {hint}")]
+}
+
+/// Judges what became of tracepoints in the live agents of a tenant. Built once per request: each
+/// agent's resource, whether its last report is about the list it should hold now (its reported
+/// hash is the hash of the current list for its resource, so after an edit an agent is `pending`
+/// until it reports on the new version), and its statuses by tracepoint ID. Judging one
+/// tracepoint is then linear in the agents, and all of them (`GET /api/status`) in agents times
+/// tracepoints.
+pub struct Judge<'a> {
+    agents: Vec<Judged<'a>>,
+}
+
+struct Judged<'a> {
+    agent: &'a LiveAgent,
+    resource: Resource,
+    current: bool,
+    statuses: HashMap<&'a str, &'a TracepointStatusView>,
+}
+
+impl<'a> Judge<'a> {
+    /// Prepares `agents` against `list`.
+    pub fn new(list: &TenantList, agents: &'a [LiveAgent]) -> Self {
+        Self {
+            agents: agents
+                .iter()
+                .map(|a| {
+                    let resource = a.resource();
+                    let current = a.view.reported_hash.is_empty()
+                        || a.view.reported_hash == list.hash_for_client(&resource);
+                    Judged {
+                        agent: a,
+                        resource,
+                        current,
+                        statuses: a
+                            .view
+                            .tracepoints
+                            .iter()
+                            .map(|t| (t.id.as_str(), t))
+                            .collect(),
+                    }
+                })
+                .collect(),
+        }
+    }
+
+    /// What became of `entry` in each agent it targets.
+    pub fn binding(&self, entry: &Entry) -> Vec<Binding> {
+        let id = entry.config.id.as_str();
+        self.agents
+            .iter()
+            .filter(|j| j.resource.matches(&entry.config.targeting))
+            .map(|j| {
+                let a = j.agent;
+                let (state, message, sites) = match j.statuses.get(id) {
+                    _ if !a.reports => (
+                        "silent",
+                        "this agent does not report status (Deep's agents do not)".to_owned(),
+                        Vec::new(),
+                    ),
+                    Some(t) if j.current => (t.state, t.message.clone(), t.sites.clone()),
+                    _ => ("pending", String::new(), Vec::new()),
+                };
+                Binding {
+                    agent: a.view.id.clone(),
+                    service: a
+                        .view
+                        .resource
+                        .get("service.name")
+                        .cloned()
+                        .unwrap_or_default(),
+                    state,
+                    message,
+                    sites,
+                }
+            })
+            .collect()
+    }
 }
 
 /// Agents by ID, per tenant: nested (not keyed by a `(tenant, id)` pair) so that looking up a
@@ -81,6 +298,8 @@ type ByTenant = HashMap<String, HashMap<String, Agent>>;
 pub struct Agents {
     ttl: Duration,
     inner: Mutex<ByTenant>,
+    /// Catalogs by content hash, so the many agents of one binary share one copy.
+    catalogs: Mutex<HashMap<u64, Weak<Catalog>>>,
 }
 
 impl Agents {
@@ -89,6 +308,7 @@ impl Agents {
         Self {
             ttl,
             inner: Mutex::new(HashMap::new()),
+            catalogs: Mutex::new(HashMap::new()),
         }
     }
 
@@ -130,6 +350,10 @@ impl Agents {
             agent.last_seen = now;
             agent.view.last_seen_ms = unix_ms();
             agent.view.polls += 1;
+            // The latest way it talked decides (a catalog may have made it known before its
+            // first poll).
+            agent.view.kind = kind;
+            agent.reports |= kind == AgentKind::Watch;
             if agent.view.current_hash != hash {
                 agent.view.current_hash = hash.to_owned();
             }
@@ -153,9 +377,13 @@ impl Agents {
                     watching: false,
                     current_hash: hash.to_owned(),
                     tracepoints: Vec::new(),
+                    reported_hash: String::new(),
+                    sites: None,
                 },
                 last_seen: now,
                 watches: 0,
+                reports: kind == AgentKind::Watch,
+                catalog: None,
             },
         );
     }
@@ -175,47 +403,115 @@ impl Agents {
         }
     }
 
-    /// Stores an agent's status report (it replaces the previous one).
-    pub fn report(&self, tenant: &str, report: &StatusReport, address: Option<IpAddr>) {
-        let resource = report
-            .resource
-            .as_ref()
-            .map(|r| Resource::from_attributes(&r.attributes))
-            .unwrap_or_default();
-        let id = report.agent_id.as_str();
+    /// Runs `f` on an agent that sent a report or a catalog, making it known first.
+    fn reporting(
+        &self,
+        tenant: &str,
+        id: &str,
+        resource: Option<&sonde_proto::resource::Resource>,
+        address: Option<IpAddr>,
+        f: impl FnOnce(&mut Agent),
+    ) {
         let mut agents = self.lock();
         if !agents.get(tenant).is_some_and(|t| t.contains_key(id)) {
             drop(agents);
-            self.seen(
-                tenant,
-                &report.agent_id,
-                AgentKind::Watch,
-                &resource,
-                address,
-                "",
-            );
+            let resource = resource
+                .map(|r| Resource::from_attributes(&r.attributes))
+                .unwrap_or_default();
+            self.seen(tenant, id, AgentKind::Watch, &resource, address, "");
             agents = self.lock();
         }
         if let Some(agent) = agents.get_mut(tenant).and_then(|t| t.get_mut(id)) {
             agent.last_seen = Instant::now();
             agent.view.last_seen_ms = unix_ms();
-            agent.view.tracepoints = report
-                .tracepoints
-                .iter()
-                .map(|s| TracepointStatusView {
-                    id: s.tracepoint_id.clone(),
-                    state: match TracepointState::try_from(s.state) {
-                        Ok(TracepointState::Bound) => "bound",
-                        Ok(TracepointState::Unbound) => "unbound",
-                        Ok(TracepointState::Error) => "error",
-                        Ok(TracepointState::Disarmed) => "disarmed",
-                        _ => "unspecified",
-                    },
-                    message: s.message.clone(),
-                    sites: s.sites.clone(),
-                })
-                .collect();
+            agent.reports = true;
+            f(agent);
         }
+    }
+
+    /// Stores an agent's probe-site catalog (it replaces the previous one).
+    pub fn catalog(
+        &self,
+        tenant: &str,
+        id: &str,
+        resource: Option<&sonde_proto::resource::Resource>,
+        address: Option<IpAddr>,
+        catalog: Catalog,
+    ) {
+        let catalog = self.intern(catalog);
+        self.reporting(tenant, id, resource, address, |agent| {
+            agent.view.sites = Some(catalog.sites.len());
+            agent.catalog = Some(catalog);
+        });
+    }
+
+    /// The shared copy of `catalog`: agents running the same binary report equal catalogs.
+    fn intern(&self, catalog: Catalog) -> Arc<Catalog> {
+        let mut h = DefaultHasher::new();
+        catalog.hash(&mut h);
+        let key = h.finish();
+        let mut catalogs = self.catalogs.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(shared) = catalogs.get(&key).and_then(Weak::upgrade)
+            && *shared == catalog
+        {
+            return shared;
+        }
+        let shared = Arc::new(catalog);
+        catalogs.insert(key, Arc::downgrade(&shared));
+        shared
+    }
+
+    /// The tenant's live agents with their catalogs, most recent first.
+    pub fn live_agents(&self, tenant: &str) -> Vec<LiveAgent> {
+        let now = Instant::now();
+        let agents = self.lock();
+        let mut out: Vec<_> = agents
+            .get(tenant)
+            .into_iter()
+            .flat_map(HashMap::values)
+            .filter(|a| a.watches > 0 || now - a.last_seen <= self.ttl)
+            .map(|a| LiveAgent {
+                view: a.view.clone(),
+                reports: a.reports,
+                catalog: a.catalog.clone(),
+            })
+            .collect();
+        out.sort_by(|a, b| {
+            b.view
+                .last_seen_ms
+                .cmp(&a.view.last_seen_ms)
+                .then(a.view.id.cmp(&b.view.id))
+        });
+        out
+    }
+
+    /// Stores an agent's status report (it replaces the previous one).
+    pub fn report(&self, tenant: &str, report: &StatusReport, address: Option<IpAddr>) {
+        self.reporting(
+            tenant,
+            &report.agent_id,
+            report.resource.as_ref(),
+            address,
+            |agent| {
+                agent.view.reported_hash = report.config_hash.clone();
+                agent.view.tracepoints = report
+                    .tracepoints
+                    .iter()
+                    .map(|s| TracepointStatusView {
+                        id: s.tracepoint_id.clone(),
+                        state: match TracepointState::try_from(s.state) {
+                            Ok(TracepointState::Bound) => "bound",
+                            Ok(TracepointState::Unbound) => "unbound",
+                            Ok(TracepointState::Error) => "error",
+                            Ok(TracepointState::Disarmed) => "disarmed",
+                            _ => "unspecified",
+                        },
+                        message: s.message.clone(),
+                        sites: s.sites.clone(),
+                    })
+                    .collect();
+            },
+        );
     }
 
     /// The tenant's agents seen within the TTL or watching now, most recent first.
@@ -251,6 +547,10 @@ impl Agents {
             tenant.retain(|_, a| a.watches > 0 || now - a.last_seen <= horizon);
             !tenant.is_empty()
         });
+        self.catalogs
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .retain(|_, c| c.strong_count() > 0);
     }
 }
 
@@ -321,6 +621,84 @@ mod tests {
 
         let anonymous = Resource::from_pairs([("service.name".into(), "py".into())]);
         assert!(Agents::poller_id(&anonymous, None).starts_with("poll-"));
+    }
+
+    #[test]
+    fn a_line_off_every_probe_warns_naming_the_nearest_ones() {
+        use sonde_proto::{
+            common::{AnyValue, KeyValue, any_value},
+            sonde::{ProbeSite, SiteCatalog, SiteKind},
+            tracepoint::TracePointConfig,
+        };
+        let agents = Agents::new(Duration::from_secs(60));
+        let r = sonde_proto::resource::Resource {
+            attributes: vec![KeyValue {
+                key: "service.name".into(),
+                value: Some(AnyValue {
+                    value: Some(any_value::Value::StringValue("shop".into())),
+                }),
+            }],
+            dropped_attributes_count: 0,
+        };
+        let probe = |line| ProbeSite {
+            file: "examples/shop.rs".into(),
+            line,
+            kind: SiteKind::Probe as i32,
+            names: vec!["order".into()],
+            module: String::new(),
+        };
+        let catalog = |native| {
+            Catalog::from_wire(&SiteCatalog {
+                sites: vec![probe(220), probe(228)],
+                native,
+                ..Default::default()
+            })
+            .unwrap()
+        };
+        agents.catalog("t", "a", Some(&r), None, catalog(false));
+        let at = |line| TracePointConfig {
+            path: "shop.rs".into(),
+            line_number: line,
+            ..Default::default()
+        };
+        agents.catalog("t", "b", Some(&r), None, catalog(false));
+        let live = agents.live_agents("t");
+        assert!(
+            Arc::ptr_eq(
+                live[0].catalog.as_ref().unwrap(),
+                live[1].catalog.as_ref().unwrap()
+            ),
+            "equal catalogs are shared"
+        );
+        assert!(placement_warnings(&at(228), &live).is_empty());
+        let warnings = placement_warnings(&at(229), &live);
+        assert_eq!(warnings.len(), 1);
+        assert!(
+            warnings[0].starts_with("no probe site at shop.rs:229 in 2 of the 2 targeted agent")
+                && warnings[0].ends_with(
+                    "nearest probe lines in that file: examples/shop.rs:228 (order), \
+                     examples/shop.rs:220 (order)"
+                ),
+            "{warnings:?}"
+        );
+        let mut elsewhere = at(229);
+        elsewhere.targeting = vec![KeyValue {
+            key: "service.name".into(),
+            value: Some(AnyValue {
+                value: Some(any_value::Value::StringValue("other".into())),
+            }),
+        }];
+        assert!(
+            placement_warnings(&elsewhere, &live).is_empty(),
+            "not targeted"
+        );
+        agents.catalog("t", "a", Some(&r), None, catalog(true));
+        agents.catalog("t", "b", Some(&r), None, catalog(true));
+        let live = agents.live_agents("t");
+        assert!(
+            placement_warnings(&at(229), &live).is_empty(),
+            "native may bind it"
+        );
     }
 
     #[test]

@@ -11,8 +11,9 @@ use sonde_proto::{
     },
     sonde::{
         CreateTracepointRequest, DeleteTracepointRequest, GetTracepointRequest,
-        ListTracepointsRequest, ListTracepointsResponse, StatusReport, StatusReportResponse,
-        TracepointResponse, UpdateTracepointRequest, WatchRequest,
+        ListTracepointsRequest, ListTracepointsResponse, SiteCatalog, SiteCatalogResponse,
+        StatusReport, StatusReportResponse, TracepointResponse, UpdateTracepointRequest,
+        WatchRequest,
         status_service_server::{StatusService, StatusServiceServer},
         tracepoint_service_server::{TracepointService, TracepointServiceServer},
         watch_service_server::{WatchService, WatchServiceServer},
@@ -27,9 +28,10 @@ use tonic::{Request, Response, Status, codec::CompressionEncoding, metadata::Met
 
 use super::{
     App,
-    agents::{AgentKind, Agents},
+    agents::{AgentKind, Agents, placement_warnings},
     audit::{Actor, Via},
     auth::Denied,
+    catalog::Catalog,
     net::PeerAddr,
     state::{ChangeError, Resource, TenantList},
     tenant_from,
@@ -412,6 +414,33 @@ impl StatusService for Grpc {
         self.observe("report", started);
         Ok(Response::new(StatusReportResponse {}))
     }
+
+    async fn report_catalog(
+        &self,
+        req: Request<SiteCatalog>,
+    ) -> Result<Response<SiteCatalogResponse>, Status> {
+        let started = Instant::now();
+        let (tenant, peer) = self.agent_context(&req)?;
+        let wire = req.into_inner();
+        if wire.agent_id.is_empty() || wire.agent_id.len() > 128 {
+            return Err(Status::invalid_argument(
+                "agent_id: required, at most 128 characters",
+            ));
+        }
+        let catalog =
+            Catalog::from_wire(&wire).map_err(|e| Status::invalid_argument(e.to_string()))?;
+        tracing::debug!(%tenant, agent = %wire.agent_id, sites = catalog.sites.len(),
+            "probe-site catalog reported");
+        self.app.agents.catalog(
+            &tenant,
+            &wire.agent_id,
+            wire.resource.as_ref(),
+            peer,
+            catalog,
+        );
+        self.observe("report_catalog", started);
+        Ok(Response::new(SiteCatalogResponse {}))
+    }
 }
 
 #[tonic::async_trait]
@@ -421,14 +450,16 @@ impl TracepointService for Grpc {
         req: Request<CreateTracepointRequest>,
     ) -> Result<Response<TracepointResponse>, Status> {
         let (tenant, actor) = self.api_context(&req, "Create", Role::Write).await?;
+        let tenant2 = tenant.clone();
         let config = req
             .into_inner()
             .tracepoint
             .ok_or_else(|| Status::invalid_argument("tracepoint: is required"))?;
         let entry = self
-            .blocking(move |app| app.tracepoints.create(&tenant, config, &actor))
+            .blocking(move |app| app.tracepoints.create(&tenant2, config, &actor))
             .await?;
         Ok(Response::new(TracepointResponse {
+            warnings: placement_warnings(&entry.config, &self.app.agents.live_agents(&tenant)),
             tracepoint: Some(entry.config.clone()),
         }))
     }
@@ -445,6 +476,7 @@ impl TracepointService for Grpc {
             .ok_or_else(|| Status::not_found(format!("no tracepoint with ID {id}")))?;
         Ok(Response::new(TracepointResponse {
             tracepoint: Some(entry.config.clone()),
+            warnings: Vec::new(),
         }))
     }
 
@@ -464,6 +496,7 @@ impl TracepointService for Grpc {
         req: Request<UpdateTracepointRequest>,
     ) -> Result<Response<TracepointResponse>, Status> {
         let (tenant, actor) = self.api_context(&req, "Update", Role::Write).await?;
+        let tenant2 = tenant.clone();
         let config = req
             .into_inner()
             .tracepoint
@@ -475,9 +508,10 @@ impl TracepointService for Grpc {
         }
         let id = config.id.clone();
         let entry = self
-            .blocking(move |app| app.tracepoints.update(&tenant, &id, config, &actor))
+            .blocking(move |app| app.tracepoints.update(&tenant2, &id, config, &actor))
             .await?;
         Ok(Response::new(TracepointResponse {
+            warnings: placement_warnings(&entry.config, &self.app.agents.live_agents(&tenant)),
             tracepoint: Some(entry.config.clone()),
         }))
     }
@@ -493,6 +527,7 @@ impl TracepointService for Grpc {
             .await?;
         Ok(Response::new(TracepointResponse {
             tracepoint: Some(entry.config.clone()),
+            warnings: Vec::new(),
         }))
     }
 }

@@ -3,12 +3,16 @@
 //! | route | what |
 //! |---|---|
 //! | `GET /api/tracepoints` | Deep's poll over HTTP: the list for the resource in the query (`hash`, `ts`, other parameters are resource attributes) |
-//! | `POST /api/tracepoints` | create: body `{"tracepoint": {...}}`, answer `{"tracepoint": {... "ID": ...}}` |
+//! | `POST /api/tracepoints` | create: body `{"tracepoint": {...}}`, answer `{"tracepoint": {... "ID": ...}}`, plus `"warnings"` when the line is no probe site in the catalogs of the agents it targets |
 //! | `GET /api/tracepoints/{id}` | one tracepoint |
 //! | `PUT /api/tracepoints/{id}` | replace one tracepoint (edit) |
 //! | `DELETE /api/tracepoints/{id}` | remove one; answers with what was removed |
 //! | `GET /api/tracepoints/{id}/snapshots` | the latest snapshots agents sent for it |
+//! | `GET /api/tracepoints/{id}/status` | what became of it in each live agent it targets (`bound`, `unbound`, `error`, `disarmed`, `pending`, `silent`) and the counts |
+//! | `GET /api/status` | those counts for every tracepoint |
 //! | `GET /api/agents` | agents seen recently, with resource and per-tracepoint status |
+//! | `GET /api/agents/{id}/sites` | the probe sites one agent reported (its catalog) |
+//! | `GET /api/sites` | the probe sites of the live agents whose resource has every query parameter (`service.name=shop`), merged, with how many agents have each |
 //! | `GET /api/audit` | the audit log, oldest first: `since`, `tracepoint`, `who`, `after` (the previous page's `next`), `limit` (1..1000, default 100); `tenant` (a name or `*`) for admin tokens only |
 //! | `POST /api/sessions/{id}/metrics` | report a number for a session (an agent ID `GET /api/agents` lists): body `{"name", "value", "tags": ["key:value", "bare"]}`, answer `{"success": true}`; exposed on `/metrics` as gauge `sonde_adhoc_<name>` labelled `session`, `tenant`, the tag keys and `tags` (see `adhoc`). Unknown session: 404; a new series past 1000 per tenant: 409. Allowed with an API write token or an agent credential |
 //! | `GET /healthz`, `GET /metrics` | liveness; the server's own Prometheus metrics |
@@ -17,7 +21,7 @@
 //! proto3 JSON, or binary protobuf with `Content-Type`/`Accept: application/protobuf`. The tenant
 //! comes from `X-Scope-OrgID`. Errors are `{"error": {"code", "field", "message", "position"}}`.
 //!
-//! Roles: reads of tracepoints, agents and the audit log need `read`; create, edit and delete need
+//! Roles: reads of tracepoints, their status, agents, sites and the audit log need `read`; create, edit and delete need
 //! `write`; snapshots need `capture` (they hold production values); another tenant's audit log
 //! needs `admin`. Refusals answer 401 (no or unknown token) or 403 naming the role lacking, and
 //! are written to the audit log.
@@ -49,8 +53,10 @@ use sonde_proto::{
 use super::{
     App, DEFAULT_TENANT,
     adhoc::{self, CapReached},
+    agents::{BindingSummary, Judge, LiveAgent, placement_warnings},
     audit::{self, Actor, CLI_USER_AGENT, EntryView, Via},
     auth::{Caller, Denied, Refusal},
+    catalog,
     grpc::poll_answer,
     net::PeerAddr,
     state::{ChangeError, Entry, Resource},
@@ -72,7 +78,11 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .nest(
             "/api",
             tracepoints()
+                .route("/tracepoints/{id}/status", get(tracepoint_status))
+                .route("/status", get(all_status))
                 .route("/agents", get(agents))
+                .route("/agents/{id}/sites", get(agent_sites))
+                .route("/sites", get(sites))
                 .route("/audit", get(audit_log))
                 .route("/sessions/{id}/metrics", post(session_metric)),
         )
@@ -353,8 +363,13 @@ fn json_response(value: &impl Serialize) -> Response {
 }
 
 fn tracepoint_response(ctx: &Ctx, entry: &Entry) -> Response {
+    tracepoint_response_warning(ctx, entry, Vec::new())
+}
+
+fn tracepoint_response_warning(ctx: &Ctx, entry: &Entry, warnings: Vec<String>) -> Response {
     let resp = TracepointResponse {
         tracepoint: Some(entry.config.clone()),
+        warnings,
     };
     if ctx.protobuf {
         protobuf_response(&resp)
@@ -489,7 +504,8 @@ async fn create(State(app): State<Arc<App>>, meta: Meta, body: Body) -> Result<R
     .await?;
     tracing::info!(tenant = %ctx.tenant, who = %ctx.actor.who, id = %entry.config.id, path = %entry.config.path,
         line = entry.config.line_number, "tracepoint created");
-    Ok(tracepoint_response(&ctx, &entry))
+    let warnings = placement_warnings(&entry.config, &app.agents.live_agents(&ctx.tenant));
+    Ok(tracepoint_response_warning(&ctx, &entry, warnings))
 }
 
 async fn get_one(
@@ -521,7 +537,8 @@ async fn update(
     })
     .await?;
     tracing::info!(tenant = %ctx.tenant, who = %ctx.actor.who, %id, "tracepoint edited");
-    Ok(tracepoint_response(&ctx, &entry))
+    let warnings = placement_warnings(&entry.config, &app.agents.live_agents(&ctx.tenant));
+    Ok(tracepoint_response_warning(&ctx, &entry, warnings))
 }
 
 async fn delete(
@@ -565,6 +582,97 @@ async fn agents(State(app): State<Arc<App>>, meta: Meta) -> Result<Response, Api
     Ok(json_response(&Agents {
         agents: app.agents.list(&ctx.tenant),
     }))
+}
+
+/// `GET /api/tracepoints/{id}/status`: what became of the tracepoint in each live agent it
+/// targets.
+async fn tracepoint_status(
+    State(app): State<Arc<App>>,
+    meta: Meta,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let ctx = context(&app, &meta, Role::Read).await?;
+    let list = app.tracepoints.list(&ctx.tenant);
+    let entry = list
+        .get(&id)
+        .ok_or_else(|| ApiError::from(ChangeError::NotFound(id.clone())))?;
+    let agents = app.agents.live_agents(&ctx.tenant);
+    let bindings = Judge::new(&list, &agents).binding(entry);
+    Ok(json_response(&serde_json::json!({
+        "tracepoint": id,
+        "summary": BindingSummary::of(&bindings),
+        "agents": bindings,
+    })))
+}
+
+/// `GET /api/status`: the binding counts of every tracepoint of the tenant.
+async fn all_status(State(app): State<Arc<App>>, meta: Meta) -> Result<Response, ApiError> {
+    let ctx = context(&app, &meta, Role::Read).await?;
+    let list = app.tracepoints.list(&ctx.tenant);
+    let agents = app.agents.live_agents(&ctx.tenant);
+    let judge = Judge::new(&list, &agents);
+    let summaries: std::collections::BTreeMap<&str, BindingSummary> = list
+        .iter()
+        .map(|e| (e.config.id.as_str(), BindingSummary::of(&judge.binding(e))))
+        .collect();
+    Ok(json_response(
+        &serde_json::json!({ "tracepoints": summaries }),
+    ))
+}
+
+/// `GET /api/agents/{id}/sites`: one live agent's catalog.
+async fn agent_sites(
+    State(app): State<Arc<App>>,
+    meta: Meta,
+    Path(id): Path<String>,
+) -> Result<Response, ApiError> {
+    let ctx = context(&app, &meta, Role::Read).await?;
+    let agent = app
+        .agents
+        .live_agents(&ctx.tenant)
+        .into_iter()
+        .find(|a| a.view.id == id)
+        .ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no agent {id:?} in this tenant: GET /api/agents lists the live ones"),
+            )
+        })?;
+    let empty = Vec::new();
+    Ok(json_response(&serde_json::json!({
+        "agent": id,
+        "reported": agent.catalog.is_some(),
+        "native": agent.catalog.as_ref().is_some_and(|c| c.native),
+        "sites": agent.catalog.as_ref().map_or(&empty, |c| &c.sites),
+    })))
+}
+
+/// `GET /api/sites?KEY=VALUE...`: the merged catalogs of the live agents whose resource has every
+/// parameter, counting the agents that have each site.
+async fn sites(
+    State(app): State<Arc<App>>,
+    meta: Meta,
+    Query(params): Query<Vec<(String, String)>>,
+) -> Result<Response, ApiError> {
+    let ctx = context(&app, &meta, Role::Read).await?;
+    let agents: Vec<LiveAgent> = app
+        .agents
+        .live_agents(&ctx.tenant)
+        .into_iter()
+        .filter(|a| {
+            params
+                .iter()
+                .all(|(k, v)| a.view.resource.get(k).is_some_and(|have| have == v))
+        })
+        .collect();
+    let reporting = agents.iter().filter(|a| a.catalog.is_some()).count();
+    let merged = catalog::merge(agents.iter().filter_map(|a| a.catalog.as_deref()));
+    Ok(json_response(&serde_json::json!({
+        "agents": agents.len(),
+        "reporting": reporting,
+        "sites": merged,
+    })))
 }
 
 /// `POST /api/sessions/{id}/metrics`: sets the ad-hoc gauge a report names for a session of the

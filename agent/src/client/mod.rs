@@ -5,6 +5,13 @@
 //! After every change it applies, and whenever a tracepoint's status changes on the hot path, it
 //! reports the status of every tracepoint (`sonde.v1.StatusService/Report`); against a server
 //! without that service (Deep's) reporting is switched off after the first `UNIMPLEMENTED`.
+//! Each report carries the hash of the list it is about, so the server can tell when an agent has
+//! reported on a change (`sonde tracepoint add --wait`).
+//!
+//! On every connection it also sends the probe-site catalog (`StatusService/ReportCatalog`): every
+//! site's file, line and captured names, so that people can find a line before they arm it. Sites
+//! are link-time statics, so the catalog changes only with the binary; sending it per connection
+//! covers a server that restarted or a new replica.
 //!
 //! May use: `install` (it applies what it receives and reports the statuses) and `metrics` (the
 //! agent's connection metrics). The only part of the agent that knows tonic and the wire types.
@@ -20,8 +27,9 @@ use sonde_proto::{
     poll::{PollRequest, PollResponse, ResponseType, poll_config_client::PollConfigClient},
     resource::Resource,
     sonde::{
-        StatusReport, TracepointState as WireState, TracepointStatus as WireStatus, WatchRequest,
-        status_service_client::StatusServiceClient, watch_service_client::WatchServiceClient,
+        ProbeSite, SiteCatalog, SiteKind, StatusReport, TracepointState as WireState,
+        TracepointStatus as WireStatus, WatchRequest, status_service_client::StatusServiceClient,
+        watch_service_client::WatchServiceClient,
     },
 };
 use tokio::sync::watch;
@@ -90,6 +98,7 @@ struct Client {
     hash: String,
     watch_supported: bool,
     status_supported: bool,
+    catalog_supported: bool,
     failures: u32,
     server: usize,
 }
@@ -138,6 +147,7 @@ impl Client {
             tenant,
             hash: String::new(),
             status_supported: true,
+            catalog_supported: true,
             failures: 0,
             server: 0,
         }
@@ -162,6 +172,8 @@ impl Client {
             let url = self.config.servers[self.server % self.config.servers.len()].clone();
             let ended = match self.connect(&url).await {
                 Ok(channel) => {
+                    // Once per connection: a new server (or a restarted one) learns the sites.
+                    self.report_catalog(&channel).await;
                     if self.watch_supported {
                         self.watch(channel, &mut shutdown).await
                     } else {
@@ -342,6 +354,7 @@ impl Client {
             agent_id: self.config.agent_id.clone(),
             resource: Some(self.resource.clone()),
             ts_nanos: now_nanos(),
+            config_hash: self.hash.clone(),
             tracepoints: statuses
                 .into_iter()
                 .map(|s| WireStatus {
@@ -371,6 +384,52 @@ impl Client {
             }
             Err(status) => {
                 tracing::debug!(error = %describe(&status), "sonde agent: status report failed")
+            }
+        }
+    }
+}
+
+impl Client {
+    /// Sends the probe-site catalog (`sonde.v1.StatusService/ReportCatalog`). A server without
+    /// it (Deep's, or an older Sonde) is not asked again; any other failure is retried on the
+    /// next connection.
+    async fn report_catalog(&mut self, channel: &Channel) {
+        if !self.catalog_supported || !self.status_supported {
+            return;
+        }
+        let (sites, native) = {
+            let installer = self.installer.lock().unwrap_or_else(|p| p.into_inner());
+            (installer.catalog(), installer.native())
+        };
+        let catalog = SiteCatalog {
+            agent_id: self.config.agent_id.clone(),
+            resource: Some(self.resource.clone()),
+            sites: sites
+                .into_iter()
+                .map(|s| ProbeSite {
+                    file: s.file,
+                    line: s.line,
+                    kind: SiteKind::Probe as i32,
+                    names: s.names.iter().map(|n| (*n).to_owned()).collect(),
+                    module: s.module.to_owned(),
+                })
+                .collect(),
+            native,
+        };
+        let request = self.request(catalog);
+        let started = std::time::Instant::now();
+        let reported = StatusServiceClient::new(channel.clone())
+            .report_catalog(request)
+            .await;
+        self.time("catalog", started);
+        match reported {
+            Ok(_) => {}
+            Err(status) if status.code() == Code::Unimplemented => {
+                tracing::debug!("sonde agent: the server takes no site catalog");
+                self.catalog_supported = false;
+            }
+            Err(status) => {
+                tracing::debug!(error = %describe(&status), "sonde agent: catalog report failed")
             }
         }
     }

@@ -58,6 +58,16 @@ pub enum TracepointState {
     Disarmed,
 }
 
+/// One probe site as the catalog lists it (what a tracepoint can bind to).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct CatalogSite {
+    /// The file as a tracepoint's `path` may name it (`file!()`, with `/` separators).
+    pub file: String,
+    pub line: u32,
+    pub module: &'static str,
+    pub names: &'static [&'static str],
+}
+
 enum Outcome {
     Bound {
         tp: Arc<Installed>,
@@ -430,6 +440,32 @@ impl Installer {
             .collect();
         out.sort_by(|a, b| a.id.cmp(&b.id));
         out
+    }
+
+    /// Every probe site of the process, ordered by file and line: the catalog the agent reports.
+    /// Sites are link-time statics, so it is the same for the life of the process.
+    pub fn catalog(&self) -> Vec<CatalogSite> {
+        let mut out: Vec<CatalogSite> = self
+            .sites
+            .iter()
+            .map(|s| CatalogSite {
+                file: s.file().replace('\\', "/"),
+                line: s.line(),
+                module: s.module(),
+                names: s.names(),
+            })
+            .collect();
+        out.sort_by(|a, b| (&a.file, a.line).cmp(&(&b.file, b.line)));
+        out
+    }
+
+    /// Whether lines without a probe site can be armed natively.
+    pub fn native(&self) -> bool {
+        #[cfg(all(feature = "native", target_os = "linux", target_arch = "x86_64"))]
+        if self.native.is_some() {
+            return true;
+        }
+        false
     }
 
     /// Fires counted by a tracepoint (for tests and diagnostics).
