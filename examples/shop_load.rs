@@ -17,10 +17,12 @@
 //! ```text
 //! cargo build --release --bin sonde --example shop --example shop_load
 //! target/release/examples/shop_load          # --seconds 15 --connections 32 --rounds 2
+//! target/release/examples/shop_load --rate 5000   # a fixed rate: compare CPU per request
 //! ```
 //!
-//! The load generator shares the machine with the shop (2 cores here): throughput is what the
-//! pair reaches, and the ratios are what to read.
+//! The load generator shares the machine with the shop (2 cores here): closed loop, throughput
+//! is what the pair reaches; at a fixed `--rate` the throughput is the same in both phases and
+//! the CPU per request and latency ratios are the cost of the tracepoints.
 
 #[path = "../tests/common/load.rs"]
 mod load;
@@ -109,14 +111,13 @@ fn measure(
     name: &'static str,
     shop: SocketAddr,
     pid: u32,
-    connections: usize,
-    seconds: u64,
+    (connections, seconds, rate): (usize, u64, Option<f64>),
     on_start: impl FnOnce() -> anyhow::Result<()>,
 ) -> anyhow::Result<Phase> {
-    load::run(shop, connections, Duration::from_secs(2));
+    load::run_paced(shop, connections, Duration::from_secs(2), rate);
     on_start()?;
     let before = cpu_time(pid)?;
-    let report = load::run(shop, connections, Duration::from_secs(seconds));
+    let report = load::run_paced(shop, connections, Duration::from_secs(seconds), rate);
     let cpu = cpu_time(pid)?.saturating_sub(before);
     ensure!(
         report.failed == 0,
@@ -146,8 +147,17 @@ fn total(text: &str, name: &str) -> f64 {
         .sum()
 }
 
-fn args() -> anyhow::Result<(u64, usize, usize)> {
+struct Args {
+    seconds: u64,
+    connections: usize,
+    rounds: usize,
+    /// Requests per second over all connections; `None` is closed loop.
+    rate: Option<f64>,
+}
+
+fn args() -> anyhow::Result<Args> {
     let (mut seconds, mut connections, mut rounds) = (15u64, 32usize, 2usize);
+    let mut rate = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = |flag: &str| args.next().with_context(|| format!("{flag} needs a value"));
@@ -157,9 +167,11 @@ fn args() -> anyhow::Result<(u64, usize, usize)> {
                 connections = value("--connections")?.parse().context("--connections")?
             }
             "--rounds" => rounds = value("--rounds")?.parse().context("--rounds")?,
+            "--rate" => rate = Some(value("--rate")?.parse::<f64>().context("--rate")?),
             "-h" | "--help" => {
                 println!(
-                    "usage: shop_load [--seconds N (15)] [--connections N (32)] [--rounds N (2)]"
+                    "usage: shop_load [--seconds N (15)] [--connections N (32)] [--rounds N (2)] \
+                     [--rate REQUESTS_PER_SECOND (closed loop when absent)]"
                 );
                 std::process::exit(0);
             }
@@ -167,10 +179,15 @@ fn args() -> anyhow::Result<(u64, usize, usize)> {
         }
     }
     ensure!(
-        seconds > 0 && connections > 0 && rounds > 0,
-        "--seconds, --connections and --rounds must be above 0"
+        seconds > 0 && connections > 0 && rounds > 0 && rate.is_none_or(|r| r > 0.0),
+        "--seconds, --connections, --rounds and --rate must be above 0"
     );
-    Ok((seconds, connections, rounds))
+    Ok(Args {
+        seconds,
+        connections,
+        rounds,
+        rate,
+    })
 }
 
 fn beside_me(name: &str) -> anyhow::Result<PathBuf> {
@@ -286,7 +303,12 @@ fn disarm(
 }
 
 fn main() -> anyhow::Result<()> {
-    let (seconds, connections, rounds) = args()?;
+    let Args {
+        seconds,
+        connections,
+        rounds,
+        rate,
+    } = args()?;
     let data = tempfile::tempdir()?;
     let (_server, server_out) = spawn(
         Command::new(beside_me("sonde")?)
@@ -308,8 +330,12 @@ fn main() -> anyhow::Result<()> {
     let pid = shop_proc.0.id();
     println!("shop_load: sonde server {http} (gRPC {grpc}), shop {shop} (pid {pid})");
     println!(
-        "shop_load: {connections} connections, {rounds} rounds of two phases of {seconds} s \
-         (each after 2 s of warm-up)"
+        "shop_load: {connections} connections, {}, {rounds} rounds of two phases of {seconds} s \
+         (each after 2 s of warm-up)",
+        match rate {
+            Some(r) => format!("paced at {r:.0} requests/s (latency from when each was due)"),
+            None => "closed loop".to_owned(),
+        }
     );
     let line = include_str!("shop.rs")
         .lines()
@@ -321,20 +347,14 @@ fn main() -> anyhow::Result<()> {
         .build()
         .into();
 
+    let load = (connections, seconds, rate);
     let mut phases = Vec::new();
     let mut settled = Vec::new();
     for _ in 0..rounds {
-        phases.push(measure(
-            "no tracepoint",
-            shop,
-            pid,
-            connections,
-            seconds,
-            || Ok(()),
-        )?);
+        phases.push(measure("no tracepoint", shop, pid, load, || Ok(()))?);
         let ids = arm(&api, http, line)?;
         let mut before = String::new();
-        let armed = measure("three tracepoints", shop, pid, connections, seconds, || {
+        let armed = measure("three tracepoints", shop, pid, load, || {
             before = get(&api, &format!("http://{shop}/metrics"))?;
             Ok(())
         })?;

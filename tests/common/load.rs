@@ -66,14 +66,32 @@ fn order(seed: &mut u64) -> (String, f64) {
     (body, total)
 }
 
-/// Posts orders to `http://{addr}/checkout` from `connections` threads for `duration`.
+/// Posts orders to `http://{addr}/checkout` from `connections` threads for `duration`, each
+/// thread sending its next request as soon as the last one is answered (closed loop).
 pub fn run(addr: SocketAddr, connections: usize, duration: Duration) -> LoadReport {
+    run_paced(addr, connections, duration, None)
+}
+
+/// As [`run`], but with `rate` (requests per second over all threads) each thread sends on a
+/// fixed schedule instead: request `k` is due at `k / (rate / connections)` seconds, and its
+/// latency is measured from when it was due, so a server that falls behind shows it in the
+/// latencies (no coordinated omission) rather than in a lower rate.
+pub fn run_paced(
+    addr: SocketAddr,
+    connections: usize,
+    duration: Duration,
+    rate: Option<f64>,
+) -> LoadReport {
     let stop = Arc::new(AtomicBool::new(false));
     let started = Instant::now();
+    let interval = rate.map(|r| Duration::from_secs_f64(connections as f64 / r.max(1e-3)));
     let workers: Vec<_> = (0..connections)
         .map(|i| {
             let stop = stop.clone();
-            std::thread::spawn(move || worker(addr, i as u64, &stop))
+            // Each thread's schedule starts a fraction of an interval after the previous one's,
+            // so the threads do not send in bursts.
+            let pace = interval.map(|every| (every, every.mul_f64(i as f64 / connections as f64)));
+            std::thread::spawn(move || worker(addr, i as u64, &stop, pace))
         })
         .collect();
     while started.elapsed() < duration {
@@ -93,7 +111,12 @@ pub fn run(addr: SocketAddr, connections: usize, duration: Duration) -> LoadRepo
     report
 }
 
-fn worker(addr: SocketAddr, index: u64, stop: &AtomicBool) -> LoadReport {
+fn worker(
+    addr: SocketAddr,
+    index: u64,
+    stop: &AtomicBool,
+    pace: Option<(Duration, Duration)>,
+) -> LoadReport {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
         .timeout_global(Some(Duration::from_secs(10)))
@@ -103,9 +126,21 @@ fn worker(addr: SocketAddr, index: u64, stop: &AtomicBool) -> LoadReport {
     let mut seed = 0x9E37_79B9_7F4A_7C15u64 ^ (index + 1).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     let mut report = LoadReport::default();
     let mut sink = Vec::with_capacity(256);
+    let mut due = Instant::now() + pace.map_or(Duration::ZERO, |(_, offset)| offset);
     while !stop.load(Ordering::Relaxed) {
         let (body, total) = order(&mut seed);
-        let sent = Instant::now();
+        let sent = match pace {
+            Some((interval, _)) => {
+                let now = Instant::now();
+                if due > now {
+                    std::thread::sleep(due - now);
+                }
+                let at = due;
+                due += interval;
+                at
+            }
+            None => Instant::now(),
+        };
         let result = agent
             .post(&url)
             .header("content-type", "application/json")
