@@ -181,6 +181,10 @@ struct SpecArgs {
     /// Minimum milliseconds between fires.
     #[arg(long)]
     fire_period: Option<u64>,
+    /// Histogram bucket upper bounds, increasing (`1,5,10,50`; sets `args.buckets`, "" removes
+    /// it). Without it a histogram's buckets follow its unit.
+    #[arg(long, value_name = "BOUNDS")]
+    buckets: Option<String>,
     /// Any other argument, KEY=VALUE (repeatable; KEY= removes it).
     #[arg(long = "arg", value_name = "KEY=VALUE")]
     args: Vec<String>,
@@ -499,6 +503,9 @@ impl SpecArgs {
         }
         if let Some(p) = self.fire_period {
             set_arg("fire_period", &p.to_string());
+        }
+        if let Some(b) = &self.buckets {
+            set_arg("buckets", b);
         }
         for pair in &self.args {
             let (k, v) = split_pair("--arg", pair)?;
