@@ -241,6 +241,14 @@ struct SpecArgs {
     /// Minimum milliseconds between fires.
     #[arg(long)]
     fire_period: Option<u64>,
+    /// Remove it by itself after this long (`90s`, `15m`, `1h`, `7d`): sets `window_end` to now
+    /// plus the TTL.
+    #[arg(long, value_name = "DURATION")]
+    ttl: Option<String>,
+    /// Histogram bucket upper bounds, increasing (`1,5,10,50`; sets `args.buckets`, "" removes
+    /// it). Without it a histogram's buckets follow its unit.
+    #[arg(long, value_name = "BOUNDS")]
+    buckets: Option<String>,
     /// Any other argument, KEY=VALUE (repeatable; KEY= removes it).
     #[arg(long = "arg", value_name = "KEY=VALUE")]
     args: Vec<String>,
@@ -409,6 +417,9 @@ fn tracepoint(cmd: TracepointCommand) -> Result<(), CliError> {
                     tp
                 }
             };
+            if let Some(warning) = spec.fire_count_warning(&tp) {
+                eprintln!("{warning}");
+            }
             let c = Client::new(&client)?;
             let (created, warnings) = c.send_tracepoint("POST", "/api/tracepoints", &tp)?;
             warn(&warnings);
@@ -450,6 +461,9 @@ fn tracepoint(cmd: TracepointCommand) -> Result<(), CliError> {
                 None => c.get_tracepoint(&id)?,
             };
             spec.apply(&mut tp)?;
+            if let Some(warning) = spec.fire_count_warning(&tp) {
+                eprintln!("{warning}");
+            }
             tp.id.clear();
             let (edited, warnings) = c.send_tracepoint(
                 "PUT",
@@ -567,6 +581,36 @@ fn split_pair<'a>(flag: &str, s: &'a str) -> Result<(&'a str, &'a str), CliError
         .ok_or_else(|| CliError::usage(format!("{flag} {s:?}: expected KEY=VALUE")))
 }
 
+fn unix_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
+}
+
+/// `--ttl`: a positive whole number of seconds, minutes, hours or days (`90s`, `15m`, `1h`, `7d`),
+/// in seconds.
+fn parse_ttl(text: &str) -> Result<u64, CliError> {
+    let bad = || {
+        CliError::usage(format!(
+            "--ttl {text:?}: expected a number and a unit s, m, h or d (e.g. 90s, 15m, 1h, 7d)"
+        ))
+    };
+    let text = text.trim();
+    let unit = text.chars().last().ok_or_else(bad)?;
+    let scale = match unit {
+        's' => 1,
+        'm' => 60,
+        'h' => 3600,
+        'd' => 86_400,
+        _ => return Err(bad()),
+    };
+    match text[..text.len() - 1].parse::<u64>() {
+        Ok(n) if n > 0 => Ok(n.saturating_mul(scale)),
+        _ => Err(bad()),
+    }
+}
+
 fn string_value(s: &str) -> AnyValue {
     AnyValue {
         value: Some(any_value::Value::StringValue(s.to_owned())),
@@ -608,6 +652,13 @@ impl SpecArgs {
         if let Some(p) = self.fire_period {
             set_arg("fire_period", &p.to_string());
         }
+        if let Some(ttl) = &self.ttl {
+            let end = unix_secs().saturating_add(parse_ttl(ttl)?);
+            set_arg("window_end", &end.to_string());
+        }
+        if let Some(b) = &self.buckets {
+            set_arg("buckets", b);
+        }
         for pair in &self.args {
             let (k, v) = split_pair("--arg", pair)?;
             set_arg(k, v);
@@ -647,6 +698,17 @@ impl SpecArgs {
                 .collect::<Result<_, _>>()?;
         }
         Ok(())
+    }
+
+    /// A warning for stderr when the flags cap a metric's hits: a metric-only tracepoint counts
+    /// every hit, but an explicit `fire_count` stops it after that many.
+    fn fire_count_warning(&self, tp: &TracePointConfig) -> Option<String> {
+        let n = self.fire_count.filter(|n| *n != -1)?;
+        (!tp.metrics.is_empty()).then(|| {
+            format!(
+                "warning: --fire-count {n} caps the metric: it records only the first {n} hits, then stops (leave --fire-count out, or use -1, to count every hit)"
+            )
+        })
     }
 
     fn metric(&self, spec: &str) -> Result<Metric, CliError> {
@@ -769,6 +831,16 @@ mod tests {
         assert_eq!(tp.path, "a.rs");
         assert!(!tp.args.contains_key("condition"));
         assert_eq!(tp.args["log_msg"], "hi");
+    }
+
+    #[test]
+    fn ttls_have_a_unit() {
+        for (text, secs) in [("90s", 90), ("15m", 900), ("1h", 3600), (" 7d", 604_800)] {
+            assert_eq!(parse_ttl(text).map_err(|e| e.message), Ok(secs), "{text}");
+        }
+        for text in ["", "1", "h", "0h", "1.5h", "-1h", "1w", "1H"] {
+            assert_eq!(parse_ttl(text).map_err(|e| e.code), Err(2), "{text:?}");
+        }
     }
 
     #[test]

@@ -224,3 +224,144 @@ fn validate_checks_files_offline() {
     let missing = run(&dir.path().join("none.json"));
     assert_eq!(missing.status.code(), Some(1));
 }
+
+fn unix_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock")
+        .as_secs()
+}
+
+fn window_end(server: &TestServer, id: &str) -> u64 {
+    let get = sonde(server, &["tracepoint", "get", id, "-o", "json"]);
+    let tp: serde_json::Value = serde_json::from_slice(&get.stdout).expect("JSON output");
+    tp["tracepoint"]["args"]["window_end"]
+        .as_str()
+        .expect("window_end set")
+        .parse()
+        .expect("a number")
+}
+
+#[test]
+fn ttl_sets_the_window_end_and_list_shows_the_expiry() {
+    let server = TestServer::start();
+    let before = unix_secs();
+    let add = sonde(
+        &server,
+        &[
+            "tracepoint",
+            "add",
+            "src/checkout.rs:42",
+            "--metric",
+            "counter:orders",
+            "--ttl",
+            "1h",
+        ],
+    );
+    assert!(add.status.success(), "{}", stderr(&add));
+    let id = stdout(&add).trim().to_owned();
+    let end = window_end(&server, &id);
+    assert!(
+        (before + 3600..=unix_secs() + 3600).contains(&end),
+        "window_end {end} is an hour after {before}"
+    );
+
+    let list = stdout(&sonde(&server, &["tracepoint", "list"]));
+    let header = list.lines().next().expect("a header");
+    assert!(header.contains("EXPIRES"), "{list}");
+    let row = list.lines().find(|l| l.contains(&id)).expect("the row");
+    assert!(
+        row.contains("in 59m") || row.contains("in 1h00m"),
+        "expires in an hour: {row}"
+    );
+
+    let edit = sonde(&server, &["tracepoint", "edit", &id, "--ttl", "2d"]);
+    assert!(edit.status.success(), "{}", stderr(&edit));
+    let end = window_end(&server, &id);
+    assert!(
+        end >= before + 2 * 86_400 && end <= unix_secs() + 2 * 86_400,
+        "window_end {end} is two days on"
+    );
+    for unit in ["90s", "15m"] {
+        let edit = sonde(&server, &["tracepoint", "edit", &id, "--ttl", unit]);
+        assert!(edit.status.success(), "{}", stderr(&edit));
+    }
+    assert!(window_end(&server, &id) <= unix_secs() + 15 * 60);
+
+    for bad in ["1w", "h", "1.5h", "0m", "soon"] {
+        let edit = sonde(&server, &["tracepoint", "edit", &id, "--ttl", bad]);
+        assert_eq!(edit.status.code(), Some(2), "--ttl {bad} is a usage error");
+        assert!(stderr(&edit).contains("--ttl"), "{}", stderr(&edit));
+    }
+}
+
+#[test]
+fn fire_count_with_a_metric_warns_that_it_caps_it() {
+    let server = TestServer::start();
+    let metric = |extra: &[&str]| {
+        let mut args = vec![
+            "tracepoint",
+            "add",
+            "src/checkout.rs:42",
+            "--metric",
+            "histogram:order_total",
+            "--buckets",
+            "1,5,10,50",
+        ];
+        args.extend_from_slice(extra);
+        sonde(&server, &args)
+    };
+    let capped = metric(&["--fire-count", "5"]);
+    assert!(capped.status.success(), "{}", stderr(&capped));
+    assert!(
+        stderr(&capped).contains("warning: --fire-count 5 caps the metric"),
+        "{}",
+        stderr(&capped)
+    );
+    let id = stdout(&capped).trim().to_owned();
+    let get = sonde(&server, &["tracepoint", "get", &id, "-o", "json"]);
+    let tp: serde_json::Value = serde_json::from_slice(&get.stdout).expect("JSON output");
+    assert_eq!(tp["tracepoint"]["args"]["buckets"], "1,5,10,50");
+
+    for quiet in [metric(&[]), metric(&["--fire-count", "-1"])] {
+        assert!(quiet.status.success(), "{}", stderr(&quiet));
+        assert!(!stderr(&quiet).contains("warning"), "{}", stderr(&quiet));
+    }
+    let log_only = sonde(
+        &server,
+        &[
+            "tracepoint",
+            "add",
+            "src/a.rs:1",
+            "--log",
+            "hit",
+            "--fire-count",
+            "5",
+        ],
+    );
+    assert!(log_only.status.success(), "{}", stderr(&log_only));
+    assert!(
+        !stderr(&log_only).contains("warning"),
+        "{}",
+        stderr(&log_only)
+    );
+
+    let bad = sonde(
+        &server,
+        &[
+            "tracepoint",
+            "add",
+            "src/a.rs:1",
+            "--metric",
+            "histogram:h",
+            "--buckets",
+            "1,5,x",
+        ],
+    );
+    assert_eq!(bad.status.code(), Some(1), "the server refuses bad buckets");
+    assert!(
+        stderr(&bad).contains("args.buckets") && stderr(&bad).contains("bound 3"),
+        "{}",
+        stderr(&bad)
+    );
+}

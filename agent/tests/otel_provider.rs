@@ -167,8 +167,18 @@ fn tracepoint_metrics_reach_the_opentelemetry_sdk_with_names_attributes_and_valu
         gauges(last),
         vec![(country("DE"), 3.0), (country("NZ"), 7.5)]
     );
-    let buckets = prometheus::DEFAULT_BUCKETS.to_vec();
-    for name in ["deep_order_value", "deep_order_value_summary"] {
+    // A histogram with no unit gets the wide default; a summary (a histogram in OpenTelemetry)
+    // keeps the latency buckets as advice.
+    for (name, buckets) in [
+        (
+            "deep_order_value",
+            sonde_agent::metrics::Buckets::WIDE.to_vec(),
+        ),
+        (
+            "deep_order_value_summary",
+            prometheus::DEFAULT_BUCKETS.to_vec(),
+        ),
+    ] {
         assert_eq!(
             histograms(metric(&rm, name)),
             vec![

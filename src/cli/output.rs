@@ -209,6 +209,7 @@ pub fn tracepoints(opts: &ClientOpts, list: &[TracePointConfig], status: &serde_
                 tp.args.get("condition").cloned().unwrap_or_default(),
                 targeting_cell(tp),
                 status_cell(&status["tracepoints"][&tp.id]),
+                expires_cell(tp),
             ]
         })
         .collect();
@@ -220,9 +221,44 @@ pub fn tracepoints(opts: &ClientOpts, list: &[TracePointConfig], status: &serde_
             "CONDITION",
             "TARGETING",
             "STATUS",
+            "EXPIRES",
         ],
         &rows,
     );
+}
+
+/// When the tracepoint's window ends (`args.window_end`: numbers below 10^11 are Unix seconds,
+/// larger ones milliseconds): `in 59m`, `expired`, or empty when it never does.
+fn expires_cell(tp: &TracePointConfig) -> String {
+    let Some(end) = tp
+        .args
+        .get("window_end")
+        .and_then(|v| v.trim().parse::<u64>().ok())
+    else {
+        return String::new();
+    };
+    if end == 0 {
+        return String::new();
+    }
+    let end_ms = if end < 100_000_000_000 {
+        end * 1000
+    } else {
+        end
+    };
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or_default();
+    if end_ms <= now {
+        return "expired".to_owned();
+    }
+    let secs = (end_ms - now) / 1000;
+    match secs {
+        0..=59 => format!("in {secs}s"),
+        60..=3599 => format!("in {}m", secs / 60),
+        3600..=86_399 => format!("in {}h{:02}m", secs / 3600, (secs % 3600) / 60),
+        _ => format!("in {}d{:02}h", secs / 86_400, (secs % 86_400) / 3600),
+    }
 }
 
 fn ago(ms: u64) -> String {

@@ -96,6 +96,7 @@ impl ValidationError {
 
 /// The `args` keys tracepoints may carry.
 pub const KNOWN_ARGS: &[&str] = &[
+    "buckets",
     "condition",
     "cpu_percent",
     "fire_count",
@@ -111,6 +112,60 @@ pub const KNOWN_ARGS: &[&str] = &[
     "window_end",
     "window_start",
 ];
+
+/// The most bucket bounds `args.buckets` may list.
+pub const MAX_BUCKETS: usize = 64;
+
+/// `args.buckets`: comma-separated finite numbers, strictly increasing, at most [`MAX_BUCKETS`].
+/// An error names the item (1-based) and its column in the value.
+fn check_buckets(field: &str, value: &str) -> Result<(), ValidationError> {
+    let at = |column: usize, message: String| ValidationError {
+        field: field.to_owned(),
+        message,
+        position: Some(Position {
+            line: 1,
+            column: u32::try_from(column + 1).unwrap_or(u32::MAX),
+        }),
+    };
+    if value.trim().is_empty() {
+        return Err(ValidationError::new(
+            field,
+            "is empty: list the bucket upper bounds, e.g. \"1,5,10,50\"",
+        ));
+    }
+    let mut previous: Option<f64> = None;
+    let mut column = 0;
+    for (i, item) in value.split(',').enumerate() {
+        let n = i + 1;
+        if n > MAX_BUCKETS {
+            return Err(at(column, format!("more than {MAX_BUCKETS} bucket bounds")));
+        }
+        let start = column + value[column..].len() - value[column..].trim_start().len();
+        let text = item.trim();
+        match text.parse::<f64>() {
+            Ok(bound) if bound.is_finite() => {
+                if let Some(p) = previous.filter(|p| bound <= *p) {
+                    return Err(at(
+                        start,
+                        format!(
+                            "bound {n} ({text}) is not greater than bound {} ({p}): list the bounds in increasing order",
+                            n - 1
+                        ),
+                    ));
+                }
+                previous = Some(bound);
+            }
+            _ => {
+                return Err(at(
+                    start,
+                    format!("bound {n} ({text:?}) is not a finite number"),
+                ));
+            }
+        }
+        column += item.len() + 1;
+    }
+    Ok(())
+}
 
 /// Checks a tracepoint as received from a client. `ID` is not checked here (the caller decides
 /// whether one may be given).
@@ -415,6 +470,8 @@ impl Ctx<'_> {
                 )),
             },
             "window_start" | "window_end" => int(0),
+            // Sonde's: the upper bounds of the tracepoint's histogram buckets.
+            "buckets" => check_buckets(&field, value),
             "condition" => {
                 if value.trim().is_empty() {
                     Ok(())
@@ -574,6 +631,10 @@ mod tests {
             ("cpu_percent", "101"),
             ("cpu_percent", "lots"),
             ("sampling", "sometimes"),
+            ("buckets", ""),
+            ("buckets", "1,x"),
+            ("buckets", "1,inf"),
+            ("buckets", "5,1"),
             ("snapshot", "sometimes"),
             ("window_start", "yesterday"),
         ] {
@@ -587,7 +648,27 @@ mod tests {
         tp.args.insert("snapshot".into(), "no_collect".into());
         tp.args.insert("cpu_percent".into(), "2.5".into());
         tp.args.insert("sampling".into(), "off".into());
+        tp.args.insert("buckets".into(), "0.5, 1,5,1e3".into());
         validate(&tp, &Limits::default()).unwrap();
+    }
+
+    #[test]
+    fn bad_buckets_name_the_bound_and_its_column() {
+        let mut tp = base();
+        tp.args.insert("buckets".into(), "1,5, 5,10".into());
+        let e = err(&tp);
+        assert_eq!(e.field, "args.buckets");
+        assert!(
+            e.message
+                .starts_with("bound 3 (5) is not greater than bound 2"),
+            "{}",
+            e.message
+        );
+        assert_eq!(e.position, Some(Position { line: 1, column: 6 }));
+        tp.args.insert("buckets".into(), "1,2,ten".into());
+        let e = err(&tp);
+        assert_eq!(e.message, "bound 3 (\"ten\") is not a finite number");
+        assert_eq!(e.position, Some(Position { line: 1, column: 5 }));
     }
 
     #[test]

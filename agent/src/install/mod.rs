@@ -318,7 +318,7 @@ impl Installer {
                 kind: rule.kind,
                 label_keys: &keys,
                 tracepoint_id: &spec.id,
-                buckets: None,
+                buckets: rule.buckets.as_deref(),
             };
             let mut instruments = Vec::with_capacity(self.providers.len());
             for provider in &self.providers {

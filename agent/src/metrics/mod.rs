@@ -56,7 +56,7 @@
 //! (`self_metrics.rs`). May use: nothing else in the crate.
 
 pub(crate) mod backends;
-mod buckets;
+pub(crate) mod buckets;
 pub(crate) mod encoder;
 pub(crate) mod endpoint;
 pub mod exposition;

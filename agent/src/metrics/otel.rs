@@ -7,9 +7,9 @@
 //! Kinds: COUNTER is an `f64` counter (adds), GAUGE an `f64` gauge (records the value), HISTOGRAM
 //! an `f64` histogram. OpenTelemetry has no summary instrument, so SUMMARY is an `f64` histogram
 //! too: quantiles are left to the backend (or to an exponential-histogram view). Histograms are
-//! created with the same bucket boundaries as the Prometheus provider (the `prometheus` crate's
-//! defaults, 5 ms to 10 s when values are seconds) as advice; a view of the application overrides
-//! them.
+//! created with the same bucket boundaries as the Prometheus provider (the tracepoint's
+//! `args.buckets`, else chosen by the metric's unit) as advice; a view of the application
+//! overrides them.
 //!
 //! Names: the metric name without `_total` on counters (OpenTelemetry's convention: exporters such
 //! as Prometheus add suffixes themselves), the help text as the description. A series is the
@@ -123,7 +123,7 @@ impl OtelProvider {
                 meter
                     .f64_histogram(name)
                     .with_description(help)
-                    .with_boundaries(prometheus::DEFAULT_BUCKETS.to_vec())
+                    .with_boundaries(spec.buckets.unwrap_or(prometheus::DEFAULT_BUCKETS).to_vec())
                     .build(),
             ),
         }

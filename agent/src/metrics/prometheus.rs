@@ -2,8 +2,9 @@
 //! the application already exposes (or the crate's default registry).
 //!
 //! Names follow Deep's agents: `<namespace>_<name>[_<unit>]`, counters with `_total`. COUNTER adds
-//! the value, GAUGE sets it, HISTOGRAM observes it into latency buckets (5 ms to 10 s, the
-//! `prometheus` defaults), SUMMARY observes it into quantiles 0.5, 0.9 and 0.99 over a sliding
+//! the value, GAUGE sets it, HISTOGRAM observes it into the spec's buckets (for a tracepoint: its
+//! `args.buckets`, else by unit: `seconds` 5 ms–10 s, `milliseconds` 5–10,000, `bytes` 64 B–16 MiB,
+//! anything else 1 to ~10^6 by powers of four; the `prometheus` defaults when a spec has none), SUMMARY observes it into quantiles 0.5, 0.9 and 0.99 over a sliding
 //! 60 s window ([`SlidingSummary`]; the `prometheus` crate has no summary of its own). Two
 //! tracepoints that define the same metric (same name, kind and label keys) share it; it goes
 //! away with the last of them.

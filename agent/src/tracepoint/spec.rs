@@ -46,6 +46,9 @@ pub(crate) struct MetricRule {
     /// The value expression; `None` means 1.
     pub value: Option<String>,
     pub labels: Vec<(String, LabelRule)>,
+    /// Histogram bucket upper bounds: the tracepoint's `args.buckets`, else chosen by the
+    /// metric's unit; `None` for other kinds.
+    pub buckets: Option<Vec<f64>>,
 }
 
 /// Where a label's value comes from.
@@ -53,6 +56,28 @@ pub(crate) struct MetricRule {
 pub(crate) enum LabelRule {
     Static(String),
     Expression(String),
+}
+
+/// `args.buckets`: comma-separated finite numbers, strictly increasing (the server checks the
+/// same, naming the position).
+fn parse_buckets(raw: &str) -> Result<Vec<f64>, String> {
+    let mut bounds: Vec<f64> = Vec::new();
+    for (i, item) in raw.split(',').enumerate() {
+        let item = item.trim();
+        match item.parse::<f64>() {
+            Ok(b) if b.is_finite() => {
+                if bounds.last().is_some_and(|p| b <= *p) {
+                    return Err(format!(
+                        "bound {} ({item}) is not greater than the one before it",
+                        i + 1
+                    ));
+                }
+                bounds.push(b);
+            }
+            _ => return Err(format!("bound {} ({item:?}) is not a finite number", i + 1)),
+        }
+    }
+    Ok(bounds)
 }
 
 /// A window bound in milliseconds: numbers below 10^11 are Unix seconds, larger ones
@@ -119,6 +144,10 @@ impl TracepointSpec {
                 ));
             }
         };
+        let buckets = nonempty("buckets")
+            .map(|s| parse_buckets(&s))
+            .transpose()
+            .map_err(|e| format!("args.buckets: {e}"))?;
         let window_start_ms =
             window_ms(args.get("window_start")).map_err(|e| format!("args.window_start: {e}"))?;
         let window_end_ms =
@@ -136,7 +165,13 @@ impl TracepointSpec {
                     Err(_) => return Err(format!("metrics[{i}].type: unknown type {}", m.r#type)),
                 };
                 let ns = m.namespace.as_deref().filter(|s| !s.is_empty()).unwrap_or("deep");
-                let name = match m.unit.as_deref().filter(|s| !s.is_empty()) {
+                let unit = m.unit.as_deref().filter(|s| !s.is_empty());
+                let buckets = (kind == MetricKind::Histogram).then(|| {
+                    buckets
+                        .clone()
+                        .unwrap_or_else(|| crate::metrics::buckets::for_unit(unit).to_vec())
+                });
+                let name = match unit {
                     Some(unit) => format!("{ns}_{}_{unit}", m.name),
                     None => format!("{ns}_{}", m.name),
                 };
@@ -175,6 +210,7 @@ impl TracepointSpec {
                     kind,
                     value: m.expression.clone().filter(|e| !e.trim().is_empty()),
                     labels,
+                    buckets,
                 })
             })
             .collect::<Result<Vec<_>, String>>()?;
@@ -241,5 +277,57 @@ mod tests {
         assert_eq!(spec.metrics[0].kind, MetricKind::Histogram);
         assert_eq!(spec.metrics[0].labels[1].1, LabelRule::Static("3".into()));
         assert_eq!(spec.metrics[0].value, None);
+        assert_eq!(
+            spec.metrics[0].buckets.as_deref(),
+            Some(crate::metrics::buckets::Buckets::LATENCY_SECONDS)
+        );
+    }
+
+    #[test]
+    fn histogram_buckets_come_from_the_args_or_the_unit() {
+        let histogram = |unit: Option<&str>| Metric {
+            name: "m".into(),
+            r#type: MetricType::Histogram as i32,
+            unit: unit.map(Into::into),
+            ..Default::default()
+        };
+        let mut tp = TracePointConfig {
+            path: "src/a.rs".into(),
+            line_number: 3,
+            ..Default::default()
+        };
+        tp.metrics = vec![
+            histogram(None),
+            histogram(Some("milliseconds")),
+            histogram(Some("bytes")),
+            Metric {
+                name: "c".into(),
+                ..Default::default()
+            },
+        ];
+        let spec = TracepointSpec::from_proto(&tp).unwrap();
+        let got: Vec<_> = spec.metrics.iter().map(|m| m.buckets.as_deref()).collect();
+        use crate::metrics::buckets::Buckets;
+        assert_eq!(
+            got,
+            [
+                Some(Buckets::WIDE),
+                Some(Buckets::LATENCY_MILLISECONDS),
+                Some(Buckets::SIZES_BYTES),
+                None
+            ]
+        );
+        tp.args.insert("buckets".into(), " 1, 5,10,50".into());
+        let spec = TracepointSpec::from_proto(&tp).unwrap();
+        assert_eq!(
+            spec.metrics[1].buckets.as_deref(),
+            Some(&[1.0, 5.0, 10.0, 50.0][..])
+        );
+        tp.args.insert("buckets".into(), "1,5,5".into());
+        let err = TracepointSpec::from_proto(&tp).unwrap_err();
+        assert_eq!(
+            err,
+            "args.buckets: bound 3 (5) is not greater than the one before it"
+        );
     }
 }
