@@ -136,17 +136,6 @@ fn get(agent: &ureq::Agent, url: &str) -> anyhow::Result<String> {
         .read_to_string()?)
 }
 
-/// The sum of every sample of `name` (all label sets).
-fn total(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|l| {
-            l.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
 struct Args {
     seconds: u64,
     connections: usize,
@@ -410,10 +399,10 @@ fn main() -> anyhow::Result<()> {
 /// Per tracepoint: the sample factor it settled on, its CPU per timed evaluation, and how far
 /// its count is from the orders completed in the phase.
 fn describe(ids: &[(&'static str, String)], before: &str, after: &str, orders: f64) -> Vec<String> {
-    let delta = |name: &str| total(after, name) - total(before, name);
+    let delta = |name: &str| load::total(after, name) - load::total(before, name);
     ids.iter()
         .map(|(what, id)| {
-            let every = total(
+            let every = load::total(
                 after,
                 &format!(r#"sonde_agent_tracepoint_sample_every{{tracepoint="{id}"}}"#),
             );

@@ -11,98 +11,21 @@
 mod common;
 #[path = "common/load.rs"]
 mod load;
+#[path = "common/shop.rs"]
+mod shop;
 
 use std::{
-    io::{BufRead, BufReader},
     net::SocketAddr,
-    process::{Child, Command, Stdio},
     time::{Duration, Instant},
 };
 
 use common::TestServer;
-
-/// The shop, killed when dropped.
-struct Shop {
-    child: Child,
-    addr: SocketAddr,
-}
-
-impl Drop for Shop {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn shop_binary() -> std::path::PathBuf {
-    let exe = std::env::current_exe().expect("the test's path");
-    // target/<profile>/deps/<test> -> target/<profile>/examples/shop
-    let profile_dir = exe
-        .parent()
-        .and_then(|deps| deps.parent())
-        .expect("target/<profile>");
-    let shop = profile_dir.join("examples").join("shop");
-    assert!(
-        shop.exists(),
-        "{} is missing: `cargo test` builds the examples (or run `cargo build --example shop`)",
-        shop.display()
-    );
-    shop
-}
-
-fn start_shop(grpc: &str, service: &str) -> Shop {
-    let mut child = Command::new(shop_binary())
-        .args(["--listen", "127.0.0.1:0"])
-        .env("SONDE_AGENT_SERVER", grpc)
-        .env("SONDE_SERVICE_NAME", service)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start the shop");
-    let stdout = child.stdout.take().expect("piped stdout");
-    let mut lines = BufReader::new(stdout).lines();
-    let addr = loop {
-        let line = lines
-            .next()
-            .expect("the shop printed its address before exiting")
-            .expect("read the shop's stdout");
-        if let Some(rest) = line.split("listening on http://").nth(1) {
-            let addr = rest.split_whitespace().next().unwrap_or_default();
-            break addr.parse().expect("a socket address");
-        }
-    };
-    // Keep draining its stdout so it never blocks on a full pipe.
-    std::thread::spawn(move || for _ in lines {});
-    Shop { child, addr }
-}
-
-/// The line of `examples/shop.rs` holding the checkout probe.
-fn checkout_line() -> u32 {
-    let source = include_str!("../examples/shop.rs");
-    let index = source
-        .lines()
-        .position(|l| l.contains("probe!(order, discount, charged, took)"))
-        .expect("the checkout probe in examples/shop.rs");
-    index as u32 + 1
-}
 
 fn scrape(addr: SocketAddr) -> String {
     let agent = common::http_agent();
     let (status, body) = common::send(&agent, "GET", &format!("http://{addr}/metrics"), None, &[]);
     assert_eq!(status, 200);
     String::from_utf8(body).expect("utf-8 exposition")
-}
-
-/// The sum of every sample of `name` (all label sets), 0 when there is none.
-fn total(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|l| {
-            l.strip_prefix(name)
-                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 /// The agent's statuses of the tracepoints on the server, once both are reported bound.
@@ -154,8 +77,8 @@ fn reported(server: &TestServer, service: &str, id: &str) -> (String, String) {
 fn a_counter_and_a_histogram_stay_within_5_percent_under_load() {
     let server = TestServer::start();
     let service = format!("shop-under-load-{}", std::process::id());
-    let shop = start_shop(&server.grpc, &service);
-    let line = checkout_line();
+    let shop = shop::start(&server.grpc, &service);
+    let line = shop::checkout_line();
     let target = format!(r#"[{{"key": "service.name", "value": {{"stringValue": "{service}"}}}}]"#);
     let counter = server.create(&format!(
         r#"{{"tracepoint": {{"path": "examples/shop.rs", "line_number": {line},
@@ -174,11 +97,11 @@ fn a_counter_and_a_histogram_stay_within_5_percent_under_load() {
 
     let report = load::run(shop.addr, 16, Duration::from_secs(15));
     let text = scrape(shop.addr);
-    let counted = total(&text, "deep_checkouts_total");
-    let count = total(&text, "deep_order_total_count");
-    let sum = total(&text, "deep_order_total_sum");
+    let counted = load::total(&text, "deep_checkouts_total");
+    let count = load::total(&text, "deep_order_total_count");
+    let sum = load::total(&text, "deep_order_total_sum");
     let every = |id: &str| {
-        total(
+        load::total(
             &text,
             &format!(r#"sonde_agent_tracepoint_sample_every{{tracepoint="{id}"}}"#),
         )

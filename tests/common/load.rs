@@ -161,3 +161,15 @@ fn worker(
     }
     report
 }
+
+/// The sum of every sample of `name` in a Prometheus text exposition (all its label sets), 0
+/// when there is none.
+pub fn total(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| {
+            l.strip_prefix(name)
+                .is_some_and(|rest| rest.starts_with('{') || rest.starts_with(' '))
+        })
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
