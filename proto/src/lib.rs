@@ -95,3 +95,6 @@ pub use pb::deepproto::proto::poll::v1 as poll;
 pub use pb::deepproto::proto::resource::v1 as resource;
 pub use pb::deepproto::proto::tracepoint::v1 as tracepoint;
 pub use pb::sonde::v1 as sonde;
+
+mod paths;
+pub use paths::path_matches;

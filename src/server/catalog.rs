@@ -9,7 +9,10 @@
 use std::collections::BTreeMap;
 
 use serde::Serialize;
-use sonde_proto::sonde::{SiteCatalog, SiteKind};
+use sonde_proto::{
+    path_matches,
+    sonde::{SiteCatalog, SiteKind},
+};
 
 /// Most sites one catalog may hold.
 pub const MAX_SITES: usize = 50_000;
@@ -157,25 +160,6 @@ pub fn merge<'a>(catalogs: impl IntoIterator<Item = &'a Catalog>) -> Vec<MergedS
         .collect()
 }
 
-/// Whether a tracepoint's `path` names a site's `file`: one is a suffix of the other by whole
-/// path components, as the agent binds (`sonde_agent::path_matches`; the server does not depend
-/// on the agent crate, so the rule is repeated here and tested on the same cases).
-pub fn path_matches(tracepoint_path: &str, site_file: &str) -> bool {
-    fn components(p: &str) -> impl DoubleEndedIterator<Item = &str> {
-        p.split(['/', '\\']).filter(|c| !c.is_empty() && *c != ".")
-    }
-    let mut a = components(tracepoint_path).rev();
-    let mut b = components(site_file).rev();
-    let mut compared = 0;
-    loop {
-        match (a.next(), b.next()) {
-            (Some(x), Some(y)) if x == y => compared += 1,
-            (Some(_), Some(_)) => return false,
-            _ => return compared > 0,
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -189,20 +173,6 @@ mod tests {
             names: names.iter().map(|n| (*n).into()).collect(),
             module: String::new(),
         }
-    }
-
-    #[test]
-    fn paths_match_as_the_agent_matches_them() {
-        for tp in [
-            "checkout.rs",
-            "src/checkout.rs",
-            "/home/me/shop/src/checkout.rs",
-        ] {
-            assert!(path_matches(tp, "src/checkout.rs"), "{tp}");
-        }
-        assert!(!path_matches("out.rs", "src/checkout.rs"));
-        assert!(!path_matches("lib/checkout.rs", "src/checkout.rs"));
-        assert!(!path_matches("", "src/checkout.rs"));
     }
 
     #[test]
