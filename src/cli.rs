@@ -7,6 +7,7 @@
 //! 4 stored but bound by no agent and 5 stored but an agent reported an error (see `wait`).
 
 mod client;
+mod lines;
 mod output;
 mod serve;
 mod sites;
@@ -51,6 +52,24 @@ enum Command {
     /// CAPTURES (the variables an expression there can read). `-o json` prints the API's answer.
     /// Deep's agents report no sites; an empty table says why on stderr.
     Sites(Box<sites::SitesArgs>),
+    /// List the source files agents can arm lines in natively (and those with probe sites).
+    ///
+    /// The application's own files by default (no standard library, no dependencies: --all
+    /// adds them). Merged over the live agents (of one service with --service); AGENTS is how
+    /// many of them have the file. Native lines need agents built with the `native` feature,
+    /// run with SONDE_AGENT_NATIVE=1, and debug info.
+    Files(Box<lines::FilesArgs>),
+    /// List the lines of a file where a tracepoint can bind, and the variables readable at each.
+    ///
+    /// Every line with code (or a probe site), merged over the live agents (of one service with
+    /// --service): KIND is `probe` (a `probe!` site) and/or `native` (code an agent can arm
+    /// without a probe), AGENTS how many have the line, VARIABLES the names in scope. A variable
+    /// that cannot be read at every address of the line is marked with why (`optimized out`,
+    /// `async state`, `unsupported type`, `partly in scope`); `async state` on a readable one
+    /// means its value is read from the async fn's state and may date from the last `.await`.
+    /// With --line N, one row per variable with its type and the full reason. Blank lines,
+    /// comments and lines the compiler left no code for are absent.
+    Lines(Box<lines::LinesArgs>),
     /// Show the audit log: who created, edited and deleted which tracepoint (before and after),
     /// when, from where, and every refused request. Oldest first, one page at a time.
     Audit(Box<AuditArgs>),
@@ -341,6 +360,8 @@ impl Cli {
                 Ok(())
             }
             Command::Sites(args) => sites::run(*args),
+            Command::Files(args) => lines::files(*args),
+            Command::Lines(args) => lines::lines(*args),
             Command::Audit(args) => audit(*args),
             Command::Token(cmd) => token(cmd),
             Command::Tracepoint(cmd) => tracepoint(*cmd),
