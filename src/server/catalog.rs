@@ -1,10 +1,12 @@
 //! [`Catalog`]: what one agent can instrument (its probe sites), as it last reported it, and the
-//! merge of several agents' catalogs that `GET /api/sites` answers.
+//! merge of several agents' catalogs that `GET /api/sites` answers; [`Asker`], the way to ask an
+//! agent that arms lines natively about its files and lines (its `CatalogService/Serve` stream),
+//! and the merge of the answers that `GET /api/lines` gives ([`merge_lines`]).
 //!
 //! Agents send their catalog once per connection (`sonde.v1.StatusService/ReportCatalog`); the
 //! server keeps only the latest one per agent, in memory, beside the agent's status (see
 //! `agents`). Nothing is stored durably: a restarted server learns the catalogs again as agents
-//! reconnect.
+//! reconnect. Answers about native lines are not kept at all: each request asks again.
 
 use std::{collections::BTreeMap, time::Duration};
 

@@ -44,7 +44,9 @@ pub(crate) use arm::{ArmError, NativeHandle};
 pub use arm::{Native, NativeBudget, NativeStats};
 pub use cfa::CfaRule;
 pub use index::{AddressSource, DebugIndex, FileId, LineAddress, LineLookup, NearestLines};
-pub use lines::{CodeLine, LineVariable, MAX_LINES};
+pub use lines::{
+    CodeLine, LineVariable, MAX_LINES, files as catalog_files, lines as catalog_lines,
+};
 pub use load::LoadError;
 pub use plan::{CapturePlan, DwarfError, Function, Unavailable, Variable};
 pub use shape::{DecodeError, Deref, DerefLen, MAX_DEREF_BYTES, MAX_DEREFS, MAX_INLINE, TypeShape};
