@@ -66,7 +66,7 @@ fn main() {
 
     let mut by_size: Vec<(usize, &String)> =
         own.iter().map(|f| (index.code_lines(f).len(), f)).collect();
-    by_size.sort_by(|a, b| b.0.cmp(&a.0));
+    by_size.sort_by_key(|(n, _)| std::cmp::Reverse(*n));
     let total_lines: usize = by_size.iter().map(|(n, _)| n).sum();
     println!("own files have {total_lines} lines with code in all");
     println!("file | lines with code | variables | lines answer | bytes | one line (median)");
