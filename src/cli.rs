@@ -8,6 +8,7 @@
 
 mod client;
 mod lines;
+mod mcp;
 mod output;
 mod serve;
 mod sites;
@@ -70,6 +71,16 @@ enum Command {
     /// With --line N, one row per variable with its type and the full reason. Blank lines,
     /// comments and lines the compiler left no code for are absent.
     Lines(Box<lines::LinesArgs>),
+    /// Serve Sonde's operations to an AI assistant over the Model Context Protocol (stdio).
+    ///
+    /// Tools: list services and agents, sites, files and lines (with the variables readable at
+    /// each); create a metric or log tracepoint (validated, waiting for the agents' reports);
+    /// read its live counters and snapshots; delete it; list what this session created. Every
+    /// tracepoint it creates expires after --ttl and carries the argument `tag` = `mcp:SESSION`;
+    /// --read-only offers only the reading tools. Talks to the server's HTTP API with
+    /// SONDE_SERVER and SONDE_TOKEN like the other commands, so the token's role and the audit
+    /// log apply.
+    Mcp(Box<mcp::McpArgs>),
     /// Show the audit log: who created, edited and deleted which tracepoint (before and after),
     /// when, from where, and every refused request. Oldest first, one page at a time.
     Audit(Box<AuditArgs>),
@@ -362,6 +373,7 @@ impl Cli {
             Command::Sites(args) => sites::run(*args),
             Command::Files(args) => lines::files(*args),
             Command::Lines(args) => lines::lines(*args),
+            Command::Mcp(args) => mcp::run(*args),
             Command::Audit(args) => audit(*args),
             Command::Token(cmd) => token(cmd),
             Command::Tracepoint(cmd) => tracepoint(*cmd),
