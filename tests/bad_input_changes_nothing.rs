@@ -29,7 +29,6 @@ fn refused(server: &TestServer, body: &str, field: &str) -> Value {
     json
 }
 
-#[test]
 fn missing_or_malformed_basics() {
     let server = TestServer::start();
     server.create(&tp(""));
@@ -51,7 +50,6 @@ fn missing_or_malformed_basics() {
     refused(&server, r#"{}"#, "tracepoint");
 }
 
-#[test]
 fn args_must_be_known_and_well_formed() {
     let server = TestServer::start();
     refused(
@@ -85,7 +83,6 @@ fn args_must_be_known_and_well_formed() {
     ));
 }
 
-#[test]
 fn expressions_must_compile_and_errors_carry_the_position() {
     let server = TestServer::start();
     let json = refused(
@@ -127,7 +124,6 @@ fn expressions_must_compile_and_errors_carry_the_position() {
     ));
 }
 
-#[test]
 fn metric_and_label_names_must_be_legal_and_bounded() {
     let server = TestServer::start();
     refused(
@@ -178,7 +174,6 @@ fn metric_and_label_names_must_be_legal_and_bounded() {
     );
 }
 
-#[test]
 fn python_expressions_pass_only_when_aimed_at_python_agents() {
     let server = TestServer::start();
     // Valid Python, not valid rhai (a conditional expression and a list comprehension).
@@ -205,7 +200,6 @@ fn python_expressions_pass_only_when_aimed_at_python_agents() {
     );
 }
 
-#[test]
 fn routes_methods_and_sizes() {
     let server = TestServer::start_with(|c| c.max_body_bytes = 2048);
     let (status, json) = server.get("/api/nothing");
@@ -230,7 +224,6 @@ fn routes_methods_and_sizes() {
     assert!(server.ids(&[]).is_empty());
 }
 
-#[test]
 fn the_tenant_limit_is_a_conflict_that_changes_nothing() {
     let server = TestServer::start_with(|c| c.max_tracepoints_per_tenant = 2);
     server.create(&tp(""));
@@ -248,7 +241,6 @@ fn the_tenant_limit_is_a_conflict_that_changes_nothing() {
     assert_eq!(status, 200, "the limit is per tenant");
 }
 
-#[test]
 fn a_bad_edit_leaves_the_tracepoint_as_it_was() {
     let server = TestServer::start();
     let id = server.create(&tp(r#", "args": {"condition": "a > 1"}"#));
@@ -264,3 +256,14 @@ fn a_bad_edit_leaves_the_tracepoint_as_it_was() {
     let (status, _) = server.request("PUT", "/api/tracepoints/missing", Some(&tp("")), &[]);
     assert_eq!(status, 404);
 }
+
+on_both_stores!(
+    missing_or_malformed_basics,
+    args_must_be_known_and_well_formed,
+    expressions_must_compile_and_errors_carry_the_position,
+    metric_and_label_names_must_be_legal_and_bounded,
+    python_expressions_pass_only_when_aimed_at_python_agents,
+    routes_methods_and_sizes,
+    the_tenant_limit_is_a_conflict_that_changes_nothing,
+    a_bad_edit_leaves_the_tracepoint_as_it_was
+);

@@ -25,7 +25,6 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-#[test]
 fn add_list_get_edit_rm() {
     let server = TestServer::start();
     let add = sonde(
@@ -157,7 +156,6 @@ fn an_unreachable_server_is_exit_code_3() {
     drop(server);
 }
 
-#[test]
 fn agents_and_tenants() {
     let server = TestServer::start();
     server.rt.block_on(async {
@@ -365,3 +363,5 @@ fn fire_count_with_a_metric_warns_that_it_caps_it() {
         stderr(&bad)
     );
 }
+
+on_both_stores!(add_list_get_edit_rm, agents_and_tenants);

@@ -186,7 +186,6 @@ fn grpc_answers_with_the_matching_status() {
     );
 }
 
-#[test]
 fn a_tenants_token_cannot_read_another_tenants_entries() {
     let server = server();
     let (status, json) = req(
@@ -319,3 +318,5 @@ fn a_malformed_token_flag_stops_the_server_naming_the_field() {
         assert!(!data.exists(), "nothing was created on disk");
     }
 }
+
+on_both_stores!(a_tenants_token_cannot_read_another_tenants_entries);

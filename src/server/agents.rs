@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sonde_proto::sonde::{StatusReport, TracepointState};
 
 use super::{
@@ -18,7 +18,7 @@ use super::{
 };
 
 /// How an agent talks to the server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AgentKind {
     /// Deep's poll (Deep's agents, or Sonde's agent in poll mode).
@@ -42,8 +42,34 @@ pub struct TracepointStatusView {
     pub sites: Vec<String>,
 }
 
+/// A [`TracepointStatusView`] read back from another replica's copy of an agent.
+#[derive(Deserialize)]
+struct StatusWire {
+    id: String,
+    state: String,
+    #[serde(default)]
+    message: String,
+    #[serde(default)]
+    sites: Vec<String>,
+}
+
+impl<'de> Deserialize<'de> for TracepointStatusView {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let w = StatusWire::deserialize(d)?;
+        Ok(Self {
+            state: ["bound", "unbound", "error", "disarmed"]
+                .into_iter()
+                .find(|s| *s == w.state)
+                .unwrap_or("unspecified"),
+            id: w.id,
+            message: w.message,
+            sites: w.sites,
+        })
+    }
+}
+
 /// One agent as `GET /api/agents` shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AgentView {
     /// The agent's ID (its own for Sonde agents; for pollers their `service.instance.id`, else
     /// derived from resource and address).
@@ -51,7 +77,7 @@ pub struct AgentView {
     /// How it talks to the server.
     pub kind: AgentKind,
     /// Its address as the server saw it.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<IpAddr>,
     /// Its resource attributes.
     pub resource: std::collections::BTreeMap<String, String>,
@@ -68,10 +94,10 @@ pub struct AgentView {
     /// Per-tracepoint status, as last reported (Sonde agents only).
     pub tracepoints: Vec<TracepointStatusView>,
     /// The hash of the list its last status report was about (empty: none, or not said).
-    #[serde(skip_serializing_if = "String::is_empty")]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub reported_hash: String,
     /// How many probe sites its catalog lists (absent: it reported none).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sites: Option<usize>,
 }
 
@@ -300,6 +326,9 @@ pub struct Agents {
     inner: Mutex<ByTenant>,
     /// Catalogs by content hash, so the many agents of one binary share one copy.
     catalogs: Mutex<HashMap<u64, Weak<Catalog>>>,
+    /// Agents other replicas serve, by tenant (see [`Agents::set_remote`]); empty with one
+    /// server.
+    remote: Mutex<HashMap<String, Vec<AgentView>>>,
 }
 
 impl Agents {
@@ -309,6 +338,7 @@ impl Agents {
             ttl,
             inner: Mutex::new(HashMap::new()),
             catalogs: Mutex::new(HashMap::new()),
+            remote: Mutex::new(HashMap::new()),
         }
     }
 
@@ -476,6 +506,14 @@ impl Agents {
                 catalog: a.catalog.clone(),
             })
             .collect();
+        drop(agents);
+        for view in self.remote_of(tenant, |id| out.iter().any(|a| a.view.id == id)) {
+            out.push(LiveAgent {
+                reports: view.kind == AgentKind::Watch || !view.tracepoints.is_empty(),
+                view,
+                catalog: None,
+            });
+        }
         out.sort_by(|a, b| {
             b.view
                 .last_seen_ms
@@ -525,8 +563,43 @@ impl Agents {
             .filter(|a| a.watches > 0 || now - a.last_seen <= self.ttl)
             .map(|a| a.view.clone())
             .collect();
+        drop(agents);
+        let remote = self.remote_of(tenant, |id| out.iter().any(|a| a.id == id));
+        out.extend(remote);
         out.sort_by(|a, b| b.last_seen_ms.cmp(&a.last_seen_ms).then(a.id.cmp(&b.id)));
         out
+    }
+
+    /// The agents of every tenant this replica serves now, for sharing with other replicas.
+    pub fn local_views(&self) -> Vec<(String, AgentView)> {
+        let now = Instant::now();
+        self.lock()
+            .iter()
+            .flat_map(|(tenant, agents)| {
+                agents
+                    .values()
+                    .filter(move |a| a.watches > 0 || now - a.last_seen <= self.ttl)
+                    .map(move |a| (tenant.clone(), a.view.clone()))
+            })
+            .collect()
+    }
+
+    /// Replaces what this replica knows of the agents other replicas serve (their catalogs
+    /// stay with them). An agent this replica serves itself is shown as it sees it.
+    pub fn set_remote(&self, remote: HashMap<String, Vec<AgentView>>) {
+        *self.remote.lock().unwrap_or_else(|p| p.into_inner()) = remote;
+    }
+
+    /// Another replica's agents of `tenant` that `local` does not hold.
+    fn remote_of(&self, tenant: &str, local: impl Fn(&str) -> bool) -> Vec<AgentView> {
+        let remote = self.remote.lock().unwrap_or_else(|p| p.into_inner());
+        remote
+            .get(tenant)
+            .into_iter()
+            .flatten()
+            .filter(|v| !local(&v.id))
+            .cloned()
+            .collect()
     }
 
     /// How many agents are live over all tenants.
