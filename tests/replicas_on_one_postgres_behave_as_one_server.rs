@@ -188,6 +188,7 @@ fn replicas_come_through_a_postgres_restart() {
     let url = cluster.create_database().expect("a database");
     let [a, b] = replicas(&url, |_| {});
     let first = a.create(r#"{"tracepoint": {"path": "a.rs", "line_number": 1}}"#);
+    wait_for("B to have it", || b.ids(&[]) == [first.clone()]);
     let mut stream = b.rt.block_on(async {
         let mut stream = watch(&b, "agent-on-b").await;
         let initial = next_update(&mut stream).await;
@@ -363,4 +364,55 @@ fn concurrent_writers_on_both_replicas_lose_nothing_and_the_limit_holds() {
         lines(&a) == acks.lines && lines(&b) == acks.lines
     });
     assert_eq!(hash(&a), hash(&b));
+
+    // One place left, and creates arriving on both replicas at once (each replica's memory says
+    // there is room): exactly one is accepted.
+    for id in acks.alive.iter().skip(LIMIT - 1) {
+        let (status, _) = a.request("DELETE", &format!("/api/tracepoints/{id}"), None, &[]);
+        assert_eq!(status, 200);
+    }
+    while a.ids(&[]).len() < LIMIT - 1 {
+        a.create(r#"{"tracepoint": {"path": "fill.rs", "line_number": 1}}"#);
+    }
+    for round in 0..5 {
+        wait_for("B to see one place left", || b.ids(&[]).len() == LIMIT - 1);
+        let barrier = Arc::new(std::sync::Barrier::new(8));
+        let racers: Vec<_> = (0..8)
+            .map(|i| {
+                let http = servers[i % 2].clone();
+                let barrier = barrier.clone();
+                std::thread::spawn(move || {
+                    let agent = common::http_agent();
+                    barrier.wait();
+                    let body = format!(
+                        r#"{{"tracepoint": {{"path": "race{round}.rs", "line_number": {}}}}}"#,
+                        i + 1
+                    );
+                    let (status, bytes) = common::send(
+                        &agent,
+                        "POST",
+                        &format!("{http}/api/tracepoints"),
+                        Some(body.into_bytes()),
+                        &[],
+                    );
+                    let json: serde_json::Value =
+                        serde_json::from_slice(&bytes).unwrap_or_default();
+                    (status, json["tracepoint"]["ID"].as_str().map(str::to_owned))
+                })
+            })
+            .collect();
+        let results: Vec<_> = racers.into_iter().map(|r| r.join().unwrap()).collect();
+        let won: Vec<_> = results.iter().filter(|(s, _)| *s == 200).collect();
+        assert_eq!(won.len(), 1, "round {round}: {results:?}");
+        assert!(
+            results.iter().all(|(s, _)| *s == 200 || *s == 409),
+            "{results:?}"
+        );
+        wait_for("both replicas at the limit", || {
+            a.ids(&[]).len() == LIMIT && b.ids(&[]).len() == LIMIT
+        });
+        let id = won[0].1.clone().expect("an ID");
+        let (status, _) = b.request("DELETE", &format!("/api/tracepoints/{id}"), None, &[]);
+        assert_eq!(status, 200);
+    }
 }
