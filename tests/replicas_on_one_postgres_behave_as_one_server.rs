@@ -416,3 +416,50 @@ fn concurrent_writers_on_both_replicas_lose_nothing_and_the_limit_holds() {
         assert_eq!(status, 200);
     }
 }
+
+#[test]
+fn a_change_whose_announcement_was_lost_arrives_by_the_periodic_check() {
+    use prost::Message as _;
+
+    let Some(mut cluster) = common::postgres::own_cluster(
+        "a_change_whose_announcement_was_lost_arrives_by_the_periodic_check",
+    ) else {
+        return;
+    };
+    let url = cluster.create_database().expect("a database");
+    let db = url.rsplit('/').next().expect("a database name").to_owned();
+    let [a, _b] = replicas(&url, |_| {});
+    let mut stream = a.rt.block_on(async {
+        let mut stream = watch(&a, "agent-on-a").await;
+        next_update(&mut stream).await;
+        stream
+    });
+    // A write that announces nothing: what a notification lost on the way looks like.
+    let config = sonde_proto::tracepoint::TracePointConfig {
+        id: "written-behind-the-back".into(),
+        path: "lost.rs".into(),
+        line_number: 7,
+        ..Default::default()
+    };
+    let hex: String = config
+        .encode_to_vec()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    cluster
+        .psql(
+            &db,
+            &format!(
+                "BEGIN;
+                 INSERT INTO tracepoints VALUES ('single-tenant', 'written-behind-the-back',
+                     '\\x{hex}', 1, 1);
+                 INSERT INTO tenant_versions VALUES ('single-tenant', 1)
+                     ON CONFLICT (tenant) DO UPDATE SET version = tenant_versions.version + 1;
+                 COMMIT;"
+            ),
+        )
+        .expect("the silent write");
+    let update = a.rt.block_on(next_update(&mut stream));
+    assert_eq!(ids(&update), ["written-behind-the-back"]);
+    cluster.stop();
+}
