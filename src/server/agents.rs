@@ -326,9 +326,9 @@ pub struct Agents {
     inner: Mutex<ByTenant>,
     /// Catalogs by content hash, so the many agents of one binary share one copy.
     catalogs: Mutex<HashMap<u64, Weak<Catalog>>>,
-    /// Agents other replicas serve, by tenant (see [`Agents::set_remote`]); empty with one
-    /// server.
-    remote: Mutex<HashMap<String, Vec<AgentView>>>,
+    /// Agents other replicas serve, by tenant, with when their replica last wrote them (Unix
+    /// ms; see [`Agents::set_remote`]); empty with one server.
+    remote: Mutex<HashMap<String, Vec<(u64, AgentView)>>>,
 }
 
 impl Agents {
@@ -584,21 +584,24 @@ impl Agents {
             .collect()
     }
 
-    /// Replaces what this replica knows of the agents other replicas serve (their catalogs
-    /// stay with them). An agent this replica serves itself is shown as it sees it.
-    pub fn set_remote(&self, remote: HashMap<String, Vec<AgentView>>) {
+    /// Replaces what this replica knows of the agents other replicas serve, each with when its
+    /// replica last wrote it (their catalogs stay with them). An agent this replica serves
+    /// itself is shown as it sees it; one not rewritten within the TTL is not shown (its replica
+    /// is gone, or the database is).
+    pub fn set_remote(&self, remote: HashMap<String, Vec<(u64, AgentView)>>) {
         *self.remote.lock().unwrap_or_else(|p| p.into_inner()) = remote;
     }
 
-    /// Another replica's agents of `tenant` that `local` does not hold.
+    /// Another replica's live agents of `tenant` that `local` does not hold.
     fn remote_of(&self, tenant: &str, local: impl Fn(&str) -> bool) -> Vec<AgentView> {
+        let horizon = unix_ms().saturating_sub(self.ttl.as_millis() as u64);
         let remote = self.remote.lock().unwrap_or_else(|p| p.into_inner());
         remote
             .get(tenant)
             .into_iter()
             .flatten()
-            .filter(|v| !local(&v.id))
-            .cloned()
+            .filter(|(written, v)| *written >= horizon && !local(&v.id))
+            .map(|(_, v)| v.clone())
             .collect()
     }
 
@@ -638,6 +641,59 @@ fn unix_ms() -> u64 {
 mod tests {
     use super::*;
     use sonde_proto::sonde::TracepointStatus;
+
+    #[test]
+    fn other_replicas_agents_are_listed_unless_served_here_or_stale() {
+        let agents = Agents::new(Duration::from_secs(60));
+        agents.seen(
+            "t",
+            "here",
+            AgentKind::Watch,
+            &Resource::default(),
+            None,
+            "h1",
+        );
+        let (_, mut here_elsewhere) = agents.local_views().remove(0);
+        here_elsewhere.current_hash = "stale".into();
+        let json = serde_json::to_string(&here_elsewhere).unwrap();
+        let mut there: AgentView = serde_json::from_str(&json).unwrap();
+        there.id = "there".into();
+        there.tracepoints = vec![TracepointStatusView {
+            id: "tp".into(),
+            state: "bound",
+            message: String::new(),
+            sites: vec!["a.rs:1".into()],
+        }];
+        let round_trip: AgentView =
+            serde_json::from_str(&serde_json::to_string(&there).unwrap()).unwrap();
+        assert_eq!(
+            round_trip.tracepoints, there.tracepoints,
+            "states survive JSON"
+        );
+        let mut gone = there.clone();
+        gone.id = "gone".into();
+        let now = unix_ms();
+        agents.set_remote(HashMap::from([(
+            "t".to_owned(),
+            vec![(now, here_elsewhere), (now, there), (now - 61_000, gone)],
+        )]));
+        let list: Vec<_> = agents
+            .list("t")
+            .into_iter()
+            .map(|a| (a.id, a.current_hash))
+            .collect();
+        assert_eq!(
+            list,
+            [
+                ("here".into(), "h1".into()),
+                ("there".into(), "stale".into())
+            ],
+            "this replica's view of its own agent wins; one not rewritten within the TTL is gone"
+        );
+        let live = agents.live_agents("t");
+        assert!(live.iter().any(|a| a.view.id == "there" && a.reports));
+        assert!(agents.list("other").is_empty());
+    }
 
     #[test]
     fn agents_expire_after_the_ttl_unless_watching() {

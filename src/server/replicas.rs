@@ -126,10 +126,13 @@ async fn share_agents(
         written.clear();
         return;
     };
-    let mut by_tenant: HashMap<String, Vec<AgentView>> = HashMap::new();
+    let mut by_tenant: HashMap<String, Vec<(u64, AgentView)>> = HashMap::new();
     for row in rows {
         match serde_json::from_str::<AgentView>(&row.view) {
-            Ok(view) => by_tenant.entry(row.tenant).or_default().push(view),
+            Ok(view) => by_tenant
+                .entry(row.tenant)
+                .or_default()
+                .push((u64::try_from(row.written_ms).unwrap_or_default(), view)),
             Err(err) => tracing::debug!(%err, id = %row.id, "skipping an unreadable shared agent"),
         }
     }

@@ -655,6 +655,54 @@ mod tests {
     }
 
     #[test]
+    fn two_replicas_on_one_store_converge_through_versions() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path()).unwrap());
+        let a = Tracepoints::load(store.clone(), Limits::default()).unwrap();
+        let b = Tracepoints::load(store, Limits::default()).unwrap();
+        let everyone = Resource::default();
+        let mut watcher = b.subscribe("t");
+        watcher.mark_unchanged();
+
+        let first = a
+            .create("t", tp("a.rs", vec![]), &Actor::named("t"))
+            .unwrap();
+        assert_eq!(b.list("t").len(), 0, "B has not heard of it yet");
+        // B writes with A's write unseen: the version moves by two, so B reads the tenant back.
+        b.create("t", tp("b.rs", vec![]), &Actor::named("t"))
+            .unwrap();
+        assert_eq!(b.list("t").len(), 2);
+        assert!(b.list("t").get(&first.config.id).is_some());
+
+        // A hears of B's write (version 2) and reads it back; an old announcement does nothing.
+        a.refresh("t", 2).unwrap();
+        assert_eq!(a.list("t").len(), 2);
+        assert_eq!(
+            a.list("t").hash_for_client(&everyone),
+            b.list("t").hash_for_client(&everyone)
+        );
+        assert_eq!(a.resync().unwrap(), 0, "nothing differs");
+
+        // An announcement lost: the resync finds the version behind and reads the tenant.
+        b.delete("t", &first.config.id, &Actor::named("t")).unwrap();
+        watcher.mark_unchanged();
+        assert_eq!(a.resync().unwrap(), 1);
+        assert_eq!(a.list("t").len(), 1);
+        // Reading back an unchanged list does not wake watchers.
+        b.refresh("t", 99).unwrap();
+        assert!(!watcher.has_changed().unwrap(), "no change, no wake-up");
+
+        // An edit of what the other deleted is NotFound, not a resurrection.
+        let second = a.list("t").iter().next().unwrap().config.id.clone();
+        b.delete("t", &second, &Actor::named("t")).unwrap();
+        assert!(matches!(
+            a.update("t", &second, tp("x.rs", vec![]), &Actor::named("t")),
+            Err(ChangeError::NotFound(_))
+        ));
+        assert_eq!(a.list("t").len(), 0, "and A now knows it is gone");
+    }
+
+    #[test]
     fn a_reload_gives_the_same_lists_and_hashes() {
         let dir = tempfile::tempdir().unwrap();
         let everyone = Resource::default();

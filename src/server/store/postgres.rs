@@ -6,8 +6,8 @@
 //! pool of connections (tokio-postgres through deadpool-postgres, which replaces a connection
 //! that broke, e.g. after a database restart) and the connection that listens for changes, and
 //! each call blocks on it. A call never waits long for a database that has gone away: taking a
-//! connection from the pool gives up after [`WAIT`], so writes fail fast (the API answers 503)
-//! and reads of memory go on.
+//! connection from the pool gives up after [`WAIT`], and a whole call after [`CALL_TIMEOUT`], so
+//! writes fail (the API answers 503) and reads of memory go on.
 //!
 //! Every write bumps the tenant's row in `tenant_versions` first. That row lock serializes the
 //! writes to one tenant from every replica, so the per-tenant limit, counted after taking it,
@@ -41,6 +41,9 @@ const CHANNEL: &str = "sonde_changes";
 
 /// Longest wait for a pooled connection (or a new one) before a call fails.
 const WAIT: Duration = Duration::from_secs(3);
+
+/// Longest a call may take in all (a database that hangs rather than refuses).
+const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Pause between attempts to reconnect the listener.
 const RELISTEN: Duration = Duration::from_millis(200);
@@ -138,13 +141,23 @@ impl PgStore {
             .runtime
             .as_ref()
             .expect("the runtime lives as long as the store");
-        runtime.block_on(async {
+        let call = async {
             let mut client = self
                 .pool
                 .get()
                 .await
                 .map_err(|err| StoreError::Postgres(format!("{}: {err}", self.target)))?;
             f(&mut client).await
+        };
+        runtime.block_on(async {
+            tokio::time::timeout(CALL_TIMEOUT, call)
+                .await
+                .unwrap_or_else(|_| {
+                    Err(StoreError::Postgres(format!(
+                        "{}: no answer within {CALL_TIMEOUT:?}",
+                        self.target
+                    )))
+                })
         })
     }
 }
