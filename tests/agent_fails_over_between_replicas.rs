@@ -59,7 +59,7 @@ const WATCH_UPDATES: &str = r#"sonde_server_polls_total{result="update",transpor
 const WATCH_NO_CHANGE: &str = r#"sonde_server_polls_total{result="no_change",transport="watch"}"#;
 
 fn fails_over() {
-    let data = tempfile::tempdir().unwrap();
+    let data = tempfile::tempdir().expect("a temp dir");
     let a = ServerProcess::spawn(&data.path().join("a"), &[]);
     let b = ServerProcess::spawn(&data.path().join("b"), &[]);
 
@@ -148,7 +148,7 @@ fn fails_over() {
         })
     });
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    hitter.join().unwrap();
+    hitter.join().expect("the hitting thread");
 }
 
 #[test]

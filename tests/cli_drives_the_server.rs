@@ -25,6 +25,7 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
+#[cfg(test)] // a test, run on each store by `on_both_stores!` below
 fn add_list_get_edit_rm() {
     let server = TestServer::start();
     let add = sonde(
@@ -156,6 +157,7 @@ fn an_unreachable_server_is_exit_code_3() {
     drop(server);
 }
 
+#[cfg(test)] // a test, run on each store by `on_both_stores!` below
 fn agents_and_tenants() {
     let server = TestServer::start();
     server.rt.block_on(async {

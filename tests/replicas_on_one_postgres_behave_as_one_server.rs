@@ -104,7 +104,7 @@ fn a_change_on_either_replica_reaches_the_other_and_hashes_agree() {
     let update = b.rt.block_on(next_update(&mut stream));
     assert_eq!(
         ids(&update),
-        [id.clone()],
+        [id.as_str()],
         "the POST on A reached B's watcher"
     );
     wait_for("equal hashes after the create", || hash(&a) == hash(&b));
@@ -192,7 +192,7 @@ fn replicas_come_through_a_postgres_restart() {
     let mut stream = b.rt.block_on(async {
         let mut stream = watch(&b, "agent-on-b").await;
         let initial = next_update(&mut stream).await;
-        assert_eq!(ids(&initial), [first.clone()]);
+        assert_eq!(ids(&initial), [first.as_str()]);
         stream
     });
 
@@ -202,7 +202,7 @@ fn replicas_come_through_a_postgres_restart() {
         r#"{"tracepoint": {"path": "b.rs", "line_number": 1}}"#,
     );
     assert_eq!(status, 503, "a write with the database gone: {json}");
-    assert_eq!(b.ids(&[]), [first.clone()], "reads go on from memory");
+    assert_eq!(b.ids(&[]), [first.as_str()], "reads go on from memory");
 
     cluster.start_again().expect("PostgreSQL starts again");
     // The pool replaces its broken connections; the first writes may still meet one.

@@ -186,6 +186,7 @@ fn grpc_answers_with_the_matching_status() {
     );
 }
 
+#[cfg(test)] // a test, run on each store by `on_both_stores!` below
 fn a_tenants_token_cannot_read_another_tenants_entries() {
     let server = server();
     let (status, json) = req(

@@ -16,6 +16,7 @@ const A: &[(&str, &str)] = &[("X-Scope-OrgID", "tenant-a")];
 const B: &[(&str, &str)] = &[("X-Scope-OrgID", "tenant-b")];
 const BODY: &str = r#"{"tracepoint": {"path": "a.rs", "line_number": 1}}"#;
 
+#[cfg(test)] // a test, run on each store by `on_both_stores!` below
 fn tenant_b_cannot_reach_tenant_a() {
     let server = TestServer::start();
     let (status, json) = server.request("POST", "/api/tracepoints", Some(BODY), A);

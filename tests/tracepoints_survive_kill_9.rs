@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use common::ServerProcess;
 
+#[cfg(test)] // a test, run on each store by `on_both_stores!` below
 fn acknowledged_writes_survive_sigkill_and_restart() {
     let dir = tempfile::tempdir().unwrap();
     let server = ServerProcess::spawn(dir.path(), &[]);

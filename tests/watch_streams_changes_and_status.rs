@@ -38,6 +38,7 @@ async fn post(http: &str, body: &'static str) -> (u16, Vec<u8>) {
     .expect("the POST thread")
 }
 
+#[cfg(test)] // a test, run on each store by `on_both_stores!` below
 fn a_watcher_receives_changes_that_concern_it() {
     let server = TestServer::start();
     let first_id = server.create(r#"{"tracepoint": {"path": "a.rs", "line_number": 1}}"#);

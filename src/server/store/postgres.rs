@@ -49,7 +49,7 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 const RELISTEN: Duration = Duration::from_millis(200);
 
 /// Key of the advisory lock held while migrating ("sonde" in ASCII).
-const MIGRATION_LOCK: i64 = 0x736f_6e64_65;
+const MIGRATION_LOCK: i64 = 0x0073_6f6e_6465;
 
 /// Tracepoints, versions, the audit log and shared agents in PostgreSQL.
 pub struct PgStore {
