@@ -1,7 +1,9 @@
 //! Sonde's agent, given two replicas of `sonde server` on one PostgreSQL database, keeps its
 //! tracepoints through `kill -9` of the replica it watches: its watch stream breaks, it moves to
 //! the other replica, which answers NO_CHANGE (the hash is computed from stored content only, so
-//! it is the same on both): no UPDATE storm, no reinstall, the metric goes on counting.
+//! it is the same on both): no UPDATE storm, no reinstall, the metric goes on counting. A comes
+//! back (on its port), B is killed in turn, and the agent comes back to A, again without an
+//! UPDATE.
 //!
 //! One agent per process: this binary holds this one test.
 
@@ -58,9 +60,17 @@ fn agent_metric(registry: &prometheus::Registry, name: &str) -> f64 {
 const WATCH_UPDATES: &str = r#"sonde_server_polls_total{result="update",transport="watch"}"#;
 const WATCH_NO_CHANGE: &str = r#"sonde_server_polls_total{result="no_change",transport="watch"}"#;
 
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port")
+}
+
 fn fails_over() {
     let data = tempfile::tempdir().expect("a temp dir");
-    let a = ServerProcess::spawn(&data.path().join("a"), &[]);
+    let a_port = free_port();
+    let a = ServerProcess::spawn_at(&data.path().join("a"), a_port, &[]);
     let b = ServerProcess::spawn(&data.path().join("b"), &[]);
 
     let registry = prometheus::Registry::new();
@@ -147,6 +157,27 @@ fn fails_over() {
                 .any(|x| x["id"] == agent.agent_id() && x["watching"] == true)
         })
     });
+
+    // A comes back where the agent knows it; B goes away: the agent returns to A.
+    let a = ServerProcess::spawn_at(&data.path().join("a2"), a_port, &[]);
+    let killed = Instant::now();
+    b.kill_9();
+    wait_for("the agent to watch A again", || {
+        server_metric(&a, WATCH_NO_CHANGE) >= 1.0
+    });
+    println!(
+        "failover back: the agent watched A {:?} after kill -9 of B",
+        killed.elapsed()
+    );
+    assert_eq!(server_metric(&a, WATCH_UPDATES), 0.0, "NO_CHANGE again");
+    let counted = agent_metric(&registry, "deep_failover_hits_total");
+    wait_for("the hits to go on being counted", || {
+        agent_metric(&registry, "deep_failover_hits_total") > counted
+    });
+    assert_eq!(
+        agent_metric(&registry, "sonde_agent_tracepoints_installed_total"),
+        installed
+    );
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     hitter.join().expect("the hitting thread");
 }

@@ -272,6 +272,16 @@ impl ServerProcess {
     /// As [`ServerProcess::spawn`]; with `log`, the server's stderr (its log, at `info`) goes to
     /// that file.
     pub fn spawn_logging(data_dir: &Path, extra: &[&str], log: Option<&Path>) -> Self {
+        Self::spawn_inner(data_dir, 0, extra, log)
+    }
+
+    /// As [`ServerProcess::spawn`], with the gRPC API on `grpc_port` (to restart a server where
+    /// its agents know it).
+    pub fn spawn_at(data_dir: &Path, grpc_port: u16, extra: &[&str]) -> Self {
+        Self::spawn_inner(data_dir, grpc_port, extra, None)
+    }
+
+    fn spawn_inner(data_dir: &Path, grpc_port: u16, extra: &[&str], log: Option<&Path>) -> Self {
         use std::io::BufRead as _;
         let stderr = match log {
             Some(path) => std::process::Stdio::from(std::fs::File::create(path).expect("log file")),
@@ -283,7 +293,7 @@ impl ServerProcess {
                 "--listen",
                 "127.0.0.1",
                 "--grpc-port",
-                "0",
+                &grpc_port.to_string(),
                 "--http-port",
                 "0",
                 "--data-dir",
