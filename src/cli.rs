@@ -10,6 +10,7 @@ mod client;
 mod output;
 mod serve;
 mod sites;
+mod snapshots;
 mod wait;
 
 use std::{collections::BTreeMap, io::Read as _, path::PathBuf, process::ExitCode};
@@ -51,6 +52,10 @@ enum Command {
     /// CAPTURES (the variables an expression there can read). `-o json` prints the API's answer.
     /// Deep's agents report no sites; an empty table says why on stderr.
     Sites(Box<sites::SitesArgs>),
+    /// Print the latest snapshot agents sent for a tracepoint: its variables as an indented tree
+    /// (redacted ones by name only), its watches, and its stack frames. Needs a token with the
+    /// `capture` role (snapshots hold production values). `-o json` prints the API's answer.
+    Snapshots(Box<snapshots::SnapshotsArgs>),
     /// Show the audit log: who created, edited and deleted which tracepoint (before and after),
     /// when, from where, and every refused request. Oldest first, one page at a time.
     Audit(Box<AuditArgs>),
@@ -341,6 +346,7 @@ impl Cli {
                 Ok(())
             }
             Command::Sites(args) => sites::run(*args),
+            Command::Snapshots(args) => snapshots::run(*args),
             Command::Audit(args) => audit(*args),
             Command::Token(cmd) => token(cmd),
             Command::Tracepoint(cmd) => tracepoint(*cmd),

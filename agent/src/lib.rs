@@ -90,6 +90,9 @@ pub use site::{Site, path_matches, sites};
 pub use sonde_agent_macros::{Capture, instrument, timed, track_errors};
 pub use sonde_expr::Value;
 pub use tracepoint::budget::Budgets;
+pub use tracepoint::snapshot::{PendingSnapshot, SnapshotLimits};
+pub use site::capture::Redacted;
+pub use site::redact::{DEFAULT_REDACT, REDACTED};
 
 /// Marks a probe site at this line and names what it captures.
 ///

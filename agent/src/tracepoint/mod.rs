@@ -7,4 +7,5 @@
 pub(crate) mod budget;
 pub(crate) mod cpu;
 pub(crate) mod pipeline;
+pub(crate) mod snapshot;
 pub(crate) mod spec;
