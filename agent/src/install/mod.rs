@@ -29,7 +29,7 @@ use crate::{
     metrics::self_metrics::SelfMetrics,
     site::{Site, path_matches},
     tracepoint::pipeline::{BoundMetric, DisarmReason, Installed, InstalledParts, Label, Program},
-    tracepoint::spec::{LabelRule, TracepointSpec},
+    tracepoint::spec::{LabelRule, SpanKind, TracepointSpec},
     tracepoint::snapshot::{SnapshotAction, SnapshotLimits, SnapshotQueue},
 };
 
@@ -269,6 +269,24 @@ impl Installer {
             }
             return Outcome::Unbound(self.unbound_message(spec));
         }
+        #[cfg(not(feature = "opentelemetry"))]
+        if spec.span.is_some() {
+            return Outcome::Failed(
+                "args.span: span points need the agent's `opentelemetry` feature, which this \
+                 process was built without"
+                    .into(),
+            );
+        }
+        // A method span at an `#[instrument]`ed function's entry binds to its exit site, which
+        // knows how long the call took.
+        let candidates: Vec<&'static Site> = if spec.span == Some(SpanKind::Method) {
+            candidates
+                .into_iter()
+                .map(|s| self.exit_site(s).unwrap_or(s))
+                .collect()
+        } else {
+            candidates
+        };
         let compiled = match compile_all(spec) {
             Ok(c) => c,
             Err(message) => return Outcome::Failed(message),
@@ -378,6 +396,14 @@ impl Installer {
                 spec.fire_count.unwrap_or(1),
                 spec.fire_period_ms.unwrap_or(1000),
             ),
+            // Spans are counted like metrics: every hit unless the args limit them.
+            #[cfg(feature = "opentelemetry")]
+            span: spec.span.map(|kind| {
+                (
+                    crate::tracepoint::span::SpanAction::new(spec, kind, span_labels(spec)),
+                    FireBudget::new(metric_count, metric_period),
+                )
+            }),
             // Snapshots too (Deep's defaults).
             snapshot: spec.collects().then(|| {
                 (
@@ -404,6 +430,26 @@ impl Installer {
             agent_cpu: self.agent_cpu.clone(),
         });
         Ok(Arc::new(tp))
+    }
+
+    /// The exit site of the `#[instrument]`ed function whose entry site is `entry`: the nearest
+    /// site below it in the same file and module that captures `elapsed` and every argument.
+    fn exit_site(&self, entry: &'static Site) -> Option<&'static Site> {
+        if entry.names().contains(&"elapsed") {
+            return None;
+        }
+        self.sites
+            .iter()
+            .copied()
+            .filter(|s| {
+                !std::ptr::eq(*s, entry)
+                    && s.file() == entry.file()
+                    && s.module() == entry.module()
+                    && s.line() >= entry.line()
+                    && s.names().contains(&"elapsed")
+                    && entry.names().iter().all(|n| s.names().contains(n))
+            })
+            .min_by_key(|s| s.line())
     }
 
     /// What a snapshot of `spec` holds; a watch that does not compile, or that reads a redacted
@@ -632,6 +678,23 @@ struct Compiled {
         allow(dead_code)
     )]
     paths: Vec<sonde_expr::Path>,
+}
+
+/// A span point's attributes: every metric's labels, compiled (they compiled, and passed the
+/// redaction check, in `compile_all`).
+#[cfg(feature = "opentelemetry")]
+fn span_labels(spec: &TracepointSpec) -> Vec<(String, Label)> {
+    spec.metrics
+        .iter()
+        .flat_map(|m| m.labels.iter())
+        .filter_map(|(key, rule)| {
+            let label = match rule {
+                LabelRule::Static(s) => Label::Static(s.clone()),
+                LabelRule::Expression(e) => Label::Expr(compile(e, ExprKind::Label).ok()?),
+            };
+            Some((key.clone(), label))
+        })
+        .collect()
 }
 
 /// The number of snapshots that may wait to be sent (each at most its byte bound).

@@ -8,4 +8,6 @@ pub(crate) mod budget;
 pub(crate) mod cpu;
 pub(crate) mod pipeline;
 pub(crate) mod snapshot;
+#[cfg(feature = "opentelemetry")]
+pub(crate) mod span;
 pub(crate) mod spec;

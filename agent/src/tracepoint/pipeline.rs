@@ -100,6 +100,9 @@ pub(crate) struct Installed {
     /// The snapshot it takes on a firing hit (`snapshot: collect`), its fire budget, and the
     /// queue that takes it off the hit's thread.
     pub snapshot: Option<(SnapshotAction, FireBudget, Arc<SnapshotQueue>)>,
+    /// The span it records on a firing hit (`span: line` or `method`), and its fire budget.
+    #[cfg(feature = "opentelemetry")]
+    pub span: Option<(super::span::SpanAction, FireBudget)>,
     pub window: (Option<u64>, Option<u64>),
     pub budgets: Budgets,
     sampler: Sampler,
@@ -136,6 +139,8 @@ pub(crate) struct InstalledParts {
     pub metric_budget: FireBudget,
     pub log_budget: FireBudget,
     pub snapshot: Option<(SnapshotAction, FireBudget, Arc<SnapshotQueue>)>,
+    #[cfg(feature = "opentelemetry")]
+    pub span: Option<(super::span::SpanAction, FireBudget)>,
     pub window: (Option<u64>, Option<u64>),
     pub budgets: Budgets,
     pub dirty: Arc<AtomicBool>,
@@ -157,6 +162,8 @@ impl Installed {
             metric_budget: p.metric_budget,
             log_budget: p.log_budget,
             snapshot: p.snapshot,
+            #[cfg(feature = "opentelemetry")]
+            span: p.span,
             window: p.window,
             budgets: p.budgets,
             weighted,
@@ -336,6 +343,13 @@ impl Installed {
                 }
                 Err(e) => self.error("log", eval_kind(e), e),
             }
+        }
+        #[cfg(feature = "opentelemetry")]
+        if let Some((span, budget)) = &self.span
+            && budget.try_fire()
+        {
+            fired = true;
+            span.record(vars, place);
         }
         if let Some((action, budget, queue)) = &self.snapshot
             && budget.try_fire()
