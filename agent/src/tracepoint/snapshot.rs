@@ -361,7 +361,8 @@ impl SnapshotAction {
             attributes.push(kv("truncated", "true"));
         }
         let snapshot = Snapshot {
-            id: uuid::Uuid::new_v4().as_bytes().to_vec(),
+            // Random, without a system call on the hit's thread (a v4 UUID's randomness).
+            id: fastrand::u128(..).to_le_bytes().to_vec(),
             tracepoint: Some(self.reference.clone()),
             var_lookup: table.lookup,
             ts_nanos,
