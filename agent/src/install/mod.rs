@@ -683,14 +683,15 @@ struct Compiled {
 /// A span point's attributes: every metric's labels, compiled (they compiled, and passed the
 /// redaction check, in `compile_all`).
 #[cfg(feature = "opentelemetry")]
-fn span_labels(spec: &TracepointSpec) -> Vec<(String, Label)> {
+fn span_labels(spec: &TracepointSpec) -> Vec<(String, crate::tracepoint::span::SpanLabel)> {
+    use crate::tracepoint::span::SpanLabel;
     spec.metrics
         .iter()
         .flat_map(|m| m.labels.iter())
         .filter_map(|(key, rule)| {
             let label = match rule {
-                LabelRule::Static(s) => Label::Static(s.clone()),
-                LabelRule::Expression(e) => Label::Expr(compile(e, ExprKind::Label).ok()?),
+                LabelRule::Static(s) => SpanLabel::Static(s.clone()),
+                LabelRule::Expression(e) => SpanLabel::Expr(compile(e, ExprKind::Label).ok()?),
             };
             Some((key.clone(), label))
         })

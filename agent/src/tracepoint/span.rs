@@ -20,13 +20,18 @@ use opentelemetry::{
     global::{self, BoxedTracer},
     trace::{Span as _, Tracer as _},
 };
-use sonde_expr::{Lookup, Value};
+use sonde_expr::{Expr, Lookup, Value};
 
 use super::{
-    pipeline::Label,
     snapshot::Place,
     spec::{SpanKind, TracepointSpec},
 };
+
+/// Where a span attribute's value comes from, compiled.
+pub(crate) enum SpanLabel {
+    Static(String),
+    Expr(Expr),
+}
 
 /// A span point's settings, resolved at install.
 pub(crate) struct SpanAction {
@@ -34,7 +39,7 @@ pub(crate) struct SpanAction {
     kind: SpanKind,
     tracer: BoxedTracer,
     attributes: Vec<KeyValue>,
-    labels: Vec<(String, Label)>,
+    labels: Vec<(String, SpanLabel)>,
 }
 
 impl std::fmt::Debug for SpanAction {
@@ -48,7 +53,7 @@ impl std::fmt::Debug for SpanAction {
 
 impl SpanAction {
     /// For `spec`, with its metric labels compiled (`labels`: key and source).
-    pub fn new(spec: &TracepointSpec, kind: SpanKind, labels: Vec<(String, Label)>) -> Self {
+    pub fn new(spec: &TracepointSpec, kind: SpanKind, labels: Vec<(String, SpanLabel)>) -> Self {
         let name = spec
             .reference
             .args
@@ -79,11 +84,11 @@ impl SpanAction {
         for (key, label) in &self.labels {
             let mut out = String::new();
             let ok = match label {
-                Label::Static(s) => {
+                SpanLabel::Static(s) => {
                     out.push_str(s);
                     true
                 }
-                Label::Expr(e) => e.eval_label(vars, &mut out).is_ok(),
+                SpanLabel::Expr(e) => e.eval_label(vars, &mut out).is_ok(),
             };
             if ok {
                 attributes.push(KeyValue::new(key.clone(), out));
