@@ -112,16 +112,12 @@ fn snapshots_reach_the_server_without_redacted_values() {
         agent.statuses().iter().any(|s| {
             s.id == refused
                 && s.state == sonde_agent::TracepointState::Error
-                && s.message.contains("reads `order.user.password`, which is redacted")
+                && s.message
+                    .contains("reads `order.user.password`, which is redacted")
         })
     });
     assert!(!site.is_armed(), "a refused tracepoint arms nothing");
-    let (status, _) = server.request(
-        "DELETE",
-        &format!("/api/tracepoints/{refused}"),
-        None,
-        &[],
-    );
+    let (status, _) = server.request("DELETE", &format!("/api/tracepoints/{refused}"), None, &[]);
     assert_eq!(status, 200);
 
     // A tracepoint without metrics: Deep's default is to collect a snapshot.
@@ -137,13 +133,17 @@ fn snapshots_reach_the_server_without_redacted_values() {
     checkout(&order(), TOKEN);
 
     let mut snapshots = Vec::new();
-    wait_for("the snapshot on the server", Duration::from_secs(10), || {
-        let (status, json) = server.get(&format!("/api/tracepoints/{id}/snapshots"));
-        assert_eq!(status, 200, "{json}");
-        snapshots = serde_json::from_value::<Vec<Snapshot>>(json["snapshots"].clone())
-            .expect("snapshots decode");
-        !snapshots.is_empty()
-    });
+    wait_for(
+        "the snapshot on the server",
+        Duration::from_secs(10),
+        || {
+            let (status, json) = server.get(&format!("/api/tracepoints/{id}/snapshots"));
+            assert_eq!(status, 200, "{json}");
+            snapshots = serde_json::from_value::<Vec<Snapshot>>(json["snapshots"].clone())
+                .expect("snapshots decode");
+            !snapshots.is_empty()
+        },
+    );
     std::thread::sleep(Duration::from_millis(300));
     let (_, json) = server.get(&format!("/api/tracepoints/{id}/snapshots"));
     let text = json.to_string();

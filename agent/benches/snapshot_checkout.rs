@@ -128,10 +128,7 @@ fn snapshot_checkout(c: &mut Criterion) {
     // Bytes on the wire, and the queue under an outage.
     while agent.take_pending_snapshot().is_some() {}
     checkout(&order, &user);
-    let snap = agent
-        .take_pending_snapshot()
-        .expect("a snapshot")
-        .finish();
+    let snap = agent.take_pending_snapshot().expect("a snapshot").finish();
     let text = format!("{snap:?}");
     assert!(!text.contains("hunter2"), "the password was captured");
     eprintln!(

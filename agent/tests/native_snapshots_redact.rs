@@ -80,9 +80,7 @@ fn native_snapshots_hold_no_redacted_value() {
         name: "logins".into(),
         label_expressions: vec![LabelExpression {
             key: "pw".into(),
-            value: Some(label_expression::Value::Expression(
-                "login.password".into(),
-            )),
+            value: Some(label_expression::Value::Expression("login.password".into())),
         }],
         ..Default::default()
     });
@@ -101,12 +99,12 @@ fn native_snapshots_hold_no_redacted_value() {
     });
     assert_eq!(login("ann", TOKEN, 1), 2 + 3 + TOKEN.len() as u64);
     wait_for("the snapshot", || agent.snapshots_queued() > 0);
-    let snap = agent
-        .take_pending_snapshot()
-        .expect("a snapshot")
-        .finish();
+    let snap = agent.take_pending_snapshot().expect("a snapshot").finish();
     let bytes = snap.encode_to_vec();
-    assert!(!contains(&bytes, PASSWORD.as_bytes()), "the password was sent");
+    assert!(
+        !contains(&bytes, PASSWORD.as_bytes()),
+        "the password was sent"
+    );
     assert!(!contains(&bytes, TOKEN.as_bytes()), "the token was sent");
     assert!(
         !contains(&bytes, KEY.to_string().as_bytes()),
@@ -124,7 +122,11 @@ fn native_snapshots_hold_no_redacted_value() {
         &snap.var_lookup[&id.id]
     };
     assert_eq!(var("token").r#type, "redacted");
-    assert_eq!(var("key").r#type, "redacted", "SecretKey is a redacted type");
+    assert_eq!(
+        var("key").r#type,
+        "redacted",
+        "SecretKey is a redacted type"
+    );
     assert_eq!(var("tries").value, "2");
     assert_eq!(var("user").value, "ann");
     let login_var = var("login");

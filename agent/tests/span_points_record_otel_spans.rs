@@ -32,7 +32,12 @@ fn site(names: &[&str]) -> &'static sonde_agent::Site {
         .expect("site")
 }
 
-fn tracepoint(id: &str, site: &sonde_agent::Site, span: &str, label: Option<&str>) -> TracePointConfig {
+fn tracepoint(
+    id: &str,
+    site: &sonde_agent::Site,
+    span: &str,
+    label: Option<&str>,
+) -> TracePointConfig {
     let mut tp = TracePointConfig {
         id: id.into(),
         path: site.file().into(),

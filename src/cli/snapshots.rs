@@ -36,7 +36,9 @@ pub fn run(args: SnapshotsArgs) -> Result<(), CliError> {
         .cloned()
         .map(serde_json::from_value)
         .transpose()
-        .map_err(|e| CliError::unavailable(format!("the server's answer is not a snapshot list: {e}")))?
+        .map_err(|e| {
+            CliError::unavailable(format!("the server's answer is not a snapshot list: {e}"))
+        })?
         .unwrap_or_default();
     if list.is_empty() {
         eprintln!(
@@ -91,7 +93,11 @@ pub fn render(snap: &Snapshot) -> String {
         let _ = writeln!(out, "log: {msg}");
     }
     out.push_str("variables:\n");
-    let top = snap.frames.first().map(|f| f.variables.as_slice()).unwrap_or_default();
+    let top = snap
+        .frames
+        .first()
+        .map(|f| f.variables.as_slice())
+        .unwrap_or_default();
     if top.is_empty() {
         out.push_str("  (none)\n");
     }
@@ -213,7 +219,10 @@ mod tests {
                 ..Default::default()
             }),
             var_lookup: [
-                ("1".to_owned(), var("struct", "", vec![id("2", "id"), id("3", "password")])),
+                (
+                    "1".to_owned(),
+                    var("struct", "", vec![id("2", "id"), id("3", "password")]),
+                ),
                 ("2".to_owned(), var("u64", "7", vec![])),
                 ("3".to_owned(), var("redacted", "[redacted]", vec![])),
             ]
@@ -238,7 +247,12 @@ mod tests {
         };
         let text = render(&snap);
         let body: Vec<&str> = text.lines().skip(1).collect();
-        assert!(text.starts_with("snapshot of tracepoint TP1 at src/shop.rs:42, 2023-11-14T22:13:20.000Z"), "{text}");
+        assert!(
+            text.starts_with(
+                "snapshot of tracepoint TP1 at src/shop.rs:42, 2023-11-14T22:13:20.000Z"
+            ),
+            "{text}"
+        );
         assert_eq!(
             body,
             [

@@ -60,8 +60,7 @@ impl Sender {
                         let resource = self.resource.clone();
                         // Resolving symbols may read the binary's debug info: not on this
                         // runtime's only thread.
-                        match tokio::task::spawn_blocking(move || pending.finish(&resource)).await
-                        {
+                        match tokio::task::spawn_blocking(move || pending.finish(&resource)).await {
                             Ok(s) => s,
                             Err(_) => continue,
                         }
@@ -81,7 +80,9 @@ impl Sender {
                 request.metadata_mut().insert("authorization", auth.clone());
             }
             if let Some(tenant) = &self.tenant {
-                request.metadata_mut().insert("x-scope-orgid", tenant.clone());
+                request
+                    .metadata_mut()
+                    .insert("x-scope-orgid", tenant.clone());
             }
             match SnapshotServiceClient::new(channel).send(request).await {
                 Ok(_) => {
@@ -92,7 +93,10 @@ impl Sender {
                 Err(status)
                     if matches!(
                         status.code(),
-                        Code::Unavailable | Code::DeadlineExceeded | Code::Cancelled | Code::Unknown
+                        Code::Unavailable
+                            | Code::DeadlineExceeded
+                            | Code::Cancelled
+                            | Code::Unknown
                     ) =>
                 {
                     tracing::debug!(error = %status.message(), "sonde agent: snapshot not sent; retrying");

@@ -29,8 +29,8 @@ use crate::{
     metrics::self_metrics::SelfMetrics,
     site::{Site, path_matches},
     tracepoint::pipeline::{BoundMetric, DisarmReason, Installed, InstalledParts, Label, Program},
-    tracepoint::spec::{LabelRule, SpanKind, TracepointSpec},
     tracepoint::snapshot::{SnapshotAction, SnapshotLimits, SnapshotQueue},
+    tracepoint::spec::{LabelRule, SpanKind, TracepointSpec},
 };
 
 /// What became of a tracepoint in this process.
@@ -708,12 +708,11 @@ fn check_redacted(field: &str, expr: &Expr) -> Result<(), String> {
     use sonde_expr::Segment;
     let redaction = redact::current();
     for path in expr.paths() {
-        let names = std::iter::once(path.root()).chain(path.segments().iter().filter_map(|s| {
-            match s {
+        let names =
+            std::iter::once(path.root()).chain(path.segments().iter().filter_map(|s| match s {
                 Segment::Field(name) => Some(name.as_str()),
                 Segment::Index(_) => None,
-            }
-        }));
+            }));
         for name in names {
             if let Some(entry) = redaction.matches(name) {
                 return Err(format!(

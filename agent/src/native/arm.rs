@@ -453,7 +453,8 @@ impl Native {
                 let all = index.variables_at(a.address).map_err(|e| {
                     ArmError::Failed(format!("reading the variables at {:#x}: {e}", a.address))
                 })?;
-                let mut seen: std::collections::HashSet<String> = variables.iter().cloned().collect();
+                let mut seen: std::collections::HashSet<String> =
+                    variables.iter().cloned().collect();
                 // Innermost first: a shadowing variable wins.
                 for v in all.iter().rev() {
                     if !seen.insert(v.name.clone()) {

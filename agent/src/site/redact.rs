@@ -147,7 +147,9 @@ impl Redaction {
                 let mut at = 0;
                 for &(s, end) in &spans[first..] {
                     let word = &name[s..end];
-                    if e.len() - at < word.len() || !e[at..at + word.len()].eq_ignore_ascii_case(word) {
+                    if e.len() - at < word.len()
+                        || !e[at..at + word.len()].eq_ignore_ascii_case(word)
+                    {
                         continue 'entry;
                     }
                     at += word.len();
@@ -291,7 +293,14 @@ mod tests {
         ] {
             assert!(r.is_redacted(name), "{name}");
         }
-        for name in ["tokenizer", "passwords_count", "user", "country", "sessions", ""] {
+        for name in [
+            "tokenizer",
+            "passwords_count",
+            "user",
+            "country",
+            "sessions",
+            "",
+        ] {
             assert!(!r.is_redacted(name), "{name}");
         }
         assert_eq!(r.matches("my_api_key"), Some("apikey"));
@@ -301,9 +310,27 @@ mod tests {
     fn the_ascii_path_agrees_with_the_general_one() {
         let r = Redaction::default().with(["pin", "date_of_birth"]);
         for name in [
-            "password", "user_password", "accessToken", "ACCESS_TOKEN", "XMLToken", "token2",
-            "my_api_key_id", "apikeys", "api", "key", "dateOfBirth", "date-of-birth-x", "pinCode",
-            "spin", "__cvv__", "a.b.c", "", "_", "CreditCard", "credit_cards", "ssn1",
+            "password",
+            "user_password",
+            "accessToken",
+            "ACCESS_TOKEN",
+            "XMLToken",
+            "token2",
+            "my_api_key_id",
+            "apikeys",
+            "api",
+            "key",
+            "dateOfBirth",
+            "date-of-birth-x",
+            "pinCode",
+            "spin",
+            "__cvv__",
+            "a.b.c",
+            "",
+            "_",
+            "CreditCard",
+            "credit_cards",
+            "ssn1",
         ] {
             assert_eq!(r.matches(name), r.matches_words(name), "{name}");
         }
@@ -315,7 +342,11 @@ mod tests {
         assert!(r.is_redacted("pin") && r.is_redacted("dateOfBirth") && r.is_redacted("token"));
         let r = Redaction::default().apply_env("only:pin");
         assert!(r.is_redacted("PIN") && !r.is_redacted("password"));
-        assert!(!Redaction::default().apply_env("only:").is_redacted("password"));
+        assert!(
+            !Redaction::default()
+                .apply_env("only:")
+                .is_redacted("password")
+        );
     }
 
     #[test]

@@ -331,9 +331,9 @@ impl SnapshotAction {
                     match expr.eval_label(vars, &mut out) {
                         Ok(()) => match table.add(source, &Value::Str(out), 0) {
                             Some(r) => watch_result::Result::GoodResult(r),
-                            None => watch_result::Result::ErrorResult(
-                                "the snapshot is full".to_owned(),
-                            ),
+                            None => {
+                                watch_result::Result::ErrorResult("the snapshot is full".to_owned())
+                            }
                         },
                         Err(e) => watch_result::Result::ErrorResult(e.to_string()),
                     }
