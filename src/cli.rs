@@ -7,6 +7,8 @@
 //! 4 stored but bound by no agent and 5 stored but an agent reported an error (see `wait`).
 
 mod client;
+mod lines;
+mod mcp;
 mod output;
 mod serve;
 mod sites;
@@ -56,6 +58,34 @@ enum Command {
     /// (redacted ones by name only), its watches, and its stack frames. Needs a token with the
     /// `capture` role (snapshots hold production values). `-o json` prints the API's answer.
     Snapshots(Box<snapshots::SnapshotsArgs>),
+    /// List the source files agents can arm lines in natively (and those with probe sites).
+    ///
+    /// The application's own files by default (no standard library, no dependencies: --all
+    /// adds them). Merged over the live agents (of one service with --service); AGENTS is how
+    /// many of them have the file. Native lines need agents built with the `native` feature,
+    /// run with SONDE_AGENT_NATIVE=1, and debug info.
+    Files(Box<lines::FilesArgs>),
+    /// List the lines of a file where a tracepoint can bind, and the variables readable at each.
+    ///
+    /// Every line with code (or a probe site), merged over the live agents (of one service with
+    /// --service): KIND is `probe` (a `probe!` site) and/or `native` (code an agent can arm
+    /// without a probe), AGENTS how many have the line, VARIABLES the names in scope. A variable
+    /// that cannot be read at every address of the line is marked with why (`optimized out`,
+    /// `async state`, `unsupported type`, `partly in scope`); `async state` on a readable one
+    /// means its value is read from the async fn's state and may date from the last `.await`.
+    /// With --line N, one row per variable with its type and the full reason. Blank lines,
+    /// comments and lines the compiler left no code for are absent.
+    Lines(Box<lines::LinesArgs>),
+    /// Serve Sonde's operations to an AI assistant over the Model Context Protocol (stdio).
+    ///
+    /// Tools: list services and agents, sites, files and lines (with the variables readable at
+    /// each); create a metric or log tracepoint (validated, waiting for the agents' reports);
+    /// read its live counters and snapshots; delete it; list what this session created. Every
+    /// tracepoint it creates expires after --ttl and carries the argument `tag` = `mcp:SESSION`;
+    /// --read-only offers only the reading tools. Talks to the server's HTTP API with
+    /// SONDE_SERVER and SONDE_TOKEN like the other commands, so the token's role and the audit
+    /// log apply.
+    Mcp(Box<mcp::McpArgs>),
     /// Show the audit log: who created, edited and deleted which tracepoint (before and after),
     /// when, from where, and every refused request. Oldest first, one page at a time.
     Audit(Box<AuditArgs>),
@@ -347,6 +377,9 @@ impl Cli {
             }
             Command::Sites(args) => sites::run(*args),
             Command::Snapshots(args) => snapshots::run(*args),
+            Command::Files(args) => lines::files(*args),
+            Command::Lines(args) => lines::lines(*args),
+            Command::Mcp(args) => mcp::run(*args),
             Command::Audit(args) => audit(*args),
             Command::Token(cmd) => token(cmd),
             Command::Tracepoint(cmd) => tracepoint(*cmd),

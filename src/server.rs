@@ -20,6 +20,7 @@ mod audit;
 mod auth;
 mod catalog;
 mod config;
+mod foresee;
 mod grpc;
 mod http;
 mod metrics;

@@ -24,7 +24,7 @@ use std::{
 use native_agent::{serial, status, wait_for, wait_showing};
 use sonde_agent::{
     Agent, AgentHandle, Budgets, PrometheusProvider, TracepointState,
-    native::{CapturePlan, DebugIndex, NativeBudget},
+    native::{CapturePlan, DebugIndex, Native, NativeBudget},
 };
 use sonde_native_fixture::{Item, order_total};
 use sonde_proto::tracepoint::{
@@ -798,6 +798,39 @@ fn optimized_code_reads_registers_and_names_what_is_optimized_out() {
     assert!(gone.message.contains(&nearby), "{gone:?} names {nearby}");
     agent.apply(Vec::new());
     agent.shutdown();
+
+    // The catalog's `lines` answer judges as arming did: `fee` readable on its line, the
+    // optimized-out one not, with the same nearby lines, and blank or comment lines absent.
+    let native = Native::start(NativeBudget::default());
+    let wait = std::time::Duration::from_secs(30);
+    let all = native
+        .lines(FIXTURE, None, wait)
+        .expect("the fixture's lines");
+    let on = |line: u32| all.iter().find(|l| l.line == line);
+    let fee = on(fee_line)
+        .and_then(|l| l.variables.iter().find(|v| v.name == "fee"))
+        .unwrap_or_else(|| panic!("`fee` listed at line {fee_line}: {:?}", on(fee_line)));
+    assert!(fee.readable && fee.why.is_none(), "{fee:?}");
+    let listed = on(*line)
+        .and_then(|l| l.variables.iter().find(|v| v.name == **name))
+        .unwrap_or_else(|| panic!("`{name}` listed at line {line}: {:?}", on(*line)));
+    assert!(!listed.readable, "{listed:?}");
+    assert_eq!(listed.why, Some("optimized out"), "{listed:?}");
+    assert_eq!(&listed.readable_at, at, "{listed:?}");
+    let source = include_str!("../fixture/src/lib.rs");
+    for (i, text) in source.lines().enumerate() {
+        let t = text.trim();
+        if t.is_empty() || t.starts_with("//") {
+            assert!(
+                on(i as u32 + 1).is_none(),
+                "line {} ({t:?}) is listed",
+                i + 1
+            );
+        }
+    }
+    // One line asked alone answers the same.
+    let alone = native.lines(FIXTURE, Some(*line), wait).unwrap();
+    assert_eq!(alone.as_slice(), std::slice::from_ref(on(*line).unwrap()));
 }
 
 trait TapPath {

@@ -136,6 +136,121 @@ pub fn sites(opts: &ClientOpts, value: &serde_json::Value) {
     }
 }
 
+/// `sonde files`.
+pub fn files(opts: &ClientOpts, value: &serde_json::Value) {
+    if opts.output == Output::Json {
+        return json(value);
+    }
+    let total = value["agents"].as_u64().unwrap_or(0);
+    let rows: Vec<Vec<String>> = value["files"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|f| {
+            vec![
+                f["file"].as_str().unwrap_or_default().to_owned(),
+                format!("{}/{total}", f["agents"].as_u64().unwrap_or(0)),
+            ]
+        })
+        .collect();
+    table(&["FILE", "AGENTS"], &rows);
+}
+
+/// `sonde lines`: one row per line; with `one_line`, one row per variable of that line.
+pub fn lines(opts: &ClientOpts, value: &serde_json::Value, one_line: bool) {
+    if opts.output == Output::Json {
+        return json(value);
+    }
+    let total = value["agents"].as_u64().unwrap_or(0);
+    let lines = value["lines"].as_array().map_or(&[][..], Vec::as_slice);
+    let kind = |l: &serde_json::Value| match (
+        !l["probe"].is_null(),
+        l["native"].as_bool() == Some(true),
+    ) {
+        (true, true) => "probe, native",
+        (true, false) => "probe",
+        _ => "native",
+    };
+    if one_line {
+        for l in lines {
+            println!(
+                "{}:{}  {}  agents {}/{total}",
+                value["file"].as_str().unwrap_or_default(),
+                l["line"],
+                kind(l),
+                l["agents"].as_u64().unwrap_or(0)
+            );
+            if let Some(names) = l["probe"]["names"].as_array() {
+                let names: Vec<&str> = names.iter().filter_map(|n| n.as_str()).collect();
+                println!("probe site captures: {}", names.join(", "));
+            }
+            let rows: Vec<Vec<String>> = l["variables"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|v| {
+                    let readable = if v["readable"].as_bool() == Some(true) {
+                        "yes".to_owned()
+                    } else {
+                        "no".to_owned()
+                    };
+                    let mut why = v["why"].as_str().unwrap_or_default().to_owned();
+                    if let Some(detail) = v["detail"].as_str() {
+                        why = format!("{why}: {detail}");
+                    }
+                    if let Some(at) = v["readable_at"].as_array() {
+                        let at: Vec<String> = at.iter().map(ToString::to_string).collect();
+                        why = format!("{why}; readable at line(s) {}", at.join(", "));
+                    }
+                    vec![
+                        v["name"].as_str().unwrap_or_default().to_owned(),
+                        v["type"].as_str().unwrap_or("?").to_owned(),
+                        readable,
+                        why,
+                    ]
+                })
+                .collect();
+            if !rows.is_empty() {
+                table(&["VARIABLE", "TYPE", "READABLE", "WHY NOT"], &rows);
+            }
+        }
+        return;
+    }
+    let rows: Vec<Vec<String>> = lines
+        .iter()
+        .map(|l| {
+            let mut vars: Vec<String> = l["variables"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .map(|v| {
+                    let name = v["name"].as_str().unwrap_or_default();
+                    match (v["readable"].as_bool(), v["why"].as_str()) {
+                        (Some(true), None) => name.to_owned(),
+                        (Some(true), Some(why)) => format!("{name} ({why})"),
+                        (_, why) => format!("{name} (not readable: {})", why.unwrap_or("?")),
+                    }
+                })
+                .collect();
+            if vars.is_empty()
+                && let Some(names) = l["probe"]["names"].as_array()
+            {
+                vars = names
+                    .iter()
+                    .filter_map(|n| n.as_str().map(str::to_owned))
+                    .collect();
+            }
+            vec![
+                l["line"].to_string(),
+                kind(l).to_owned(),
+                format!("{}/{total}", l["agents"].as_u64().unwrap_or(0)),
+                vars.join(", "),
+            ]
+        })
+        .collect();
+    table(&["LINE", "KIND", "AGENTS", "VARIABLES"], &rows);
+}
+
 /// After `rm`.
 pub fn removed(opts: &ClientOpts, tp: &TracePointConfig) {
     match opts.output {

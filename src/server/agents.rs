@@ -13,7 +13,7 @@ use serde::Serialize;
 use sonde_proto::sonde::{StatusReport, TracepointState};
 
 use super::{
-    catalog::Catalog,
+    catalog::{Asker, Catalog},
     state::{Entry, Resource, TenantList},
 };
 
@@ -83,6 +83,8 @@ struct Agent {
     /// Whether it reports status (it watched, reported or sent a catalog): Deep's agents do not.
     reports: bool,
     catalog: Option<Arc<Catalog>>,
+    /// Its open `CatalogService/Serve` stream, for questions about native lines.
+    asker: Option<Asker>,
 }
 
 /// One live agent with what it reported, for catalog and binding questions.
@@ -94,6 +96,8 @@ pub struct LiveAgent {
     pub reports: bool,
     /// Its latest catalog.
     pub catalog: Option<Arc<Catalog>>,
+    /// Where to ask it about native lines (while its question stream is open).
+    pub asker: Option<Asker>,
 }
 
 impl LiveAgent {
@@ -384,6 +388,7 @@ impl Agents {
                 watches: 0,
                 reports: kind == AgentKind::Watch,
                 catalog: None,
+                asker: None,
             },
         );
     }
@@ -445,6 +450,30 @@ impl Agents {
         });
     }
 
+    /// Records an agent's question stream (it replaces an older one).
+    pub fn asker(
+        &self,
+        tenant: &str,
+        id: &str,
+        resource: Option<&sonde_proto::resource::Resource>,
+        address: Option<IpAddr>,
+        asker: Asker,
+    ) {
+        self.reporting(tenant, id, resource, address, |agent| {
+            agent.asker = Some(asker);
+        });
+    }
+
+    /// Forgets an agent's question stream `stream` when it ends (not a newer one).
+    pub fn asker_gone(&self, tenant: &str, id: &str, stream: u64) {
+        let mut agents = self.lock();
+        if let Some(agent) = agents.get_mut(tenant).and_then(|t| t.get_mut(id))
+            && agent.asker.as_ref().is_some_and(|a| a.stream == stream)
+        {
+            agent.asker = None;
+        }
+    }
+
     /// The shared copy of `catalog`: agents running the same binary report equal catalogs.
     fn intern(&self, catalog: Catalog) -> Arc<Catalog> {
         let mut h = DefaultHasher::new();
@@ -474,6 +503,7 @@ impl Agents {
                 view: a.view.clone(),
                 reports: a.reports,
                 catalog: a.catalog.clone(),
+                asker: a.asker.clone(),
             })
             .collect();
         out.sort_by(|a, b| {

@@ -1,18 +1,21 @@
 //! [`Catalog`]: what one agent can instrument (its probe sites), as it last reported it, and the
-//! merge of several agents' catalogs that `GET /api/sites` answers.
+//! merge of several agents' catalogs that `GET /api/sites` answers; [`Asker`], the way to ask an
+//! agent that arms lines natively about its files and lines (its `CatalogService/Serve` stream),
+//! and the merge of the answers that `GET /api/lines` gives ([`merge_lines`]).
 //!
 //! Agents send their catalog once per connection (`sonde.v1.StatusService/ReportCatalog`); the
 //! server keeps only the latest one per agent, in memory, beside the agent's status (see
 //! `agents`). Nothing is stored durably: a restarted server learns the catalogs again as agents
-//! reconnect.
+//! reconnect. Answers about native lines are not kept at all: each request asks again.
 
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, time::Duration};
 
 use serde::Serialize;
 use sonde_proto::{
     path_matches,
-    sonde::{SiteCatalog, SiteKind},
+    sonde::{CatalogAnswer, SiteCatalog, SiteKind, catalog_query::Query},
 };
+use tokio::sync::{mpsc, oneshot};
 
 /// Most sites one catalog may hold.
 pub const MAX_SITES: usize = 50_000;
@@ -158,6 +161,247 @@ pub fn merge<'a>(catalogs: impl IntoIterator<Item = &'a Catalog>) -> Vec<MergedS
             agents,
         })
         .collect()
+}
+
+/// A way to ask one agent about its native lines: the sending half of its
+/// `sonde.v1.CatalogService/Serve` stream (see `grpc`). Cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Asker {
+    tx: mpsc::Sender<(Query, oneshot::Sender<CatalogAnswer>)>,
+    /// Which stream this is: a reconnecting agent replaces its asker, and the old stream's end
+    /// must not remove the new one.
+    pub stream: u64,
+}
+
+/// Questions queued for one agent at most; more are refused at once.
+pub const ASK_QUEUE: usize = 32;
+
+impl Asker {
+    /// A new asker and the receiving end its stream serves.
+    pub fn new(
+        stream: u64,
+    ) -> (
+        Self,
+        mpsc::Receiver<(Query, oneshot::Sender<CatalogAnswer>)>,
+    ) {
+        let (tx, rx) = mpsc::channel(ASK_QUEUE);
+        (Self { tx, stream }, rx)
+    }
+
+    /// Asks `query` and waits at most `limit` for the answer; the agent's own error (no debug
+    /// info, no such file) comes back as `Err`.
+    pub async fn ask(&self, query: Query, limit: Duration) -> Result<CatalogAnswer, String> {
+        let (tx, rx) = oneshot::channel();
+        self.tx
+            .try_send((query, tx))
+            .map_err(|_| "the agent has too many questions waiting, or went away".to_owned())?;
+        let answer = tokio::time::timeout(limit, rx)
+            .await
+            .map_err(|_| format!("no answer within {} s", limit.as_secs_f64()))?
+            .map_err(|_| "the agent went away before answering".to_owned())?;
+        if answer.error.is_empty() {
+            Ok(answer)
+        } else {
+            Err(answer.error)
+        }
+    }
+}
+
+/// Most files one answer may list.
+pub const MAX_FILES: usize = 100_000;
+/// Most lines one answer may list.
+pub const MAX_LINES: usize = 5_000;
+/// Most variables per line.
+pub const MAX_VARIABLES: usize = 1_000;
+
+/// One variable at a line, as `GET /api/lines` shows it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct VariableView {
+    /// Its name.
+    pub name: String,
+    /// Its type's name, where the debug info gives one.
+    #[serde(rename = "type", skip_serializing_if = "Option::is_none")]
+    pub type_name: Option<String>,
+    /// Whether it is a parameter of the function.
+    pub parameter: bool,
+    /// Whether it can be read at every address of the line (in every agent that has the line).
+    pub readable: bool,
+    /// Why not, in a word or two.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub why: Option<String>,
+    /// The full reason.
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub detail: String,
+    /// Lines of the same function where it can be read.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub readable_at: Vec<u32>,
+}
+
+/// One line of a file, merged over the agents asked.
+#[derive(Debug, Clone, Serialize)]
+pub struct LineView {
+    /// The line.
+    pub line: u32,
+    /// How many agents have it (as a probe site or a line with code).
+    pub agents: usize,
+    /// The probe site on it, if any: the names it captures.
+    pub probe: Option<ProbeView>,
+    /// Whether a tracepoint on it arms natively (some agent has code there).
+    pub native: bool,
+    /// The variables in scope (native), by name.
+    pub variables: Vec<VariableView>,
+}
+
+/// The probe site on a line.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProbeView {
+    /// The captured names.
+    pub names: Vec<String>,
+}
+
+/// Checks the bounds of an agent's `lines` answer and converts it.
+pub fn lines_from_wire(
+    answer: &CatalogAnswer,
+) -> Result<Vec<(u32, Vec<VariableView>)>, BadCatalog> {
+    let bad = |field: String, message: String| BadCatalog { field, message };
+    if answer.lines.len() > MAX_LINES {
+        return Err(bad(
+            "lines".into(),
+            format!("{} lines; at most {MAX_LINES}", answer.lines.len()),
+        ));
+    }
+    let text = |s: &str| s.len() <= MAX_TEXT;
+    answer
+        .lines
+        .iter()
+        .enumerate()
+        .map(|(i, l)| {
+            if l.variables.len() > MAX_VARIABLES {
+                return Err(bad(
+                    format!("lines[{i}].variables"),
+                    format!("at most {MAX_VARIABLES}"),
+                ));
+            }
+            let vars = l
+                .variables
+                .iter()
+                .enumerate()
+                .map(|(j, v)| {
+                    if v.name.is_empty()
+                        || ![&v.name, &v.type_name, &v.why].iter().all(|s| text(s))
+                        || v.detail.len() > 4 * MAX_TEXT
+                        || v.readable_at.len() > 64
+                    {
+                        return Err(bad(
+                            format!("lines[{i}].variables[{j}]"),
+                            format!(
+                                "a name of 1 to {MAX_TEXT} bytes, type and reason of at most \
+                                 {MAX_TEXT}, at most 64 lines"
+                            ),
+                        ));
+                    }
+                    Ok(VariableView {
+                        name: v.name.clone(),
+                        type_name: (!v.type_name.is_empty()).then(|| v.type_name.clone()),
+                        parameter: v.parameter,
+                        readable: v.readable,
+                        why: (!v.why.is_empty()).then(|| v.why.clone()),
+                        detail: v.detail.clone(),
+                        readable_at: v.readable_at.clone(),
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok((l.line, vars))
+        })
+        .collect()
+}
+
+/// Checks the bounds of an agent's `files` answer.
+pub fn files_from_wire(answer: &CatalogAnswer) -> Result<Vec<String>, BadCatalog> {
+    if answer.files.len() > MAX_FILES {
+        return Err(BadCatalog {
+            field: "files".into(),
+            message: format!("{} files; at most {MAX_FILES}", answer.files.len()),
+        });
+    }
+    if let Some(i) = answer
+        .files
+        .iter()
+        .position(|f| f.is_empty() || f.len() > MAX_TEXT)
+    {
+        return Err(BadCatalog {
+            field: format!("files[{i}]"),
+            message: format!("must be 1 to {MAX_TEXT} bytes"),
+        });
+    }
+    Ok(answer.files.clone())
+}
+
+/// What one group of agents (running the same binary) says about one file: how many agents it
+/// is, their probe sites in the file, and the native answer one of them gave (`None`: none was
+/// asked or none answered).
+#[derive(Debug, Default)]
+pub struct GroupLines<'a> {
+    /// Agents in the group.
+    pub agents: usize,
+    /// Their probe sites in the file.
+    pub probes: Vec<&'a SiteView>,
+    /// Their lines with code, with the variables at each.
+    pub native: Option<Vec<(u32, Vec<VariableView>)>>,
+}
+
+/// Merges what several groups of agents said about one file's lines. A line counts the agents
+/// of every group that has it (as a probe site or a line with code); a variable is readable
+/// when every group that has the line can read it.
+pub fn merge_lines(groups: &[GroupLines<'_>]) -> Vec<LineView> {
+    let mut lines: BTreeMap<u32, LineView> = BTreeMap::new();
+    for group in groups {
+        let mut counted = std::collections::HashSet::new();
+        for site in &group.probes {
+            let view = lines
+                .entry(site.line)
+                .or_insert_with(|| empty_line(site.line));
+            if counted.insert(site.line) {
+                view.agents += group.agents;
+            }
+            if view.probe.is_none() {
+                view.probe = Some(ProbeView {
+                    names: site.names.clone(),
+                });
+            }
+        }
+        for (n, vars) in group.native.iter().flatten() {
+            let view = lines.entry(*n).or_insert_with(|| empty_line(*n));
+            if counted.insert(*n) {
+                view.agents += group.agents;
+            }
+            view.native = true;
+            for v in vars {
+                match view.variables.iter_mut().find(|have| have.name == v.name) {
+                    Some(have) => {
+                        if have.readable && !v.readable {
+                            have.readable = false;
+                            have.why.clone_from(&v.why);
+                            have.detail.clone_from(&v.detail);
+                            have.readable_at.clone_from(&v.readable_at);
+                        }
+                    }
+                    None => view.variables.push(v.clone()),
+                }
+            }
+        }
+    }
+    lines.into_values().collect()
+}
+
+fn empty_line(line: u32) -> LineView {
+    LineView {
+        line,
+        agents: 0,
+        probe: None,
+        native: false,
+        variables: Vec::new(),
+    }
 }
 
 #[cfg(test)]

@@ -1,5 +1,5 @@
 //! The gRPC face for agents and tools: Deep's `PollConfig/poll` and `SnapshotService/send`,
-//! Sonde's `WatchService`, `StatusService` and `TracepointService`.
+//! Sonde's `WatchService`, `StatusService`, `CatalogService` and `TracepointService`.
 
 use std::{pin::Pin, sync::Arc, time::Instant};
 
@@ -10,10 +10,11 @@ use sonde_proto::{
         poll_config_server::{PollConfig, PollConfigServer},
     },
     sonde::{
-        CreateTracepointRequest, DeleteTracepointRequest, GetTracepointRequest,
-        ListTracepointsRequest, ListTracepointsResponse, SiteCatalog, SiteCatalogResponse,
-        StatusReport, StatusReportResponse, TracepointResponse, UpdateTracepointRequest,
-        WatchRequest,
+        CatalogAnswer, CatalogQuery, CreateTracepointRequest, DeleteTracepointRequest,
+        GetTracepointRequest, ListTracepointsRequest, ListTracepointsResponse, SiteCatalog,
+        SiteCatalogResponse, StatusReport, StatusReportResponse, TracepointResponse,
+        UpdateTracepointRequest, WatchRequest,
+        catalog_service_server::{CatalogService, CatalogServiceServer},
         status_service_server::{StatusService, StatusServiceServer},
         tracepoint_service_server::{TracepointService, TracepointServiceServer},
         watch_service_server::{WatchService, WatchServiceServer},
@@ -28,10 +29,11 @@ use tonic::{Request, Response, Status, codec::CompressionEncoding, metadata::Met
 
 use super::{
     App,
-    agents::{AgentKind, Agents, placement_warnings},
+    agents::{AgentKind, Agents},
     audit::{Actor, Via},
     auth::Denied,
-    catalog::Catalog,
+    catalog::{Asker, Catalog},
+    foresee::foresee,
     net::PeerAddr,
     state::{ChangeError, Resource, TenantList},
     tenant_from,
@@ -54,6 +56,7 @@ pub(crate) fn router(app: Arc<App>) -> axum::Router {
     )
     .add_service(WatchServiceServer::new(svc.clone()).accept_compressed(gzip))
     .add_service(StatusServiceServer::new(svc.clone()).accept_compressed(gzip))
+    .add_service(CatalogServiceServer::new(svc.clone()).accept_compressed(gzip))
     .add_service(TracepointServiceServer::new(svc).accept_compressed(gzip))
     .prepare()
     .into_axum_router()
@@ -458,8 +461,11 @@ impl TracepointService for Grpc {
         let entry = self
             .blocking(move |app| app.tracepoints.create(&tenant2, config, &actor))
             .await?;
+        let (warnings, agents) =
+            foresee(&entry.config, &self.app.agents.live_agents(&tenant)).await;
         Ok(Response::new(TracepointResponse {
-            warnings: placement_warnings(&entry.config, &self.app.agents.live_agents(&tenant)),
+            warnings,
+            agents,
             tracepoint: Some(entry.config.clone()),
         }))
     }
@@ -477,6 +483,7 @@ impl TracepointService for Grpc {
         Ok(Response::new(TracepointResponse {
             tracepoint: Some(entry.config.clone()),
             warnings: Vec::new(),
+            agents: 0,
         }))
     }
 
@@ -510,8 +517,11 @@ impl TracepointService for Grpc {
         let entry = self
             .blocking(move |app| app.tracepoints.update(&tenant2, &id, config, &actor))
             .await?;
+        let (warnings, agents) =
+            foresee(&entry.config, &self.app.agents.live_agents(&tenant)).await;
         Ok(Response::new(TracepointResponse {
-            warnings: placement_warnings(&entry.config, &self.app.agents.live_agents(&tenant)),
+            warnings,
+            agents,
             tracepoint: Some(entry.config.clone()),
         }))
     }
@@ -528,6 +538,76 @@ impl TracepointService for Grpc {
         Ok(Response::new(TracepointResponse {
             tracepoint: Some(entry.config.clone()),
             warnings: Vec::new(),
+            agents: 0,
         }))
+    }
+}
+
+/// Distinguishes question streams, so that a stream's end forgets only its own asker.
+static STREAMS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+
+#[tonic::async_trait]
+impl CatalogService for Grpc {
+    type ServeStream = Pin<Box<dyn Stream<Item = Result<CatalogQuery, Status>> + Send>>;
+
+    /// Keeps an agent's question stream: registers an [`Asker`] for it, sends each question
+    /// down the stream with a fresh ID and hands each answer to whoever asked.
+    async fn serve(
+        &self,
+        req: Request<tonic::Streaming<CatalogAnswer>>,
+    ) -> Result<Response<Self::ServeStream>, Status> {
+        let (tenant, peer) = self.agent_context(&req)?;
+        let mut answers = req.into_inner();
+        let hello = answers
+            .message()
+            .await?
+            .ok_or_else(|| Status::invalid_argument("the stream ended before naming the agent"))?;
+        if hello.agent_id.is_empty() || hello.agent_id.len() > 128 {
+            return Err(Status::invalid_argument(
+                "agent_id: required in the first message, at most 128 characters",
+            ));
+        }
+        let stream = STREAMS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let (asker, mut questions) = Asker::new(stream);
+        let agent = hello.agent_id;
+        self.app
+            .agents
+            .asker(&tenant, &agent, hello.resource.as_ref(), peer, asker);
+        tracing::debug!(%tenant, %agent, "agent serves catalog questions");
+        let (tx, rx) = mpsc::channel(crate::server::catalog::ASK_QUEUE);
+        let app = self.app.clone();
+        tokio::spawn(async move {
+            let mut waiting: std::collections::HashMap<
+                u64,
+                tokio::sync::oneshot::Sender<CatalogAnswer>,
+            > = std::collections::HashMap::new();
+            let mut next = 1u64;
+            loop {
+                tokio::select! {
+                    question = questions.recv() => {
+                        let Some((query, reply)) = question else { break };
+                        let id = next;
+                        next += 1;
+                        waiting.retain(|_, r| !r.is_closed());
+                        waiting.insert(id, reply);
+                        if tx.send(Ok(CatalogQuery { id, query: Some(query) })).await.is_err() {
+                            break;
+                        }
+                    }
+                    answer = answers.message() => match answer {
+                        Ok(Some(answer)) => {
+                            if let Some(reply) = waiting.remove(&answer.id) {
+                                let _ = reply.send(answer);
+                            }
+                        }
+                        Ok(None) | Err(_) => break,
+                    },
+                }
+            }
+            app.agents.asker_gone(&tenant, &agent, stream);
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 }

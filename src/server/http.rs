@@ -53,10 +53,11 @@ use sonde_proto::{
 use super::{
     App, DEFAULT_TENANT,
     adhoc::{self, CapReached},
-    agents::{BindingSummary, Judge, LiveAgent, placement_warnings},
+    agents::{BindingSummary, Judge, LiveAgent},
     audit::{self, Actor, CLI_USER_AGENT, EntryView, Via},
     auth::{Caller, Denied, Refusal},
     catalog,
+    foresee::foresee,
     grpc::poll_answer,
     net::PeerAddr,
     state::{ChangeError, Entry, Resource},
@@ -65,6 +66,8 @@ use super::{
     tokens::Role,
     validate::{Position, ValidationError},
 };
+
+mod lines;
 
 /// The HTTP router.
 pub(crate) fn router(app: Arc<App>) -> Router {
@@ -83,6 +86,10 @@ pub(crate) fn router(app: Arc<App>) -> Router {
                 .route("/agents", get(agents))
                 .route("/agents/{id}/sites", get(agent_sites))
                 .route("/sites", get(sites))
+                .route("/agents/{id}/files", get(lines::agent_files))
+                .route("/files", get(lines::service_files))
+                .route("/agents/{id}/lines", get(lines::agent_lines))
+                .route("/lines", get(lines::service_lines))
                 .route("/audit", get(audit_log))
                 .route("/sessions/{id}/metrics", post(session_metric)),
         )
@@ -363,13 +370,19 @@ fn json_response(value: &impl Serialize) -> Response {
 }
 
 fn tracepoint_response(ctx: &Ctx, entry: &Entry) -> Response {
-    tracepoint_response_warning(ctx, entry, Vec::new())
+    tracepoint_response_warning(ctx, entry, Vec::new(), 0)
 }
 
-fn tracepoint_response_warning(ctx: &Ctx, entry: &Entry, warnings: Vec<String>) -> Response {
+fn tracepoint_response_warning(
+    ctx: &Ctx,
+    entry: &Entry,
+    warnings: Vec<String>,
+    agents: u32,
+) -> Response {
     let resp = TracepointResponse {
         tracepoint: Some(entry.config.clone()),
         warnings,
+        agents,
     };
     if ctx.protobuf {
         protobuf_response(&resp)
@@ -504,8 +517,8 @@ async fn create(State(app): State<Arc<App>>, meta: Meta, body: Body) -> Result<R
     .await?;
     tracing::info!(tenant = %ctx.tenant, who = %ctx.actor.who, id = %entry.config.id, path = %entry.config.path,
         line = entry.config.line_number, "tracepoint created");
-    let warnings = placement_warnings(&entry.config, &app.agents.live_agents(&ctx.tenant));
-    Ok(tracepoint_response_warning(&ctx, &entry, warnings))
+    let (warnings, agents) = foresee(&entry.config, &app.agents.live_agents(&ctx.tenant)).await;
+    Ok(tracepoint_response_warning(&ctx, &entry, warnings, agents))
 }
 
 async fn get_one(
@@ -537,8 +550,8 @@ async fn update(
     })
     .await?;
     tracing::info!(tenant = %ctx.tenant, who = %ctx.actor.who, %id, "tracepoint edited");
-    let warnings = placement_warnings(&entry.config, &app.agents.live_agents(&ctx.tenant));
-    Ok(tracepoint_response_warning(&ctx, &entry, warnings))
+    let (warnings, agents) = foresee(&entry.config, &app.agents.live_agents(&ctx.tenant)).await;
+    Ok(tracepoint_response_warning(&ctx, &entry, warnings, agents))
 }
 
 async fn delete(

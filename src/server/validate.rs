@@ -109,6 +109,7 @@ pub const KNOWN_ARGS: &[&str] = &[
     "span",
     "stack_type",
     "stage",
+    "tag",
     "window_end",
     "window_start",
 ];
@@ -520,7 +521,10 @@ impl Ctx<'_> {
                     ),
                 )),
             },
-            "method_name" | "stage" => self.check_len(&field, value, self.limits.max_name_len),
+            // `tag`: free text naming who made it (`sonde mcp` sets `mcp:<session>`).
+            "method_name" | "stage" | "tag" => {
+                self.check_len(&field, value, self.limits.max_name_len)
+            }
             _ => Err(ValidationError::new(
                 field,
                 format!("unknown argument; known ones are {}", KNOWN_ARGS.join(", ")),

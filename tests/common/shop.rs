@@ -40,11 +40,17 @@ fn shop_binary() -> std::path::PathBuf {
 /// Starts the shop on an ephemeral port with its agent following `grpc` as `service`, and waits
 /// until it listens.
 pub fn start(grpc: &str, service: &str) -> Shop {
+    start_with(grpc, service, &[])
+}
+
+/// As [`start`], with more environment variables for the shop (`SONDE_AGENT_NATIVE=1`).
+pub fn start_with(grpc: &str, service: &str, env: &[(&str, &str)]) -> Shop {
     let mut child = Command::new(shop_binary())
         .args(["--listen", "127.0.0.1:0"])
         .env("SONDE_AGENT_SERVER", grpc)
         .env("SONDE_SERVICE_NAME", service)
         .env("RUST_LOG", "warn")
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()

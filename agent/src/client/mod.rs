@@ -11,7 +11,9 @@
 //! On every connection it also sends the probe-site catalog (`StatusService/ReportCatalog`): every
 //! site's file, line and captured names, so that people can find a line before they arm it. Sites
 //! are link-time statics, so the catalog changes only with the binary; sending it per connection
-//! covers a server that restarted or a new replica.
+//! covers a server that restarted or a new replica. An agent that arms lines natively also
+//! answers questions about them (`CatalogService/Serve`, in `catalog`): which source files it
+//! has, and per file the lines with code and the variables readable at each.
 //!
 //! Snapshots that firing hits queue are sent by [`snapshots`] (`SnapshotService/send`) on the
 //! same connection.
@@ -41,6 +43,9 @@ use tonic::{
     metadata::{Ascii, MetadataValue},
     transport::{Certificate, Channel, ClientTlsConfig, Endpoint},
 };
+
+#[cfg(all(feature = "native", target_os = "linux", target_arch = "x86_64"))]
+mod catalog;
 
 use crate::{
     install::{Installer, TracepointState},
@@ -198,11 +203,17 @@ impl Client {
                     self.channels.send_replace(Some(channel.clone()));
                     // Once per connection: a new server (or a restarted one) learns the sites.
                     self.report_catalog(&channel).await;
-                    if self.watch_supported {
+                    // Questions about native lines, for as long as this connection lasts.
+                    let questions = self.catalog_server(channel.clone()).map(tokio::spawn);
+                    let ended = if self.watch_supported {
                         self.watch(channel, &mut shutdown).await
                     } else {
                         self.poll_loop(channel, &mut shutdown).await
+                    };
+                    if let Some(task) = questions {
+                        task.abort();
                     }
+                    ended
                 }
                 Err(e) => Ended::Failed(format!("connecting to {url}: {e}")),
             };
@@ -457,6 +468,14 @@ impl Client {
                 tracing::debug!(error = %describe(&status), "sonde agent: catalog report failed")
             }
         }
+    }
+}
+
+#[cfg(not(all(feature = "native", target_os = "linux", target_arch = "x86_64")))]
+impl Client {
+    /// Without native breakpoints there is nothing to answer about lines.
+    fn catalog_server(&self, _channel: Channel) -> Option<std::future::Ready<()>> {
+        None
     }
 }
 

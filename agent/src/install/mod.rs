@@ -215,6 +215,14 @@ impl Installer {
             if let Some(own) = &self.own {
                 own.installed.inc();
             }
+            // Once per change: a tracepoint that is new or changed is installed again here.
+            match &entry.outcome {
+                Outcome::Unbound(message) => tracing::info!(tracepoint = %id, %message,
+                    "sonde agent: tracepoint not bound"),
+                Outcome::Failed(message) => tracing::info!(tracepoint = %id, %message,
+                    "sonde agent: tracepoint could not be installed"),
+                _ => {}
+            }
             self.entries.insert(id, entry);
         }
         if let Some(own) = &self.own {
@@ -572,6 +580,12 @@ impl Installer {
             return true;
         }
         false
+    }
+
+    /// The native breakpoints, for questions about lines (the catalog's `lines`).
+    #[cfg(all(feature = "native", target_os = "linux", target_arch = "x86_64"))]
+    pub(crate) fn native_breakpoints(&self) -> Option<crate::native::Native> {
+        self.native.clone()
     }
 
     /// Fires counted by a tracepoint (for tests and diagnostics).

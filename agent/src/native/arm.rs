@@ -26,7 +26,7 @@ use std::{
 use sonde_expr::Value;
 
 use super::{
-    CapturePlan, DebugIndex, LoadError, TypeShape,
+    CapturePlan, DebugIndex, LineLookup, LoadError, TypeShape,
     patch::{self, Action, SlotArena},
     shape::MAX_INLINE,
     tramp::{self, Trampoline},
@@ -289,7 +289,7 @@ impl Native {
     }
 
     /// The index, waiting for it to be built (at most `wait`).
-    fn index(&self, wait: Duration) -> Result<Arc<DebugIndex>, String> {
+    pub(super) fn index(&self, wait: Duration) -> Result<Arc<DebugIndex>, String> {
         let started = Instant::now();
         loop {
             if let Some(built) = self.shared.index.get() {
@@ -315,48 +315,7 @@ impl Native {
         let index = self
             .index(Duration::from_secs(30))
             .map_err(|e| ArmError::Unbound(format!("native breakpoints unavailable: {e}")))?;
-        let found = index.lookup(path, line);
-        if found.files.is_empty() {
-            return Err(ArmError::Unbound(format!(
-                "no file matching {path:?} in the debug info either"
-            )));
-        }
-        if found.is_empty() {
-            let near: Vec<String> = [found.nearest.before, found.nearest.after]
-                .into_iter()
-                .flatten()
-                .map(|l| l.to_string())
-                .collect();
-            return Err(ArmError::Unbound(format!(
-                "line {line} of {path} has no code in this build{}",
-                if near.is_empty() {
-                    String::new()
-                } else {
-                    format!("; nearest lines with code: {}", near.join(", "))
-                }
-            )));
-        }
-        // One address per function: a line whose code is interleaved with inlined callees
-        // "starts" again after each of them, and trapping at every start would count one
-        // execution several times (debuggers keep the lowest address per function too).
-        let mut found = found;
-        let mut functions = std::collections::HashSet::new();
-        let mut allocator = None;
-        found.addresses.retain(|a| {
-            let function = index.function_at(a.address).ok().flatten();
-            if let Some(f) = &function
-                && is_allocator(f)
-            {
-                allocator = f.name.clone();
-            }
-            functions.insert(function.map_or(a.address, |f| f.range.start))
-        });
-        if let Some(name) = allocator {
-            return Err(ArmError::Failed(format!(
-                "{path}:{line} is in `{name}`, part of the global allocator, which native \
-                 breakpoints never patch (the agent allocates while decoding)"
-            )));
-        }
+        let found = line_addresses(&index, path, line)?;
         let file = index.file_path(found.addresses[0].file).to_owned();
         if let Some(why) = forbidden(&file) {
             return Err(ArmError::Failed(why));
@@ -398,35 +357,22 @@ impl Native {
                         }
                     )));
                 };
-                let shaped = &v.shape;
-                let shape = shaped.as_ref().ok().cloned();
-                let loc = match (&v.plan, &shape) {
-                    (_, None) => {
-                        let why = shaped.as_ref().err().cloned().unwrap_or_default();
-                        note(&mut unreadable, name, why, &[]);
+                let shape = v.shape.as_ref().ok().cloned();
+                let loc = match judge(v) {
+                    Ok(loc) => {
+                        if let Some(at) = v.in_state_since {
+                            from_state.entry(name.clone()).or_default().push(at);
+                        }
+                        loc
+                    }
+                    Err(why) => {
+                        let lines: &[u32] = match why {
+                            Unreadable::Plan(_) => &v.available_at,
+                            _ => &[],
+                        };
+                        note(&mut unreadable, name, why.to_string(), lines);
                         Loc::Missing
                     }
-                    (CapturePlan::Unavailable(why), _) => {
-                        note(&mut unreadable, name, why.to_string(), &v.available_at);
-                        Loc::Missing
-                    }
-                    (plan, Some(_)) => match loc_of(plan) {
-                        Some(loc) => {
-                            if let Some(at) = v.in_state_since {
-                                from_state.entry(name.clone()).or_default().push(at);
-                            }
-                            loc
-                        }
-                        None => {
-                            note(
-                                &mut unreadable,
-                                name,
-                                format!("unsupported location {plan:?}"),
-                                &[],
-                            );
-                            Loc::Missing
-                        }
-                    },
                 };
                 let (inline, derefs) = match &shape {
                     Some(s) if loc != Loc::Missing => (
@@ -696,6 +642,107 @@ fn note(
         if !e.2.contains(l) {
             e.2.push(*l);
         }
+    }
+}
+
+/// The addresses a tracepoint at `path:line` traps at: the line's addresses (see
+/// [`DebugIndex::lookup`]), one per function. Arming and the catalog's `lines` answer both use it,
+/// so a line the catalog lists is a line that arms.
+pub(super) fn line_addresses(
+    index: &DebugIndex,
+    path: &str,
+    line: u32,
+) -> Result<LineLookup, ArmError> {
+    let found = index.lookup(path, line);
+    if found.files.is_empty() {
+        return Err(ArmError::Unbound(format!(
+            "no file matching {path:?} in the debug info either"
+        )));
+    }
+    if found.is_empty() {
+        let near: Vec<String> = [found.nearest.before, found.nearest.after]
+            .into_iter()
+            .flatten()
+            .map(|l| l.to_string())
+            .collect();
+        return Err(ArmError::Unbound(format!(
+            "line {line} of {path} has no code in this build{}",
+            if near.is_empty() {
+                String::new()
+            } else {
+                format!("; nearest lines with code: {}", near.join(", "))
+            }
+        )));
+    }
+    // One address per function: a line whose code is interleaved with inlined callees
+    // "starts" again after each of them, and trapping at every start would count one
+    // execution several times (debuggers keep the lowest address per function too).
+    let mut found = found;
+    let mut functions = std::collections::HashSet::new();
+    let mut allocator = None;
+    found.addresses.retain(|a| {
+        let function = index.function_at(a.address).ok().flatten();
+        if let Some(f) = &function
+            && is_allocator(f)
+        {
+            allocator = f.name.clone();
+        }
+        functions.insert(function.map_or(a.address, |f| f.range.start))
+    });
+    if let Some(name) = allocator {
+        return Err(ArmError::Failed(format!(
+            "{path}:{line} is in `{name}`, part of the global allocator, which native \
+                 breakpoints never patch (the agent allocates while decoding)"
+        )));
+    }
+    Ok(found)
+}
+
+/// Why a variable in scope cannot be read at an address.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(super) enum Unreadable {
+    /// Its type cannot be copied (the shape's error).
+    Type(String),
+    /// The debug info gives it no usable location here.
+    Plan(super::Unavailable),
+    /// A location the handler cannot read (a register it does not save).
+    Location(String),
+}
+
+impl Unreadable {
+    /// The reason in a word or two, as `sonde lines` shows it.
+    pub(super) fn word(&self) -> &'static str {
+        match self {
+            Self::Type(_) => "unsupported type",
+            Self::Plan(super::Unavailable::OptimizedOut | super::Unavailable::NotLiveHere) => {
+                "optimized out"
+            }
+            Self::Plan(
+                super::Unavailable::NotKeptAcrossAwait { .. }
+                | super::Unavailable::InStateAfterAwait { .. },
+            ) => "async state",
+            Self::Plan(_) | Self::Location(_) => "unsupported location",
+        }
+    }
+}
+
+impl std::fmt::Display for Unreadable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Type(why) | Self::Location(why) => f.write_str(why),
+            Self::Plan(why) => write!(f, "{why}"),
+        }
+    }
+}
+
+/// Where the handler reads `v` at its address, or why it cannot: the one judgement arming and
+/// the catalog's `lines` share, so the two never disagree.
+pub(super) fn judge(v: &super::Variable) -> Result<Loc, Unreadable> {
+    match (&v.plan, &v.shape) {
+        (_, Err(why)) => Err(Unreadable::Type(why.clone())),
+        (CapturePlan::Unavailable(why), _) => Err(Unreadable::Plan(*why)),
+        (plan, Ok(_)) => loc_of(plan)
+            .ok_or_else(|| Unreadable::Location(format!("unsupported location {plan:?}"))),
     }
 }
 

@@ -95,6 +95,9 @@ pub struct DebugIndex {
     pub(crate) file: DebugFile,
     pub(crate) bias: u64,
     files: Vec<Box<str>>,
+    /// Per file: where its path relative to its unit's compilation directory starts (0: the
+    /// path is not under it).
+    relative: Vec<u32>,
     /// Last path component → files with that name.
     by_name: HashMap<Box<str>, Vec<u32>>,
     /// Statement rows sorted by (file, line, addr); `file_rows[f]` is file f's slice.
@@ -159,6 +162,37 @@ impl DebugIndex {
     /// A file's path as recorded in the debug info.
     pub fn file_path(&self, file: FileId) -> &str {
         &self.files[file.0 as usize]
+    }
+
+    /// Every file of the debug info with code: its id, its path as recorded, and that path
+    /// relative to the directory its unit was compiled in (the same as recorded when it is not
+    /// under it), which is how a tracepoint's `path` would name it.
+    pub fn files(&self) -> impl Iterator<Item = (FileId, &str, &str)> + '_ {
+        self.files.iter().enumerate().filter_map(|(i, path)| {
+            let has_code = !self.file_rows.get(i).is_none_or(|r| r.is_empty())
+                || !self.file_calls.get(i).is_none_or(|r| r.is_empty());
+            let relative = self.relative.get(i).map_or(0, |&r| r as usize);
+            has_code.then(|| (FileId(i as u32), &**path, &path[relative..]))
+        })
+    }
+
+    /// The lines of the files matching `tracepoint_path` where a statement starts or a
+    /// function is inlined: the lines [`Self::lookup`] finds addresses for, ascending.
+    pub fn code_lines(&self, tracepoint_path: &str) -> Vec<u32> {
+        let mut lines: Vec<u32> = self
+            .matching_files(tracepoint_path)
+            .iter()
+            .flat_map(|f| {
+                slice(&self.rows, &self.file_rows, f.0)
+                    .iter()
+                    .chain(slice(&self.calls, &self.file_calls, f.0))
+                    .map(|r| r.line)
+            })
+            .filter(|&l| l != 0)
+            .collect();
+        lines.sort_unstable();
+        lines.dedup();
+        lines
     }
 
     /// Every distinct runtime address where a statement line starts, ascending.
@@ -296,6 +330,7 @@ fn on_line(rows: &[Row], line: u32) -> &[Row] {
 #[derive(Default)]
 struct Builder {
     files: Vec<Box<str>>,
+    relative: Vec<u32>,
     ids: HashMap<Box<str>, u32>,
     rows: Vec<Row>,
     calls: Vec<Row>,
@@ -459,6 +494,15 @@ impl Builder {
             Some(&id) => id,
             None => {
                 let id = u32::try_from(self.files.len()).ok()?;
+                let relative = comp_dir
+                    .as_deref()
+                    .filter(|dir| {
+                        path.len() > dir.len() + 1
+                            && path.starts_with(dir)
+                            && path.as_bytes()[dir.len()] == b'/'
+                    })
+                    .map_or(0, |dir| dir.len() + 1);
+                self.relative.push(u32::try_from(relative).unwrap_or(0));
                 self.files.push(path.clone());
                 self.ids.insert(path, id);
                 id
@@ -499,6 +543,7 @@ impl Builder {
             file,
             bias,
             files: self.files,
+            relative: self.relative,
             by_name,
             rows: self.rows,
             file_rows,

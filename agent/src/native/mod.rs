@@ -24,13 +24,14 @@
 //! The files, bottom up: `load` (mapping the binary and its debug file), `cfa` (unwind rules),
 //! `index` (the `DebugIndex`), `shape` and `plan` (types and variable locations), `guard`
 //! (fault-free reads), `patch`, `tramp` (jump trampolines: `analyse`, `emit`, `stop`), `ring`,
-//! `trap`, and `arm` on top. May use: `tracepoint` (a native hit runs the same pipeline as a
+//! `trap`, `arm` on top, and `lines` (what the catalog answers about native lines). May use: `tracepoint` (a native hit runs the same pipeline as a
 //! probe site), `site::path_matches`, and `metrics` (its self metrics).
 
 mod arm;
 mod cfa;
 mod guard;
 mod index;
+mod lines;
 mod load;
 mod patch;
 mod plan;
@@ -43,6 +44,9 @@ pub(crate) use arm::{ArmError, NativeHandle};
 pub use arm::{Native, NativeBudget, NativeStats};
 pub use cfa::CfaRule;
 pub use index::{AddressSource, DebugIndex, FileId, LineAddress, LineLookup, NearestLines};
+pub use lines::{
+    CodeLine, LineVariable, MAX_LINES, files as catalog_files, lines as catalog_lines,
+};
 pub use load::LoadError;
 pub use plan::{CapturePlan, DwarfError, Function, Unavailable, Variable};
 pub use shape::{DecodeError, Deref, DerefLen, MAX_DEREF_BYTES, MAX_DEREFS, MAX_INLINE, TypeShape};
