@@ -12,6 +12,7 @@ mod mcp;
 mod output;
 mod serve;
 mod sites;
+mod snapshots;
 mod wait;
 
 use std::{collections::BTreeMap, io::Read as _, path::PathBuf, process::ExitCode};
@@ -53,6 +54,10 @@ enum Command {
     /// CAPTURES (the variables an expression there can read). `-o json` prints the API's answer.
     /// Deep's agents report no sites; an empty table says why on stderr.
     Sites(Box<sites::SitesArgs>),
+    /// Print the latest snapshot agents sent for a tracepoint: its variables as an indented tree
+    /// (redacted ones by name only), its watches, and its stack frames. Needs a token with the
+    /// `capture` role (snapshots hold production values). `-o json` prints the API's answer.
+    Snapshots(Box<snapshots::SnapshotsArgs>),
     /// List the source files agents can arm lines in natively (and those with probe sites).
     ///
     /// The application's own files by default (no standard library, no dependencies: --all
@@ -371,6 +376,7 @@ impl Cli {
                 Ok(())
             }
             Command::Sites(args) => sites::run(*args),
+            Command::Snapshots(args) => snapshots::run(*args),
             Command::Files(args) => lines::files(*args),
             Command::Lines(args) => lines::lines(*args),
             Command::Mcp(args) => mcp::run(*args),

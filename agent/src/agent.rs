@@ -21,8 +21,9 @@ use crate::{
     metrics::endpoint,
     metrics::provider::MetricProvider,
     metrics::self_metrics::SelfMetrics,
-    site,
+    site::{self, redact::Redaction},
     tracepoint::budget::Budgets,
+    tracepoint::snapshot::{PendingSnapshot, SnapshotLimits},
 };
 
 /// Only one agent runs in a process at a time: probe sites are global.
@@ -80,6 +81,9 @@ pub struct AgentBuilder {
     metrics_endpoint: Option<(std::net::SocketAddr, prometheus::Registry)>,
     self_metrics: Option<Arc<dyn MetricProvider>>,
     env_error: Option<String>,
+    redaction: Redaction,
+    snapshot_limits: SnapshotLimits,
+    snapshot_queue: usize,
     #[cfg(all(feature = "native", target_os = "linux", target_arch = "x86_64"))]
     native: Option<crate::native::NativeBudget>,
 }
@@ -114,6 +118,9 @@ impl Default for AgentBuilder {
             metrics_endpoint: None,
             self_metrics: None,
             env_error: None,
+            redaction: Redaction::default(),
+            snapshot_limits: SnapshotLimits::default(),
+            snapshot_queue: 64,
             #[cfg(all(feature = "native", target_os = "linux", target_arch = "x86_64"))]
             native: None,
         }
@@ -225,6 +232,33 @@ impl AgentBuilder {
         self
     }
 
+    /// Adds names to the redaction list (default: password, passwd, secret, token, api_key,
+    /// apikey, authorization, cookie, session_id, ssn, credit_card, card_number, cvv,
+    /// private_key). A variable, field or map key whose name spells one of them in whole
+    /// words, case and separators aside (`accessToken`, `DB_PASSWORD`), is redacted: a snapshot
+    /// shows its name with no value, a log line or label reads `[redacted]`, and a label, value,
+    /// condition or log template that names it is refused when the tracepoint is bound.
+    pub fn redact<S: AsRef<str>>(mut self, names: impl IntoIterator<Item = S>) -> Self {
+        self.redaction = self.redaction.with(names);
+        self
+    }
+
+    /// Replaces the redaction list (an empty list redacts by name nothing; types and fields
+    /// marked `#[capture(redact)]` stay redacted).
+    pub fn redact_only<S: AsRef<str>>(mut self, names: impl IntoIterator<Item = S>) -> Self {
+        self.redaction = Redaction::new(names);
+        self
+    }
+
+    /// The bounds of one snapshot (depth, collection sizes, string lengths, variables, bytes,
+    /// frames; Deep's defaults), and how many snapshots may wait to be sent (64; past that the
+    /// oldest is dropped and counted in `sonde_agent_snapshots_dropped_total`).
+    pub fn snapshots(mut self, limits: SnapshotLimits, queue: usize) -> Self {
+        self.snapshot_limits = limits;
+        self.snapshot_queue = queue.max(1);
+        self
+    }
+
     /// No control plane: tracepoints come only from [`AgentHandle::apply`].
     pub fn offline(mut self) -> Self {
         self.offline = true;
@@ -234,7 +268,8 @@ impl AgentBuilder {
     /// Reads `SONDE_AGENT_SERVER` (comma-separated gRPC URLs of the control plane, port 43315 —
     /// not the HTTP API that the CLI's `SONDE_SERVER` names), `SONDE_AGENT_TOKEN` (the server's
     /// `--agent-token`), `SONDE_AGENT_CA_CERT` (a PEM file), `SONDE_AGENT_POLL_INTERVAL_MS`,
-    /// `SONDE_AGENT_MODE` (`auto`, `watch`, `poll`), `SONDE_AGENT_CPU_PERCENT` and
+    /// `SONDE_AGENT_MODE` (`auto`, `watch`, `poll`), `SONDE_AGENT_REDACT` (comma-separated names
+    /// added to the redaction list, or `only:a,b` to replace it), `SONDE_AGENT_CPU_PERCENT` and
     /// `SONDE_AGENT_TOTAL_CPU_PERCENT` (a tracepoint's and all tracepoints' share of the process's
     /// CPU, [`Budgets::cpu_share`] and [`Budgets::agent_cpu_share`] in percent, default 1 and 3),
     /// `SONDE_SERVICE_NAME`, `SONDE_TENANT` and
@@ -268,6 +303,9 @@ impl AgentBuilder {
                     ))
                 }
             }
+        }
+        if let Some(names) = var("SONDE_AGENT_REDACT") {
+            self.redaction = self.redaction.apply_env(&names);
         }
         if let Some(mode) = var("SONDE_AGENT_MODE") {
             match mode.trim() {
@@ -382,13 +420,16 @@ impl AgentBuilder {
             }
         }
         let own = self.self_metrics.map(|p| Arc::new(SelfMetrics::new(p)));
-        let installer = Installer::new(
+        // Before any tracepoint binds: the list decides what binding refuses.
+        site::redact::set(self.redaction);
+        let mut installer = Installer::new(
             site::sites().collect(),
             self.providers,
             self.budgets,
             self.log_level,
             own.clone(),
         );
+        installer.set_snapshots(self.snapshot_limits, self.snapshot_queue);
         #[cfg(all(feature = "native", target_os = "linux", target_arch = "x86_64"))]
         let installer = {
             let mut installer = installer;
@@ -534,6 +575,33 @@ impl AgentHandle {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .statuses()
+    }
+
+    /// Takes the oldest snapshot waiting to be sent. A connected agent's sender takes them as
+    /// they come; an offline agent's wait here (at most the queue's bound, the oldest dropped
+    /// first), for tests and for applications that ship snapshots themselves.
+    pub fn take_pending_snapshot(&self) -> Option<PendingSnapshot> {
+        self.queue().pop().map(PendingSnapshot::new)
+    }
+
+    /// Snapshots waiting to be sent.
+    pub fn snapshots_queued(&self) -> usize {
+        self.queue().len()
+    }
+
+    /// Snapshots dropped so far: the queue was full (no server to send them to), or the server
+    /// refused them.
+    pub fn snapshots_dropped(&self) -> u64 {
+        self.queue()
+            .dropped
+            .load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    fn queue(&self) -> Arc<crate::tracepoint::snapshot::SnapshotQueue> {
+        self.installer
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .snapshot_queue()
     }
 
     /// How many times a tracepoint fired in this process.

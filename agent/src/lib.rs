@@ -83,13 +83,16 @@ pub use metrics::series_cache::OVERFLOW_LABEL;
 #[cfg(feature = "statsd")]
 pub use metrics::statsd::{StatsdError, StatsdProvider, StatsdProviderBuilder};
 pub use metrics::summary::{DEFAULT_QUANTILES, SlidingSummary, SummaryWindow};
+pub use site::capture::Redacted;
 pub use site::capture::{Capture, DebugCapture, DisplayCapture};
+pub use site::redact::{DEFAULT_REDACT, REDACTED};
 #[cfg(feature = "serde")]
 pub use site::serde_capture::SerdeCapture;
 pub use site::{Site, path_matches, sites};
 pub use sonde_agent_macros::{Capture, instrument, timed, track_errors};
 pub use sonde_expr::Value;
 pub use tracepoint::budget::Budgets;
+pub use tracepoint::snapshot::{PendingSnapshot, SnapshotLimits};
 
 /// Marks a probe site at this line and names what it captures.
 ///

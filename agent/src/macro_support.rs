@@ -1,7 +1,7 @@
 //! Items the macros (`probe!`, `#[instrument]`, `#[timed]`, `#[track_errors]`) expand to,
 //! re-exported as `sonde_agent::__macro_support`. Not a public API.
 
-pub use crate::site::capture::{Capture, DebugCapture, DisplayCapture};
+pub use crate::site::capture::{Capture, DebugCapture, DisplayCapture, Redacted};
 pub use crate::site::{SITES, Site};
 pub use linkme;
 pub use sonde_expr::Value;

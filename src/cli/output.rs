@@ -31,7 +31,7 @@ fn table(header: &[&str], rows: &[Vec<String>]) {
     }
 }
 
-fn json(value: &impl serde::Serialize) {
+pub fn json(value: &impl serde::Serialize) {
     match serde_json::to_string_pretty(value) {
         Ok(s) => println!("{s}"),
         Err(e) => eprintln!("error: {e}"),

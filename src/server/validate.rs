@@ -496,8 +496,33 @@ impl Ctx<'_> {
                     ),
                 )),
             },
+            // Deep's values; Grafana's data source sends `Line` and `Method`.
+            "span" => match value.trim().to_ascii_lowercase().as_str() {
+                "" | "none" | "line" | "method" => Ok(()),
+                _ => Err(ValidationError::new(
+                    field,
+                    format!("\"{value}\" is not a span kind: use \"line\", \"method\" or \"none\""),
+                )),
+            },
+            "stack_type" => match value.trim() {
+                "" | "stack" | "no_stack" => Ok(()),
+                _ => Err(ValidationError::new(
+                    field,
+                    format!("\"{value}\" is not a stack type: use \"stack\" or \"no_stack\""),
+                )),
+            },
+            "frame_type" => match value.trim() {
+                "" | "single_frame" | "all_frame" | "no_frame" => Ok(()),
+                _ => Err(ValidationError::new(
+                    field,
+                    format!(
+                        "\"{value}\" is not a frame type: use \"single_frame\", \"all_frame\" or \
+                         \"no_frame\""
+                    ),
+                )),
+            },
             // `tag`: free text naming who made it (`sonde mcp` sets `mcp:<session>`).
-            "method_name" | "span" | "stage" | "frame_type" | "stack_type" | "tag" => {
+            "method_name" | "stage" | "tag" => {
                 self.check_len(&field, value, self.limits.max_name_len)
             }
             _ => Err(ValidationError::new(
@@ -638,6 +663,9 @@ mod tests {
             ("buckets", "1,inf"),
             ("buckets", "5,1"),
             ("snapshot", "sometimes"),
+            ("span", "function"),
+            ("stack_type", "deep"),
+            ("frame_type", "some_frames"),
             ("window_start", "yesterday"),
         ] {
             let mut tp = base();
@@ -648,6 +676,9 @@ mod tests {
         tp.args.insert("fire_count".into(), "-1".into());
         tp.args.insert("fire_period".into(), "0".into());
         tp.args.insert("snapshot".into(), "no_collect".into());
+        tp.args.insert("span".into(), "Method".into());
+        tp.args.insert("stack_type".into(), "no_stack".into());
+        tp.args.insert("frame_type".into(), "single_frame".into());
         tp.args.insert("cpu_percent".into(), "2.5".into());
         tp.args.insert("sampling".into(), "off".into());
         tp.args.insert("buckets".into(), "0.5, 1,5,1e3".into());

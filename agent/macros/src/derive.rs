@@ -16,6 +16,7 @@ const VARIANT_KEY: &str = "variant";
 struct FieldOpts {
     skip: bool,
     debug: bool,
+    redact: bool,
     rename: Option<String>,
 }
 
@@ -27,6 +28,8 @@ fn field_opts(attrs: &[Attribute], named: bool) -> syn::Result<FieldOpts> {
                 opts.skip = true;
             } else if meta.path.is_ident("debug") {
                 opts.debug = true;
+            } else if meta.path.is_ident("redact") {
+                opts.redact = true;
             } else if meta.path.is_ident("rename") {
                 if !named {
                     return Err(meta.error("`rename` applies to named fields only"));
@@ -35,12 +38,12 @@ fn field_opts(attrs: &[Attribute], named: bool) -> syn::Result<FieldOpts> {
                 opts.rename = Some(name.value());
             } else {
                 return Err(meta.error(
-                    "unknown `capture` option; expected `skip`, `debug` or `rename = \"...\"`",
+                    "unknown `capture` option; expected `skip`, `debug`, `redact` or `rename = \"...\"`",
                 ));
             }
             Ok(())
         })?;
-        if opts.skip && (opts.debug || opts.rename.is_some()) {
+        if opts.skip && (opts.debug || opts.redact || opts.rename.is_some()) {
             return Err(syn::Error::new_spanned(
                 attr,
                 "a skipped field is never captured: `skip` goes alone",
@@ -80,6 +83,8 @@ struct CapturedField {
     /// `self.x` for a struct, the binding for an enum variant.
     access: TokenStream,
     debug: bool,
+    /// Captured as redacted: the value is never read.
+    redact: bool,
     span: Span,
 }
 
@@ -87,7 +92,11 @@ impl CapturedField {
     /// `Value` of the field.
     fn value(&self) -> TokenStream {
         let access = &self.access;
-        if self.debug {
+        if self.redact {
+            quote_spanned! {self.span=>
+                ::sonde_agent::__macro_support::Capture::capture(&::sonde_agent::__macro_support::Redacted)
+            }
+        } else if self.debug {
             quote_spanned! {self.span=>
                 ::sonde_agent::__macro_support::Capture::capture(
                     &::sonde_agent::__macro_support::DebugCapture(#access)
@@ -108,6 +117,13 @@ impl CapturedField {
     /// A `field()` match arm body, or `None` when the field is captured as a rendering (then
     /// `field()` declines and the whole value is converted, which renders it).
     fn as_dyn(&self) -> Option<TokenStream> {
+        if self.redact {
+            return Some(quote_spanned! {self.span=>
+                ::core::option::Option::Some(
+                    &::sonde_agent::__macro_support::Redacted as &dyn ::sonde_agent::__macro_support::Capture
+                )
+            });
+        }
         if self.debug {
             return None;
         }
@@ -159,19 +175,34 @@ fn collect(fields: &Fields, in_struct: bool) -> syn::Result<(Vec<CapturedField>,
             bind,
             access,
             debug: opts.debug,
+            redact: opts.redact,
             span: field.ty.span(),
         });
     }
     Ok((out, quote! { { #(#pattern,)* .. } }))
 }
 
-pub(crate) fn expand(mut input: DeriveInput) -> syn::Result<TokenStream> {
-    if let Some(attr) = input.attrs.iter().find(|a| a.path().is_ident("capture")) {
-        return Err(syn::Error::new_spanned(
-            attr,
-            "`#[capture(...)]` goes on fields (and `rename` on variants), not on the type",
-        ));
+/// Whether the type says `#[capture(redact)]` (the only option a type takes).
+fn type_redacted(attrs: &[Attribute]) -> syn::Result<bool> {
+    let mut redact = false;
+    for attr in attrs.iter().filter(|a| a.path().is_ident("capture")) {
+        attr.parse_nested_meta(|meta| {
+            if meta.path.is_ident("redact") {
+                redact = true;
+                Ok(())
+            } else {
+                Err(meta.error(
+                    "a type takes only `redact`; `skip`, `debug` and `rename` go on fields \
+                     (and `rename` on variants)",
+                ))
+            }
+        })?;
     }
+    Ok(redact)
+}
+
+pub(crate) fn expand(mut input: DeriveInput) -> syn::Result<TokenStream> {
+    let redact = type_redacted(&input.attrs)?;
     for param in &mut input.generics.params {
         if let GenericParam::Type(ty) = param {
             ty.bounds
@@ -179,6 +210,16 @@ pub(crate) fn expand(mut input: DeriveInput) -> syn::Result<TokenStream> {
         }
     }
     let (capture, field) = match &input.data {
+        // A redacted type is never read: no field of it is named in the generated code.
+        _ if redact => (
+            quote! {
+                ::sonde_agent::__macro_support::Capture::capture(&::sonde_agent::__macro_support::Redacted)
+            },
+            quote! {
+                let _ = name;
+                ::core::option::Option::None
+            },
+        ),
         Data::Struct(data) => struct_body(&data.fields)?,
         Data::Enum(data) => enum_body(data)?,
         Data::Union(u) => {
@@ -201,6 +242,10 @@ pub(crate) fn expand(mut input: DeriveInput) -> syn::Result<TokenStream> {
 
             fn field(&self, name: &str) -> ::core::option::Option<&dyn ::sonde_agent::__macro_support::Capture> {
                 #field
+            }
+
+            fn redacted(&self) -> bool {
+                #redact
             }
         }
     })

@@ -33,6 +33,11 @@ mod track_errors;
 /// - `#[capture(rename = "name")]`: captured under another name (named fields only).
 /// - `#[capture(debug)]`: captured as its `Debug` rendering (for types that implement `Debug`
 ///   but not `Capture`). A path through such a field converts the whole value.
+/// - `#[capture(redact)]`: kept by name but never read: it is captured as `"[redacted]"`, shows
+///   as redacted in snapshots, and its value never leaves the process. (Names on the agent's
+///   deny-list, `password`, `token` and the like, are redacted without it.)
+///
+/// On the type, `#[capture(redact)]` redacts every value of it, wherever it is captured.
 ///
 /// On a variant, `#[capture(rename = "name")]` changes the name it is captured under.
 ///
@@ -89,6 +94,22 @@ mod track_errors;
 /// assert_eq!(customer.field("country").unwrap().capture(), Value::Str("NZ".into()));
 /// assert!(customer.field("password").is_none());
 /// assert_eq!(Status::Open.capture(), Value::Str("Open".into()));
+///
+/// #[derive(Capture)]
+/// struct Patient {
+///     id: u64,
+///     #[capture(redact)]
+///     diagnosis: String,
+/// }
+/// #[derive(Capture)]
+/// #[capture(redact)]
+/// struct PrivateKey(Vec<u8>);
+///
+/// let p = Patient { id: 7, diagnosis: "flu".into() };
+/// assert_eq!(p.field("diagnosis").unwrap().capture(), Value::Str("[redacted]".into()));
+/// assert!(p.field("diagnosis").unwrap().redacted());
+/// assert!(PrivateKey(vec![1, 2]).redacted());
+/// assert_eq!(PrivateKey(vec![1, 2]).capture(), Value::Str("[redacted]".into()));
 /// ```
 #[proc_macro_derive(Capture, attributes(capture))]
 pub fn derive_capture(input: TokenStream) -> TokenStream {

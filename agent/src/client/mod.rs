@@ -15,6 +15,9 @@
 //! answers questions about them (`CatalogService/Serve`, in `catalog`): which source files it
 //! has, and per file the lines with code and the variables readable at each.
 //!
+//! Snapshots that firing hits queue are sent by [`snapshots`] (`SnapshotService/send`) on the
+//! same connection.
+//!
 //! May use: `install` (it applies what it receives and reports the statuses) and `metrics` (the
 //! agent's connection metrics). The only part of the agent that knows tonic and the wire types.
 
@@ -48,6 +51,8 @@ use crate::{
     install::{Installer, TracepointState},
     metrics::self_metrics::SelfMetrics,
 };
+
+mod snapshots;
 
 /// How the agent follows the control plane.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -91,7 +96,22 @@ pub(crate) async fn run(
     installer: Arc<Mutex<Installer>>,
     shutdown: watch::Receiver<bool>,
 ) {
-    Client::new(config, installer).run(shutdown).await;
+    let client = Client::new(config, installer);
+    let queue = client
+        .installer
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .snapshot_queue();
+    let sender = snapshots::Sender {
+        queue,
+        channel: client.channels.subscribe(),
+        auth: client.auth.clone(),
+        tenant: client.tenant.clone(),
+        resource: client.resource.attributes.clone(),
+        own: client.config.own.clone(),
+    };
+    tokio::spawn(sender.run(shutdown.clone()));
+    client.run(shutdown).await;
 }
 
 struct Client {
@@ -106,6 +126,8 @@ struct Client {
     catalog_supported: bool,
     failures: u32,
     server: usize,
+    /// The current connection, for the snapshot sender.
+    channels: watch::Sender<Option<Channel>>,
 }
 
 enum Ended {
@@ -155,6 +177,7 @@ impl Client {
             catalog_supported: true,
             failures: 0,
             server: 0,
+            channels: watch::Sender::new(None),
         }
     }
 
@@ -177,6 +200,7 @@ impl Client {
             let url = self.config.servers[self.server % self.config.servers.len()].clone();
             let ended = match self.connect(&url).await {
                 Ok(channel) => {
+                    self.channels.send_replace(Some(channel.clone()));
                     // Once per connection: a new server (or a restarted one) learns the sites.
                     self.report_catalog(&channel).await;
                     // Questions about native lines, for as long as this connection lasts.
@@ -197,6 +221,7 @@ impl Client {
                 Ended::Shutdown => return,
                 Ended::Reconnect => BACKOFF_BASE,
                 Ended::Failed(err) => {
+                    self.channels.send_replace(None);
                     self.failures += 1;
                     self.server += 1;
                     if let Some(own) = &self.config.own {

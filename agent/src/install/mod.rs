@@ -29,7 +29,8 @@ use crate::{
     metrics::self_metrics::SelfMetrics,
     site::{Site, path_matches},
     tracepoint::pipeline::{BoundMetric, DisarmReason, Installed, InstalledParts, Label, Program},
-    tracepoint::spec::{LabelRule, TracepointSpec},
+    tracepoint::snapshot::{SnapshotAction, SnapshotLimits, SnapshotQueue},
+    tracepoint::spec::{LabelRule, SpanKind, TracepointSpec},
 };
 
 /// What became of a tracepoint in this process.
@@ -101,6 +102,9 @@ pub(crate) struct Installer {
     own: Option<Arc<SelfMetrics>>,
     /// The CPU budget all tracepoints share.
     agent_cpu: Arc<AgentCpu>,
+    /// Where firing hits put their snapshots, and the bounds of one.
+    snapshots: Arc<SnapshotQueue>,
+    snapshot_limits: SnapshotLimits,
     #[cfg(all(feature = "native", target_os = "linux", target_arch = "x86_64"))]
     native: Option<crate::native::Native>,
 }
@@ -121,11 +125,30 @@ impl Installer {
             entries: HashMap::new(),
             armed: Vec::new(),
             dirty: Arc::new(AtomicBool::new(false)),
+            snapshots: Arc::new(SnapshotQueue::new(
+                DEFAULT_SNAPSHOT_QUEUE,
+                own.as_ref().map(|m| m.snapshots_dropped.clone()),
+            )),
             own,
             agent_cpu: Arc::new(AgentCpu::new(&budgets)),
+            snapshot_limits: SnapshotLimits::default(),
             #[cfg(all(feature = "native", target_os = "linux", target_arch = "x86_64"))]
             native: None,
         }
+    }
+
+    /// Sets the bounds of one snapshot and of the queue of snapshots waiting to be sent.
+    pub fn set_snapshots(&mut self, limits: SnapshotLimits, queue: usize) {
+        self.snapshot_limits = limits;
+        self.snapshots = Arc::new(SnapshotQueue::new(
+            queue,
+            self.own.as_ref().map(|m| m.snapshots_dropped.clone()),
+        ));
+    }
+
+    /// The queue of snapshots waiting to be sent (the client drains it).
+    pub fn snapshot_queue(&self) -> Arc<SnapshotQueue> {
+        self.snapshots.clone()
     }
 
     /// Arms tracepoints on lines without a probe site natively, through `native`.
@@ -180,6 +203,11 @@ impl Installer {
                         metrics: Vec::new(),
                         cpu_percent: None,
                         sampling: true,
+                        snapshot: None,
+                        watches: Vec::new(),
+                        stack: false,
+                        span: None,
+                        reference: Default::default(),
                     },
                     outcome: Outcome::Failed(message),
                 },
@@ -249,6 +277,24 @@ impl Installer {
             }
             return Outcome::Unbound(self.unbound_message(spec));
         }
+        #[cfg(not(feature = "opentelemetry"))]
+        if spec.span.is_some() {
+            return Outcome::Failed(
+                "args.span: span points need the agent's `opentelemetry` feature, which this \
+                 process was built without"
+                    .into(),
+            );
+        }
+        // A method span at an `#[instrument]`ed function's entry binds to its exit site, which
+        // knows how long the call took.
+        let candidates: Vec<&'static Site> = if spec.span == Some(SpanKind::Method) {
+            candidates
+                .into_iter()
+                .map(|s| self.exit_site(s).unwrap_or(s))
+                .collect()
+        } else {
+            candidates
+        };
         let compiled = match compile_all(spec) {
             Ok(c) => c,
             Err(message) => return Outcome::Failed(message),
@@ -358,6 +404,25 @@ impl Installer {
                 spec.fire_count.unwrap_or(1),
                 spec.fire_period_ms.unwrap_or(1000),
             ),
+            // Spans are counted like metrics: every hit unless the args limit them.
+            #[cfg(feature = "opentelemetry")]
+            span: spec.span.map(|kind| {
+                (
+                    crate::tracepoint::span::SpanAction::new(spec, kind, span_labels(spec)),
+                    FireBudget::new(metric_count, metric_period),
+                )
+            }),
+            // Snapshots too (Deep's defaults).
+            snapshot: spec.collects().then(|| {
+                (
+                    self.snapshot_action(spec),
+                    FireBudget::new(
+                        spec.fire_count.unwrap_or(1),
+                        spec.fire_period_ms.unwrap_or(1000),
+                    ),
+                    self.snapshots.clone(),
+                )
+            }),
             window: (spec.window_start_ms, spec.window_end_ms),
             budgets: self.budgets,
             dirty: self.dirty.clone(),
@@ -373,6 +438,47 @@ impl Installer {
             agent_cpu: self.agent_cpu.clone(),
         });
         Ok(Arc::new(tp))
+    }
+
+    /// The exit site of the `#[instrument]`ed function whose entry site is `entry`: the nearest
+    /// site below it in the same file and module that captures `elapsed` and every argument.
+    fn exit_site(&self, entry: &'static Site) -> Option<&'static Site> {
+        if entry.names().contains(&"elapsed") {
+            return None;
+        }
+        self.sites
+            .iter()
+            .copied()
+            .filter(|s| {
+                !std::ptr::eq(*s, entry)
+                    && s.file() == entry.file()
+                    && s.module() == entry.module()
+                    && s.line() >= entry.line()
+                    && s.names().contains(&"elapsed")
+                    && entry.names().iter().all(|n| s.names().contains(n))
+            })
+            .min_by_key(|s| s.line())
+    }
+
+    /// What a snapshot of `spec` holds; a watch that does not compile, or that reads a redacted
+    /// name, is reported in each snapshot as an error result.
+    fn snapshot_action(&self, spec: &TracepointSpec) -> SnapshotAction {
+        let watches = spec
+            .watches
+            .iter()
+            .map(|w| {
+                let compiled = compile(w, ExprKind::Label)
+                    .map_err(|e| e.to_string())
+                    .and_then(|e| check_redacted("watch", &e).map(|()| e));
+                (w.clone(), compiled)
+            })
+            .collect();
+        SnapshotAction {
+            reference: spec.reference.clone(),
+            watches,
+            stack: spec.stack,
+            limits: self.snapshot_limits,
+        }
     }
 
     fn unbound_message(&self, spec: &TracepointSpec) -> String {
@@ -588,11 +694,65 @@ struct Compiled {
     paths: Vec<sonde_expr::Path>,
 }
 
+/// A span point's attributes: every metric's labels, compiled (they compiled, and passed the
+/// redaction check, in `compile_all`).
+#[cfg(feature = "opentelemetry")]
+fn span_labels(spec: &TracepointSpec) -> Vec<(String, crate::tracepoint::span::SpanLabel)> {
+    use crate::tracepoint::span::SpanLabel;
+    spec.metrics
+        .iter()
+        .flat_map(|m| m.labels.iter())
+        .filter_map(|(key, rule)| {
+            let label = match rule {
+                LabelRule::Static(s) => SpanLabel::Static(s.clone()),
+                LabelRule::Expression(e) => SpanLabel::Expr(compile(e, ExprKind::Label).ok()?),
+            };
+            Some((key.clone(), label))
+        })
+        .collect()
+}
+
+/// The number of snapshots that may wait to be sent (each at most its byte bound).
+const DEFAULT_SNAPSHOT_QUEUE: usize = 64;
+
+/// Refuses an expression that reads a redacted name: its value must not reach a label, a value,
+/// a condition, a log line or a watch.
+fn check_redacted(field: &str, expr: &Expr) -> Result<(), String> {
+    use crate::site::redact;
+    use sonde_expr::Segment;
+    let redaction = redact::current();
+    for path in expr.paths() {
+        let names =
+            std::iter::once(path.root()).chain(path.segments().iter().filter_map(|s| match s {
+                Segment::Field(name) => Some(name.as_str()),
+                Segment::Index(_) => None,
+            }));
+        for name in names {
+            if let Some(entry) = redaction.matches(name) {
+                return Err(format!(
+                    "{field} reads `{path}`, which is redacted (`{name}` matches `{entry}` on the \
+                     agent's redaction list): redacted values never leave the process"
+                ));
+            }
+        }
+    }
+    for name in expr.variables() {
+        if let Some(entry) = redaction.matches(name) {
+            return Err(format!(
+                "{field} reads `{name}`, which is redacted (it matches `{entry}` on the agent's \
+                 redaction list): redacted values never leave the process"
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn compile_all(spec: &TracepointSpec) -> Result<Compiled, String> {
     let mut variables = BTreeSet::new();
     let mut paths: Vec<sonde_expr::Path> = Vec::new();
     let mut one = |field: &str, source: &str, kind: ExprKind| -> Result<Expr, String> {
         let expr = compile(source, kind).map_err(|e| format!("{field}: {e}"))?;
+        check_redacted(field, &expr)?;
         variables.extend(expr.variables().iter().cloned());
         for p in expr.paths() {
             if !paths.contains(p) {

@@ -19,6 +19,8 @@
 //! | `sonde_agent_control_plane_retries_total` | | reconnect attempts after a failure |
 //! | `sonde_agent_circuit_breaker_opened_total`, `..._half_open_total` | | breaker transitions |
 //! | `sonde_agent_circuit_breaker_open` | | 1 while the breaker is open |
+//! | `sonde_agent_snapshots_sent_total` | | snapshots the server accepted |
+//! | `sonde_agent_snapshots_dropped_total` | | snapshots dropped: the queue was full (server away) or the server refused them |
 //!
 //! With native breakpoints on (feature `native`), also, updated once a second:
 //!
@@ -63,6 +65,8 @@ pub(crate) struct SelfMetrics {
     pub breaker_opened: Counter,
     pub breaker_half_open: Counter,
     pub breaker_open: Gauge,
+    pub snapshots_sent: Counter,
+    pub snapshots_dropped: Counter,
 }
 
 impl SelfMetrics {
@@ -141,6 +145,14 @@ impl SelfMetrics {
             breaker_open: m.gauge(
                 "circuit_breaker_open",
                 "1 while the circuit breaker is open.",
+            ),
+            snapshots_sent: m.counter(
+                "snapshots_sent_total",
+                "Snapshots the server accepted.",
+            ),
+            snapshots_dropped: m.counter(
+                "snapshots_dropped_total",
+                "Snapshots dropped: the bounded queue was full, or the server refused them.",
             ),
         }
     }

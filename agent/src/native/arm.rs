@@ -112,6 +112,8 @@ struct Line {
 struct VarSpec {
     name: String,
     shape: Option<TypeShape>,
+    /// Kept by name only: never read (its name or type is on the redaction list).
+    redacted: bool,
 }
 
 struct Patched {
@@ -387,7 +389,48 @@ impl Native {
                 specs.push(VarSpec {
                     name: name.clone(),
                     shape,
+                    redacted: false,
                 });
+            }
+            // A snapshot holds every variable readable here, not only those the expressions
+            // read. One whose name or type is on the redaction list is kept by name and never
+            // read; one that cannot be read here is left out.
+            if tp.snapshot.is_some() {
+                let all = index.variables_at(a.address).map_err(|e| {
+                    ArmError::Failed(format!("reading the variables at {:#x}: {e}", a.address))
+                })?;
+                let mut seen: std::collections::HashSet<String> =
+                    variables.iter().cloned().collect();
+                // Innermost first: a shadowing variable wins.
+                for v in all.iter().rev() {
+                    if !seen.insert(v.name.clone()) {
+                        continue;
+                    }
+                    let redacted = crate::site::redact::is_redacted(&v.name)
+                        || v.type_name.as_deref().is_some_and(redacted_type);
+                    let loc = if redacted { None } else { loc_of(&v.plan) };
+                    let shape = v.shape.as_ref().ok().filter(|_| loc.is_some()).cloned();
+                    if !redacted && shape.is_none() {
+                        continue;
+                    }
+                    let (inline, derefs) = match (&shape, &loc) {
+                        (Some(s), Some(_)) => (
+                            s.inline_size().min(MAX_INLINE),
+                            s.derefs().to_vec().into_boxed_slice(),
+                        ),
+                        _ => (0, Box::default()),
+                    };
+                    caps.push(VarCapture {
+                        loc: loc.unwrap_or(Loc::Missing),
+                        inline,
+                        derefs,
+                    });
+                    specs.push(VarSpec {
+                        name: v.name.clone(),
+                        shape,
+                        redacted,
+                    });
+                }
             }
             vars.push(specs);
             captures.push(caps);
@@ -931,6 +974,21 @@ fn decode_loop(shared: Weak<Shared>) {
     }
 }
 
+/// Whether a variable's type is redacted: its name, without module path or generic arguments
+/// (`secrecy::SecretString` is `SecretString`), spells an entry of the redaction list in whole
+/// words (`secret`), as a variable name would.
+fn redacted_type(type_name: &str) -> bool {
+    let base = type_name
+        .split('<')
+        .next()
+        .unwrap_or(type_name)
+        .trim_start_matches(['&', '*'])
+        .trim_start_matches("mut ")
+        .trim_start_matches("const ");
+    let last = base.rsplit("::").next().unwrap_or(base);
+    crate::site::redact::is_redacted(last)
+}
+
 /// Decodes and fires every record waiting in the rings.
 fn drain(shared_lines: &Shared) {
     let lines = shared_lines.lines.read().unwrap_or_else(|p| p.into_inner());
@@ -996,6 +1054,13 @@ fn decode_record(mut rec: &[u8], specs: &[VarSpec]) -> Vec<(String, Value)> {
             }
         }
         rec = rest.get(at..).unwrap_or_default();
+        if spec.redacted {
+            out.push((
+                spec.name.clone(),
+                Value::Str(crate::site::redact::REDACTED.to_owned()),
+            ));
+            continue;
+        }
         if status != VAR_OK {
             continue;
         }

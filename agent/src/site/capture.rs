@@ -35,6 +35,30 @@ pub trait Capture {
         let _ = out;
         false
     }
+
+    /// Whether this value is redacted whatever its name (`#[capture(redact)]` on its type or
+    /// field): it then never leaves the process, and reads as [`REDACTED`](super::redact::REDACTED).
+    fn redacted(&self) -> bool {
+        false
+    }
+}
+
+/// A redacted value: what `#[capture(redact)]` puts in place of a field. It holds nothing, so
+/// the value it stands for is never read.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Redacted;
+
+impl Capture for Redacted {
+    fn capture(&self) -> Value {
+        Value::Str(super::redact::REDACTED.to_owned())
+    }
+    fn render_into(&self, out: &mut String) -> bool {
+        out.push_str(super::redact::REDACTED);
+        true
+    }
+    fn redacted(&self) -> bool {
+        true
+    }
 }
 
 /// Pointers and references capture what they point to.
@@ -49,6 +73,9 @@ macro_rules! forward {
             }
             fn render_into(&self, out: &mut String) -> bool {
                 (**self).render_into(out)
+            }
+            fn redacted(&self) -> bool {
+                (**self).redacted()
             }
         }
     )*};
@@ -174,6 +201,9 @@ impl<T: Capture> Capture for Option<T> {
     fn render_into(&self, out: &mut String) -> bool {
         self.as_ref().is_some_and(|v| v.render_into(out))
     }
+    fn redacted(&self) -> bool {
+        self.as_ref().is_some_and(Capture::redacted)
+    }
 }
 
 impl<T: Capture> Capture for [T] {
@@ -251,9 +281,19 @@ impl HitVars<'_> {
     }
 }
 
+/// The value of a capture as expressions see it: redacted values and fields are gone.
+pub(crate) fn scrubbed(node: &dyn Capture) -> Value {
+    if node.redacted() {
+        return Redacted.capture();
+    }
+    let mut value = node.capture();
+    super::redact::scrub(&mut value);
+    value
+}
+
 impl Lookup for HitVars<'_> {
     fn get(&self, name: &str) -> Option<Cow<'_, Value>> {
-        self.find(name).map(|v| Cow::Owned(v.capture()))
+        self.find(name).map(|v| Cow::Owned(scrubbed(v)))
     }
 
     fn render_path(&self, path: &Path, out: &mut String) -> Option<Result<(), EvalError>> {
@@ -266,10 +306,14 @@ impl Lookup for HitVars<'_> {
                 Segment::Index(_) => return None,
             }
         }
+        if node.redacted() {
+            out.push_str(super::redact::REDACTED);
+            return Some(Ok(()));
+        }
         if node.render_into(out) {
             return Some(Ok(()));
         }
-        node.capture().render(out);
+        scrubbed(node).render(out);
         Some(Ok(()))
     }
 
@@ -289,7 +333,7 @@ impl Lookup for HitVars<'_> {
                 Segment::Index(_) => break,
             }
         }
-        let value = node.capture();
+        let value = scrubbed(node);
         if walked == segments.len() {
             return Ok(Cow::Owned(value));
         }

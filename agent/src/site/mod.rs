@@ -26,6 +26,7 @@ use std::sync::{
 use arc_swap::ArcSwapOption;
 
 pub(crate) mod capture;
+pub(crate) mod redact;
 #[cfg(feature = "serde")]
 pub(crate) mod serde_capture;
 

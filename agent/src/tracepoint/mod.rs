@@ -7,4 +7,7 @@
 pub(crate) mod budget;
 pub(crate) mod cpu;
 pub(crate) mod pipeline;
+pub(crate) mod snapshot;
+#[cfg(feature = "opentelemetry")]
+pub(crate) mod span;
 pub(crate) mod spec;

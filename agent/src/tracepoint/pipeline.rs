@@ -23,6 +23,7 @@ use sonde_expr::{EvalError, Expr, Lookup};
 use super::{
     budget::{Budgets, FireBudget, WindowCounter},
     cpu::{self, AgentCpu, Sampler, Verdict},
+    snapshot::{Place, SnapshotAction, SnapshotQueue, Variables},
 };
 use crate::{
     metrics::provider::{Instrument, RecordError, Series},
@@ -96,6 +97,12 @@ pub(crate) struct Installed {
     pub metrics: Vec<BoundMetric>,
     pub metric_budget: FireBudget,
     pub log_budget: FireBudget,
+    /// The snapshot it takes on a firing hit (`snapshot: collect`), its fire budget, and the
+    /// queue that takes it off the hit's thread.
+    pub snapshot: Option<(SnapshotAction, FireBudget, Arc<SnapshotQueue>)>,
+    /// The span it records on a firing hit (`span: line` or `method`), and its fire budget.
+    #[cfg(feature = "opentelemetry")]
+    pub span: Option<(super::span::SpanAction, FireBudget)>,
     pub window: (Option<u64>, Option<u64>),
     pub budgets: Budgets,
     sampler: Sampler,
@@ -131,6 +138,9 @@ pub(crate) struct InstalledParts {
     pub metrics: Vec<BoundMetric>,
     pub metric_budget: FireBudget,
     pub log_budget: FireBudget,
+    pub snapshot: Option<(SnapshotAction, FireBudget, Arc<SnapshotQueue>)>,
+    #[cfg(feature = "opentelemetry")]
+    pub span: Option<(super::span::SpanAction, FireBudget)>,
     pub window: (Option<u64>, Option<u64>),
     pub budgets: Budgets,
     pub dirty: Arc<AtomicBool>,
@@ -151,6 +161,9 @@ impl Installed {
             metrics: p.metrics,
             metric_budget: p.metric_budget,
             log_budget: p.log_budget,
+            snapshot: p.snapshot,
+            #[cfg(feature = "opentelemetry")]
+            span: p.span,
             window: p.window,
             budgets: p.budgets,
             weighted,
@@ -228,7 +241,7 @@ impl Installed {
 
     /// Runs the tracepoint on one hit that stands for `hits` hits (1 at a probe site; more for a
     /// native capture that also stands for the hits its trap budget turned away before it).
-    fn fire<L: Lookup + ?Sized>(&self, vars: &L, hits: u64) {
+    fn fire<L: Lookup + Variables + ?Sized>(&self, vars: &L, hits: u64, place: Option<Place>) {
         if self.disarmed.load(Ordering::Relaxed) {
             return;
         }
@@ -256,11 +269,11 @@ impl Installed {
             1
         };
         let Some(span) = timed else {
-            self.run(vars, weight);
+            self.run(vars, weight, place);
             return;
         };
         let started = cpu::ThreadTime::now();
-        self.run(vars, weight);
+        self.run(vars, weight, place);
         let ns = started.elapsed_ns();
         if let Some(own) = &self.own {
             own.evaluation.record(Duration::from_nanos(ns));
@@ -294,7 +307,7 @@ impl Installed {
         self.sampler.percent()
     }
 
-    fn run<L: Lookup + ?Sized>(&self, vars: &L, weight: u64) {
+    fn run<L: Lookup + Variables + ?Sized>(&self, vars: &L, weight: u64, place: Option<Place>) {
         if let Some(cond) = &self.condition {
             match cond.eval_condition(vars) {
                 Ok(true) => {}
@@ -317,15 +330,32 @@ impl Installed {
                 self.record(m, vars, weight);
             }
         }
+        let mut logged = None;
         if let Some(log) = &self.log
             && self.log_budget.try_fire()
         {
             fired = true;
             let mut msg = String::new();
             match log.render(vars, &mut msg) {
-                Ok(()) => emit_log(self.log_level, &self.id, &msg),
+                Ok(()) => {
+                    emit_log(self.log_level, &self.id, &msg);
+                    logged = Some(msg);
+                }
                 Err(e) => self.error("log", eval_kind(e), e),
             }
+        }
+        #[cfg(feature = "opentelemetry")]
+        if let Some((span, budget)) = &self.span
+            && budget.try_fire()
+        {
+            fired = true;
+            span.record(vars, place);
+        }
+        if let Some((action, budget, queue)) = &self.snapshot
+            && budget.try_fire()
+        {
+            fired = true;
+            queue.push(action.take(vars, place, logged));
         }
         if fired {
             self.stats.fires.fetch_add(weight, Ordering::Relaxed);
@@ -456,7 +486,12 @@ impl site::Program for Program {
             values,
         };
         for tp in &self.tracepoints {
-            if catch_unwind(AssertUnwindSafe(|| tp.fire(&vars, 1))).is_err() {
+            let place = Place {
+                file: site.file(),
+                line: site.line(),
+                module: site.module(),
+            };
+            if catch_unwind(AssertUnwindSafe(|| tp.fire(&vars, 1, Some(place)))).is_err() {
                 tp.error("panic", "panic", "a panic inside the tracepoint was caught");
             }
         }
@@ -471,8 +506,8 @@ impl site::Program for Program {
     not(all(feature = "native", target_os = "linux", target_arch = "x86_64")),
     allow(dead_code)
 )]
-pub(crate) fn fire_decoded(tp: &Installed, vars: &(impl Lookup + ?Sized), hits: u64) {
-    if catch_unwind(AssertUnwindSafe(|| tp.fire(vars, hits))).is_err() {
+pub(crate) fn fire_decoded(tp: &Installed, vars: &(impl Lookup + Variables + ?Sized), hits: u64) {
+    if catch_unwind(AssertUnwindSafe(|| tp.fire(vars, hits, None))).is_err() {
         tp.error("panic", "panic", "a panic inside the tracepoint was caught");
     }
 }

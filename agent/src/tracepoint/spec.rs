@@ -34,6 +34,44 @@ pub(crate) struct TracepointSpec {
     /// Whether it may sample when over its CPU budget (`args.sampling`: `auto`, the default, or
     /// `off`, which disarms it instead).
     pub sampling: bool,
+    /// `args.snapshot`: `Some(true)` for `collect`, `Some(false)` for `no_collect`; `None` is
+    /// Deep's default (collect when the tracepoint has no metrics).
+    pub snapshot: Option<bool>,
+    /// The watch expressions a snapshot evaluates.
+    pub watches: Vec<String>,
+    /// Whether a snapshot holds the stack (`args.stack_type` other than `no_stack`).
+    pub stack: bool,
+    /// `args.span`: a span around the line or the enclosing function.
+    pub span: Option<SpanKind>,
+    /// The tracepoint as a snapshot names it: ID, path, line, args and watches.
+    pub reference: TracePointConfig,
+}
+
+/// What `args.span` asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum SpanKind {
+    /// A span of the line itself (opened and closed at the hit).
+    Line,
+    /// A span of the enclosing function, closed when it returns.
+    Method,
+}
+
+impl TracepointSpec {
+    /// Whether a firing hit takes a snapshot: `snapshot: collect`, or by Deep's default when
+    /// the tracepoint has no metrics.
+    pub fn collects(&self) -> bool {
+        self.snapshot.unwrap_or(self.metrics.is_empty())
+    }
+}
+
+/// `args.span`: `line` or `method` (any case, as Grafana sends `Line` and `Method`), or `none`.
+pub(crate) fn parse_span(raw: &str) -> Result<Option<SpanKind>, String> {
+    match raw.trim().to_ascii_lowercase().as_str() {
+        "" | "none" => Ok(None),
+        "line" => Ok(Some(SpanKind::Line)),
+        "method" => Ok(Some(SpanKind::Method)),
+        _ => Err(format!("{raw:?} is not \"line\", \"method\" or \"none\"")),
+    }
 }
 
 /// A metric a tracepoint feeds.
@@ -148,6 +186,29 @@ impl TracepointSpec {
             .map(|s| parse_buckets(&s))
             .transpose()
             .map_err(|e| format!("args.buckets: {e}"))?;
+        let snapshot = match nonempty("snapshot").as_deref().map(str::trim) {
+            None => None,
+            Some("collect") => Some(true),
+            Some("no_collect") => Some(false),
+            Some(other) => {
+                return Err(format!(
+                    "args.snapshot: {other:?} is not \"collect\" or \"no_collect\""
+                ));
+            }
+        };
+        let span = match nonempty("span") {
+            None => None,
+            Some(s) => parse_span(&s).map_err(|e| format!("args.span: {e}"))?,
+        };
+        let stack = nonempty("stack_type").as_deref().map(str::trim) != Some("no_stack");
+        let reference = TracePointConfig {
+            id: tp.id.clone(),
+            path: tp.path.clone(),
+            line_number: tp.line_number,
+            args: tp.args.clone(),
+            watches: tp.watches.clone(),
+            ..Default::default()
+        };
         let window_start_ms =
             window_ms(args.get("window_start")).map_err(|e| format!("args.window_start: {e}"))?;
         let window_end_ms =
@@ -227,6 +288,11 @@ impl TracepointSpec {
             metrics,
             cpu_percent,
             sampling,
+            snapshot,
+            watches: tp.watches.clone(),
+            stack,
+            span,
+            reference,
         })
     }
 }
