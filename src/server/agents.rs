@@ -14,6 +14,7 @@ use sonde_proto::sonde::{StatusReport, TracepointState};
 
 use super::{
     catalog::Catalog,
+    live::{self, Live},
     state::{Entry, Resource, TenantList},
 };
 
@@ -40,6 +41,75 @@ pub struct TracepointStatusView {
     /// `file:line` of the sites it is bound to.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub sites: Vec<String>,
+    /// Its counters in that agent, when it reported them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub summary: Option<Counters>,
+}
+
+/// Longest `last_error` kept from a report.
+const MAX_LAST_ERROR: usize = 1024;
+
+/// The counters of one tracepoint, as an agent reported them or summed over agents.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Counters {
+    /// Hits while armed and within its window.
+    pub hits: u64,
+    /// Hits that recorded its metrics or wrote its log line.
+    pub fires: u64,
+    /// Hits its condition turned away.
+    pub condition_false: u64,
+    /// Evaluation errors.
+    pub errors: u64,
+    /// The last evaluation error (`stage: message`).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub last_error: String,
+    /// Label sets its metrics hold.
+    pub series: u64,
+    /// Label sets folded into the overflow series.
+    pub overflowed: u64,
+    /// One hit in this many is evaluated (the largest over agents when summed).
+    pub sample_every: u64,
+    /// Agents that disarmed it (1 or 0 for one agent).
+    pub disarmed: u64,
+}
+
+impl Counters {
+    fn from_wire(w: &sonde_proto::sonde::TracepointSummary) -> Self {
+        let mut last_error = w.last_error.clone();
+        if last_error.len() > MAX_LAST_ERROR {
+            let mut end = MAX_LAST_ERROR;
+            while !last_error.is_char_boundary(end) {
+                end -= 1;
+            }
+            last_error.truncate(end);
+        }
+        Self {
+            hits: w.hits,
+            fires: w.fires,
+            condition_false: w.condition_false,
+            errors: w.errors,
+            last_error,
+            series: w.series,
+            overflowed: w.overflowed,
+            sample_every: w.sample_every.max(1),
+            disarmed: u64::from(w.disarmed),
+        }
+    }
+
+    /// Adds one agent's counters (the last error of the first agent that has one stays).
+    pub fn add(&mut self, other: &Counters) {
+        self.hits += other.hits;
+        self.fires += other.fires;
+        self.condition_false += other.condition_false;
+        self.errors += other.errors;
+        if self.last_error.is_empty() {
+            self.last_error.clone_from(&other.last_error);
+        }
+        self.series += other.series;
+        self.overflowed += other.overflowed;
+        self.sample_every = self.sample_every.max(other.sample_every);
+        self.disarmed += other.disarmed;
+    }
 }
 
 /// One agent as `GET /api/agents` shows it.
@@ -120,6 +190,9 @@ pub struct Binding {
     /// `file:line` of the sites it is bound to.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub sites: Vec<String>,
+    /// Its counters in this agent (from the agent's report on the current version).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub counters: Option<Counters>,
 }
 
 /// Counts of [`Binding`] states: what `sonde tracepoint list` shows as `3/4 bound, 1 error`.
@@ -139,6 +212,10 @@ pub struct BindingSummary {
     pub pending: usize,
     /// Agents that report no status (Deep's).
     pub silent: usize,
+    /// Hits summed over the agents that reported counters.
+    pub hits: u64,
+    /// Evaluation errors summed over those agents.
+    pub errors_total: u64,
 }
 
 impl BindingSummary {
@@ -149,6 +226,10 @@ impl BindingSummary {
             ..Self::default()
         };
         for b in bindings {
+            if let Some(c) = &b.counters {
+                s.hits += c.hits;
+                s.errors_total += c.errors;
+            }
             match b.state {
                 "bound" => s.bound += 1,
                 "unbound" => s.unbound += 1,
@@ -263,14 +344,20 @@ impl<'a> Judge<'a> {
             .filter(|j| j.resource.matches(&entry.config.targeting))
             .map(|j| {
                 let a = j.agent;
-                let (state, message, sites) = match j.statuses.get(id) {
+                let (state, message, sites, counters) = match j.statuses.get(id) {
                     _ if !a.reports => (
                         "silent",
                         "this agent does not report status (Deep's agents do not)".to_owned(),
                         Vec::new(),
+                        None,
                     ),
-                    Some(t) if j.current => (t.state, t.message.clone(), t.sites.clone()),
-                    _ => ("pending", String::new(), Vec::new()),
+                    Some(t) if j.current => (
+                        t.state,
+                        t.message.clone(),
+                        t.sites.clone(),
+                        t.summary.clone(),
+                    ),
+                    _ => ("pending", String::new(), Vec::new(), None),
                 };
                 Binding {
                     agent: a.view.id.clone(),
@@ -283,6 +370,7 @@ impl<'a> Judge<'a> {
                     state,
                     message,
                     sites,
+                    counters,
                 }
             })
             .collect()
@@ -300,6 +388,8 @@ pub struct Agents {
     inner: Mutex<ByTenant>,
     /// Catalogs by content hash, so the many agents of one binary share one copy.
     catalogs: Mutex<HashMap<u64, Weak<Catalog>>>,
+    /// Hits, fires and errors per tracepoint over the last minutes.
+    live: Live,
 }
 
 impl Agents {
@@ -309,6 +399,7 @@ impl Agents {
             ttl,
             inner: Mutex::new(HashMap::new()),
             catalogs: Mutex::new(HashMap::new()),
+            live: Live::default(),
         }
     }
 
@@ -485,8 +576,10 @@ impl Agents {
         out
     }
 
-    /// Stores an agent's status report (it replaces the previous one).
+    /// Stores an agent's status report (it replaces the previous one), and adds how far its
+    /// counters moved since its previous report to the tenant's [`Live`] rates.
     pub fn report(&self, tenant: &str, report: &StatusReport, address: Option<IpAddr>) {
+        let mut moved: Vec<(String, Counters)> = Vec::new();
         self.reporting(
             tenant,
             &report.agent_id,
@@ -494,7 +587,7 @@ impl Agents {
             address,
             |agent| {
                 agent.view.reported_hash = report.config_hash.clone();
-                agent.view.tracepoints = report
+                let views: Vec<TracepointStatusView> = report
                     .tracepoints
                     .iter()
                     .map(|s| TracepointStatusView {
@@ -508,10 +601,30 @@ impl Agents {
                         },
                         message: s.message.clone(),
                         sites: s.sites.clone(),
+                        summary: s.summary.as_ref().map(Counters::from_wire),
                     })
                     .collect();
+                for view in &views {
+                    let Some(now) = &view.summary else { continue };
+                    let before = agent
+                        .view
+                        .tracepoints
+                        .iter()
+                        .find(|t| t.id == view.id)
+                        .and_then(|t| t.summary.as_ref());
+                    moved.push((view.id.clone(), live::moved(before, now)));
+                }
+                agent.view.tracepoints = views;
             },
         );
+        if !moved.is_empty() {
+            self.live.add(tenant, moved);
+        }
+    }
+
+    /// The recent rates of one tracepoint (see [`Live::rates`]).
+    pub fn rates(&self, tenant: &str, tracepoint: &str) -> Vec<live::Rate> {
+        self.live.rates(tenant, tracepoint)
     }
 
     /// The tenant's agents seen within the TTL or watching now, most recent first.
@@ -551,6 +664,7 @@ impl Agents {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .retain(|_, c| c.strong_count() > 0);
+        self.live.prune();
     }
 }
 
@@ -709,6 +823,7 @@ mod tests {
             state: state as i32,
             message: String::new(),
             sites: vec![],
+            summary: None,
         };
         let mut report = StatusReport {
             agent_id: "a".into(),
