@@ -3,7 +3,7 @@
 //! | route | what |
 //! |---|---|
 //! | `GET /api/tracepoints` | Deep's poll over HTTP: the list for the resource in the query (`hash`, `ts`, other parameters are resource attributes) |
-//! | `POST /api/tracepoints` | create: body `{"tracepoint": {...}}`, answer `{"tracepoint": {... "ID": ...}}`, plus `"warnings"` when the line is no probe site in the catalogs of the agents it targets; with `?dry_run=true` every check and warning, nothing stored or audited (`"dryRun": true`, no ID) |
+//! | `POST /api/tracepoints` | create: body `{"tracepoint": {...}}`, answer `{"tracepoint": {... "ID": ...}}`, plus `"warnings"` when the line is no probe site in the catalogs of the agents it targets; with `?dry_run=true` every check and warning, nothing stored or audited (the answer has no ID) |
 //! | `GET /api/tracepoints/{id}` | one tracepoint |
 //! | `PUT /api/tracepoints/{id}` | replace one tracepoint (edit); `?dry_run=true` as for create |
 //! | `DELETE /api/tracepoints/{id}` | remove one; answers with what was removed |
@@ -511,20 +511,18 @@ fn dry_run(params: &[(String, String)]) -> Result<bool, ApiError> {
     Ok(dry)
 }
 
-/// The answer to a dry run: what the change would store (without a new ID) and its warnings.
+/// The answer to a dry run: what the change would store (a create's without an ID) and its
+/// warnings, in the shape of the real answer.
 fn dry_run_response(ctx: &Ctx, config: TracePointConfig, warnings: Vec<String>) -> Response {
     let resp = TracepointResponse {
         tracepoint: Some(config),
         warnings,
     };
     if ctx.protobuf {
-        return protobuf_response(&resp);
+        protobuf_response(&resp)
+    } else {
+        json_response(&resp)
     }
-    let mut json = serde_json::to_value(&resp).unwrap_or_default();
-    if let Some(obj) = json.as_object_mut() {
-        obj.insert("dryRun".into(), true.into());
-    }
-    json_response(&json)
 }
 
 async fn create(

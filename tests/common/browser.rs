@@ -148,17 +148,30 @@ impl Browser {
                 }
                 last = text;
             }
-            assert!(
-                Instant::now() < deadline,
-                "{what}: {css} never matched within {limit:?}; last text: {last:?}"
-            );
+            if Instant::now() >= deadline {
+                let shot = self.screenshot("failed").await;
+                panic!(
+                    "{what}: {css} never matched within {limit:?}; last text: {last:?} (page: {})",
+                    shot.display()
+                );
+            }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
 
     /// Waits for an element matching `css` to exist.
     pub async fn wait_for(&self, css: &str, limit: Duration) -> Element {
-        self.wait_text(css, limit, "element", |_| true).await
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Ok(el) = self.client.find(Locator::Css(css)).await {
+                return el;
+            }
+            if Instant::now() >= deadline {
+                let shot = self.screenshot("failed").await;
+                panic!("{css} never appeared within {limit:?} (page: {})", shot.display());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
     }
 
     /// Waits until `<select css>` offers an option with `value`, then selects it (firing

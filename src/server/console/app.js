@@ -113,7 +113,9 @@ function every(ms, fn) {
 }
 
 function failed(err) {
-  if (err instanceof ApiError && err.status === 401) return signIn(err.message);
+  if (err instanceof ApiError && err.status === 401) {
+    return signIn(state.token ? `The server refused that token: ${err.message}` : '');
+  }
   if (err instanceof ApiError && err.status === 403) {
     stopTimer();
     return render(
@@ -169,7 +171,7 @@ function badge(stateName, text) {
 
 /** "3 of 4 bound; 1 error" with badges. */
 function statusCell(summary, message) {
-  if (!summary || !summary.agents) return h('div', {}, badge('none', 'no agent'), h('div', { class: 'why muted' }, 'no live agent is targeted'));
+  if (!summary || !summary.agents) return h('div', {}, badge('none', 'no agent'), h('div', { class: 'note' }, 'no live agent is targeted'));
   const line = h('div', { class: 'status-line' });
   const bound = summary.bound || 0;
   line.append(badge(bound === summary.agents ? 'bound' : bound ? 'pending' : 'unbound', `${bound} of ${summary.agents} bound`));
@@ -416,7 +418,7 @@ async function viewDetail(id) {
 function liveView(st) {
   const c = st.live;
   const rates = st.rates || [];
-  const last = rates.length > 1 ? rates[rates.length - 2] : null;
+  const perSecond = recentRate(rates);
   const card = (label, value, cls, id) => h('div', { class: `card ${cls || ''}`, id },
     h('div', { class: 'label' }, label), h('div', { class: 'value' }, value));
   if (!c) {
@@ -428,7 +430,7 @@ function liveView(st) {
   return [
     h('div', { class: 'cards' },
       card('Hits', fmt(c.hits), '', 'live-hits'),
-      card('Hits/s', last ? fmt(last.hits) : '–', '', 'live-rate'),
+      card('Hits/s', perSecond === null ? '–' : fmt(perSecond), '', 'live-rate'),
       card('Fires', fmt(c.fires), '', 'live-fires'),
       card('Condition false', fmt(c.condition_false)),
       card('Errors', fmt(c.errors), c.errors ? 'bad' : '', 'live-errors'),
@@ -439,7 +441,17 @@ function liveView(st) {
     h('div', { class: 'panel' },
       h('div', { class: 'muted' }, 'Hits per second (blue) and errors per second (red, dashed), last 5 minutes, summed over agents'),
       plot(rates)),
-  ];
+  ].filter(Boolean);
+}
+
+/** Hits per second over the last full bucket and the one filling now. */
+function recentRate(rates) {
+  if (rates.length < 2) return null;
+  const width = (rates[1].t - rates[0].t) / 1000;
+  const cur = rates[rates.length - 1];
+  const prev = rates[rates.length - 2];
+  const into = Math.min(width, Math.max(0.5, (Date.now() - cur.t) / 1000));
+  return ((cur.hits + prev.hits) * width) / (width + into);
 }
 
 function plot(rates) {
@@ -745,7 +757,7 @@ async function viewEditor(id) {
     catalog = await fetchCatalog(q);
     if (gen !== state.gen) return;
     file.replaceChildren(h('option', { value: '' }, catalog.files.length ? 'Choose a file…' : 'No file reported'),
-      catalog.files.map((f) => h('option', { value: f.file }, `${f.file}${f.agents > 1 ? ` (${f.agents} agents)` : ''}`)));
+      ...catalog.files.map((f) => h('option', { value: f.file }, `${f.file}${f.agents > 1 ? ` (${f.agents} agents)` : ''}`)));
     const match = catalog.files.find((f) => path.value && (f.file === path.value || f.file.endsWith(`/${path.value}`)));
     file.value = match ? match.file : '';
     await loadLines();
@@ -755,7 +767,7 @@ async function viewEditor(id) {
     if (gen !== state.gen) return;
     catalog.lines = lines;
     line.replaceChildren(h('option', { value: '' }, lines.length ? 'Choose a line…' : '—'),
-      lines.map((l) => h('option', { value: String(l.line) },
+      ...lines.map((l) => h('option', { value: String(l.line) },
         l.probe ? `${l.line} · probe: ${l.probe.names.join(', ')}` : `${l.line} · native (${(l.variables || []).length} variables)`)));
     if (lines.some((l) => String(l.line) === lineNo.value)) line.value = lineNo.value;
     showVars();
