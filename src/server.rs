@@ -38,11 +38,11 @@ use anyhow::Context as _;
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 
 pub use agents::{AgentKind, AgentView, Binding, BindingSummary, Counters, TracepointStatusView};
-pub use live::Rate;
 pub use audit::{Actor, Via, parse_since, rfc3339};
 pub use auth::TokensError;
 pub use catalog::{Catalog, MergedSite, SiteView};
 pub use config::{LogFormat, ServerConfig};
+pub use live::Rate;
 pub use state::{DEFAULT_TENANT, Resource};
 pub use store::{
     AuditEntry, AuditQuery, AuditRecord, SqliteStore, Store, StoreError, StoredRecord,

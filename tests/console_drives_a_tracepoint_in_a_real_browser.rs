@@ -6,9 +6,9 @@
 //! a token shows a sign-in prompt and none of the tenant's data; with the token it shows it.
 //! Screenshots of every page go to `target/console-screenshots/`.
 
-mod common;
 #[path = "common/browser.rs"]
 mod browser;
+mod common;
 #[path = "common/shop.rs"]
 mod shop;
 
@@ -118,12 +118,9 @@ fn a_tracepoint_is_created_watched_and_deleted_from_the_console() {
         let condition = c.find(Locator::Css("#f-condition")).await.unwrap();
         condition.send_keys("order.total >").await.unwrap();
         let error = b
-            .wait_text(
-                "#f-condition-error",
-                WAIT,
-                "the condition's error",
-                |t| t.contains("column"),
-            )
+            .wait_text("#f-condition-error", WAIT, "the condition's error", |t| {
+                t.contains("column")
+            })
             .await;
         assert!(error.is_displayed().await.unwrap());
         assert_eq!(
@@ -169,7 +166,10 @@ fn a_tracepoint_is_created_watched_and_deleted_from_the_console() {
         let ids = server.ids(&[]);
         assert_eq!(ids.len(), 1, "created once");
         let url = c.current_url().await.unwrap();
-        assert!(url.as_str().ends_with(&format!("#/tracepoint/{}", ids[0])), "{url}");
+        assert!(
+            url.as_str().ends_with(&format!("#/tracepoint/{}", ids[0])),
+            "{url}"
+        );
         for _ in 0..5 {
             checkout(&shop, &http);
         }

@@ -11,7 +11,8 @@ use common::TestServer;
 
 const GOOD: &str = r#"{"tracepoint": {"path": "a.rs", "lineNumber": 7, "args": {"condition": "x > 1"},
     "metrics": [{"name": "things", "type": "COUNTER"}]}}"#;
-const BAD: &str = r#"{"tracepoint": {"path": "a.rs", "lineNumber": 7, "args": {"condition": "x >"}}}"#;
+const BAD: &str =
+    r#"{"tracepoint": {"path": "a.rs", "lineNumber": 7, "args": {"condition": "x >"}}}"#;
 
 fn audit_len(server: &TestServer) -> usize {
     let (status, json) = server.get("/api/audit");
@@ -34,7 +35,11 @@ fn dry_runs_answer_like_the_change_and_store_nothing() {
     assert_eq!(json["error"]["field"], "args.condition");
     assert_eq!(json["error"]["position"]["column"], 4);
     let (real_status, real) = server.post("/api/tracepoints", BAD);
-    assert_eq!((real_status, &real), (status, &json), "the same error as a create");
+    assert_eq!(
+        (real_status, &real),
+        (status, &json),
+        "the same error as a create"
+    );
 
     let (status, json) = server.post("/api/tracepoints?dry_run=maybe", GOOD);
     assert_eq!(status, 400, "{json}");
@@ -53,7 +58,10 @@ fn dry_runs_answer_like_the_change_and_store_nothing() {
     assert_eq!(status, 400, "{json}");
     assert_eq!(json["error"]["field"], "args.condition");
     let (_, stored) = server.get(&format!("/api/tracepoints/{id}"));
-    assert_eq!(stored["tracepoint"]["args"]["condition"], "x > 1", "unchanged");
+    assert_eq!(
+        stored["tracepoint"]["args"]["condition"], "x > 1",
+        "unchanged"
+    );
     assert_eq!(audit_len(&server), before, "nothing audited");
     let (status, _) = server.request(
         "PUT",
@@ -89,7 +97,14 @@ fn the_cli_checks_without_storing() {
     let (code, _, err) = shop::sonde(
         &server.http,
         None,
-        &["tracepoint", "add", "src/a.rs:7", "--condition", "x >", "--dry-run"],
+        &[
+            "tracepoint",
+            "add",
+            "src/a.rs:7",
+            "--condition",
+            "x >",
+            "--dry-run",
+        ],
     );
     assert_ne!(code, 0);
     assert!(err.contains("args.condition"), "{err}");

@@ -66,8 +66,14 @@ fn hits_fires_and_errors_reach_the_server() {
     assert_eq!(json["agents"][0]["counters"]["hits"], 7);
     let rates = json["rates"].as_array().expect("rates");
     assert_eq!(rates.len(), 60, "five minutes of 5 s buckets");
-    let total: f64 = rates.iter().map(|r| r["hits"].as_f64().unwrap() * 5.0).sum();
-    assert!((total - 7.0).abs() < 1e-9, "the rates add up to the hits: {total}");
+    let total: f64 = rates
+        .iter()
+        .map(|r| r["hits"].as_f64().unwrap() * 5.0)
+        .sum();
+    assert!(
+        (total - 7.0).abs() < 1e-9,
+        "the rates add up to the hits: {total}"
+    );
     let (_, all) = server.get("/api/status");
     assert_eq!(all["tracepoints"][&id]["hits"], 7, "{all}");
 

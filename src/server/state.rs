@@ -272,11 +272,7 @@ impl Tracepoints {
 
     /// Runs every check [`Tracepoints::create`] makes (the ID left empty, validation, room in
     /// the tenant) and stores nothing: a dry run.
-    pub fn check_create(
-        &self,
-        tenant: &str,
-        config: &TracePointConfig,
-    ) -> Result<(), ChangeError> {
+    pub fn check_create(&self, tenant: &str, config: &TracePointConfig) -> Result<(), ChangeError> {
         if !config.id.is_empty() {
             return Err(ValidationError::new(
                 "ID",

@@ -168,7 +168,10 @@ impl Browser {
             }
             if Instant::now() >= deadline {
                 let shot = self.screenshot("failed").await;
-                panic!("{css} never appeared within {limit:?} (page: {})", shot.display());
+                panic!(
+                    "{css} never appeared within {limit:?} (page: {})",
+                    shot.display()
+                );
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }

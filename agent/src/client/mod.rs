@@ -28,8 +28,8 @@ use sonde_proto::{
     resource::Resource,
     sonde::{
         ProbeSite, SiteCatalog, SiteKind, StatusReport, TracepointState as WireState,
-        TracepointStatus as WireStatus, TracepointSummary as WireSummary, WatchRequest, status_service_client::StatusServiceClient,
-        watch_service_client::WatchServiceClient,
+        TracepointStatus as WireStatus, TracepointSummary as WireSummary, WatchRequest,
+        status_service_client::StatusServiceClient, watch_service_client::WatchServiceClient,
     },
 };
 use tokio::sync::watch;

@@ -512,7 +512,10 @@ impl Installer {
 /// The counters of an installed tracepoint, read from its atomics.
 fn summary(tp: &Installed) -> TracepointSummary {
     let (series, overflowed) = tp.metrics.iter().fold((0, 0), |(s, o), m| {
-        (s + m.series.label_sets() as u64, o + m.series.overflowed.load(Ordering::Relaxed))
+        (
+            s + m.series.label_sets() as u64,
+            o + m.series.overflowed.load(Ordering::Relaxed),
+        )
     });
     TracepointSummary {
         hits: tp.hits(),
