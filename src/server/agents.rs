@@ -46,6 +46,11 @@ pub struct TracepointStatusView {
     pub summary: Option<Counters>,
 }
 
+/// Serialises a shared slice as its elements (serde's `rc` feature not needed for one field).
+fn shared_slice<S: serde::Serializer, T: Serialize>(v: &Arc<[T]>, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(v.iter())
+}
+
 /// Longest `last_error` kept from a report.
 const MAX_LAST_ERROR: usize = 1024;
 
@@ -135,8 +140,10 @@ pub struct AgentView {
     pub watching: bool,
     /// The hash of the list it last received.
     pub current_hash: String,
-    /// Per-tracepoint status, as last reported (Sonde agents only).
-    pub tracepoints: Vec<TracepointStatusView>,
+    /// Per-tracepoint status, as last reported (Sonde agents only), ordered by tracepoint ID;
+    /// shared, so that listing agents copies no statuses.
+    #[serde(serialize_with = "shared_slice")]
+    pub tracepoints: Arc<[TracepointStatusView]>,
     /// The hash of the list its last status report was about (empty: none, or not said).
     #[serde(skip_serializing_if = "String::is_empty")]
     pub reported_hash: String,
@@ -307,33 +314,89 @@ struct Judged<'a> {
     agent: &'a LiveAgent,
     resource: Resource,
     current: bool,
-    statuses: HashMap<&'a str, &'a TracepointStatusView>,
+}
+
+impl Judged<'_> {
+    /// Its status for tracepoint `id` (statuses are kept ordered by ID).
+    fn status(&self, id: &str) -> Option<&TracepointStatusView> {
+        let all = &self.agent.view.tracepoints;
+        all.binary_search_by(|t| t.id.as_str().cmp(id))
+            .ok()
+            .map(|i| &all[i])
+    }
 }
 
 impl<'a> Judge<'a> {
-    /// Prepares `agents` against `list`.
+    /// Prepares `agents` against `list`. The hash of the list each agent should hold depends
+    /// only on its attributes that some tracepoint targets, so agents alike in those (the
+    /// instances of one service) share one computation of it.
     pub fn new(list: &TenantList, agents: &'a [LiveAgent]) -> Self {
+        let keys: std::collections::BTreeSet<&str> = list
+            .iter()
+            .flat_map(|e| e.config.targeting.iter().map(|kv| kv.key.as_str()))
+            .collect();
+        let mut hashes: HashMap<(bool, Vec<(&str, &str)>), String> = HashMap::new();
         Self {
             agents: agents
                 .iter()
                 .map(|a| {
                     let resource = a.resource();
-                    let current = a.view.reported_hash.is_empty()
-                        || a.view.reported_hash == list.hash_for_client(&resource);
+                    let current = a.view.reported_hash.is_empty() || {
+                        let key = (
+                            a.view.resource.is_empty(),
+                            a.view
+                                .resource
+                                .iter()
+                                .filter(|(k, _)| keys.contains(k.as_str()))
+                                .map(|(k, v)| (k.as_str(), v.as_str()))
+                                .collect(),
+                        );
+                        let hash = hashes
+                            .entry(key)
+                            .or_insert_with(|| list.hash_for_client(&resource));
+                        a.view.reported_hash == *hash
+                    };
                     Judged {
                         agent: a,
                         resource,
                         current,
-                        statuses: a
-                            .view
-                            .tracepoints
-                            .iter()
-                            .map(|t| (t.id.as_str(), t))
-                            .collect(),
                     }
                 })
                 .collect(),
         }
+    }
+
+    /// The counts of [`Judge::binding`], without building the bindings.
+    pub fn summary(&self, entry: &Entry) -> BindingSummary {
+        let id = entry.config.id.as_str();
+        let mut s = BindingSummary::default();
+        for j in self
+            .agents
+            .iter()
+            .filter(|j| j.resource.matches(&entry.config.targeting))
+        {
+            s.agents += 1;
+            let state = match j.status(id) {
+                _ if !j.agent.reports => "silent",
+                Some(t) if j.current => {
+                    if let Some(c) = &t.summary {
+                        s.hits += c.hits;
+                        s.errors_total += c.errors;
+                    }
+                    t.state
+                }
+                _ => "pending",
+            };
+            match state {
+                "bound" => s.bound += 1,
+                "unbound" => s.unbound += 1,
+                "disarmed" => s.disarmed += 1,
+                "pending" => s.pending += 1,
+                "silent" => s.silent += 1,
+                _ => s.error += 1,
+            }
+        }
+        s
     }
 
     /// What became of `entry` in each agent it targets.
@@ -344,7 +407,7 @@ impl<'a> Judge<'a> {
             .filter(|j| j.resource.matches(&entry.config.targeting))
             .map(|j| {
                 let a = j.agent;
-                let (state, message, sites, counters) = match j.statuses.get(id) {
+                let (state, message, sites, counters) = match j.status(id) {
                     _ if !a.reports => (
                         "silent",
                         "this agent does not report status (Deep's agents do not)".to_owned(),
@@ -467,7 +530,7 @@ impl Agents {
                     polls: 1,
                     watching: false,
                     current_hash: hash.to_owned(),
-                    tracepoints: Vec::new(),
+                    tracepoints: Arc::default(),
                     reported_hash: String::new(),
                     sites: None,
                 },
@@ -604,17 +667,18 @@ impl Agents {
                         summary: s.summary.as_ref().map(Counters::from_wire),
                     })
                     .collect();
+                let mut views = views;
+                views.sort_by(|a, b| a.id.cmp(&b.id));
+                let old = &agent.view.tracepoints;
                 for view in &views {
                     let Some(now) = &view.summary else { continue };
-                    let before = agent
-                        .view
-                        .tracepoints
-                        .iter()
-                        .find(|t| t.id == view.id)
-                        .and_then(|t| t.summary.as_ref());
+                    let before = old
+                        .binary_search_by(|t| t.id.as_str().cmp(&view.id))
+                        .ok()
+                        .and_then(|i| old[i].summary.as_ref());
                     moved.push((view.id.clone(), live::moved(before, now)));
                 }
-                agent.view.tracepoints = views;
+                agent.view.tracepoints = views.into();
             },
         );
         if !moved.is_empty() {

@@ -671,7 +671,7 @@ async fn agents(
         .map(|mut view| {
             let mut counts = Counts::default();
             let mut problems = Vec::new();
-            for t in std::mem::take(&mut view.tracepoints) {
+            for t in std::mem::take(&mut view.tracepoints).iter() {
                 match t.state {
                     "bound" => counts.bound += 1,
                     "unbound" => counts.unbound += 1,
@@ -680,9 +680,9 @@ async fn agents(
                 }
                 if t.state != "bound" && problems.len() < MAX_PROBLEMS {
                     problems.push(Problem {
-                        id: t.id,
+                        id: t.id.clone(),
                         state: t.state,
-                        message: t.message,
+                        message: t.message.clone(),
                     });
                 }
             }
@@ -734,7 +734,7 @@ async fn all_status(State(app): State<Arc<App>>, meta: Meta) -> Result<Response,
     let judge = Judge::new(&list, &agents);
     let summaries: std::collections::BTreeMap<&str, BindingSummary> = list
         .iter()
-        .map(|e| (e.config.id.as_str(), BindingSummary::of(&judge.binding(e))))
+        .map(|e| (e.config.id.as_str(), judge.summary(e)))
         .collect();
     Ok(json_response(
         &serde_json::json!({ "tracepoints": summaries }),

@@ -736,7 +736,8 @@ async function viewEditor(id) {
       showWarnings(res.warnings);
     } catch (err) {
       if (seq !== checkSeq) return;
-      if (err instanceof ApiError && err.status === 400) showError(err);
+      // 400: the field's error; 403/404/409: the change's refusal, shown at the form's foot.
+      if (err instanceof ApiError && [400, 403, 404, 409].includes(err.status)) showError(err);
       else failed(err);
     }
   }
@@ -803,7 +804,7 @@ async function viewEditor(id) {
       location.hash = `#/tracepoint/${encodeURIComponent(res.tracepoint.ID)}`;
     } catch (err) {
       submit.disabled = false;
-      if (err instanceof ApiError && err.status === 400) showError(err);
+      if (err instanceof ApiError && [400, 403, 404, 409].includes(err.status)) showError(err);
       else failed(err);
     }
   });
