@@ -366,37 +366,47 @@ impl<'a> Judge<'a> {
         }
     }
 
-    /// The counts of [`Judge::binding`], without building the bindings.
-    pub fn summary(&self, entry: &Entry) -> BindingSummary {
-        let id = entry.config.id.as_str();
-        let mut s = BindingSummary::default();
-        for j in self
-            .agents
-            .iter()
-            .filter(|j| j.resource.matches(&entry.config.targeting))
-        {
-            s.agents += 1;
-            let state = match j.status(id) {
-                _ if !j.agent.reports => "silent",
-                Some(t) if j.current => {
-                    if let Some(c) = &t.summary {
-                        s.hits += c.hits;
-                        s.errors_total += c.errors;
-                    }
-                    t.state
+    /// The counts of [`Judge::binding`] for every tracepoint of `list`, in its order, without
+    /// building the bindings: per agent one merge of the list with its statuses (both ordered by
+    /// ID), so the cost is agents times (tracepoints + statuses) string comparisons.
+    pub fn summaries(&self, list: &TenantList) -> Vec<BindingSummary> {
+        let entries: Vec<&Arc<Entry>> = list.iter().collect();
+        let mut out = vec![BindingSummary::default(); entries.len()];
+        for j in &self.agents {
+            let statuses = &j.agent.view.tracepoints;
+            let mut next = 0;
+            for (entry, s) in entries.iter().zip(out.iter_mut()) {
+                let id = entry.config.id.as_str();
+                while next < statuses.len() && statuses[next].id.as_str() < id {
+                    next += 1;
                 }
-                _ => "pending",
-            };
-            match state {
-                "bound" => s.bound += 1,
-                "unbound" => s.unbound += 1,
-                "disarmed" => s.disarmed += 1,
-                "pending" => s.pending += 1,
-                "silent" => s.silent += 1,
-                _ => s.error += 1,
+                if !j.resource.matches(&entry.config.targeting) {
+                    continue;
+                }
+                let status = statuses.get(next).filter(|t| t.id == id);
+                s.agents += 1;
+                let state = match status {
+                    _ if !j.agent.reports => "silent",
+                    Some(t) if j.current => {
+                        if let Some(c) = &t.summary {
+                            s.hits += c.hits;
+                            s.errors_total += c.errors;
+                        }
+                        t.state
+                    }
+                    _ => "pending",
+                };
+                match state {
+                    "bound" => s.bound += 1,
+                    "unbound" => s.unbound += 1,
+                    "disarmed" => s.disarmed += 1,
+                    "pending" => s.pending += 1,
+                    "silent" => s.silent += 1,
+                    _ => s.error += 1,
+                }
             }
         }
-        s
+        out
     }
 
     /// What became of `entry` in each agent it targets.
@@ -877,6 +887,99 @@ mod tests {
             placement_warnings(&at(229), &live).is_empty(),
             "native may bind it"
         );
+    }
+
+    #[test]
+    fn the_merged_counts_equal_the_bindings_counted() {
+        use sonde_proto::{
+            common::{AnyValue, KeyValue, any_value},
+            resource::Resource as WireResource,
+            sonde::TracepointSummary,
+            tracepoint::TracePointConfig,
+        };
+        let kv = |k: &str, v: &str| KeyValue {
+            key: k.into(),
+            value: Some(AnyValue {
+                value: Some(any_value::Value::StringValue(v.into())),
+            }),
+        };
+        let tp = |id: &str, service: Option<&str>| TracePointConfig {
+            id: id.into(),
+            path: "a.rs".into(),
+            line_number: 1,
+            targeting: service.map(|s| kv("service.name", s)).into_iter().collect(),
+            ..Default::default()
+        };
+        let list = TenantList::of(vec![
+            tp("a", None),
+            tp("b", Some("shop")),
+            tp("c", Some("other")),
+            tp("d", None),
+        ]);
+        let agents = Agents::new(Duration::from_secs(60));
+        let resource = |s: &str| WireResource {
+            attributes: vec![kv("service.name", s)],
+            dropped_attributes_count: 0,
+        };
+        let status = |id: &str, state: TracepointState, hits: u64| TracepointStatus {
+            tracepoint_id: id.into(),
+            state: state as i32,
+            message: String::new(),
+            sites: vec![],
+            summary: Some(TracepointSummary {
+                hits,
+                ..Default::default()
+            }),
+        };
+        // Statuses out of order: the server keeps them sorted.
+        agents.report(
+            "t",
+            &StatusReport {
+                agent_id: "one".into(),
+                resource: Some(resource("shop")),
+                tracepoints: vec![
+                    status("d", TracepointState::Error, 0),
+                    status("a", TracepointState::Bound, 5),
+                    status("b", TracepointState::Unbound, 0),
+                ],
+                ..Default::default()
+            },
+            None,
+        );
+        agents.report(
+            "t",
+            &StatusReport {
+                agent_id: "two".into(),
+                resource: Some(resource("other")),
+                tracepoints: vec![status("c", TracepointState::Bound, 7)],
+                ..Default::default()
+            },
+            None,
+        );
+        let r = Resource::from_pairs([("service.name".into(), "py".into())]);
+        agents.seen("t", "deep", AgentKind::Poll, &r, None, "h");
+        let live = agents.live_agents("t");
+        let judge = Judge::new(&list, &live);
+        let merged = judge.summaries(&list);
+        for (entry, merged) in list.iter().zip(&merged) {
+            let counted = BindingSummary::of(&judge.binding(entry));
+            assert_eq!(
+                serde_json::to_value(merged).unwrap(),
+                serde_json::to_value(&counted).unwrap(),
+                "{}",
+                entry.config.id
+            );
+        }
+        assert_eq!(
+            (merged[0].agents, merged[0].bound, merged[0].pending),
+            (3, 1, 1)
+        );
+        assert_eq!(merged[0].silent + merged[0].hits as usize, 1 + 5);
+        assert_eq!(
+            (merged[2].agents, merged[2].bound, merged[2].hits),
+            (1, 1, 7)
+        );
+        assert_eq!(merged[3].error, 1);
     }
 
     #[test]

@@ -734,7 +734,8 @@ async fn all_status(State(app): State<Arc<App>>, meta: Meta) -> Result<Response,
     let judge = Judge::new(&list, &agents);
     let summaries: std::collections::BTreeMap<&str, BindingSummary> = list
         .iter()
-        .map(|e| (e.config.id.as_str(), judge.summary(e)))
+        .map(|e| e.config.id.as_str())
+        .zip(judge.summaries(&list))
         .collect();
     Ok(json_response(
         &serde_json::json!({ "tracepoints": summaries }),

@@ -51,6 +51,25 @@ pub struct TenantList {
 }
 
 impl TenantList {
+    /// A list of these tracepoints (for tests elsewhere in the server).
+    #[cfg(test)]
+    pub(crate) fn of(configs: Vec<TracePointConfig>) -> Self {
+        Self {
+            entries: configs
+                .into_iter()
+                .map(|config| {
+                    let digest = digest(&config.encode_to_vec());
+                    let entry = Entry {
+                        config,
+                        digest,
+                        created_ms: 0,
+                    };
+                    (entry.config.id.clone(), Arc::new(entry))
+                })
+                .collect(),
+        }
+    }
+
     /// All tracepoints, in ID order.
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Entry>> {
         self.entries.values()
