@@ -310,6 +310,10 @@ pub struct Judge<'a> {
     agents: Vec<Judged<'a>>,
 }
 
+/// What the list hash of an agent depends on: whether it has no attributes at all (it then
+/// matches every tracepoint), and its attributes that some tracepoint targets.
+type HashKey<'a> = (bool, Vec<(&'a str, &'a str)>);
+
 struct Judged<'a> {
     agent: &'a LiveAgent,
     resource: Resource,
@@ -335,7 +339,7 @@ impl<'a> Judge<'a> {
             .iter()
             .flat_map(|e| e.config.targeting.iter().map(|kv| kv.key.as_str()))
             .collect();
-        let mut hashes: HashMap<(bool, Vec<(&str, &str)>), String> = HashMap::new();
+        let mut hashes: HashMap<HashKey<'_>, String> = HashMap::new();
         Self {
             agents: agents
                 .iter()
