@@ -108,6 +108,10 @@ enum TracepointCommand {
         spec: SpecArgs,
         #[command(flatten)]
         wait: WaitArgs,
+        /// Check it against the server (validation and warnings, as a create would) and store
+        /// nothing: exit 0 when the server would accept it.
+        #[arg(long, conflicts_with = "wait")]
+        dry_run: bool,
         #[command(flatten)]
         client: ClientOpts,
     },
@@ -437,7 +441,12 @@ fn token(cmd: TokenCommand) -> Result<(), CliError> {
 
 fn tracepoint(cmd: TracepointCommand) -> Result<(), CliError> {
     match cmd {
-        TracepointCommand::Add { spec, wait, client } => {
+        TracepointCommand::Add {
+            spec,
+            wait,
+            dry_run,
+            client,
+        } => {
             let limit = wait.limit()?;
             let tp = match &spec.file {
                 Some(file) => {
@@ -460,6 +469,13 @@ fn tracepoint(cmd: TracepointCommand) -> Result<(), CliError> {
                 eprintln!("{warning}");
             }
             let c = Client::new(&client)?;
+            if dry_run {
+                let (checked, warnings) =
+                    c.send_tracepoint("POST", "/api/tracepoints?dry_run=true", &tp)?;
+                warn(&warnings);
+                output::checked(&client, &checked);
+                return Ok(());
+            }
             let (created, warnings) = c.send_tracepoint("POST", "/api/tracepoints", &tp)?;
             warn(&warnings);
             let Some(limit) = limit else {

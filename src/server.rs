@@ -20,9 +20,11 @@ mod audit;
 mod auth;
 mod catalog;
 mod config;
+mod console;
 mod foresee;
 mod grpc;
 mod http;
+mod live;
 mod metrics;
 mod net;
 mod replicas;
@@ -37,11 +39,12 @@ use std::{net::SocketAddr, sync::Arc, time::Duration};
 use anyhow::Context as _;
 use tokio::{net::TcpListener, sync::watch, task::JoinHandle};
 
-pub use agents::{AgentKind, AgentView, Binding, BindingSummary, TracepointStatusView};
+pub use agents::{AgentKind, AgentView, Binding, BindingSummary, Counters, TracepointStatusView};
 pub use audit::{Actor, Via, parse_since, rfc3339};
 pub use auth::TokensError;
 pub use catalog::{Catalog, MergedSite, SiteView};
 pub use config::{LogFormat, ServerConfig};
+pub use live::Rate;
 pub use state::{DEFAULT_TENANT, Resource};
 pub use store::{
     AuditEntry, AuditQuery, AuditRecord, Change, PgStore, SharedAgent, SqliteStore, Store,

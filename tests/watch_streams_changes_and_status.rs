@@ -114,6 +114,7 @@ fn status_reports_and_polls_are_listed_as_agents() {
                     state: TracepointState::Unbound as i32,
                     message: "no probe site at a.rs:1; nearest: a.rs:4".into(),
                     sites: vec![],
+                    summary: None,
                 }],
                 config_hash: String::new(),
             })

@@ -64,7 +64,7 @@ mod tracepoint;
 
 pub use agent::{Agent, AgentBuilder, AgentHandle, StartError};
 pub use client::ClientMode;
-pub use install::{TracepointState, TracepointStatus};
+pub use install::{TracepointState, TracepointStatus, TracepointSummary};
 pub use metrics::backends::{InMemoryProvider, LogProvider, MultiProvider, NullProvider};
 pub use metrics::exposition;
 #[cfg(feature = "opentelemetry")]

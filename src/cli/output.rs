@@ -82,6 +82,18 @@ pub fn created(opts: &ClientOpts, tp: &TracePointConfig, status: Option<&serde_j
     }
 }
 
+/// A dry run the server accepted: the tracepoint as it would be stored (JSON), or a line saying
+/// so on stderr (stdout stays empty, as there is no ID).
+pub fn checked(opts: &ClientOpts, tp: &TracePointConfig) {
+    match opts.output {
+        Output::Json => json(&tracepoint_json(tp, None)),
+        Output::Table => eprintln!(
+            "ok: the server would accept the tracepoint at {}:{} (dry run: nothing stored)",
+            tp.path, tp.line_number
+        ),
+    }
+}
+
 /// A binding summary (`GET /api/status`) as one cell: `3/4 bound, 1 error`.
 pub fn status_cell(summary: &serde_json::Value) -> String {
     let n = |k: &str| summary[k].as_u64().unwrap_or(0);

@@ -14,6 +14,7 @@ use sonde_proto::sonde::{StatusReport, TracepointState};
 
 use super::{
     catalog::{Asker, Catalog},
+    live::{self, Live},
     state::{Entry, Resource, TenantList},
 };
 
@@ -40,6 +41,80 @@ pub struct TracepointStatusView {
     /// `file:line` of the sites it is bound to.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub sites: Vec<String>,
+    /// Its counters in that agent, when it reported them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub summary: Option<Counters>,
+}
+
+/// Serialises a shared slice as its elements (serde's `rc` feature not needed for one field).
+fn shared_slice<S: serde::Serializer, T: Serialize>(v: &Arc<[T]>, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(v.iter())
+}
+
+/// Longest `last_error` kept from a report.
+const MAX_LAST_ERROR: usize = 1024;
+
+/// The counters of one tracepoint, as an agent reported them or summed over agents.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Counters {
+    /// Hits while armed and within its window.
+    pub hits: u64,
+    /// Hits that recorded its metrics or wrote its log line.
+    pub fires: u64,
+    /// Hits its condition turned away.
+    pub condition_false: u64,
+    /// Evaluation errors.
+    pub errors: u64,
+    /// The last evaluation error (`stage: message`).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub last_error: String,
+    /// Label sets its metrics hold.
+    pub series: u64,
+    /// Label sets folded into the overflow series.
+    pub overflowed: u64,
+    /// One hit in this many is evaluated (the largest over agents when summed).
+    pub sample_every: u64,
+    /// Agents that disarmed it (1 or 0 for one agent).
+    pub disarmed: u64,
+}
+
+impl Counters {
+    fn from_wire(w: &sonde_proto::sonde::TracepointSummary) -> Self {
+        let mut last_error = w.last_error.clone();
+        if last_error.len() > MAX_LAST_ERROR {
+            let mut end = MAX_LAST_ERROR;
+            while !last_error.is_char_boundary(end) {
+                end -= 1;
+            }
+            last_error.truncate(end);
+        }
+        Self {
+            hits: w.hits,
+            fires: w.fires,
+            condition_false: w.condition_false,
+            errors: w.errors,
+            last_error,
+            series: w.series,
+            overflowed: w.overflowed,
+            sample_every: w.sample_every.max(1),
+            disarmed: u64::from(w.disarmed),
+        }
+    }
+
+    /// Adds one agent's counters (the last error of the first agent that has one stays).
+    pub fn add(&mut self, other: &Counters) {
+        self.hits += other.hits;
+        self.fires += other.fires;
+        self.condition_false += other.condition_false;
+        self.errors += other.errors;
+        if self.last_error.is_empty() {
+            self.last_error.clone_from(&other.last_error);
+        }
+        self.series += other.series;
+        self.overflowed += other.overflowed;
+        self.sample_every = self.sample_every.max(other.sample_every);
+        self.disarmed += other.disarmed;
+    }
 }
 
 /// A [`TracepointStatusView`] read back from another replica's copy of an agent.
@@ -51,6 +126,8 @@ struct StatusWire {
     message: String,
     #[serde(default)]
     sites: Vec<String>,
+    #[serde(default)]
+    summary: Option<Counters>,
 }
 
 impl<'de> Deserialize<'de> for TracepointStatusView {
@@ -64,6 +141,7 @@ impl<'de> Deserialize<'de> for TracepointStatusView {
             id: w.id,
             message: w.message,
             sites: w.sites,
+            summary: w.summary,
         })
     }
 }
@@ -91,8 +169,10 @@ pub struct AgentView {
     pub watching: bool,
     /// The hash of the list it last received.
     pub current_hash: String,
-    /// Per-tracepoint status, as last reported (Sonde agents only).
-    pub tracepoints: Vec<TracepointStatusView>,
+    /// Per-tracepoint status, as last reported (Sonde agents only), ordered by tracepoint ID;
+    /// shared, so that listing agents copies no statuses.
+    #[serde(serialize_with = "shared_slice")]
+    pub tracepoints: Arc<[TracepointStatusView]>,
     /// The hash of the list its last status report was about (empty: none, or not said).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub reported_hash: String,
@@ -150,6 +230,9 @@ pub struct Binding {
     /// `file:line` of the sites it is bound to.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub sites: Vec<String>,
+    /// Its counters in this agent (from the agent's report on the current version).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub counters: Option<Counters>,
 }
 
 /// Counts of [`Binding`] states: what `sonde tracepoint list` shows as `3/4 bound, 1 error`.
@@ -169,6 +252,10 @@ pub struct BindingSummary {
     pub pending: usize,
     /// Agents that report no status (Deep's).
     pub silent: usize,
+    /// Hits summed over the agents that reported counters.
+    pub hits: u64,
+    /// Evaluation errors summed over those agents.
+    pub errors_total: u64,
 }
 
 impl BindingSummary {
@@ -179,6 +266,10 @@ impl BindingSummary {
             ..Self::default()
         };
         for b in bindings {
+            if let Some(c) = &b.counters {
+                s.hits += c.hits;
+                s.errors_total += c.errors;
+            }
             match b.state {
                 "bound" => s.bound += 1,
                 "unbound" => s.unbound += 1,
@@ -252,37 +343,107 @@ pub struct Judge<'a> {
     agents: Vec<Judged<'a>>,
 }
 
+/// What the list hash of an agent depends on: whether it has no attributes at all (it then
+/// matches every tracepoint), and its attributes that some tracepoint targets.
+type HashKey<'a> = (bool, Vec<(&'a str, &'a str)>);
+
 struct Judged<'a> {
     agent: &'a LiveAgent,
     resource: Resource,
     current: bool,
-    statuses: HashMap<&'a str, &'a TracepointStatusView>,
+}
+
+impl Judged<'_> {
+    /// Its status for tracepoint `id` (statuses are kept ordered by ID).
+    fn status(&self, id: &str) -> Option<&TracepointStatusView> {
+        let all = &self.agent.view.tracepoints;
+        all.binary_search_by(|t| t.id.as_str().cmp(id))
+            .ok()
+            .map(|i| &all[i])
+    }
 }
 
 impl<'a> Judge<'a> {
-    /// Prepares `agents` against `list`.
+    /// Prepares `agents` against `list`. The hash of the list each agent should hold depends
+    /// only on its attributes that some tracepoint targets, so agents alike in those (the
+    /// instances of one service) share one computation of it.
     pub fn new(list: &TenantList, agents: &'a [LiveAgent]) -> Self {
+        let keys: std::collections::BTreeSet<&str> = list
+            .iter()
+            .flat_map(|e| e.config.targeting.iter().map(|kv| kv.key.as_str()))
+            .collect();
+        let mut hashes: HashMap<HashKey<'_>, String> = HashMap::new();
         Self {
             agents: agents
                 .iter()
                 .map(|a| {
                     let resource = a.resource();
-                    let current = a.view.reported_hash.is_empty()
-                        || a.view.reported_hash == list.hash_for_client(&resource);
+                    let current = a.view.reported_hash.is_empty() || {
+                        let key = (
+                            a.view.resource.is_empty(),
+                            a.view
+                                .resource
+                                .iter()
+                                .filter(|(k, _)| keys.contains(k.as_str()))
+                                .map(|(k, v)| (k.as_str(), v.as_str()))
+                                .collect(),
+                        );
+                        let hash = hashes
+                            .entry(key)
+                            .or_insert_with(|| list.hash_for_client(&resource));
+                        a.view.reported_hash == *hash
+                    };
                     Judged {
                         agent: a,
                         resource,
                         current,
-                        statuses: a
-                            .view
-                            .tracepoints
-                            .iter()
-                            .map(|t| (t.id.as_str(), t))
-                            .collect(),
                     }
                 })
                 .collect(),
         }
+    }
+
+    /// The counts of [`Judge::binding`] for every tracepoint of `list`, in its order, without
+    /// building the bindings: per agent one merge of the list with its statuses (both ordered by
+    /// ID), so the cost is agents times (tracepoints + statuses) string comparisons.
+    pub fn summaries(&self, list: &TenantList) -> Vec<BindingSummary> {
+        let entries: Vec<&Arc<Entry>> = list.iter().collect();
+        let mut out = vec![BindingSummary::default(); entries.len()];
+        for j in &self.agents {
+            let statuses = &j.agent.view.tracepoints;
+            let mut next = 0;
+            for (entry, s) in entries.iter().zip(out.iter_mut()) {
+                let id = entry.config.id.as_str();
+                while next < statuses.len() && statuses[next].id.as_str() < id {
+                    next += 1;
+                }
+                if !j.resource.matches(&entry.config.targeting) {
+                    continue;
+                }
+                let status = statuses.get(next).filter(|t| t.id == id);
+                s.agents += 1;
+                let state = match status {
+                    _ if !j.agent.reports => "silent",
+                    Some(t) if j.current => {
+                        if let Some(c) = &t.summary {
+                            s.hits += c.hits;
+                            s.errors_total += c.errors;
+                        }
+                        t.state
+                    }
+                    _ => "pending",
+                };
+                match state {
+                    "bound" => s.bound += 1,
+                    "unbound" => s.unbound += 1,
+                    "disarmed" => s.disarmed += 1,
+                    "pending" => s.pending += 1,
+                    "silent" => s.silent += 1,
+                    _ => s.error += 1,
+                }
+            }
+        }
+        out
     }
 
     /// What became of `entry` in each agent it targets.
@@ -293,14 +454,20 @@ impl<'a> Judge<'a> {
             .filter(|j| j.resource.matches(&entry.config.targeting))
             .map(|j| {
                 let a = j.agent;
-                let (state, message, sites) = match j.statuses.get(id) {
+                let (state, message, sites, counters) = match j.status(id) {
                     _ if !a.reports => (
                         "silent",
                         "this agent does not report status (Deep's agents do not)".to_owned(),
                         Vec::new(),
+                        None,
                     ),
-                    Some(t) if j.current => (t.state, t.message.clone(), t.sites.clone()),
-                    _ => ("pending", String::new(), Vec::new()),
+                    Some(t) if j.current => (
+                        t.state,
+                        t.message.clone(),
+                        t.sites.clone(),
+                        t.summary.clone(),
+                    ),
+                    _ => ("pending", String::new(), Vec::new(), None),
                 };
                 Binding {
                     agent: a.view.id.clone(),
@@ -313,6 +480,7 @@ impl<'a> Judge<'a> {
                     state,
                     message,
                     sites,
+                    counters,
                 }
             })
             .collect()
@@ -333,6 +501,8 @@ pub struct Agents {
     /// Agents other replicas serve, by tenant, with when their replica last wrote them (Unix
     /// ms; see [`Agents::set_remote`]); empty with one server.
     remote: Mutex<HashMap<String, Vec<(u64, AgentView)>>>,
+    /// Hits, fires and errors per tracepoint over the last minutes.
+    live: Live,
 }
 
 impl Agents {
@@ -343,6 +513,7 @@ impl Agents {
             inner: Mutex::new(HashMap::new()),
             catalogs: Mutex::new(HashMap::new()),
             remote: Mutex::new(HashMap::new()),
+            live: Live::default(),
         }
     }
 
@@ -410,7 +581,7 @@ impl Agents {
                     polls: 1,
                     watching: false,
                     current_hash: hash.to_owned(),
-                    tracepoints: Vec::new(),
+                    tracepoints: Arc::default(),
                     reported_hash: String::new(),
                     sites: None,
                 },
@@ -554,8 +725,10 @@ impl Agents {
         out
     }
 
-    /// Stores an agent's status report (it replaces the previous one).
+    /// Stores an agent's status report (it replaces the previous one), and adds how far its
+    /// counters moved since its previous report to the tenant's [`Live`] rates.
     pub fn report(&self, tenant: &str, report: &StatusReport, address: Option<IpAddr>) {
+        let mut moved: Vec<(String, Counters)> = Vec::new();
         self.reporting(
             tenant,
             &report.agent_id,
@@ -563,7 +736,7 @@ impl Agents {
             address,
             |agent| {
                 agent.view.reported_hash = report.config_hash.clone();
-                agent.view.tracepoints = report
+                let views: Vec<TracepointStatusView> = report
                     .tracepoints
                     .iter()
                     .map(|s| TracepointStatusView {
@@ -577,10 +750,31 @@ impl Agents {
                         },
                         message: s.message.clone(),
                         sites: s.sites.clone(),
+                        summary: s.summary.as_ref().map(Counters::from_wire),
                     })
                     .collect();
+                let mut views = views;
+                views.sort_by(|a, b| a.id.cmp(&b.id));
+                let old = &agent.view.tracepoints;
+                for view in &views {
+                    let Some(now) = &view.summary else { continue };
+                    let before = old
+                        .binary_search_by(|t| t.id.as_str().cmp(&view.id))
+                        .ok()
+                        .and_then(|i| old[i].summary.as_ref());
+                    moved.push((view.id.clone(), live::moved(before, now)));
+                }
+                agent.view.tracepoints = views.into();
             },
         );
+        if !moved.is_empty() {
+            self.live.add(tenant, moved);
+        }
+    }
+
+    /// The recent rates of one tracepoint (see [`Live::rates`]).
+    pub fn rates(&self, tenant: &str, tracepoint: &str) -> Vec<live::Rate> {
+        self.live.rates(tenant, tracepoint)
     }
 
     /// The tenant's agents seen within the TTL or watching now, most recent first.
@@ -658,6 +852,7 @@ impl Agents {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .retain(|_, c| c.strong_count() > 0);
+        self.live.prune();
     }
 }
 
@@ -862,6 +1057,99 @@ mod tests {
     }
 
     #[test]
+    fn the_merged_counts_equal_the_bindings_counted() {
+        use sonde_proto::{
+            common::{AnyValue, KeyValue, any_value},
+            resource::Resource as WireResource,
+            sonde::TracepointSummary,
+            tracepoint::TracePointConfig,
+        };
+        let kv = |k: &str, v: &str| KeyValue {
+            key: k.into(),
+            value: Some(AnyValue {
+                value: Some(any_value::Value::StringValue(v.into())),
+            }),
+        };
+        let tp = |id: &str, service: Option<&str>| TracePointConfig {
+            id: id.into(),
+            path: "a.rs".into(),
+            line_number: 1,
+            targeting: service.map(|s| kv("service.name", s)).into_iter().collect(),
+            ..Default::default()
+        };
+        let list = TenantList::of(vec![
+            tp("a", None),
+            tp("b", Some("shop")),
+            tp("c", Some("other")),
+            tp("d", None),
+        ]);
+        let agents = Agents::new(Duration::from_secs(60));
+        let resource = |s: &str| WireResource {
+            attributes: vec![kv("service.name", s)],
+            dropped_attributes_count: 0,
+        };
+        let status = |id: &str, state: TracepointState, hits: u64| TracepointStatus {
+            tracepoint_id: id.into(),
+            state: state as i32,
+            message: String::new(),
+            sites: vec![],
+            summary: Some(TracepointSummary {
+                hits,
+                ..Default::default()
+            }),
+        };
+        // Statuses out of order: the server keeps them sorted.
+        agents.report(
+            "t",
+            &StatusReport {
+                agent_id: "one".into(),
+                resource: Some(resource("shop")),
+                tracepoints: vec![
+                    status("d", TracepointState::Error, 0),
+                    status("a", TracepointState::Bound, 5),
+                    status("b", TracepointState::Unbound, 0),
+                ],
+                ..Default::default()
+            },
+            None,
+        );
+        agents.report(
+            "t",
+            &StatusReport {
+                agent_id: "two".into(),
+                resource: Some(resource("other")),
+                tracepoints: vec![status("c", TracepointState::Bound, 7)],
+                ..Default::default()
+            },
+            None,
+        );
+        let r = Resource::from_pairs([("service.name".into(), "py".into())]);
+        agents.seen("t", "deep", AgentKind::Poll, &r, None, "h");
+        let live = agents.live_agents("t");
+        let judge = Judge::new(&list, &live);
+        let merged = judge.summaries(&list);
+        for (entry, merged) in list.iter().zip(&merged) {
+            let counted = BindingSummary::of(&judge.binding(entry));
+            assert_eq!(
+                serde_json::to_value(merged).unwrap(),
+                serde_json::to_value(&counted).unwrap(),
+                "{}",
+                entry.config.id
+            );
+        }
+        assert_eq!(
+            (merged[0].agents, merged[0].bound, merged[0].pending),
+            (3, 1, 1)
+        );
+        assert_eq!(merged[0].silent + merged[0].hits as usize, 1 + 5);
+        assert_eq!(
+            (merged[2].agents, merged[2].bound, merged[2].hits),
+            (1, 1, 7)
+        );
+        assert_eq!(merged[3].error, 1);
+    }
+
+    #[test]
     fn a_report_replaces_the_previous_status() {
         let agents = Agents::new(Duration::from_secs(60));
         let status = |id: &str, state: TracepointState| TracepointStatus {
@@ -869,6 +1157,7 @@ mod tests {
             state: state as i32,
             message: String::new(),
             sites: vec![],
+            summary: None,
         };
         let mut report = StatusReport {
             agent_id: "a".into(),

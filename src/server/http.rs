@@ -3,14 +3,15 @@
 //! | route | what |
 //! |---|---|
 //! | `GET /api/tracepoints` | Deep's poll over HTTP: the list for the resource in the query (`hash`, `ts`, other parameters are resource attributes) |
-//! | `POST /api/tracepoints` | create: body `{"tracepoint": {...}}`, answer `{"tracepoint": {... "ID": ...}}`, plus `"warnings"` when the line is no probe site in the catalogs of the agents it targets |
+//! | `POST /api/tracepoints` | create: body `{"tracepoint": {...}}`, answer `{"tracepoint": {... "ID": ...}}`, plus `"warnings"` when the line is no probe site in the catalogs of the agents it targets; with `?dry_run=true` every check and warning, nothing stored or audited (the answer has no ID) |
 //! | `GET /api/tracepoints/{id}` | one tracepoint |
-//! | `PUT /api/tracepoints/{id}` | replace one tracepoint (edit) |
+//! | `PUT /api/tracepoints/{id}` | replace one tracepoint (edit); `?dry_run=true` as for create |
 //! | `DELETE /api/tracepoints/{id}` | remove one; answers with what was removed |
 //! | `GET /api/tracepoints/{id}/snapshots` | the latest snapshots agents sent for it |
-//! | `GET /api/tracepoints/{id}/status` | what became of it in each live agent it targets (`bound`, `unbound`, `error`, `disarmed`, `pending`, `silent`) and the counts |
+//! | `GET /api/tracepoints/{id}/status` | what became of it in each live agent it targets (`bound`, `unbound`, `error`, `disarmed`, `pending`, `silent`) and the counts; `live`, its counters summed over agents, and `rates`, hits, fires and errors per second over the last five minutes |
 //! | `GET /api/status` | those counts for every tracepoint |
-//! | `GET /api/agents` | agents seen recently, with resource and per-tracepoint status |
+//! | `GET /api/agents` | agents seen recently, with resource and per-tracepoint status; `view=summary`: counts per state and the first problems instead |
+//! | `GET /`, `GET /console/{file}` | the web console (see `console`) |
 //! | `GET /api/agents/{id}/sites` | the probe sites one agent reported (its catalog) |
 //! | `GET /api/sites` | the probe sites of the live agents whose resource has every query parameter (`service.name=shop`), merged, with how many agents have each |
 //! | `GET /api/audit` | the audit log, oldest first: `since`, `tracepoint`, `who`, `after` (the previous page's `next`), `limit` (1..1000, default 100); `tenant` (a name or `*`) for admin tokens only |
@@ -53,7 +54,7 @@ use sonde_proto::{
 use super::{
     App, DEFAULT_TENANT,
     adhoc::{self, CapReached},
-    agents::{BindingSummary, Judge, LiveAgent},
+    agents::{BindingSummary, Counters, Judge, LiveAgent},
     audit::{self, Actor, CLI_USER_AGENT, EntryView, Via},
     auth::{Caller, Denied, Refusal},
     catalog,
@@ -94,6 +95,7 @@ pub(crate) fn router(app: Arc<App>) -> Router {
                 .route("/sessions/{id}/metrics", post(session_metric)),
         )
         .merge(tracepoints())
+        .merge(super::console::routes())
         .route("/healthz", get(healthz))
         .route("/metrics", get(metrics))
         .fallback(not_found)
@@ -506,9 +508,56 @@ fn poll_json(resp: &PollResponse) -> serde_json::Value {
     json
 }
 
-async fn create(State(app): State<Arc<App>>, meta: Meta, body: Body) -> Result<Response, ApiError> {
+/// Whether the query asks for a dry run (`dry_run=true`): every check of the change, its
+/// warnings, and nothing stored or audited.
+fn dry_run(params: &[(String, String)]) -> Result<bool, ApiError> {
+    let mut dry = false;
+    for (key, value) in params {
+        if key == "dry_run" || key == "dryRun" {
+            dry = match value.as_str() {
+                "" | "true" | "1" => true,
+                "false" | "0" => false,
+                _ => return Err(ApiError::invalid(key, "is true or false")),
+            };
+        }
+    }
+    Ok(dry)
+}
+
+/// The answer to a dry run: what the change would store (a create's without an ID) and its
+/// warnings, in the shape of the real answer.
+fn dry_run_response(
+    ctx: &Ctx,
+    config: TracePointConfig,
+    warnings: Vec<String>,
+    agents: u32,
+) -> Response {
+    let resp = TracepointResponse {
+        tracepoint: Some(config),
+        warnings,
+        agents,
+    };
+    if ctx.protobuf {
+        protobuf_response(&resp)
+    } else {
+        json_response(&resp)
+    }
+}
+
+async fn create(
+    State(app): State<Arc<App>>,
+    meta: Meta,
+    Query(params): Query<Vec<(String, String)>>,
+    body: Body,
+) -> Result<Response, ApiError> {
     let ctx = context(&app, &meta, Role::Write).await?;
+    let dry = dry_run(&params)?;
     let config = read_tracepoint(&app, &meta.headers, body).await?;
+    if dry {
+        app.tracepoints.check_create(&ctx.tenant, &config)?;
+        let (warnings, agents) = foresee(&config, &app.agents.live_agents(&ctx.tenant)).await;
+        return Ok(dry_run_response(&ctx, config, warnings, agents));
+    }
     let tenant = ctx.tenant.clone();
     let actor = ctx.actor.clone();
     let entry = blocking(&app, move |app| {
@@ -538,10 +587,18 @@ async fn update(
     State(app): State<Arc<App>>,
     meta: Meta,
     Path(id): Path<String>,
+    Query(params): Query<Vec<(String, String)>>,
     body: Body,
 ) -> Result<Response, ApiError> {
     let ctx = context(&app, &meta, Role::Write).await?;
-    let config = read_tracepoint(&app, &meta.headers, body).await?;
+    let dry = dry_run(&params)?;
+    let mut config = read_tracepoint(&app, &meta.headers, body).await?;
+    if dry {
+        app.tracepoints.check_update(&ctx.tenant, &id, &config)?;
+        config.id = id;
+        let (warnings, agents) = foresee(&config, &app.agents.live_agents(&ctx.tenant)).await;
+        return Ok(dry_run_response(&ctx, config, warnings, agents));
+    }
     let tenant = ctx.tenant.clone();
     let id2 = id.clone();
     let actor = ctx.actor.clone();
@@ -586,15 +643,79 @@ async fn snapshots(
     Ok(json_response(&Snapshots { snapshots: list }))
 }
 
-async fn agents(State(app): State<Arc<App>>, meta: Meta) -> Result<Response, ApiError> {
+/// Most problems (`unbound`, `error`, `disarmed` statuses) one agent lists in the summary view.
+const MAX_PROBLEMS: usize = 20;
+
+/// `GET /api/agents`: the tenant's live agents with every status they reported; with
+/// `view=summary`, counts per state and their first problems instead of every status (what the
+/// console shows: an agent holding a thousand tracepoints stays a few hundred bytes).
+async fn agents(
+    State(app): State<Arc<App>>,
+    meta: Meta,
+    Query(params): Query<Vec<(String, String)>>,
+) -> Result<Response, ApiError> {
     let ctx = context(&app, &meta, Role::Read).await?;
-    #[derive(Serialize)]
-    struct Agents {
-        agents: Vec<super::agents::AgentView>,
+    let mut summary = false;
+    for (key, value) in &params {
+        match (key.as_str(), value.as_str()) {
+            ("view", "summary") => summary = true,
+            ("view", "full") => summary = false,
+            ("view", _) => return Err(ApiError::invalid("view", "is full or summary")),
+            _ => {}
+        }
     }
-    Ok(json_response(&Agents {
-        agents: app.agents.list(&ctx.tenant),
-    }))
+    let agents = app.agents.list(&ctx.tenant);
+    if !summary {
+        #[derive(Serialize)]
+        struct Agents {
+            agents: Vec<super::agents::AgentView>,
+        }
+        return Ok(json_response(&Agents { agents }));
+    }
+    #[derive(Serialize, Default)]
+    struct Counts {
+        bound: usize,
+        unbound: usize,
+        error: usize,
+        disarmed: usize,
+    }
+    #[derive(Serialize)]
+    struct Problem {
+        id: String,
+        state: &'static str,
+        message: String,
+    }
+    let out: Vec<serde_json::Value> = agents
+        .into_iter()
+        .map(|mut view| {
+            let mut counts = Counts::default();
+            let mut problems = Vec::new();
+            for t in std::mem::take(&mut view.tracepoints).iter() {
+                match t.state {
+                    "bound" => counts.bound += 1,
+                    "unbound" => counts.unbound += 1,
+                    "disarmed" => counts.disarmed += 1,
+                    _ => counts.error += 1,
+                }
+                if t.state != "bound" && problems.len() < MAX_PROBLEMS {
+                    problems.push(Problem {
+                        id: t.id.clone(),
+                        state: t.state,
+                        message: t.message.clone(),
+                    });
+                }
+            }
+            let mut json = serde_json::to_value(&view).unwrap_or_default();
+            if let Some(obj) = json.as_object_mut() {
+                obj.remove("tracepoints");
+                obj.insert("counts".into(), serde_json::json!(counts));
+                obj.insert("problems".into(), serde_json::json!(problems));
+            }
+            json
+        })
+        .collect();
+    let json = serde_json::json!({ "agents": out });
+    Ok(json_response(&json))
 }
 
 /// `GET /api/tracepoints/{id}/status`: what became of the tracepoint in each live agent it
@@ -611,10 +732,16 @@ async fn tracepoint_status(
         .ok_or_else(|| ApiError::from(ChangeError::NotFound(id.clone())))?;
     let agents = app.agents.live_agents(&ctx.tenant);
     let bindings = Judge::new(&list, &agents).binding(entry);
+    let mut live: Option<Counters> = None;
+    for c in bindings.iter().filter_map(|b| b.counters.as_ref()) {
+        live.get_or_insert_with(Counters::default).add(c);
+    }
     Ok(json_response(&serde_json::json!({
         "tracepoint": id,
         "summary": BindingSummary::of(&bindings),
         "agents": bindings,
+        "live": live,
+        "rates": app.agents.rates(&ctx.tenant, &id),
     })))
 }
 
@@ -626,7 +753,8 @@ async fn all_status(State(app): State<Arc<App>>, meta: Meta) -> Result<Response,
     let judge = Judge::new(&list, &agents);
     let summaries: std::collections::BTreeMap<&str, BindingSummary> = list
         .iter()
-        .map(|e| (e.config.id.as_str(), BindingSummary::of(&judge.binding(e))))
+        .map(|e| e.config.id.as_str())
+        .zip(judge.summaries(&list))
         .collect();
     Ok(json_response(
         &serde_json::json!({ "tracepoints": summaries }),

@@ -63,6 +63,25 @@ pub struct TenantList {
 }
 
 impl TenantList {
+    /// A list of these tracepoints (for tests elsewhere in the server).
+    #[cfg(test)]
+    pub(crate) fn of(configs: Vec<TracePointConfig>) -> Self {
+        Self {
+            entries: configs
+                .into_iter()
+                .map(|config| {
+                    let digest = digest(&config.encode_to_vec());
+                    let entry = Entry {
+                        config,
+                        digest,
+                        created_ms: 0,
+                    };
+                    (entry.config.id.clone(), Arc::new(entry))
+                })
+                .collect(),
+        }
+    }
+
     /// All tracepoints, in ID order.
     pub fn iter(&self) -> impl Iterator<Item = &Arc<Entry>> {
         self.entries.values()
@@ -352,6 +371,25 @@ impl Tracepoints {
         }
     }
 
+    /// Runs every check [`Tracepoints::create`] makes (the ID left empty, validation, room in
+    /// the tenant) and stores nothing: a dry run.
+    pub fn check_create(&self, tenant: &str, config: &TracePointConfig) -> Result<(), ChangeError> {
+        if !config.id.is_empty() {
+            return Err(ValidationError::new(
+                "ID",
+                "is assigned by the server: leave it empty (edit an existing tracepoint with PUT /api/tracepoints/{id})",
+            )
+            .into());
+        }
+        validate(config, &self.limits)?;
+        if self.list(tenant).len() >= self.limits.max_tracepoints_per_tenant {
+            return Err(ChangeError::TenantFull {
+                limit: self.limits.max_tracepoints_per_tenant,
+            });
+        }
+        Ok(())
+    }
+
     /// Validates and stores a new tracepoint under a fresh ID, with its audit entry by `actor`;
     /// returns it as stored. Blocking (it writes to the store).
     pub fn create(
@@ -360,14 +398,7 @@ impl Tracepoints {
         mut config: TracePointConfig,
         actor: &Actor,
     ) -> Result<Arc<Entry>, ChangeError> {
-        if !config.id.is_empty() {
-            return Err(ValidationError::new(
-                "ID",
-                "is assigned by the server: leave it empty (edit an existing tracepoint with PUT /api/tracepoints/{id})",
-            )
-            .into());
-        }
-        validate(&config, &self.limits)?;
+        self.check_create(tenant, &config)?;
         config.id = uuid::Uuid::new_v4().to_string();
         let _guard = self.write.lock().unwrap_or_else(|p| p.into_inner());
         let t = self.tenant(tenant);
@@ -390,15 +421,14 @@ impl Tracepoints {
         Ok(entry)
     }
 
-    /// Validates and replaces the tracepoint `id`; the body's ID must be empty or equal `id`.
-    /// The audit entry by `actor` holds the tracepoint before and after. Blocking.
-    pub fn update(
+    /// Runs every check [`Tracepoints::update`] makes (the body's ID, validation, that `id`
+    /// exists) and stores nothing: a dry run.
+    pub fn check_update(
         &self,
         tenant: &str,
         id: &str,
-        mut config: TracePointConfig,
-        actor: &Actor,
-    ) -> Result<Arc<Entry>, ChangeError> {
+        config: &TracePointConfig,
+    ) -> Result<(), ChangeError> {
         if !config.id.is_empty() && config.id != id {
             return Err(ValidationError::new(
                 "ID",
@@ -409,7 +439,23 @@ impl Tracepoints {
             )
             .into());
         }
-        validate(&config, &self.limits)?;
+        validate(config, &self.limits)?;
+        if self.list(tenant).get(id).is_none() {
+            return Err(ChangeError::NotFound(id.to_owned()));
+        }
+        Ok(())
+    }
+
+    /// Validates and replaces the tracepoint `id`; the body's ID must be empty or equal `id`.
+    /// The audit entry by `actor` holds the tracepoint before and after. Blocking.
+    pub fn update(
+        &self,
+        tenant: &str,
+        id: &str,
+        mut config: TracePointConfig,
+        actor: &Actor,
+    ) -> Result<Arc<Entry>, ChangeError> {
+        self.check_update(tenant, id, &config)?;
         config.id = id.to_owned();
         let _guard = self.write.lock().unwrap_or_else(|p| p.into_inner());
         let t = self.tenant(tenant);

@@ -33,8 +33,8 @@ use sonde_proto::{
     resource::Resource,
     sonde::{
         ProbeSite, SiteCatalog, SiteKind, StatusReport, TracepointState as WireState,
-        TracepointStatus as WireStatus, WatchRequest, status_service_client::StatusServiceClient,
-        watch_service_client::WatchServiceClient,
+        TracepointStatus as WireStatus, TracepointSummary as WireSummary, WatchRequest,
+        status_service_client::StatusServiceClient, watch_service_client::WatchServiceClient,
     },
 };
 use tokio::sync::watch;
@@ -48,7 +48,7 @@ use tonic::{
 mod catalog;
 
 use crate::{
-    install::{Installer, TracepointState},
+    install::{Installer, TracepointState, TracepointStatus},
     metrics::self_metrics::SelfMetrics,
 };
 
@@ -89,6 +89,9 @@ const BREAKER_THRESHOLD: u32 = 8;
 const BREAKER_OPEN: Duration = Duration::from_secs(30);
 /// How often a watch checks for status changes made on the hot path.
 const STATUS_TICK: Duration = Duration::from_millis(500);
+/// How often, at most, changed counters alone (hits, fires, errors) lead to a status report:
+/// a busy tracepoint reports about once a second, not once a tick.
+const SUMMARY_INTERVAL: Duration = Duration::from_secs(1);
 
 /// Runs the client until shutdown.
 pub(crate) async fn run(
@@ -128,6 +131,9 @@ struct Client {
     server: usize,
     /// The current connection, for the snapshot sender.
     channels: watch::Sender<Option<Channel>>,
+    /// When the last status report was sent, and a digest of the counters it carried.
+    last_report: std::time::Instant,
+    last_counters: u64,
 }
 
 enum Ended {
@@ -178,6 +184,8 @@ impl Client {
             failures: 0,
             server: 0,
             channels: watch::Sender::new(None),
+            last_report: std::time::Instant::now(),
+            last_counters: 0,
         }
     }
 
@@ -367,13 +375,22 @@ impl Client {
         }
     }
 
+    /// Reports when a status changed (the hot path set `dirty`), or when the counters changed
+    /// and the last report is at least [`SUMMARY_INTERVAL`] old.
     async fn report_if_dirty(&mut self, channel: &Channel) {
-        let dirty = {
+        let statuses = {
             let installer = self.installer.lock().unwrap_or_else(|p| p.into_inner());
-            installer.dirty.swap(false, Ordering::Relaxed)
+            if installer.dirty.swap(false, Ordering::Relaxed) {
+                Some(installer.statuses())
+            } else if self.status_supported && self.last_report.elapsed() >= SUMMARY_INTERVAL {
+                let statuses = installer.statuses();
+                (counters_digest(&statuses) != self.last_counters).then_some(statuses)
+            } else {
+                None
+            }
         };
-        if dirty {
-            self.report(channel).await;
+        if let Some(statuses) = statuses {
+            self.send_report(channel, statuses).await;
         }
     }
 
@@ -386,6 +403,15 @@ impl Client {
             installer.dirty.store(false, Ordering::Relaxed);
             installer.statuses()
         };
+        self.send_report(channel, statuses).await;
+    }
+
+    async fn send_report(&mut self, channel: &Channel, statuses: Vec<TracepointStatus>) {
+        if !self.status_supported {
+            return;
+        }
+        self.last_report = std::time::Instant::now();
+        self.last_counters = counters_digest(&statuses);
         let report = StatusReport {
             agent_id: self.config.agent_id.clone(),
             resource: Some(self.resource.clone()),
@@ -403,6 +429,17 @@ impl Client {
                     } as i32,
                     message: s.message,
                     sites: s.sites,
+                    summary: s.summary.map(|c| WireSummary {
+                        hits: c.hits,
+                        fires: c.fires,
+                        condition_false: c.condition_false,
+                        errors: c.errors,
+                        last_error: c.last_error,
+                        series: c.series,
+                        overflowed: c.overflowed,
+                        sample_every: c.sample_every,
+                        disarmed: c.disarmed,
+                    }),
                 })
                 .collect(),
         };
@@ -423,6 +460,19 @@ impl Client {
             }
         }
     }
+}
+
+/// A digest of the counters in `statuses`, to tell whether they moved since the last report.
+fn counters_digest(statuses: &[TracepointStatus]) -> u64 {
+    use std::hash::{Hash as _, Hasher as _};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    for s in statuses {
+        if let Some(c) = &s.summary {
+            (&s.id, c.hits, c.fires, c.condition_false, c.errors).hash(&mut h);
+            (c.series, c.overflowed, c.sample_every).hash(&mut h);
+        }
+    }
+    h.finish()
 }
 
 impl Client {

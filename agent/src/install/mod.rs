@@ -44,6 +44,32 @@ pub struct TracepointStatus {
     pub message: String,
     /// `file:line` of the sites it is bound to.
     pub sites: Vec<String>,
+    /// Its counters, while it is installed here.
+    pub summary: Option<TracepointSummary>,
+}
+
+/// The counters of one installed tracepoint since it was installed, read from those the hit path
+/// keeps anyway (nothing is measured for them).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TracepointSummary {
+    /// Hits on its sites while armed and within its window (sampled-out ones included).
+    pub hits: u64,
+    /// Hits that recorded its metrics or wrote its log line (weighted while sampling).
+    pub fires: u64,
+    /// Hits its condition turned away (weighted while sampling).
+    pub condition_false: u64,
+    /// Evaluation errors.
+    pub errors: u64,
+    /// The last evaluation error, `stage: message`; empty while there has been none.
+    pub last_error: String,
+    /// Label sets its metrics hold.
+    pub series: u64,
+    /// Label sets folded into the overflow series past the cardinality cap.
+    pub overflowed: u64,
+    /// One hit in this many is evaluated now.
+    pub sample_every: u64,
+    /// Whether it is disarmed (budgets) or past its window.
+    pub disarmed: bool,
 }
 
 /// The state of a tracepoint in this process.
@@ -526,6 +552,7 @@ impl Installer {
                             state: TracepointState::Disarmed,
                             message: why,
                             sites,
+                            summary: Some(summary(tp)),
                         },
                         None => {
                             let mut status = bound_status(id, &entry.spec, tp, sites);
@@ -543,12 +570,14 @@ impl Installer {
                     state: TracepointState::Unbound,
                     message: message.clone(),
                     sites: Vec::new(),
+                    summary: None,
                 },
                 Outcome::Failed(message) => TracepointStatus {
                     id: id.clone(),
                     state: TracepointState::Error,
                     message: message.clone(),
                     sites: Vec::new(),
+                    summary: None,
                 },
             })
             .collect();
@@ -600,7 +629,42 @@ impl Installer {
 }
 
 /// The status of a tracepoint installed at `sites`.
+/// The counters of an installed tracepoint, read from its atomics.
+fn summary(tp: &Installed) -> TracepointSummary {
+    let (series, overflowed) = tp.metrics.iter().fold((0, 0), |(s, o), m| {
+        (
+            s + m.series.label_sets() as u64,
+            o + m.series.overflowed.load(Ordering::Relaxed),
+        )
+    });
+    TracepointSummary {
+        hits: tp.hits(),
+        fires: tp.stats.fires.load(Ordering::Relaxed),
+        condition_false: tp.stats.condition_false.load(Ordering::Relaxed),
+        errors: tp.stats.errors.load(Ordering::Relaxed),
+        last_error: tp
+            .last_error()
+            .map(|(stage, e)| format!("{stage}: {e}"))
+            .unwrap_or_default(),
+        series,
+        overflowed,
+        sample_every: tp.sample_every(),
+        disarmed: tp.disarmed().is_some() || tp.expired(),
+    }
+}
+
 fn bound_status(
+    id: &str,
+    spec: &TracepointSpec,
+    tp: &Installed,
+    sites: Vec<String>,
+) -> TracepointStatus {
+    let mut status = bound_state(id, spec, tp, sites);
+    status.summary = Some(summary(tp));
+    status
+}
+
+fn bound_state(
     id: &str,
     spec: &TracepointSpec,
     tp: &Installed,
@@ -636,6 +700,7 @@ fn bound_status(
                 ),
             },
             sites,
+            summary: None,
         },
         None if tp.expired() => TracepointStatus {
             id: id.to_owned(),
@@ -645,6 +710,7 @@ fn bound_status(
                 spec.window_end_ms.unwrap_or_default()
             ),
             sites,
+            summary: None,
         },
         None => TracepointStatus {
             id: id.to_owned(),
@@ -672,6 +738,7 @@ fn bound_status(
                     .join("; ")
             },
             sites,
+            summary: None,
         },
     }
 }

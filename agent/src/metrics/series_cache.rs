@@ -365,6 +365,11 @@ impl SeriesCache {
         self.overflow.get_or_init(make).clone()
     }
 
+    /// How many label sets it holds (the overflow series not counted).
+    pub fn label_sets(&self) -> usize {
+        self.count.load(Ordering::Relaxed) as usize
+    }
+
     /// Every label set made so far, sorted, with its series (not the overflow series).
     pub fn entries(&self) -> Vec<(Vec<String>, Arc<dyn Series>)> {
         let mut out: Vec<(Vec<String>, Arc<dyn Series>)> = {

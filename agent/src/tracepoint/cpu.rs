@@ -292,6 +292,11 @@ impl Sampler {
         (bits & 63) as u32
     }
 
+    /// Hits counted so far.
+    pub(crate) fn hits(&self) -> u64 {
+        self.hits.load(Ordering::Relaxed)
+    }
+
     /// `N`: one hit in this many is evaluated (from the next block boundary, when it just
     /// changed).
     pub(crate) fn every(&self) -> u64 {

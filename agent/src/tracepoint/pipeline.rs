@@ -297,6 +297,11 @@ impl Installed {
         tracing::debug!(tracepoint = %self.id, every, "tracepoint sampling changed");
     }
 
+    /// Hits so far while armed and within its window (the sampler numbers each one).
+    pub fn hits(&self) -> u64 {
+        self.sampler.hits()
+    }
+
     /// One hit in this many is evaluated now.
     pub fn sample_every(&self) -> u64 {
         self.sampler.every()
