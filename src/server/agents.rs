@@ -889,7 +889,13 @@ mod tests {
             state: "bound",
             message: String::new(),
             sites: vec!["a.rs:1".into()],
-        }];
+            summary: Some(Counters {
+                hits: 7,
+                fires: 5,
+                ..Counters::default()
+            }),
+        }]
+        .into();
         let round_trip: AgentView =
             serde_json::from_str(&serde_json::to_string(&there).unwrap()).unwrap();
         assert_eq!(
