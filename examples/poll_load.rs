@@ -32,6 +32,18 @@
 //! target/release/examples/poll_load --grpc 127.0.0.1:43315 --http 127.0.0.1:3300
 //! ```
 //!
+//! With `--database-url postgres://...` the child servers keep their tracepoints in that
+//! PostgreSQL database, and `--replicas N` starts N of them on it: the poll phases run against the
+//! first replica (the figure is per replica), the watchers are spread evenly over all of them,
+//! and every write goes to the first, so the write → watch phase times a change until every
+//! watcher on every replica has it. The resident memory of each replica is printed before and
+//! after its watchers connect. `--skip-polls` runs the watch phase alone (for many watchers).
+//!
+//! ```text
+//! target/release/examples/poll_load --database-url postgres://sonde@127.0.0.1:5432/sonde \
+//!     --replicas 2 --watchers 20000 --channels 64 --changes 100 --skip-polls
+//! ```
+//!
 //! Bear in mind that on a small machine the generator competes with the server for the same
 //! cores: the CPU line of each phase shows how the time was shared.
 
@@ -94,6 +106,15 @@ struct Args {
     /// Worker threads of the load generator's runtime (0: one per core).
     #[arg(long, default_value_t = 0)]
     client_threads: usize,
+    /// PostgreSQL for the child servers (`--database-url` of `sonde server`); SQLite without.
+    #[arg(long)]
+    database_url: Option<String>,
+    /// Child servers to start on --database-url (the watchers are spread over all of them).
+    #[arg(long, default_value_t = 1)]
+    replicas: usize,
+    /// Only the write → watch phase.
+    #[arg(long)]
+    skip_polls: bool,
     /// The `sonde` binary to start as the server.
     #[arg(long, default_value = "target/release/sonde")]
     server_bin: PathBuf,
@@ -111,6 +132,10 @@ fn main() -> anyhow::Result<()> {
     ensure!(args.channels > 0, "--channels must be at least 1");
     ensure!(args.watchers > 0, "--watchers must be at least 1");
     ensure!(
+        args.replicas == 1 || (args.replicas > 1 && args.database_url.is_some()),
+        "--replicas: more than one needs --database-url (and at least one)"
+    );
+    ensure!(
         args.duration > 0.0 && args.duration <= 600.0,
         "--duration: 0 to 600 seconds"
     );
@@ -119,22 +144,28 @@ fn main() -> anyhow::Result<()> {
         "--warmup: 0 to 60 seconds"
     );
 
-    // A child server is killed when this guard drops, whatever happens below.
-    let (server, grpc, http) = match (args.grpc, args.http) {
+    // Child servers are killed when these guards drop, whatever happens below.
+    let (servers, replicas) = match (args.grpc, args.http) {
         (Some(grpc), Some(http)) => {
             ensure!(
                 grpc.ip().is_loopback() && http.ip().is_loopback(),
                 "--grpc and --http must be loopback addresses"
             );
-            (None, grpc, http)
+            (Vec::new(), vec![(grpc, http)])
         }
         _ => {
-            let server = ServerProcess::start(&args.server_bin)?;
-            let (grpc, http) = (server.grpc, server.http);
-            (Some(server), grpc, http)
+            let servers = (0..args.replicas)
+                .map(|_| ServerProcess::start(&args.server_bin, args.database_url.as_deref()))
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let replicas = servers.iter().map(|s| (s.grpc, s.http)).collect();
+            (servers, replicas)
         }
     };
-    println!("server: grpc {grpc}, http {http}");
+    for (i, (grpc, http)) in replicas.iter().enumerate() {
+        println!("server {i}: grpc {grpc}, http {http}");
+    }
+    let (grpc, http) = replicas[0];
+    let pids: Vec<u32> = servers.iter().map(|s| s.pid).collect();
 
     let mut runtime = tokio::runtime::Builder::new_multi_thread();
     if args.client_threads > 0 {
@@ -144,17 +175,28 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("starting the load generator's runtime")?;
-    let result = runtime.block_on(run(&args, grpc, http, server.as_ref().map(|s| s.pid)));
-    drop(server);
+    let result = runtime.block_on(run(&args, &replicas, &pids, grpc, http));
+    drop(servers);
     result
+}
+
+async fn connect(grpc: SocketAddr) -> anyhow::Result<Channel> {
+    tonic::transport::Endpoint::from_shared(format!("http://{grpc}"))?
+        .tcp_nodelay(true)
+        .connect_timeout(Duration::from_secs(5))
+        .connect()
+        .await
+        .with_context(|| format!("connecting to {grpc}"))
 }
 
 async fn run(
     args: &Args,
+    replicas: &[(SocketAddr, SocketAddr)],
+    pids: &[u32],
     grpc: SocketAddr,
     http: SocketAddr,
-    pid: Option<u32>,
 ) -> anyhow::Result<()> {
+    let pid = pids.first().copied();
     let api = Api::new(http);
     let created = {
         let api = api.clone();
@@ -169,13 +211,7 @@ async fn run(
 
     let mut channels = Vec::with_capacity(args.channels);
     for _ in 0..args.channels {
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{grpc}"))?
-            .tcp_nodelay(true)
-            .connect_timeout(Duration::from_secs(5))
-            .connect()
-            .await
-            .with_context(|| format!("connecting to {grpc}"))?;
-        channels.push(channel);
+        channels.push(connect(grpc).await?);
     }
 
     let warmup = Duration::from_secs_f64(args.warmup);
@@ -192,6 +228,9 @@ async fn run(
         phases.push((Mode::NoChange, Some(args.rate)));
     }
     phases.push((Mode::Update, None));
+    if args.skip_polls {
+        phases.clear();
+    }
     for (mode, rate) in phases {
         let cpu = CpuClock::start(pid);
         let report = poll_phase(&channels, args.pollers, mode, rate, warmup, duration).await?;
@@ -199,13 +238,63 @@ async fn run(
         cpu.print(warmup + duration);
     }
 
+    // The watchers' connections: --channels to each replica, so the watchers spread evenly.
+    let mut watch_channels = Vec::with_capacity(args.channels * replicas.len());
+    for _ in 0..args.channels {
+        for (grpc, _) in replicas {
+            watch_channels.push(connect(*grpc).await?);
+        }
+    }
     println!(
-        "\n{} watchers, {} writes (alternately POST and DELETE)",
-        args.watchers, args.changes
+        "\n{} watchers over {} replica(s), {} writes (alternately POST and DELETE) on the first",
+        args.watchers,
+        replicas.len(),
+        args.changes
     );
+    // Every replica has the tracepoints before the watchers start.
+    let listed = |channel: Channel| async move {
+        let mut client = PollConfigClient::new(channel);
+        let request = PollRequest {
+            ts_nanos: 1,
+            current_hash: String::new(),
+            resource: Some(resource("watcher-0")),
+        };
+        client
+            .poll(tenant_request(request))
+            .await
+            .map(|r| r.into_inner().response.len())
+    };
+    let want = listed(watch_channels[0].clone()).await?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    for channel in &watch_channels[..replicas.len()] {
+        while listed(channel.clone()).await? != want {
+            ensure!(
+                Instant::now() < deadline,
+                "a replica did not get the tracepoints"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    let rss_before: Vec<_> = pids.iter().map(|pid| rss_kib(*pid)).collect();
     let cpu = CpuClock::start(pid);
     let started = Instant::now();
-    watch_phase(&api, &channels, args.watchers, args.changes).await?;
+    let held = |phase: &str| {
+        for (i, (pid, before)) in pids.iter().zip(&rss_before).enumerate() {
+            if let (Some(before), Some(now)) = (before, rss_kib(*pid)) {
+                let per_1000 = (now as f64 - *before as f64)
+                    / (args.watchers as f64 / pids.len() as f64)
+                    * 1000.0;
+                println!(
+                    "{:>10}  server {i} RSS {phase}: {:.1} MiB (was {:.1} MiB without watchers; {:.2} MiB per 1,000 watchers)",
+                    "",
+                    now as f64 / 1024.0,
+                    *before as f64 / 1024.0,
+                    per_1000 / 1024.0,
+                );
+            }
+        }
+    };
+    watch_phase(&api, &watch_channels, args.watchers, args.changes, &held).await?;
     cpu.print(started.elapsed());
 
     let api2 = api.clone();
@@ -416,6 +505,7 @@ async fn watch_phase(
     channels: &[Channel],
     watchers: usize,
     changes: usize,
+    held: &dyn Fn(&str),
 ) -> anyhow::Result<()> {
     let (tx, mut rx) = mpsc::unbounded_channel();
     let mut tasks = Vec::with_capacity(watchers);
@@ -450,10 +540,11 @@ async fn watch_phase(
     drop(tx);
 
     // Every stream opens with the current list: that is the baseline count.
-    let baseline = wait_for_all(&mut rx, watchers, None, Duration::from_secs(10))
+    let baseline = wait_for_all(&mut rx, watchers, None, Duration::from_secs(60))
         .await
         .context("waiting for the first message of every watch")?
         .1;
+    held("with its watchers");
 
     let mut acks = Vec::with_capacity(changes);
     let mut propagation = Vec::with_capacity(changes);
@@ -544,7 +635,7 @@ struct ServerProcess {
 }
 
 impl ServerProcess {
-    fn start(bin: &PathBuf) -> anyhow::Result<Self> {
+    fn start(bin: &PathBuf, database_url: Option<&str>) -> anyhow::Result<Self> {
         ensure!(
             bin.is_file(),
             "{} not found: build it with `cargo build --release --bin sonde`, pass --server-bin, \
@@ -564,6 +655,7 @@ impl ServerProcess {
             ])
             .arg("--data-dir")
             .arg(data.path())
+            .args(database_url.map(|url| format!("--database-url={url}")))
             .env("SONDE_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -811,6 +903,19 @@ impl CpuClock {
             show(own)
         );
     }
+}
+
+/// Resident memory of a process in KiB, from `/proc/PID/status`.
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()
 }
 
 /// User + system CPU seconds of a process, from `/proc/PID/stat` (clock ticks of 1/100 s, the

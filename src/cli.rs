@@ -8,6 +8,7 @@
 
 mod client;
 mod lines;
+mod mcp;
 mod output;
 mod serve;
 mod sites;
@@ -75,6 +76,16 @@ enum Command {
     /// fires and errors over the agents, and a line whenever an agent's state changes; until
     /// Ctrl-C, `--for DURATION`, or its deletion. `-o json`: each status answer as one line.
     Tail(Box<tail::TailArgs>),
+    /// Serve Sonde's operations to an AI assistant over the Model Context Protocol (stdio).
+    ///
+    /// Tools: list services and agents, sites, files and lines (with the variables readable at
+    /// each); create a metric or log tracepoint (validated, waiting for the agents' reports);
+    /// read its live counters and snapshots; delete it; list what this session created. Every
+    /// tracepoint it creates expires after --ttl and carries the argument `tag` = `mcp:SESSION`;
+    /// --read-only offers only the reading tools. Talks to the server's HTTP API with
+    /// SONDE_SERVER and SONDE_TOKEN like the other commands, so the token's role and the audit
+    /// log apply.
+    Mcp(Box<mcp::McpArgs>),
     /// Show the audit log: who created, edited and deleted which tracepoint (before and after),
     /// when, from where, and every refused request. Oldest first, one page at a time.
     Audit(Box<AuditArgs>),
@@ -369,6 +380,7 @@ impl Cli {
             Command::Sites(args) => sites::run(*args),
             Command::Files(args) => lines::files(*args),
             Command::Lines(args) => lines::lines(*args),
+            Command::Mcp(args) => mcp::run(*args),
             Command::Audit(args) => audit(*args),
             Command::Tail(args) => tail::run(*args),
             Command::Token(cmd) => token(cmd),

@@ -25,6 +25,7 @@ mod grpc;
 mod http;
 mod metrics;
 mod net;
+mod replicas;
 mod snapshots;
 mod state;
 mod store;
@@ -43,7 +44,8 @@ pub use catalog::{Catalog, MergedSite, SiteView};
 pub use config::{LogFormat, ServerConfig};
 pub use state::{DEFAULT_TENANT, Resource};
 pub use store::{
-    AuditEntry, AuditQuery, AuditRecord, SqliteStore, Store, StoreError, StoredRecord,
+    AuditEntry, AuditQuery, AuditRecord, Change, PgStore, SharedAgent, SqliteStore, Store,
+    StoreError, StoredRecord, Written,
 };
 pub use tokens::{BadToken, Role, SecretHash, random as random_bytes};
 
@@ -159,14 +161,27 @@ impl std::fmt::Debug for Server {
 }
 
 impl Server {
-    /// Opens the store, loads the tracepoints and binds both ports.
+    /// Opens the store (PostgreSQL with `--database-url`, else SQLite in the data directory),
+    /// loads the tracepoints and binds both ports.
     pub async fn bind(config: ServerConfig) -> anyhow::Result<Self> {
         // Tokens first: a bad one stops the server before anything is created on disk.
         let auth = Auth::from_config(&config).context("reading the API tokens")?;
-        let store = SqliteStore::open(&config.data_dir)
-            .with_context(|| format!("opening the store in {}", config.data_dir.display()))?;
-        tracing::info!(path = %store.path().display(), "store opened");
-        Self::bind_inner(config, Arc::new(store), auth).await
+        let store: Arc<dyn Store> = match &config.database_url {
+            Some(url) => {
+                let store = tokio::task::block_in_place(|| PgStore::open(url))
+                    .context("opening the PostgreSQL store (--database-url)")?;
+                tracing::info!(database = %store.target(), "store opened");
+                Arc::new(store)
+            }
+            None => {
+                let store = SqliteStore::open(&config.data_dir).with_context(|| {
+                    format!("opening the store in {}", config.data_dir.display())
+                })?;
+                tracing::info!(path = %store.path().display(), "store opened");
+                Arc::new(store)
+            }
+        };
+        Self::bind_inner(config, store, auth).await
     }
 
     /// As [`Server::bind`], with a store of the caller's choosing.
@@ -306,12 +321,20 @@ impl Server {
                 }
             }
         });
+        let mut tasks = vec![grpc, http, housekeeping];
+        if let Some(changes) = self.app.tracepoints.store().changes() {
+            tasks.push(tokio::spawn(replicas::run(
+                self.app.clone(),
+                changes,
+                self.app.shutdown.clone(),
+            )));
+        }
         RunningServer {
             grpc_addr,
             http_addr,
             app: self.app,
             shutdown_tx: self.shutdown_tx,
-            tasks: vec![grpc, http, housekeeping],
+            tasks,
         }
     }
 }

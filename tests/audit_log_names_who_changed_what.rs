@@ -36,7 +36,7 @@ fn entries(page: &Value) -> Vec<Value> {
     page["entries"].as_array().expect("entries").clone()
 }
 
-#[test]
+#[cfg(test)] // a test, run on each store by `on_both_stores!` below
 fn create_edit_delete_by_two_tokens_read_back_in_order() {
     let server = server();
     let (status, created) = server.request(
@@ -103,7 +103,7 @@ fn create_edit_delete_by_two_tokens_read_back_in_order() {
     assert_eq!(json["error"]["field"], "since");
 }
 
-#[test]
+#[cfg(test)] // a test, run on each store by `on_both_stores!` below
 fn pages_follow_one_another() {
     let server = server();
     for line in 1..=5 {
@@ -135,7 +135,7 @@ fn pages_follow_one_another() {
     assert_eq!(pages, 3);
 }
 
-#[test]
+#[cfg(test)] // a test, run on each store by `on_both_stores!` below
 fn grpc_and_cli_changes_are_audited_with_their_channel() {
     let server = server();
     let id = server.rt.block_on(async {
@@ -221,7 +221,7 @@ fn grpc_and_cli_changes_are_audited_with_their_channel() {
     assert_eq!(out.status.code(), Some(1), "no token: refused");
 }
 
-#[test]
+#[cfg(test)] // a test, run on each store by `on_both_stores!` below
 fn without_tokens_the_author_is_anonymous() {
     let server = TestServer::start();
     let id = server.create(r#"{"tracepoint": {"path": "a.rs", "line_number": 1}}"#);
@@ -232,3 +232,10 @@ fn without_tokens_the_author_is_anonymous() {
     assert_eq!(log[0]["who"], "anonymous");
     assert_eq!(log[0]["tracepoint"], id.as_str());
 }
+
+on_both_stores!(
+    create_edit_delete_by_two_tokens_read_back_in_order,
+    pages_follow_one_another,
+    grpc_and_cli_changes_are_audited_with_their_channel,
+    without_tokens_the_author_is_anonymous
+);

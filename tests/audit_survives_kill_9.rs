@@ -86,7 +86,7 @@ fn writer(http: String, who: String, stop: Arc<AtomicBool>) -> Acks {
     acks
 }
 
-#[test]
+#[cfg(test)] // a test, run on each store by `on_both_stores!` below
 fn every_acknowledged_change_has_its_audit_entry_after_kill_9() {
     let dir = tempfile::tempdir().unwrap();
     let mut args: Vec<String> = (0..WRITERS)
@@ -194,3 +194,5 @@ fn every_acknowledged_change_has_its_audit_entry_after_kill_9() {
         stored.len()
     );
 }
+
+on_both_stores!(every_acknowledged_change_has_its_audit_entry_after_kill_9);

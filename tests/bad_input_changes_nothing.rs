@@ -29,7 +29,7 @@ fn refused(server: &TestServer, body: &str, field: &str) -> Value {
     json
 }
 
-#[test]
+#[cfg(test)] // a test, run on each store by `on_both_stores!` below
 fn missing_or_malformed_basics() {
     let server = TestServer::start();
     server.create(&tp(""));
@@ -51,7 +51,7 @@ fn missing_or_malformed_basics() {
     refused(&server, r#"{}"#, "tracepoint");
 }
 
-#[test]
+#[cfg(test)] // a test, run on each store by `on_both_stores!` below
 fn args_must_be_known_and_well_formed() {
     let server = TestServer::start();
     refused(
@@ -85,7 +85,7 @@ fn args_must_be_known_and_well_formed() {
     ));
 }
 
-#[test]
+#[cfg(test)] // a test, run on each store by `on_both_stores!` below
 fn expressions_must_compile_and_errors_carry_the_position() {
     let server = TestServer::start();
     let json = refused(
@@ -127,7 +127,7 @@ fn expressions_must_compile_and_errors_carry_the_position() {
     ));
 }
 
-#[test]
+#[cfg(test)] // a test, run on each store by `on_both_stores!` below
 fn metric_and_label_names_must_be_legal_and_bounded() {
     let server = TestServer::start();
     refused(
@@ -178,7 +178,7 @@ fn metric_and_label_names_must_be_legal_and_bounded() {
     );
 }
 
-#[test]
+#[cfg(test)] // a test, run on each store by `on_both_stores!` below
 fn python_expressions_pass_only_when_aimed_at_python_agents() {
     let server = TestServer::start();
     // Valid Python, not valid rhai (a conditional expression and a list comprehension).
@@ -205,7 +205,7 @@ fn python_expressions_pass_only_when_aimed_at_python_agents() {
     );
 }
 
-#[test]
+#[cfg(test)] // a test, run on each store by `on_both_stores!` below
 fn routes_methods_and_sizes() {
     let server = TestServer::start_with(|c| c.max_body_bytes = 2048);
     let (status, json) = server.get("/api/nothing");
@@ -230,7 +230,7 @@ fn routes_methods_and_sizes() {
     assert!(server.ids(&[]).is_empty());
 }
 
-#[test]
+#[cfg(test)] // a test, run on each store by `on_both_stores!` below
 fn the_tenant_limit_is_a_conflict_that_changes_nothing() {
     let server = TestServer::start_with(|c| c.max_tracepoints_per_tenant = 2);
     server.create(&tp(""));
@@ -248,7 +248,7 @@ fn the_tenant_limit_is_a_conflict_that_changes_nothing() {
     assert_eq!(status, 200, "the limit is per tenant");
 }
 
-#[test]
+#[cfg(test)] // a test, run on each store by `on_both_stores!` below
 fn a_bad_edit_leaves_the_tracepoint_as_it_was() {
     let server = TestServer::start();
     let id = server.create(&tp(r#", "args": {"condition": "a > 1"}"#));
@@ -264,3 +264,14 @@ fn a_bad_edit_leaves_the_tracepoint_as_it_was() {
     let (status, _) = server.request("PUT", "/api/tracepoints/missing", Some(&tp("")), &[]);
     assert_eq!(status, 404);
 }
+
+on_both_stores!(
+    missing_or_malformed_basics,
+    args_must_be_known_and_well_formed,
+    expressions_must_compile_and_errors_carry_the_position,
+    metric_and_label_names_must_be_legal_and_bounded,
+    python_expressions_pass_only_when_aimed_at_python_agents,
+    routes_methods_and_sizes,
+    the_tenant_limit_is_a_conflict_that_changes_nothing,
+    a_bad_edit_leaves_the_tracepoint_as_it_was
+);

@@ -25,7 +25,7 @@ fn stderr(o: &Output) -> String {
     String::from_utf8_lossy(&o.stderr).into_owned()
 }
 
-#[test]
+#[cfg(test)] // a test, run on each store by `on_both_stores!` below
 fn add_list_get_edit_rm() {
     let server = TestServer::start();
     let add = sonde(
@@ -157,7 +157,7 @@ fn an_unreachable_server_is_exit_code_3() {
     drop(server);
 }
 
-#[test]
+#[cfg(test)] // a test, run on each store by `on_both_stores!` below
 fn agents_and_tenants() {
     let server = TestServer::start();
     server.rt.block_on(async {
@@ -365,3 +365,5 @@ fn fire_count_with_a_metric_warns_that_it_caps_it() {
         stderr(&bad)
     );
 }
+
+on_both_stores!(add_list_get_edit_rm, agents_and_tenants);

@@ -72,7 +72,7 @@ fn expected(id: &str) -> TracePointConfig {
     }
 }
 
-#[test]
+#[cfg(test)] // a test, run on each store by `on_both_stores!` below
 fn the_grafana_body_survives_create_and_poll_field_for_field() {
     let server = TestServer::start();
     let id = server.create(GRAFANA_BODY);
@@ -91,7 +91,7 @@ fn the_grafana_body_survives_create_and_poll_field_for_field() {
     assert_eq!(polled.response, vec![expected(&id)]);
 }
 
-#[test]
+#[cfg(test)] // a test, run on each store by `on_both_stores!` below
 fn http_answers_decode_as_json_and_as_protobuf() {
     let server = TestServer::start();
     let id = server.create(GRAFANA_BODY);
@@ -152,7 +152,7 @@ fn http_answers_decode_as_json_and_as_protobuf() {
     assert_eq!(one.tracepoint, Some(expected(&id)));
 }
 
-#[test]
+#[cfg(test)] // a test, run on each store by `on_both_stores!` below
 fn a_protobuf_body_creates_too_and_delete_works_under_both_prefixes() {
     let server = TestServer::start();
     let body = sonde_proto::sonde::CreateTracepointRequest {
@@ -193,3 +193,9 @@ fn a_protobuf_body_creates_too_and_delete_works_under_both_prefixes() {
 fn uuid_like(id: &str) -> bool {
     id.len() == 36 && id.chars().filter(|c| *c == '-').count() == 4
 }
+
+on_both_stores!(
+    the_grafana_body_survives_create_and_poll_field_for_field,
+    http_answers_decode_as_json_and_as_protobuf,
+    a_protobuf_body_creates_too_and_delete_works_under_both_prefixes
+);

@@ -186,7 +186,7 @@ fn grpc_answers_with_the_matching_status() {
     );
 }
 
-#[test]
+#[cfg(test)] // a test, run on each store by `on_both_stores!` below
 fn a_tenants_token_cannot_read_another_tenants_entries() {
     let server = server();
     let (status, json) = req(
@@ -319,3 +319,5 @@ fn a_malformed_token_flag_stops_the_server_naming_the_field() {
         assert!(!data.exists(), "nothing was created on disk");
     }
 }
+
+on_both_stores!(a_tenants_token_cannot_read_another_tenants_entries);

@@ -16,7 +16,7 @@ const A: &[(&str, &str)] = &[("X-Scope-OrgID", "tenant-a")];
 const B: &[(&str, &str)] = &[("X-Scope-OrgID", "tenant-b")];
 const BODY: &str = r#"{"tracepoint": {"path": "a.rs", "line_number": 1}}"#;
 
-#[test]
+#[cfg(test)] // a test, run on each store by `on_both_stores!` below
 fn tenant_b_cannot_reach_tenant_a() {
     let server = TestServer::start();
     let (status, json) = server.request("POST", "/api/tracepoints", Some(BODY), A);
@@ -84,3 +84,5 @@ fn tenant_b_cannot_reach_tenant_a() {
 
     assert_eq!(server.ids(A), vec![id], "A still has its tracepoint");
 }
+
+on_both_stores!(tenant_b_cannot_reach_tenant_a);

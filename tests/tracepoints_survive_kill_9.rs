@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use common::ServerProcess;
 
-#[test]
+#[cfg(test)] // a test, run on each store by `on_both_stores!` below
 fn acknowledged_writes_survive_sigkill_and_restart() {
     let dir = tempfile::tempdir().unwrap();
     let server = ServerProcess::spawn(dir.path(), &[]);
@@ -94,3 +94,5 @@ fn sigterm_shuts_down_gracefully_and_ends_watch_streams() {
         "the watch stream ended with the server: {after:?}"
     );
 }
+
+on_both_stores!(acknowledged_writes_survive_sigkill_and_restart);

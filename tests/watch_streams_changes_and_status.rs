@@ -38,7 +38,7 @@ async fn post(http: &str, body: &'static str) -> (u16, Vec<u8>) {
     .expect("the POST thread")
 }
 
-#[test]
+#[cfg(test)] // a test, run on each store by `on_both_stores!` below
 fn a_watcher_receives_changes_that_concern_it() {
     let server = TestServer::start();
     let first_id = server.create(r#"{"tracepoint": {"path": "a.rs", "line_number": 1}}"#);
@@ -173,3 +173,5 @@ fn server_metrics_count_polls_and_tracepoints() {
     }
     assert!(text.contains("sonde_server_http_request_duration_seconds_bucket{method=\"POST\",route=\"/api/tracepoints\",status=\"200\""), "{text}");
 }
+
+on_both_stores!(a_watcher_receives_changes_that_concern_it);

@@ -9,7 +9,7 @@ use std::{
     time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use sonde_proto::sonde::{StatusReport, TracepointState};
 
 use super::{
@@ -18,7 +18,7 @@ use super::{
 };
 
 /// How an agent talks to the server.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum AgentKind {
     /// Deep's poll (Deep's agents, or Sonde's agent in poll mode).
@@ -42,8 +42,34 @@ pub struct TracepointStatusView {
     pub sites: Vec<String>,
 }
 
+/// A [`TracepointStatusView`] read back from another replica's copy of an agent.
+#[derive(Deserialize)]
+struct StatusWire {
+    id: String,
+    state: String,
+    #[serde(default)]
+    message: String,
+    #[serde(default)]
+    sites: Vec<String>,
+}
+
+impl<'de> Deserialize<'de> for TracepointStatusView {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let w = StatusWire::deserialize(d)?;
+        Ok(Self {
+            state: ["bound", "unbound", "error", "disarmed"]
+                .into_iter()
+                .find(|s| *s == w.state)
+                .unwrap_or("unspecified"),
+            id: w.id,
+            message: w.message,
+            sites: w.sites,
+        })
+    }
+}
+
 /// One agent as `GET /api/agents` shows it.
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AgentView {
     /// The agent's ID (its own for Sonde agents; for pollers their `service.instance.id`, else
     /// derived from resource and address).
@@ -51,7 +77,7 @@ pub struct AgentView {
     /// How it talks to the server.
     pub kind: AgentKind,
     /// Its address as the server saw it.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<IpAddr>,
     /// Its resource attributes.
     pub resource: std::collections::BTreeMap<String, String>,
@@ -68,10 +94,10 @@ pub struct AgentView {
     /// Per-tracepoint status, as last reported (Sonde agents only).
     pub tracepoints: Vec<TracepointStatusView>,
     /// The hash of the list its last status report was about (empty: none, or not said).
-    #[serde(skip_serializing_if = "String::is_empty")]
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub reported_hash: String,
     /// How many probe sites its catalog lists (absent: it reported none).
-    #[serde(skip_serializing_if = "Option::is_none")]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sites: Option<usize>,
 }
 
@@ -304,6 +330,9 @@ pub struct Agents {
     inner: Mutex<ByTenant>,
     /// Catalogs by content hash, so the many agents of one binary share one copy.
     catalogs: Mutex<HashMap<u64, Weak<Catalog>>>,
+    /// Agents other replicas serve, by tenant, with when their replica last wrote them (Unix
+    /// ms; see [`Agents::set_remote`]); empty with one server.
+    remote: Mutex<HashMap<String, Vec<(u64, AgentView)>>>,
 }
 
 impl Agents {
@@ -313,6 +342,7 @@ impl Agents {
             ttl,
             inner: Mutex::new(HashMap::new()),
             catalogs: Mutex::new(HashMap::new()),
+            remote: Mutex::new(HashMap::new()),
         }
     }
 
@@ -506,6 +536,15 @@ impl Agents {
                 asker: a.asker.clone(),
             })
             .collect();
+        drop(agents);
+        for view in self.remote_of(tenant, |id| out.iter().any(|a| a.view.id == id)) {
+            out.push(LiveAgent {
+                reports: view.kind == AgentKind::Watch || !view.tracepoints.is_empty(),
+                view,
+                catalog: None,
+                asker: None,
+            });
+        }
         out.sort_by(|a, b| {
             b.view
                 .last_seen_ms
@@ -555,8 +594,46 @@ impl Agents {
             .filter(|a| a.watches > 0 || now - a.last_seen <= self.ttl)
             .map(|a| a.view.clone())
             .collect();
+        drop(agents);
+        let remote = self.remote_of(tenant, |id| out.iter().any(|a| a.id == id));
+        out.extend(remote);
         out.sort_by(|a, b| b.last_seen_ms.cmp(&a.last_seen_ms).then(a.id.cmp(&b.id)));
         out
+    }
+
+    /// The agents of every tenant this replica serves now, for sharing with other replicas.
+    pub fn local_views(&self) -> Vec<(String, AgentView)> {
+        let now = Instant::now();
+        self.lock()
+            .iter()
+            .flat_map(|(tenant, agents)| {
+                agents
+                    .values()
+                    .filter(move |a| a.watches > 0 || now - a.last_seen <= self.ttl)
+                    .map(move |a| (tenant.clone(), a.view.clone()))
+            })
+            .collect()
+    }
+
+    /// Replaces what this replica knows of the agents other replicas serve, each with when its
+    /// replica last wrote it (their catalogs stay with them). An agent this replica serves
+    /// itself is shown as it sees it; one not rewritten within the TTL is not shown (its replica
+    /// is gone, or the database is).
+    pub fn set_remote(&self, remote: HashMap<String, Vec<(u64, AgentView)>>) {
+        *self.remote.lock().unwrap_or_else(|p| p.into_inner()) = remote;
+    }
+
+    /// Another replica's live agents of `tenant` that `local` does not hold.
+    fn remote_of(&self, tenant: &str, local: impl Fn(&str) -> bool) -> Vec<AgentView> {
+        let horizon = unix_ms().saturating_sub(self.ttl.as_millis() as u64);
+        let remote = self.remote.lock().unwrap_or_else(|p| p.into_inner());
+        remote
+            .get(tenant)
+            .into_iter()
+            .flatten()
+            .filter(|(written, v)| *written >= horizon && !local(&v.id))
+            .map(|(_, v)| v.clone())
+            .collect()
     }
 
     /// How many agents are live over all tenants.
@@ -595,6 +672,59 @@ fn unix_ms() -> u64 {
 mod tests {
     use super::*;
     use sonde_proto::sonde::TracepointStatus;
+
+    #[test]
+    fn other_replicas_agents_are_listed_unless_served_here_or_stale() {
+        let agents = Agents::new(Duration::from_secs(60));
+        agents.seen(
+            "t",
+            "here",
+            AgentKind::Watch,
+            &Resource::default(),
+            None,
+            "h1",
+        );
+        let (_, mut here_elsewhere) = agents.local_views().remove(0);
+        here_elsewhere.current_hash = "stale".into();
+        let json = serde_json::to_string(&here_elsewhere).unwrap();
+        let mut there: AgentView = serde_json::from_str(&json).unwrap();
+        there.id = "there".into();
+        there.tracepoints = vec![TracepointStatusView {
+            id: "tp".into(),
+            state: "bound",
+            message: String::new(),
+            sites: vec!["a.rs:1".into()],
+        }];
+        let round_trip: AgentView =
+            serde_json::from_str(&serde_json::to_string(&there).unwrap()).unwrap();
+        assert_eq!(
+            round_trip.tracepoints, there.tracepoints,
+            "states survive JSON"
+        );
+        let mut gone = there.clone();
+        gone.id = "gone".into();
+        let now = unix_ms();
+        agents.set_remote(HashMap::from([(
+            "t".to_owned(),
+            vec![(now, here_elsewhere), (now, there), (now - 61_000, gone)],
+        )]));
+        let list: Vec<_> = agents
+            .list("t")
+            .into_iter()
+            .map(|a| (a.id, a.current_hash))
+            .collect();
+        assert_eq!(
+            list,
+            [
+                ("here".into(), "h1".into()),
+                ("there".into(), "stale".into())
+            ],
+            "this replica's view of its own agent wins; one not rewritten within the TTL is gone"
+        );
+        let live = agents.live_agents("t");
+        assert!(live.iter().any(|a| a.view.id == "there" && a.reports));
+        assert!(agents.list("other").is_empty());
+    }
 
     #[test]
     fn agents_expire_after_the_ttl_unless_watching() {

@@ -22,9 +22,20 @@ pub struct ServerConfig {
     #[arg(long, env = "SONDE_HTTP_PORT", default_value_t = 3300)]
     pub http_port: u16,
 
-    /// Directory of the durable store (created if missing).
+    /// Directory of the durable store (created if missing). Unused with --database-url.
     #[arg(long, env = "SONDE_DATA_DIR", default_value = "./sonde-data")]
     pub data_dir: PathBuf,
+
+    /// PostgreSQL to keep tracepoints, the audit log and the agents list in instead of SQLite
+    /// (`postgres://USER:PASSWORD@HOST:PORT/DBNAME`), so that several replicas serve as one
+    /// server. Plain connections (no TLS to the database).
+    #[arg(
+        long,
+        env = "SONDE_DATABASE_URL",
+        value_name = "URL",
+        hide_env_values = true
+    )]
+    pub database_url: Option<String>,
 
     /// An API token, `NAME:ROLE[@TENANT]:SECRET` (repeatable). ROLE is `read` (tracepoints, agents,
     /// the tenant's audit log), `write` (read + create, edit, delete), `capture` (read +
@@ -122,6 +133,7 @@ impl ServerConfig {
             grpc_port: 0,
             http_port: 0,
             data_dir: data_dir.into(),
+            database_url: None,
             tokens: Vec::new(),
             tokens_file: None,
             admin_token: None,

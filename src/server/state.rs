@@ -5,6 +5,15 @@
 //! next one, and a write builds a new list and publishes it after the store has committed. Writes
 //! are serialized by one mutex (they are rare); reads never wait for them.
 //!
+//! # Several replicas
+//! Each tenant's list carries the version number the store gave its last change. A write here
+//! that moves the version by exactly one publishes its change on top of the current list; any
+//! other step means another replica wrote in between, so the tenant is read back from the store
+//! instead. Changes made elsewhere arrive through [`Tracepoints::refresh`] (on an announcement
+//! from the store) and [`Tracepoints::resync`] (on reconnecting, and periodically): both read a
+//! tenant whose stored version differs from the one in memory and publish its list only when
+//! the content differs, so watchers wake for real changes only.
+//!
 //! # The hash an agent sees
 //! Each tracepoint carries a 64-bit digest of its protobuf encoding (deterministic: maps are
 //! ordered). The hash of a client's list is FNV-1a over the digests of the tracepoints that match
@@ -13,7 +22,10 @@
 
 use std::{
     collections::{BTreeMap, HashMap},
-    sync::{Arc, Mutex, RwLock},
+    sync::{
+        Arc, Mutex, RwLock,
+        atomic::{AtomicI64, Ordering},
+    },
     time::{SystemTime, UNIX_EPOCH},
 };
 
@@ -26,7 +38,7 @@ use tokio::sync::watch;
 
 use super::{
     audit::Actor,
-    store::{AuditRecord, Store, StoreError, StoredRecord},
+    store::{Store, StoreError, StoredRecord, Written},
     validate::{Limits, ValidationError, validate},
 };
 
@@ -177,6 +189,18 @@ pub enum ChangeError {
 #[derive(Debug)]
 struct Tenant {
     tx: watch::Sender<Arc<TenantList>>,
+    /// The store's version of the published list (changed only under the write mutex).
+    version: AtomicI64,
+}
+
+impl Tenant {
+    fn new(list: TenantList, version: i64) -> Self {
+        let (tx, _) = watch::channel(Arc::new(list));
+        Self {
+            tx,
+            version: AtomicI64::new(version),
+        }
+    }
 }
 
 /// Every tenant's tracepoints, kept in memory and written through to the store.
@@ -191,31 +215,21 @@ pub struct Tracepoints {
 impl Tracepoints {
     /// Loads every tenant's tracepoints from the store.
     pub fn load(store: Arc<dyn Store>, limits: Limits) -> Result<Self, StoreError> {
+        // Versions first: a write between the two reads then shows as a version behind the
+        // content, which the next resync reads again; never as content behind its version.
+        let versions: HashMap<String, i64> = store.versions()?.into_iter().collect();
         let mut by_tenant: HashMap<String, BTreeMap<String, Arc<Entry>>> = HashMap::new();
         for record in store.load_all()? {
-            let config = match TracePointConfig::decode(record.config.as_slice()) {
-                Ok(config) => config,
-                Err(err) => {
-                    tracing::error!(tenant = %record.tenant, id = %record.id, %err,
-                        "skipping a stored tracepoint that does not decode");
-                    continue;
-                }
-            };
-            let entry = Entry {
-                digest: digest(&record.config),
-                config,
-                created_ms: record.created_ms,
-            };
-            by_tenant
-                .entry(record.tenant)
-                .or_default()
-                .insert(record.id, Arc::new(entry));
+            let tenant = record.tenant.clone();
+            if let Some((id, entry)) = decode(record) {
+                by_tenant.entry(tenant).or_default().insert(id, entry);
+            }
         }
         let tenants = by_tenant
             .into_iter()
             .map(|(name, entries)| {
-                let (tx, _) = watch::channel(Arc::new(TenantList { entries }));
-                (name, Arc::new(Tenant { tx }))
+                let version = versions.get(&name).copied().unwrap_or(0);
+                (name, Arc::new(Tenant::new(TenantList { entries }, version)))
             })
             .collect();
         Ok(Self {
@@ -263,11 +277,79 @@ impl Tracepoints {
         let mut tenants = self.tenants.write().unwrap_or_else(|p| p.into_inner());
         tenants
             .entry(tenant.to_owned())
-            .or_insert_with(|| {
-                let (tx, _) = watch::channel(Arc::default());
-                Arc::new(Tenant { tx })
-            })
+            .or_insert_with(|| Arc::new(Tenant::new(TenantList::default(), 0)))
             .clone()
+    }
+
+    /// Brings the tenant's list up to the store's `version` (announced by the store), reading it
+    /// back unless memory already holds that version or a newer one. Blocking.
+    pub fn refresh(&self, tenant: &str, version: i64) -> Result<(), StoreError> {
+        let _guard = self.write.lock().unwrap_or_else(|p| p.into_inner());
+        let t = self.tenant(tenant);
+        if t.version.load(Ordering::Relaxed) >= version {
+            return Ok(());
+        }
+        self.reload(tenant, &t)
+    }
+
+    /// Compares every tenant's version in the store with memory's and reads back those that
+    /// differ (after a reconnection, and periodically, in case an announcement was lost).
+    /// Returns how many tenants were read. Blocking.
+    pub fn resync(&self) -> Result<usize, StoreError> {
+        let mut read = 0;
+        for (tenant, version) in self.store.versions()? {
+            let _guard = self.write.lock().unwrap_or_else(|p| p.into_inner());
+            let t = self.tenant(&tenant);
+            if t.version.load(Ordering::Relaxed) != version {
+                self.reload(&tenant, &t)?;
+                read += 1;
+            }
+        }
+        Ok(read)
+    }
+
+    /// Reads the tenant from the store and publishes it if its content differs. Called with the
+    /// write mutex held.
+    fn reload(&self, tenant: &str, t: &Tenant) -> Result<(), StoreError> {
+        let (version, records) = self.store.load_tenant(tenant)?;
+        let entries: BTreeMap<String, Arc<Entry>> =
+            records.into_iter().filter_map(decode).collect();
+        let current = t.tx.borrow().clone();
+        let same = current.entries.len() == entries.len()
+            && current
+                .entries
+                .iter()
+                .zip(&entries)
+                .all(|((a, x), (b, y))| a == b && x.digest == y.digest);
+        if !same {
+            t.tx.send_replace(Arc::new(TenantList { entries }));
+        }
+        t.version.store(version, Ordering::Relaxed);
+        Ok(())
+    }
+
+    /// After this replica's write moved the tenant to `version`: publishes `change` on top of
+    /// the current list when nothing else was written in between, else reads the tenant back.
+    /// Called with the write mutex held.
+    fn apply(
+        &self,
+        tenant: &str,
+        t: &Tenant,
+        version: i64,
+        change: impl FnOnce(&mut BTreeMap<String, Arc<Entry>>),
+    ) {
+        let current = t.tx.borrow().clone();
+        if t.version.load(Ordering::Relaxed) + 1 == version {
+            publish(t, &current, change);
+            t.version.store(version, Ordering::Relaxed);
+            return;
+        }
+        if let Err(err) = self.reload(tenant, t) {
+            // The write is stored; show it now, and leave the version behind so that the next
+            // resync reads the tenant again.
+            tracing::warn!(%err, tenant, "cannot read back the tenant after a write");
+            publish(t, &current, change);
+        }
     }
 
     /// Validates and stores a new tracepoint under a fresh ID, with its audit entry by `actor`;
@@ -289,16 +371,20 @@ impl Tracepoints {
         config.id = uuid::Uuid::new_v4().to_string();
         let _guard = self.write.lock().unwrap_or_else(|p| p.into_inner());
         let t = self.tenant(tenant);
-        let current = t.tx.borrow().clone();
-        if current.len() >= self.limits.max_tracepoints_per_tenant {
-            return Err(ChangeError::TenantFull {
-                limit: self.limits.max_tracepoints_per_tenant,
-            });
-        }
+        // The store counts, not memory: with several replicas memory may lag behind a delete.
         let now = now_ms();
         let audit = actor.record(tenant, "create", Some(&config.id), None, Some(&config));
-        let entry = self.write_through(tenant, config, now, now, &audit)?;
-        publish(&t, &current, |entries| {
+        let (entry, record) = prepare(tenant, config, now, now);
+        let limit = self.limits.max_tracepoints_per_tenant;
+        let version = match self.store.insert(&record, &audit, limit)? {
+            Written::Done { version } => version,
+            Written::TenantFull | Written::NotFound => {
+                // Another replica filled the tenant: show its list here too.
+                self.reload(tenant, &t)?;
+                return Err(ChangeError::TenantFull { limit });
+            }
+        };
+        self.apply(tenant, &t, version, |entries| {
             entries.insert(entry.config.id.clone(), entry.clone());
         });
         Ok(entry)
@@ -332,8 +418,16 @@ impl Tracepoints {
             return Err(ChangeError::NotFound(id.to_owned()));
         };
         let audit = actor.record(tenant, "edit", Some(id), Some(&old.config), Some(&config));
-        let entry = self.write_through(tenant, config, old.created_ms, now_ms(), &audit)?;
-        publish(&t, &current, |entries| {
+        let (entry, record) = prepare(tenant, config, old.created_ms, now_ms());
+        let version = match self.store.update(&record, &audit)? {
+            Written::Done { version } => version,
+            Written::TenantFull | Written::NotFound => {
+                // Another replica deleted it.
+                self.reload(tenant, &t)?;
+                return Err(ChangeError::NotFound(id.to_owned()));
+            }
+        };
+        self.apply(tenant, &t, version, |entries| {
             entries.insert(id.to_owned(), entry.clone());
         });
         Ok(entry)
@@ -349,37 +443,59 @@ impl Tracepoints {
             return Err(ChangeError::NotFound(id.to_owned()));
         };
         let audit = actor.record(tenant, "delete", Some(id), Some(&old.config), None);
-        self.store.delete(tenant, id, &audit)?;
-        publish(&t, &current, |entries| {
+        let version = match self.store.delete(tenant, id, &audit)? {
+            Written::Done { version } => version,
+            Written::TenantFull | Written::NotFound => {
+                self.reload(tenant, &t)?;
+                return Err(ChangeError::NotFound(id.to_owned()));
+            }
+        };
+        self.apply(tenant, &t, version, |entries| {
             entries.remove(id);
         });
         Ok(old)
     }
+}
 
-    fn write_through(
-        &self,
-        tenant: &str,
-        config: TracePointConfig,
-        created_ms: i64,
-        updated_ms: i64,
-        audit: &AuditRecord,
-    ) -> Result<Arc<Entry>, StoreError> {
-        let encoded = config.encode_to_vec();
-        self.store.put(
-            &StoredRecord {
-                tenant: tenant.to_owned(),
-                id: config.id.clone(),
-                config: encoded.clone(),
-                created_ms,
-                updated_ms,
-            },
-            audit,
-        )?;
-        Ok(Arc::new(Entry {
-            digest: digest(&encoded),
-            config,
-            created_ms,
-        }))
+/// The entry to publish and the record to store for `config`.
+fn prepare(
+    tenant: &str,
+    config: TracePointConfig,
+    created_ms: i64,
+    updated_ms: i64,
+) -> (Arc<Entry>, StoredRecord) {
+    let encoded = config.encode_to_vec();
+    let entry = Arc::new(Entry {
+        digest: digest(&encoded),
+        created_ms,
+        config,
+    });
+    let record = StoredRecord {
+        tenant: tenant.to_owned(),
+        id: entry.config.id.clone(),
+        config: encoded,
+        created_ms,
+        updated_ms,
+    };
+    (entry, record)
+}
+
+/// A stored record as an entry; `None` (logged) when it does not decode.
+fn decode(record: StoredRecord) -> Option<(String, Arc<Entry>)> {
+    match TracePointConfig::decode(record.config.as_slice()) {
+        Ok(config) => Some((
+            record.id,
+            Arc::new(Entry {
+                digest: digest(&record.config),
+                config,
+                created_ms: record.created_ms,
+            }),
+        )),
+        Err(err) => {
+            tracing::error!(tenant = %record.tenant, id = %record.id, %err,
+                "skipping a stored tracepoint that does not decode");
+            None
+        }
     }
 }
 
@@ -531,6 +647,54 @@ mod tests {
         ));
         tps.create("other", tp("c.rs", vec![]), &Actor::named("t"))
             .unwrap();
+    }
+
+    #[test]
+    fn two_replicas_on_one_store_converge_through_versions() {
+        let dir = tempfile::tempdir().unwrap();
+        let store: Arc<dyn Store> = Arc::new(SqliteStore::open(dir.path()).unwrap());
+        let a = Tracepoints::load(store.clone(), Limits::default()).unwrap();
+        let b = Tracepoints::load(store, Limits::default()).unwrap();
+        let everyone = Resource::default();
+        let mut watcher = b.subscribe("t");
+        watcher.mark_unchanged();
+
+        let first = a
+            .create("t", tp("a.rs", vec![]), &Actor::named("t"))
+            .unwrap();
+        assert_eq!(b.list("t").len(), 0, "B has not heard of it yet");
+        // B writes with A's write unseen: the version moves by two, so B reads the tenant back.
+        b.create("t", tp("b.rs", vec![]), &Actor::named("t"))
+            .unwrap();
+        assert_eq!(b.list("t").len(), 2);
+        assert!(b.list("t").get(&first.config.id).is_some());
+
+        // A hears of B's write (version 2) and reads it back; an old announcement does nothing.
+        a.refresh("t", 2).unwrap();
+        assert_eq!(a.list("t").len(), 2);
+        assert_eq!(
+            a.list("t").hash_for_client(&everyone),
+            b.list("t").hash_for_client(&everyone)
+        );
+        assert_eq!(a.resync().unwrap(), 0, "nothing differs");
+
+        // An announcement lost: the resync finds the version behind and reads the tenant.
+        b.delete("t", &first.config.id, &Actor::named("t")).unwrap();
+        watcher.mark_unchanged();
+        assert_eq!(a.resync().unwrap(), 1);
+        assert_eq!(a.list("t").len(), 1);
+        // Reading back an unchanged list does not wake watchers.
+        b.refresh("t", 99).unwrap();
+        assert!(!watcher.has_changed().unwrap(), "no change, no wake-up");
+
+        // An edit of what the other deleted is NotFound, not a resurrection.
+        let second = a.list("t").iter().next().unwrap().config.id.clone();
+        b.delete("t", &second, &Actor::named("t")).unwrap();
+        assert!(matches!(
+            a.update("t", &second, tp("x.rs", vec![]), &Actor::named("t")),
+            Err(ChangeError::NotFound(_))
+        ));
+        assert_eq!(a.list("t").len(), 0, "and A now knows it is gone");
     }
 
     #[test]

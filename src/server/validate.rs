@@ -109,6 +109,7 @@ pub const KNOWN_ARGS: &[&str] = &[
     "span",
     "stack_type",
     "stage",
+    "tag",
     "window_end",
     "window_start",
 ];
@@ -495,7 +496,8 @@ impl Ctx<'_> {
                     ),
                 )),
             },
-            "method_name" | "span" | "stage" | "frame_type" | "stack_type" => {
+            // `tag`: free text naming who made it (`sonde mcp` sets `mcp:<session>`).
+            "method_name" | "span" | "stage" | "frame_type" | "stack_type" | "tag" => {
                 self.check_len(&field, value, self.limits.max_name_len)
             }
             _ => Err(ValidationError::new(

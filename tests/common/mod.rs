@@ -2,6 +2,7 @@
 //! directory, and small HTTP and gRPC helpers.
 #![allow(dead_code)] // each test binary uses a different subset of these helpers
 
+pub mod postgres;
 pub mod skip;
 
 use std::{path::Path, time::Duration};
@@ -14,6 +15,50 @@ use sonde_proto::{
     resource::Resource,
 };
 use tonic::transport::Channel;
+
+thread_local! {
+    /// The PostgreSQL database the servers started on this thread use (`None`: SQLite in their
+    /// data dir), set by [`on_postgres`].
+    static DATABASE: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// The database URL servers started on this thread get, if any.
+pub fn database_url() -> Option<String> {
+    DATABASE.with(|d| d.borrow().clone())
+}
+
+/// Runs `body` with every server it starts ([`TestServer`], [`ServerProcess`]) on a fresh
+/// PostgreSQL database instead of SQLite; skips `test` where PostgreSQL cannot run.
+pub fn on_postgres(test: &str, body: impl FnOnce()) {
+    let Some(url) = postgres::database(test) else {
+        return;
+    };
+    DATABASE.with(|d| *d.borrow_mut() = Some(url));
+    body();
+    DATABASE.with(|d| *d.borrow_mut() = None);
+}
+
+/// For each named test function (a plain `fn name()`, no `#[test]`), a module `name` of two
+/// tests, `sqlite` and `postgres`, running it against each store: one suite, two stores.
+#[macro_export]
+macro_rules! on_both_stores {
+    ($($name:ident),* $(,)?) => {$(
+        mod $name {
+            #[test]
+            fn sqlite() {
+                super::$name();
+            }
+
+            #[test]
+            fn postgres() {
+                super::common::on_postgres(
+                    concat!(module_path!(), "::postgres"),
+                    super::$name,
+                );
+            }
+        }
+    )*};
+}
 
 /// A server running in this process on its own runtime.
 pub struct TestServer {
@@ -33,6 +78,7 @@ impl TestServer {
     pub fn start_with(configure: impl FnOnce(&mut ServerConfig)) -> Self {
         let dir = tempfile::tempdir().expect("temp dir");
         let mut config = ServerConfig::ephemeral(dir.path());
+        config.database_url = database_url();
         configure(&mut config);
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -226,6 +272,16 @@ impl ServerProcess {
     /// As [`ServerProcess::spawn`]; with `log`, the server's stderr (its log, at `info`) goes to
     /// that file.
     pub fn spawn_logging(data_dir: &Path, extra: &[&str], log: Option<&Path>) -> Self {
+        Self::spawn_inner(data_dir, 0, extra, log)
+    }
+
+    /// As [`ServerProcess::spawn`], with the gRPC API on `grpc_port` (to restart a server where
+    /// its agents know it).
+    pub fn spawn_at(data_dir: &Path, grpc_port: u16, extra: &[&str]) -> Self {
+        Self::spawn_inner(data_dir, grpc_port, extra, None)
+    }
+
+    fn spawn_inner(data_dir: &Path, grpc_port: u16, extra: &[&str], log: Option<&Path>) -> Self {
         use std::io::BufRead as _;
         let stderr = match log {
             Some(path) => std::process::Stdio::from(std::fs::File::create(path).expect("log file")),
@@ -237,12 +293,13 @@ impl ServerProcess {
                 "--listen",
                 "127.0.0.1",
                 "--grpc-port",
-                "0",
+                &grpc_port.to_string(),
                 "--http-port",
                 "0",
                 "--data-dir",
             ])
             .arg(data_dir)
+            .args(database_url().map(|url| format!("--database-url={url}")))
             .args(extra)
             .env("SONDE_LOG", if log.is_some() { "info" } else { "warn" })
             .stdout(std::process::Stdio::piped())

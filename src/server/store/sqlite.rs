@@ -3,19 +3,20 @@
 //! Schema versions (`PRAGMA user_version`), each a migration step in [`migrate`]:
 //! 1. `tracepoints`;
 //! 2. `audit`, the audit log (`seq` is `AUTOINCREMENT`, so numbers are never reused after a
-//!    prune and page cursors stay valid).
+//!    prune and page cursors stay valid);
+//! 3. `tenant_versions`, each tenant's version number, bumped by every change.
 
 use std::{
     path::{Path, PathBuf},
     sync::Mutex,
 };
 
-use rusqlite::{Connection, OptionalExtension as _, params};
+use rusqlite::{Connection, OptionalExtension as _, Transaction, TransactionBehavior, params};
 
-use super::{AuditEntry, AuditQuery, AuditRecord, Store, StoreError, StoredRecord};
+use super::{AuditEntry, AuditQuery, AuditRecord, Store, StoreError, StoredRecord, Written};
 
 /// Schema versions this build can read; bump with a migration step in [`migrate`].
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 
 /// Tracepoints in one SQLite file (`sonde.db`), written with `synchronous=FULL` so that an
 /// acknowledged write survives `kill -9` and power loss.
@@ -98,6 +99,16 @@ fn migrate(conn: &mut Connection) -> Result<(), StoreError> {
             CREATE INDEX IF NOT EXISTS audit_at ON audit (at_ms);",
         )?;
     }
+    if version < 3 {
+        tx.execute_batch(
+            "CREATE TABLE IF NOT EXISTS tenant_versions (
+                tenant  TEXT    PRIMARY KEY,
+                version INTEGER NOT NULL
+            ) WITHOUT ROWID;
+            INSERT OR IGNORE INTO tenant_versions (tenant, version)
+                SELECT DISTINCT tenant, 1 FROM tracepoints;",
+        )?;
+    }
     tx.pragma_update(None, "user_version", SCHEMA_VERSION)?;
     tx.commit()?;
     Ok(())
@@ -121,14 +132,63 @@ impl Store for SqliteStore {
         Ok(rows.collect::<Result<_, _>>()?)
     }
 
-    fn put(&self, record: &StoredRecord, audit: &AuditRecord) -> Result<(), StoreError> {
+    fn versions(&self) -> Result<Vec<(String, i64)>, StoreError> {
+        let conn = self.conn();
+        let mut stmt = conn.prepare("SELECT tenant, version FROM tenant_versions")?;
+        let rows = stmt.query_map([], |row| Ok((row.get(0)?, row.get(1)?)))?;
+        Ok(rows.collect::<Result<_, _>>()?)
+    }
+
+    fn load_tenant(&self, tenant: &str) -> Result<(i64, Vec<StoredRecord>), StoreError> {
         let mut conn = self.conn();
         let tx = conn.transaction()?;
+        let version = tx
+            .query_row(
+                "SELECT version FROM tenant_versions WHERE tenant = ?1",
+                params![tenant],
+                |row| row.get(0),
+            )
+            .optional()?
+            .unwrap_or(0);
+        let records = {
+            let mut stmt = tx.prepare(
+                "SELECT tenant, id, config, created_ms, updated_ms FROM tracepoints
+                 WHERE tenant = ?1 ORDER BY id",
+            )?;
+            let rows = stmt.query_map(params![tenant], |row| {
+                Ok(StoredRecord {
+                    tenant: row.get(0)?,
+                    id: row.get(1)?,
+                    config: row.get(2)?,
+                    created_ms: row.get(3)?,
+                    updated_ms: row.get(4)?,
+                })
+            })?;
+            rows.collect::<Result<Vec<_>, _>>()?
+        };
+        tx.commit()?;
+        Ok((version, records))
+    }
+
+    fn insert(
+        &self,
+        record: &StoredRecord,
+        audit: &AuditRecord,
+        max_per_tenant: usize,
+    ) -> Result<Written, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let count: i64 = tx.query_row(
+            "SELECT count(*) FROM tracepoints WHERE tenant = ?1",
+            params![record.tenant],
+            |row| row.get(0),
+        )?;
+        if usize::try_from(count).unwrap_or(usize::MAX) >= max_per_tenant {
+            return Ok(Written::TenantFull);
+        }
         tx.execute(
             "INSERT INTO tracepoints (tenant, id, config, created_ms, updated_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5)
-             ON CONFLICT (tenant, id) DO UPDATE SET config = excluded.config,
-                                                   updated_ms = excluded.updated_ms",
+             VALUES (?1, ?2, ?3, ?4, ?5)",
             params![
                 record.tenant,
                 record.id,
@@ -138,13 +198,30 @@ impl Store for SqliteStore {
             ],
         )?;
         insert_audit(&tx, audit)?;
+        let version = bump(&tx, &record.tenant)?;
         tx.commit()?;
-        Ok(())
+        Ok(Written::Done { version })
     }
 
-    fn delete(&self, tenant: &str, id: &str, audit: &AuditRecord) -> Result<bool, StoreError> {
+    fn update(&self, record: &StoredRecord, audit: &AuditRecord) -> Result<Written, StoreError> {
         let mut conn = self.conn();
-        let tx = conn.transaction()?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
+        let changed = tx.execute(
+            "UPDATE tracepoints SET config = ?3, updated_ms = ?4 WHERE tenant = ?1 AND id = ?2",
+            params![record.tenant, record.id, record.config, record.updated_ms],
+        )?;
+        if changed == 0 {
+            return Ok(Written::NotFound);
+        }
+        insert_audit(&tx, audit)?;
+        let version = bump(&tx, &record.tenant)?;
+        tx.commit()?;
+        Ok(Written::Done { version })
+    }
+
+    fn delete(&self, tenant: &str, id: &str, audit: &AuditRecord) -> Result<Written, StoreError> {
+        let mut conn = self.conn();
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate)?;
         let existed = tx
             .query_row(
                 "DELETE FROM tracepoints WHERE tenant = ?1 AND id = ?2 RETURNING id",
@@ -153,11 +230,13 @@ impl Store for SqliteStore {
             )
             .optional()?
             .is_some();
-        if existed {
-            insert_audit(&tx, audit)?;
+        if !existed {
+            return Ok(Written::NotFound);
         }
+        insert_audit(&tx, audit)?;
+        let version = bump(&tx, tenant)?;
         tx.commit()?;
-        Ok(existed)
+        Ok(Written::Done { version })
     }
 
     fn append_audit(&self, audit: &AuditRecord) -> Result<(), StoreError> {
@@ -215,6 +294,17 @@ impl Store for SqliteStore {
     }
 }
 
+/// Increments the tenant's version inside the write's transaction.
+fn bump(tx: &Transaction<'_>, tenant: &str) -> Result<i64, StoreError> {
+    Ok(tx.query_row(
+        "INSERT INTO tenant_versions (tenant, version) VALUES (?1, 1)
+         ON CONFLICT (tenant) DO UPDATE SET version = version + 1
+         RETURNING version",
+        params![tenant],
+        |row| row.get(0),
+    )?)
+}
+
 fn insert_audit(conn: &Connection, a: &AuditRecord) -> Result<(), StoreError> {
     conn.prepare_cached(
         "INSERT INTO audit (at_ms, tenant, who, via, address, action, tracepoint, before, after, detail)
@@ -266,28 +356,55 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         {
             let store = SqliteStore::open(dir.path()).unwrap();
-            store
-                .put(&record("a", "1", b"one"), &audit("a", "create", "1"))
-                .unwrap();
-            store
-                .put(
-                    &record("b", "1", b"other tenant"),
-                    &audit("b", "create", "1"),
-                )
-                .unwrap();
-            store
-                .put(&record("a", "1", b"edited"), &audit("a", "edit", "1"))
-                .unwrap();
-            store
-                .put(&record("a", "2", b"two"), &audit("a", "create", "2"))
-                .unwrap();
-            assert!(store.delete("a", "2", &audit("a", "delete", "2")).unwrap());
-            assert!(
-                !store.delete("a", "2", &audit("a", "delete", "2")).unwrap(),
+            let done = |version| Written::Done { version };
+            let insert = |r: StoredRecord, a| store.insert(&r, &a, 2).unwrap();
+            assert_eq!(
+                insert(record("a", "1", b"one"), audit("a", "create", "1")),
+                done(1)
+            );
+            assert_eq!(
+                insert(record("b", "1", b"other tenant"), audit("b", "create", "1")),
+                done(1)
+            );
+            assert_eq!(
+                store
+                    .update(&record("a", "1", b"edited"), &audit("a", "edit", "1"))
+                    .unwrap(),
+                done(2)
+            );
+            assert_eq!(
+                store
+                    .update(&record("a", "9", b"none"), &audit("a", "edit", "9"))
+                    .unwrap(),
+                Written::NotFound
+            );
+            assert_eq!(
+                insert(record("a", "2", b"two"), audit("a", "create", "2")),
+                done(3)
+            );
+            assert_eq!(
+                insert(record("a", "3", b"three"), audit("a", "create", "3")),
+                Written::TenantFull,
+                "the limit of 2 holds"
+            );
+            assert_eq!(
+                store.delete("a", "2", &audit("a", "delete", "2")).unwrap(),
+                done(4)
+            );
+            assert_eq!(
+                store.delete("a", "2", &audit("a", "delete", "2")).unwrap(),
+                Written::NotFound,
                 "second delete finds nothing"
             );
         }
         let store = SqliteStore::open(dir.path()).unwrap();
+        let mut versions = store.versions().unwrap();
+        versions.sort();
+        assert_eq!(versions, [("a".to_owned(), 4), ("b".to_owned(), 1)]);
+        assert_eq!(
+            store.load_tenant("a").unwrap(),
+            (4, vec![record("a", "1", b"edited")])
+        );
         let all = store.load_all().unwrap();
         assert_eq!(
             all,
@@ -381,14 +498,15 @@ mod tests {
         }
         let store = SqliteStore::open(dir.path()).unwrap();
         assert_eq!(store.load_all().unwrap(), vec![record("a", "1", &[1, 2])]);
+        assert_eq!(store.versions().unwrap(), [("a".to_owned(), 1)]);
         store
-            .put(&record("a", "2", b"x"), &audit("a", "create", "2"))
+            .insert(&record("a", "2", b"x"), &audit("a", "create", "2"), 10)
             .unwrap();
         let version: i64 = store
             .conn()
             .pragma_query_value(None, "user_version", |r| r.get(0))
             .unwrap();
-        assert_eq!(version, 2);
+        assert_eq!(version, SCHEMA_VERSION);
         assert_eq!(
             store
                 .audit(&AuditQuery {
