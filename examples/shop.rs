@@ -340,6 +340,7 @@ async fn main() -> anyhow::Result<()> {
     let prometheus = PrometheusProvider::new(registry);
     let agent = Agent::builder()
         .service_name("shop")
+        .service_version(sonde_agent::service_version!())
         .provider(prometheus.clone())
         .self_metrics(prometheus)
         .from_env()

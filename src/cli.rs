@@ -13,6 +13,7 @@ mod output;
 mod serve;
 mod sites;
 mod snapshots;
+mod tail;
 mod wait;
 
 use std::{collections::BTreeMap, io::Read as _, path::PathBuf, process::ExitCode};
@@ -76,6 +77,10 @@ enum Command {
     /// With --line N, one row per variable with its type and the full reason. Blank lines,
     /// comments and lines the compiler left no code for are absent.
     Lines(Box<lines::LinesArgs>),
+    /// Follow one tracepoint live: once a second its binding summary, hits (with their rate),
+    /// fires and errors over the agents, and a line whenever an agent's state changes; until
+    /// Ctrl-C, `--for DURATION`, or its deletion. `-o json`: each status answer as one line.
+    Tail(Box<tail::TailArgs>),
     /// Serve Sonde's operations to an AI assistant over the Model Context Protocol (stdio).
     ///
     /// Tools: list services and agents, sites, files and lines (with the variables readable at
@@ -301,23 +306,25 @@ struct SpecArgs {
     /// all metrics).
     #[arg(long = "metric", value_name = "TYPE:NAME")]
     metrics: Vec<String>,
-    /// The metric's value expression (default 1). Needs exactly one --metric.
-    #[arg(long, value_name = "EXPR", requires = "metrics")]
+    /// The metric's value expression (default 1; "" removes it). Applies to the one --metric
+    /// given, or on edit without --metric to the tracepoint's only metric.
+    #[arg(long, value_name = "EXPR")]
     value: Option<String>,
-    /// A label from an expression, KEY=EXPR (repeatable). Needs exactly one --metric.
-    #[arg(long = "label", value_name = "KEY=EXPR", requires = "metrics")]
+    /// A label from an expression, KEY=EXPR (repeatable; with --static-label, replaces the
+    /// metric's labels). Applies as --value does.
+    #[arg(long = "label", value_name = "KEY=EXPR")]
     labels: Vec<String>,
-    /// A label with a fixed value, KEY=VALUE (repeatable). Needs exactly one --metric.
-    #[arg(long = "static-label", value_name = "KEY=VALUE", requires = "metrics")]
+    /// A label with a fixed value, KEY=VALUE (repeatable). Applies as --value does.
+    #[arg(long = "static-label", value_name = "KEY=VALUE")]
     static_labels: Vec<String>,
     /// The metric's namespace (default `deep`).
-    #[arg(long, requires = "metrics")]
+    #[arg(long)]
     namespace: Option<String>,
     /// The metric's unit, appended to its name (`seconds`).
-    #[arg(long, requires = "metrics")]
+    #[arg(long)]
     unit: Option<String>,
     /// The metric's help text.
-    #[arg(long = "help-text", requires = "metrics")]
+    #[arg(long = "help-text")]
     help_text: Option<String>,
 }
 
@@ -385,6 +392,7 @@ impl Cli {
             Command::Lines(args) => lines::lines(*args),
             Command::Mcp(args) => mcp::run(*args),
             Command::Audit(args) => audit(*args),
+            Command::Tail(args) => tail::run(*args),
             Command::Token(cmd) => token(cmd),
             Command::Tracepoint(cmd) => tracepoint(*cmd),
         }
@@ -538,8 +546,10 @@ fn tracepoint(cmd: TracepointCommand) -> Result<(), CliError> {
             let c = Client::new(&client)?;
             let mut failed: Option<CliError> = None;
             let mut count = 0;
+            let mut removed = Vec::new();
             for id in &ids {
                 match c.delete_tracepoint(id) {
+                    Ok(tp) if client.output == Output::Json => removed.push(tp),
                     Ok(tp) => output::removed(&client, &tp),
                     Err(err) => {
                         eprintln!("error: {}", err.message);
@@ -550,6 +560,10 @@ fn tracepoint(cmd: TracepointCommand) -> Result<(), CliError> {
                         }
                     }
                 }
+            }
+            // One JSON document per command: the one removed, or an array for several IDs.
+            if client.output == Output::Json {
+                output::removed_json(&removed, ids.len() > 1);
             }
             match failed {
                 Some(err) => Err(CliError {
@@ -734,13 +748,23 @@ impl SpecArgs {
                 })
                 .collect::<Result<_, CliError>>()?;
         }
+        let per_metric = self.value.is_some()
+            || !self.labels.is_empty()
+            || !self.static_labels.is_empty()
+            || self.namespace.is_some()
+            || self.unit.is_some()
+            || self.help_text.is_some();
+        if self.metrics.is_empty() && per_metric {
+            // An edit of the tracepoint's one metric, without restating it.
+            let [metric] = tp.metrics.as_mut_slice() else {
+                return Err(CliError::usage(format!(
+                    "--value, --label, --static-label, --namespace, --unit and --help-text change a metric, and this tracepoint has {}: give --metric TYPE:NAME",
+                    tp.metrics.len()
+                )));
+            };
+            self.edit_metric(metric)?;
+        }
         if !self.metrics.is_empty() {
-            let per_metric = self.value.is_some()
-                || !self.labels.is_empty()
-                || !self.static_labels.is_empty()
-                || self.namespace.is_some()
-                || self.unit.is_some()
-                || self.help_text.is_some();
             if per_metric && self.metrics.len() > 1 {
                 return Err(CliError::usage(
                     "--value, --label, --static-label, --namespace, --unit and --help-text apply to one metric: give one --metric, or use -f with a JSON file for several",
@@ -766,6 +790,43 @@ impl SpecArgs {
         })
     }
 
+    /// Applies the per-metric flags given to an existing metric: each replaces its part (the
+    /// labels all together), "" removes a value expression, namespace, unit or help text.
+    fn edit_metric(&self, metric: &mut Metric) -> Result<(), CliError> {
+        let set = |slot: &mut Option<String>, given: &Option<String>| {
+            if let Some(v) = given {
+                *slot = (!v.is_empty()).then(|| v.clone());
+            }
+        };
+        set(&mut metric.expression, &self.value);
+        set(&mut metric.namespace, &self.namespace);
+        set(&mut metric.unit, &self.unit);
+        set(&mut metric.help, &self.help_text);
+        if !self.labels.is_empty() || !self.static_labels.is_empty() {
+            metric.label_expressions = self.label_expressions()?;
+        }
+        Ok(())
+    }
+
+    fn label_expressions(&self) -> Result<Vec<LabelExpression>, CliError> {
+        let mut labels = Vec::new();
+        for pair in &self.labels {
+            let (k, v) = split_pair("--label", pair)?;
+            labels.push(LabelExpression {
+                key: k.to_owned(),
+                value: Some(label_expression::Value::Expression(v.to_owned())),
+            });
+        }
+        for pair in &self.static_labels {
+            let (k, v) = split_pair("--static-label", pair)?;
+            labels.push(LabelExpression {
+                key: k.to_owned(),
+                value: Some(label_expression::Value::Static(string_value(v))),
+            });
+        }
+        Ok(labels)
+    }
+
     fn metric(&self, spec: &str) -> Result<Metric, CliError> {
         let (kind, name) = spec.split_once(':').ok_or_else(|| {
             CliError::usage(format!(
@@ -783,21 +844,7 @@ impl SpecArgs {
                 )));
             }
         };
-        let mut labels = Vec::new();
-        for pair in &self.labels {
-            let (k, v) = split_pair("--label", pair)?;
-            labels.push(LabelExpression {
-                key: k.to_owned(),
-                value: Some(label_expression::Value::Expression(v.to_owned())),
-            });
-        }
-        for pair in &self.static_labels {
-            let (k, v) = split_pair("--static-label", pair)?;
-            labels.push(LabelExpression {
-                key: k.to_owned(),
-                value: Some(label_expression::Value::Static(string_value(v))),
-            });
-        }
+        let labels = self.label_expressions()?;
         Ok(Metric {
             name: name.to_owned(),
             label_expressions: labels,

@@ -15,6 +15,8 @@ use std::{
 use sonde_proto::tracepoint::TracePointConfig;
 use tokio::sync::watch;
 
+mod build_id;
+
 use crate::{
     client::{self, ClientConfig, ClientMode},
     install::{Installer, TracepointStatus},
@@ -25,6 +27,10 @@ use crate::{
     tracepoint::budget::Budgets,
     tracepoint::snapshot::{PendingSnapshot, SnapshotLimits},
 };
+
+/// The resource attribute holding the executable's GNU build-id (lowercase hex), as
+/// OpenTelemetry's semantic conventions name it.
+pub const BUILD_ID_ATTRIBUTE: &str = "process.executable.build_id.gnu";
 
 /// Only one agent runs in a process at a time: probe sites are global.
 static RUNNING: AtomicBool = AtomicBool::new(false);
@@ -66,6 +72,7 @@ pub enum StartError {
 /// Configuration of an agent.
 pub struct AgentBuilder {
     service_name: Option<String>,
+    service_version: Option<String>,
     attributes: Vec<(String, String)>,
     servers: Vec<String>,
     token: Option<String>,
@@ -103,6 +110,7 @@ impl Default for AgentBuilder {
     fn default() -> Self {
         Self {
             service_name: None,
+            service_version: None,
             attributes: Vec::new(),
             servers: Vec::new(),
             token: None,
@@ -131,6 +139,16 @@ impl AgentBuilder {
     /// `service.name` of this process (default: the executable's name).
     pub fn service_name(mut self, name: impl Into<String>) -> Self {
         self.service_name = Some(name.into());
+        self
+    }
+
+    /// `service.version` of this process: the application's own version, so that a tracepoint
+    /// can target one deployed version (`--target service.version=1.4.2`). Pass
+    /// [`service_version!()`](crate::service_version), which is the application's
+    /// `CARGO_PKG_VERSION`; `SONDE_SERVICE_VERSION` overrides it in [`AgentBuilder::from_env`].
+    /// Unset, the agent reports no `service.version` (it cannot know the application's).
+    pub fn service_version(mut self, version: impl Into<String>) -> Self {
+        self.service_version = Some(version.into());
         self
     }
 
@@ -272,7 +290,7 @@ impl AgentBuilder {
     /// added to the redaction list, or `only:a,b` to replace it), `SONDE_AGENT_CPU_PERCENT` and
     /// `SONDE_AGENT_TOTAL_CPU_PERCENT` (a tracepoint's and all tracepoints' share of the process's
     /// CPU, [`Budgets::cpu_share`] and [`Budgets::agent_cpu_share`] in percent, default 1 and 3),
-    /// `SONDE_SERVICE_NAME`, `SONDE_TENANT` and
+    /// `SONDE_SERVICE_NAME`, `SONDE_SERVICE_VERSION`, `SONDE_TENANT` and
     /// `SONDE_RESOURCE_ATTRIBUTES` (`k=v,k=v`), and with feature `native` `SONDE_AGENT_NATIVE`
     /// (`1` arms lines without a probe site natively). Values set on the builder before this call are
     /// replaced by the environment's; a malformed value makes `start()` fail, naming it.
@@ -287,6 +305,9 @@ impl AgentBuilder {
         }
         if let Some(name) = var("SONDE_SERVICE_NAME") {
             self.service_name = Some(name);
+        }
+        if let Some(version) = var("SONDE_SERVICE_VERSION") {
+            self.service_version = Some(version);
         }
         if let Some(token) = var("SONDE_AGENT_TOKEN") {
             self.token = Some(token);
@@ -413,6 +434,12 @@ impl AgentBuilder {
             ),
             ("process.pid".to_owned(), std::process::id().to_string()),
         ];
+        if let Some(version) = self.service_version {
+            resource.push(("service.version".to_owned(), version));
+        }
+        if let Some(id) = build_id::gnu_build_id() {
+            resource.push((BUILD_ID_ATTRIBUTE.to_owned(), id));
+        }
         for (k, v) in self.attributes {
             match resource.iter_mut().find(|(key, _)| *key == k) {
                 Some(slot) => slot.1 = v,

@@ -62,16 +62,20 @@ pub mod native;
 mod site;
 mod tracepoint;
 
-pub use agent::{Agent, AgentBuilder, AgentHandle, StartError};
+pub use agent::{Agent, AgentBuilder, AgentHandle, BUILD_ID_ATTRIBUTE, StartError};
 pub use client::ClientMode;
 pub use install::{TracepointState, TracepointStatus, TracepointSummary};
 pub use metrics::backends::{InMemoryProvider, LogProvider, MultiProvider, NullProvider};
 pub use metrics::exposition;
+#[cfg(feature = "metrics-facade")]
+pub use metrics::facade::MetricsFacadeProvider;
 #[cfg(feature = "opentelemetry")]
 pub use metrics::otel::OtelProvider;
 #[cfg(feature = "otlp")]
 pub use metrics::otlp::{OtlpError, OtlpExporter, OtlpExporterBuilder};
 pub use metrics::process::register_process_metrics;
+#[cfg(feature = "prometheus-client")]
+pub use metrics::prom_client::PrometheusClientProvider;
 pub use metrics::prometheus::PrometheusProvider;
 pub use metrics::provider::{
     Instrument, MetricKind, MetricProvider, MetricSpec, ProviderError, RecordError, Series,
@@ -93,6 +97,15 @@ pub use sonde_agent_macros::{Capture, instrument, timed, track_errors};
 pub use sonde_expr::Value;
 pub use tracepoint::budget::Budgets;
 pub use tracepoint::snapshot::{PendingSnapshot, SnapshotLimits};
+
+/// The calling crate's package version (`CARGO_PKG_VERSION`), for
+/// [`AgentBuilder::service_version`]: `Agent::builder().service_version(service_version!())`.
+#[macro_export]
+macro_rules! service_version {
+    () => {
+        env!("CARGO_PKG_VERSION")
+    };
+}
 
 /// Marks a probe site at this line and names what it captures.
 ///

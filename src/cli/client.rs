@@ -102,6 +102,9 @@ impl Client {
             CliError::unavailable(format!("cannot reach the server at {}: {e}", self.base))
         })?;
         let status = resp.status();
+        if let Some(mixup) = grpc_port_mixup(&self.base, resp.headers()) {
+            return Err(CliError::usage(mixup));
+        }
         let text = resp
             .body_mut()
             .read_to_string()
@@ -175,6 +178,23 @@ impl Client {
     }
 }
 
+/// When the answer is gRPC's (`content-type: application/grpc`, or a `grpc-status` header), the
+/// CLI was pointed at the gRPC port, where agents connect: the error says so and names the port
+/// the CLI wants.
+fn grpc_port_mixup(base: &str, headers: &http::HeaderMap) -> Option<String> {
+    let grpc_type = headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"));
+    (grpc_type || headers.contains_key("grpc-status")).then(|| {
+        format!(
+            "{base} answered with gRPC: that is the control plane's gRPC port (default 43315), \
+             where agents connect; the CLI talks to its HTTP API (default port 3300): \
+             --server/SONDE_SERVER http://HOST:3300"
+        )
+    })
+}
+
 fn parse_response(text: &str) -> Result<TracepointResponse, CliError> {
     serde_json::from_str(text)
         .map_err(|e| CliError::unavailable(format!("the server answered with bad JSON: {e}")))
@@ -217,6 +237,19 @@ mod tests {
             "args.condition: unexpected ')' (line 1, column 7)"
         );
         assert_eq!(api_error_message("not json"), None);
+    }
+
+    #[test]
+    fn a_grpc_answer_names_the_port_mixup() {
+        let mut headers = http::HeaderMap::new();
+        assert_eq!(grpc_port_mixup("http://h:43315", &headers), None);
+        headers.insert("content-type", "application/grpc".parse().unwrap());
+        let message = grpc_port_mixup("http://h:43315", &headers).unwrap();
+        assert!(message.contains("gRPC port (default 43315)"), "{message}");
+        assert!(
+            message.contains("HTTP API (default port 3300)"),
+            "{message}"
+        );
     }
 
     #[test]

@@ -271,6 +271,20 @@ pub fn removed(opts: &ClientOpts, tp: &TracePointConfig) {
     }
 }
 
+/// After `rm -o json`: `{"tracepoint": ...}` for one ID (the API's answer), an array of those
+/// for several (those removed; the others are errors on stderr).
+pub fn removed_json(removed: &[TracePointConfig], several: bool) {
+    let docs: Vec<serde_json::Value> = removed
+        .iter()
+        .map(|tp| serde_json::json!({ "tracepoint": tp }))
+        .collect();
+    match (several, docs.as_slice()) {
+        (false, [one]) => json(one),
+        (false, []) => {}
+        _ => json(&docs),
+    }
+}
+
 /// One tracepoint in full, with its status (`GET /api/tracepoints/{id}/status`) when given.
 pub fn tracepoint(opts: &ClientOpts, tp: &TracePointConfig, status: Option<&serde_json::Value>) {
     if opts.output == Output::Json {
@@ -435,10 +449,12 @@ pub fn agents(opts: &ClientOpts, value: &serde_json::Value) {
                 s(a, "id"),
                 s(a, "kind"),
                 s(&resource, "service.name"),
+                s(&resource, "service.version"),
                 s(&resource, "telemetry.sdk.language"),
                 s(a, "address"),
                 ago(a.get("last_seen_ms").and_then(|m| m.as_u64()).unwrap_or(0)),
                 status,
+                s(&resource, "process.executable.build_id.gnu"),
             ]
         })
         .collect();
@@ -447,10 +463,12 @@ pub fn agents(opts: &ClientOpts, value: &serde_json::Value) {
             "ID",
             "KIND",
             "SERVICE",
+            "VERSION",
             "LANGUAGE",
             "ADDRESS",
             "LAST SEEN",
             "TRACEPOINTS",
+            "BUILD ID",
         ],
         &rows,
     );

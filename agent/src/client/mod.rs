@@ -223,7 +223,10 @@ impl Client {
                     }
                     ended
                 }
-                Err(e) => Ended::Failed(format!("connecting to {url}: {e}")),
+                Err(e) => {
+                    let hint = port_mixup(&e).map(|h| format!("; {h}")).unwrap_or_default();
+                    Ended::Failed(format!("connecting to {url}: {e}{hint}"))
+                }
             };
             let delay = match ended {
                 Ended::Shutdown => return,
@@ -231,13 +234,20 @@ impl Client {
                 Ended::Failed(err) => {
                     self.channels.send_replace(None);
                     self.failures += 1;
+                    let logged =
+                        self.failures == 1 || self.failures.is_multiple_of(BREAKER_THRESHOLD);
+                    let err = if logged && port_mixup(&err).is_none() && answers_http1(&url).await {
+                        format!("{err}; {HTTP1_HINT}")
+                    } else {
+                        err
+                    };
                     self.server += 1;
                     if let Some(own) = &self.config.own {
                         own.failures.inc();
                         own.retries.inc();
                     }
-                    if self.failures == 1 || self.failures.is_multiple_of(BREAKER_THRESHOLD) {
-                        tracing::warn!(failures = self.failures, %err,
+                    if logged {
+                        tracing::warn!(failures = self.failures, server = %url, %err,
                             "sonde agent: control plane unreachable; keeping the installed tracepoints");
                     }
                     if self.failures.is_multiple_of(BREAKER_THRESHOLD) {
@@ -287,7 +297,15 @@ impl Client {
             }
             endpoint = endpoint.tls_config(tls).map_err(|e| format!("TLS: {e}"))?;
         }
-        endpoint.connect().await.map_err(|e| e.to_string())
+        endpoint.connect().await.map_err(|e| {
+            let mut text = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(cause) = source {
+                text.push_str(&format!(": {cause}"));
+                source = cause.source();
+            }
+            text
+        })
     }
 
     fn apply(&mut self, resp: &PollResponse) -> bool {
@@ -316,8 +334,12 @@ impl Client {
         self.time("watch", started);
         let mut stream = match watched {
             Ok(resp) => resp.into_inner(),
+            // A 404 from a plain HTTP server also maps to Unimplemented: that is no Deep server
+            // without the watch stream but the wrong port, and polling would not help.
             Err(status)
-                if status.code() == Code::Unimplemented && self.config.mode == ClientMode::Auto =>
+                if status.code() == Code::Unimplemented
+                    && self.config.mode == ClientMode::Auto
+                    && port_mixup(&describe(&status)).is_none() =>
             {
                 tracing::info!(interval = ?self.config.poll_interval,
                     "sonde agent: the server has no watch stream; polling");
@@ -529,8 +551,82 @@ impl Client {
     }
 }
 
+/// What `status` says, with its causes, and what to do when it shows a port mix-up.
 fn describe(status: &Status) -> String {
-    format!("{:?}: {}", status.code(), status.message())
+    let mut text = format!("{:?}: {}", status.code(), status.message());
+    let mut source = std::error::Error::source(status);
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    if let Some(hint) = port_mixup(&text) {
+        text.push_str("; ");
+        text.push_str(hint);
+    }
+    text
+}
+
+/// The hint for an error showing that the server is an HTTP server, not a gRPC one: an answer
+/// without a `grpc-status` (tonic maps its HTTP status), or an HTTP/1 answer to the HTTP/2
+/// connection preface (which h2 reads as a frame of an impossible size).
+fn port_mixup(error: &str) -> Option<&'static str> {
+    const HINT: &str = "the server answered as an HTTP server, not a gRPC one: is this Sonde's \
+        HTTP API port (default 3300)? An agent connects to the control plane's gRPC port, \
+        default 43315 (SONDE_AGENT_SERVER=http://HOST:43315)";
+    // What tonic makes of a plain HTTP answer: no grpc-status (mapped from the HTTP status), or
+    // a JSON or HTML body read as a gRPC frame (`{` is not a compression flag).
+    let http = error.contains("grpc-status header missing")
+        || error.contains("while receiving response with status")
+        || error.contains("invalid compression flag")
+        || error.contains("frame with invalid size");
+    http.then_some(HINT)
+}
+
+/// What the agent says when the server answers the HTTP/2 connection preface with HTTP/1.
+const HTTP1_HINT: &str = "the server answers HTTP/2 (gRPC) with HTTP/1: it is an HTTP server, \
+    not a gRPC one: is this Sonde's HTTP API port (default 3300)? An agent connects to the \
+    control plane's gRPC port, default 43315 (SONDE_AGENT_SERVER=http://HOST:43315)";
+
+/// Whether the plaintext server at `url` answers the HTTP/2 connection preface with an HTTP/1
+/// response (`HTTP/1.x ...`), as an HTTP/1-only server does. Asked once when a connection fails
+/// for a reason that does not show it (the h2 client may see only the closed connection).
+async fn answers_http1(url: &str) -> bool {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let Ok(uri) = url.parse::<tonic::transport::Uri>() else {
+        return false;
+    };
+    if uri.scheme_str() != Some("http") {
+        return false;
+    }
+    let Some(host) = uri.host() else {
+        return false;
+    };
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let port = uri.port_u16().unwrap_or(80);
+    let sniff = async {
+        let mut stream = tokio::net::TcpStream::connect((host, port)).await.ok()?;
+        stream
+            .write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+            .await
+            .ok()?;
+        let mut answer = [0u8; 8];
+        let mut read = 0;
+        while read < answer.len() {
+            match stream.read(&mut answer[read..]).await.ok()? {
+                0 => break,
+                n => read += n,
+            }
+        }
+        Some(answer[..read].starts_with(b"HTTP/1."))
+    };
+    matches!(
+        tokio::time::timeout(Duration::from_secs(2), sniff).await,
+        Ok(Some(true))
+    )
 }
 
 /// Exponential backoff with full jitter: a random delay up to `base * 2^(failures-1)`, capped.

@@ -301,7 +301,11 @@ impl Installer {
             if let Some(native) = &self.native {
                 return self.install_native(native, spec);
             }
-            return Outcome::Unbound(self.unbound_message(spec));
+            return Outcome::Unbound(format!(
+                "{}; {}",
+                self.unbound_message(spec),
+                Self::NATIVE_OFF
+            ));
         }
         #[cfg(not(feature = "opentelemetry"))]
         if spec.span.is_some() {
@@ -506,6 +510,18 @@ impl Installer {
             limits: self.snapshot_limits,
         }
     }
+    /// What would make a line without a probe site bind here, added to its status.
+    #[cfg(all(feature = "native", target_os = "linux", target_arch = "x86_64"))]
+    const NATIVE_OFF: &str = "to arm lines without a probe site, turn native breakpoints on: \
+        SONDE_AGENT_NATIVE=1 (with AgentBuilder::from_env) or AgentBuilder::native_breakpoints, \
+        and build with debug = 2 in the Cargo profile";
+    #[cfg(all(not(feature = "native"), target_os = "linux", target_arch = "x86_64"))]
+    const NATIVE_OFF: &str = "to arm lines without a probe site, build sonde-agent with the \
+        `native` feature (features = [\"native\"]), set SONDE_AGENT_NATIVE=1 and build with \
+        debug = 2 in the Cargo profile; or add a probe!() on the line";
+    #[cfg(not(all(target_os = "linux", target_arch = "x86_64")))]
+    const NATIVE_OFF: &str = "lines without a probe site can be armed natively only on Linux \
+        x86_64; here add a probe!() on the line";
 
     fn unbound_message(&self, spec: &TracepointSpec) -> String {
         let mut same_file: Vec<&'static Site> = self

@@ -48,7 +48,8 @@
 //! # The folder
 //! Everything that writes metrics lives here, below the tracepoint path: the instruments of this
 //! API ([`registry`](self) and its handles), the provider trait tracepoints and instruments record
-//! through (`provider.rs`) and its implementations (`prometheus.rs`, `otel.rs`, `statsd.rs`, and
+//! through (`provider.rs`) and its implementations (`prometheus.rs`, `prom_client.rs` for
+//! `prometheus-client`, `facade.rs` for the `metrics` facade, `otel.rs`, `statsd.rs`, and
 //! the small ones in `backends.rs`), the per-metric series cache with its cardinality cap
 //! (`series_cache.rs`), summaries (`summary.rs`), the exposition text (`encoder.rs` writes it,
 //! `exposition.rs` negotiates and gathers), exporters (`endpoint.rs` serves `/metrics`, `push.rs`,
@@ -60,11 +61,15 @@ pub(crate) mod buckets;
 pub(crate) mod encoder;
 pub(crate) mod endpoint;
 pub mod exposition;
+#[cfg(feature = "metrics-facade")]
+pub(crate) mod facade;
 #[cfg(feature = "opentelemetry")]
 pub(crate) mod otel;
 #[cfg(feature = "otlp")]
 pub(crate) mod otlp;
 pub(crate) mod process;
+#[cfg(feature = "prometheus-client")]
+pub(crate) mod prom_client;
 pub(crate) mod prometheus;
 pub(crate) mod provider;
 #[cfg(feature = "push")]

@@ -134,10 +134,19 @@ impl DebugIndex {
         {
             let dwarf = file.dwarf();
             let mut headers = dwarf.units();
+            let mut skeletons = 0usize;
             while let Some(header) = headers.next().map_err(malformed)? {
                 let offset = gimli::DebugInfoOffset(header.offset().0); // `units()` walks .debug_info
                 let unit = dwarf.unit(header).map_err(malformed)?;
+                skeletons += usize::from(unit.dwo_id.is_some());
                 b.unit(&dwarf, &unit, offset).map_err(malformed)?;
+            }
+            // Split DWARF: the variables are in .dwo/.dwp files this index does not read. Say so
+            // rather than arm lines whose captures would all be missing.
+            if skeletons > 0 {
+                return Err(LoadError::SplitDwarf {
+                    path: file.path.clone(),
+                });
             }
         }
         Ok(b.finish(file, bias, Unwind::open(path)))

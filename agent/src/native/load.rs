@@ -19,12 +19,28 @@ use object::{CompressionFormat, Object, ObjectSection};
 pub enum LoadError {
     /// Neither the binary nor a separate debug file (by build-id or `.gnu_debuglink`) has DWARF.
     #[error(
-        "no debug info in {binary}: build with debug = 1 (lines) or debug = 2 (lines and \
-         variables), or ship split debuginfo (/usr/lib/debug/.build-id/…)"
+        "no debug info in {binary}: add `debug = 2` (lines and variables; `debug = 1` or \
+         \"line-tables-only\": lines only) to the Cargo profile it is built with \
+         ([profile.release]), or keep its split debuginfo (objcopy --only-keep-debug) where the \
+         agent looks: {searched}"
     )]
     NoDebugInfo {
         /// The binary that was searched.
         binary: PathBuf,
+        /// Where a separate debug file was looked for, for the message.
+        searched: String,
+    },
+    /// The binary's units are split DWARF skeletons (`split-debuginfo = "packed"` or
+    /// `"unpacked"`): their variables are in `.dwp` / `.dwo` files, which the agent does not read.
+    #[error(
+        "the debug info of {path} is split DWARF (split-debuginfo = \"packed\"/\"unpacked\": \
+         .dwp/.dwo files), which native breakpoints do not read: build with split-debuginfo = \
+         \"off\" (Linux's default) and keep the debug info in a separate file with objcopy \
+         --only-keep-debug instead"
+    )]
+    SplitDwarf {
+        /// The file with the skeleton units.
+        path: PathBuf,
     },
     /// The debug sections are compressed (`SHF_COMPRESSED`), which this build does not read.
     #[error("debug sections of {path} are compressed ({format:?}); ship them uncompressed")]
@@ -100,7 +116,16 @@ impl DebugFile {
                 .map(|(name, _crc)| name.to_vec());
             (build_id, link)
         };
-        for candidate in candidates(binary, build_id.as_deref(), debuglink.as_deref()) {
+        let debug_dir = std::env::var_os(DEBUG_DIR_VAR)
+            .filter(|d| !d.is_empty())
+            .map(PathBuf::from);
+        let candidates = candidates(
+            binary,
+            build_id.as_deref(),
+            debuglink.as_deref(),
+            debug_dir.as_deref(),
+        );
+        for candidate in candidates.iter().cloned() {
             let Ok(map) = map_file(&candidate) else {
                 continue;
             };
@@ -118,8 +143,14 @@ impl DebugFile {
                 return Self::from_map(map, candidate);
             }
         }
+        let mut searched: Vec<String> =
+            candidates.iter().map(|c| c.display().to_string()).collect();
+        if debug_dir.is_none() {
+            searched.push(format!("or a directory named by {DEBUG_DIR_VAR}"));
+        }
         Err(LoadError::NoDebugInfo {
             binary: binary.to_owned(),
+            searched: searched.join(", "),
         })
     }
 
@@ -204,28 +235,60 @@ fn parse<'a>(map: &'a Mmap, path: &Path) -> Result<object::File<'a>, LoadError> 
     })
 }
 
-/// Where a separate debug file may be, in the order GDB looks.
-fn candidates(binary: &Path, build_id: Option<&[u8]>, debuglink: Option<&[u8]>) -> Vec<PathBuf> {
+/// The environment variable naming one more debug directory, searched first.
+pub(crate) const DEBUG_DIR_VAR: &str = "SONDE_AGENT_DEBUG_DIR";
+
+/// Where a separate debug file may be, in the order GDB looks, with `debug_dir`
+/// (`SONDE_AGENT_DEBUG_DIR`) searched before `/usr/lib/debug`: under each debug directory the
+/// build-id path `.build-id/xx/yyyy.debug`, then the `.gnu_debuglink` name next to the binary, in
+/// its `.debug/`, in the debug directory itself and under it at the binary's own directory; then
+/// `<binary>.debug` next to the binary and in its `.debug/` (a debug file kept without a link).
+/// Every candidate is checked against the binary's build-id before it is used.
+fn candidates(
+    binary: &Path,
+    build_id: Option<&[u8]>,
+    debuglink: Option<&[u8]>,
+    debug_dir: Option<&Path>,
+) -> Vec<PathBuf> {
+    let system = Path::new("/usr/lib/debug");
+    let roots: Vec<&Path> = debug_dir.into_iter().chain([system]).collect();
     let mut out = Vec::new();
     if let Some(id) = build_id.filter(|id| id.len() >= 2) {
         let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
-        out.push(PathBuf::from(format!(
-            "/usr/lib/debug/.build-id/{}/{}.debug",
-            &hex[..2],
-            &hex[2..]
-        )));
+        for root in &roots {
+            out.push(
+                root.join(".build-id")
+                    .join(&hex[..2])
+                    .join(format!("{}.debug", &hex[2..])),
+            );
+        }
     }
+    let binary = binary.canonicalize().unwrap_or_else(|_| binary.to_owned());
+    let Some(dir) = binary.parent() else {
+        return out;
+    };
+    let relative = dir.strip_prefix("/").unwrap_or(dir);
     if let Some(name) = debuglink.filter(|n| !n.is_empty()) {
         let name = OsStr::from_bytes(name);
-        let binary = binary.canonicalize().unwrap_or_else(|_| binary.to_owned());
-        if let Some(dir) = binary.parent() {
-            let same = dir.join(name);
-            if same != binary {
-                out.push(same);
+        let same = dir.join(name);
+        if same != binary {
+            out.push(same);
+        }
+        out.push(dir.join(".debug").join(name));
+        if let Some(root) = debug_dir {
+            out.push(root.join(name));
+        }
+        for root in &roots {
+            out.push(root.join(relative).join(name));
+        }
+    }
+    if let Some(file_name) = binary.file_name() {
+        let mut name = file_name.to_owned();
+        name.push(".debug");
+        for candidate in [dir.join(&name), dir.join(".debug").join(&name)] {
+            if !out.contains(&candidate) {
+                out.push(candidate);
             }
-            out.push(dir.join(".debug").join(name));
-            let relative = dir.strip_prefix("/").unwrap_or(dir);
-            out.push(Path::new("/usr/lib/debug").join(relative).join(name));
         }
     }
     out

@@ -18,6 +18,15 @@ use sonde_expr::{EvalError, Lookup, Path, Segment, Value};
 /// Implemented for primitives, strings, `Option`, slices, `Vec`, arrays, string-keyed maps,
 /// references and boxes; for your own types derive it (`#[derive(sonde_agent::Capture)]`) or
 /// implement [`Capture::capture`] (and [`Capture::field`] to let paths skip the rest).
+///
+/// A type that is neither gets a compile error at the `probe!` naming the ways out: capture it
+/// through its `Debug` (`probe!(?x)`) or `Display` (`probe!(%x)`) text, or derive `Capture`.
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` cannot be captured at a probe site: it does not implement `sonde_agent::Capture`",
+    label = "not `Capture`",
+    note = "capture it as text instead: `probe!(?x)` through its `Debug`, `probe!(%x)` through its `Display`",
+    note = "or derive it on your own type: `#[derive(sonde_agent::Capture)]` (fields must be `Capture` too), or implement `sonde_agent::Capture` by hand"
+)]
 pub trait Capture {
     /// The whole value.
     fn capture(&self) -> Value;
