@@ -370,8 +370,11 @@ fn poll_mode_and_the_environment_settings_against_sonde() {
         ),
     ]);
     // Listed under its tenant only, as a poller, with the resource the environment gave it.
-    wait_for("the agent listed under tenant acme", || {
-        !agents(&server, Some("acme")).is_empty()
+    // Its catalog report may list it a moment before its first poll says how it follows.
+    wait_for("the agent listed under tenant acme, as a poller", || {
+        agents(&server, Some("acme"))
+            .first()
+            .is_some_and(|a| a["kind"] == "poll")
     });
     let listed = agents(&server, Some("acme"));
     assert_eq!(listed.len(), 1, "{listed:?}");

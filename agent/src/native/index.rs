@@ -112,6 +112,10 @@ pub struct DebugIndex {
     variables: bool,
     /// The executable's own `.eh_frame` (not the debug file's, which may be `NOBITS`).
     pub(crate) unwind: Option<Unwind>,
+    /// Per unit (by `.debug_info` offset): its outermost scopes, built on first use.
+    pub(crate) top_scopes: std::sync::Mutex<HashMap<usize, std::sync::Arc<super::plan::TopScopes>>>,
+    /// Full type shapes by (unit, type) offset, built on first use.
+    pub(crate) shapes: std::sync::Mutex<HashMap<(usize, usize), Result<super::TypeShape, String>>>,
 }
 
 impl DebugIndex {
@@ -562,6 +566,8 @@ impl Builder {
             units: self.units,
             variables: self.variables,
             unwind,
+            top_scopes: std::sync::Mutex::new(HashMap::new()),
+            shapes: std::sync::Mutex::new(HashMap::new()),
         }
     }
 }

@@ -66,6 +66,8 @@
 mod coroutine;
 mod location;
 mod scope;
+
+pub(crate) use scope::TopScopes;
 mod variables;
 
 use std::fmt;

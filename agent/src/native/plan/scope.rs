@@ -13,7 +13,9 @@ pub(super) struct Scope<'a> {
 }
 
 /// The scopes (subprograms, lexical blocks, inlined subroutines, and the namespaces around
-/// them) whose ranges contain `dpc`, outermost first.
+/// them) whose ranges contain `dpc`, outermost first, by walking the unit from its start: the
+/// reference [`scopes_at_with`] is checked against.
+#[cfg(test)]
 pub(super) fn scopes_at<'a>(
     dwarf: &gimli::Dwarf<Slice<'a>>,
     unit: &Unit<'a>,
@@ -26,6 +28,94 @@ pub(super) fn scopes_at<'a>(
     // Depth-first: descend into the one child containing dpc (or into namespaces and types,
     // which hold methods); the DWARF tree is walked once, skipping non-matching subtrees.
     descend(dwarf, unit, &mut children, dpc, &mut chain, 0)?;
+    Ok(chain)
+}
+
+/// The outermost scopes of a unit (subprograms, and any lexical block or inlined subroutine at
+/// that level), found at its top level or inside namespaces and types as [`scopes_at`] looks for
+/// them, with their DWARF ranges and the order the walk meets them. Built by one walk over the
+/// unit, it lets [`scopes_at_with`] start at the scope containing an address instead of walking
+/// the unit from its start for every address (which made a whole file's `lines` answer cost a
+/// unit walk per address).
+#[derive(Debug)]
+pub(crate) struct TopScopes(Vec<(std::ops::Range<u64>, usize, UnitOffset<usize>)>);
+
+/// Walks `unit` once for its [`TopScopes`].
+pub(super) fn top_scopes<'a>(
+    dwarf: &gimli::Dwarf<Slice<'a>>,
+    unit: &Unit<'a>,
+) -> Result<TopScopes, DwarfError> {
+    let mut out = Vec::new();
+    let mut tree = unit.entries_tree(None)?;
+    let root = tree.root()?;
+    let mut children = root.children();
+    let mut order = 0;
+    collect(dwarf, unit, &mut children, &mut out, &mut order, 0)?;
+    Ok(TopScopes(out))
+}
+
+fn collect<'a>(
+    dwarf: &gimli::Dwarf<Slice<'a>>,
+    unit: &Unit<'a>,
+    children: &mut gimli::EntriesTreeIter<'_, '_, Slice<'a>>,
+    out: &mut Vec<(std::ops::Range<u64>, usize, UnitOffset<usize>)>,
+    order: &mut usize,
+    depth: usize,
+) -> Result<(), DwarfError> {
+    while let Some(child) = children.next()? {
+        let e = child.entry();
+        match e.tag() {
+            constants::DW_TAG_subprogram
+            | constants::DW_TAG_lexical_block
+            | constants::DW_TAG_inlined_subroutine => {
+                let mut iter = dwarf.die_ranges(unit, e)?;
+                while let Some(r) = iter.next()? {
+                    out.push((r.begin..r.end, *order, e.offset()));
+                }
+                *order += 1;
+            }
+            constants::DW_TAG_namespace
+            | constants::DW_TAG_structure_type
+            | constants::DW_TAG_enumeration_type
+            | constants::DW_TAG_union_type
+                if depth < 32 =>
+            {
+                let mut inner = child.children();
+                collect(dwarf, unit, &mut inner, out, order, depth + 1)?;
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// As [`scopes_at`], starting from the unit's [`TopScopes`]: the same chain, without walking
+/// the scopes before the one containing `dpc`.
+pub(super) fn scopes_at_with<'a>(
+    dwarf: &gimli::Dwarf<Slice<'a>>,
+    unit: &Unit<'a>,
+    top: &TopScopes,
+    dpc: u64,
+) -> Result<Vec<Scope<'a>>, DwarfError> {
+    let Some(&(_, _, offset)) = top
+        .0
+        .iter()
+        .filter(|(r, _, _)| r.contains(&dpc))
+        .min_by_key(|(_, order, _)| *order)
+    else {
+        return Ok(Vec::new());
+    };
+    let mut tree = unit.entries_tree(Some(offset))?;
+    let root = tree.root()?;
+    let entry = root.entry().clone();
+    let mut ranges = Vec::new();
+    let mut iter = dwarf.die_ranges(unit, &entry)?;
+    while let Some(r) = iter.next()? {
+        ranges.push(r.begin..r.end);
+    }
+    let mut chain = vec![Scope { entry, ranges }];
+    let mut inner = root.children();
+    descend(dwarf, unit, &mut inner, dpc, &mut chain, 1)?;
     Ok(chain)
 }
 
@@ -173,5 +263,47 @@ pub(super) fn decl_file<'a>(unit: &Unit<'a>, e: &Entry<'a>) -> Option<u64> {
     match attr_with_origin(unit, e, constants::DW_AT_decl_file)? {
         AttributeValue::FileIndex(f) => Some(f),
         v => v.udata_value(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::native::DebugIndex;
+
+    /// Starting from the unit's outermost scopes finds the same chain as walking the unit, at
+    /// statement addresses spread over this test binary.
+    #[test]
+    fn scopes_from_the_top_table_equal_the_walk() {
+        let index = DebugIndex::for_current_exe().expect("the test binary has debug info");
+        let dwarf = index.file.dwarf();
+        let addresses = index.statement_addresses();
+        assert!(addresses.len() > 1000, "{} addresses", addresses.len());
+        let mut compared = 0;
+        let mut tops = std::collections::HashMap::new();
+        for &pc in addresses.iter().step_by(401) {
+            let dpc = pc.wrapping_sub(index.bias());
+            let Some(offset) = index.unit_at(dpc) else {
+                continue;
+            };
+            let header = dwarf.debug_info.header_from_offset(offset).unwrap();
+            let unit = dwarf.unit(header).unwrap();
+            let walked: Vec<_> = scopes_at(&dwarf, &unit, dpc)
+                .unwrap()
+                .iter()
+                .map(|s| (s.entry.offset(), s.ranges.clone()))
+                .collect();
+            let top = tops
+                .entry(offset)
+                .or_insert_with(|| top_scopes(&dwarf, &unit).unwrap());
+            let fast: Vec<_> = scopes_at_with(&dwarf, &unit, top, dpc)
+                .unwrap()
+                .iter()
+                .map(|s| (s.entry.offset(), s.ranges.clone()))
+                .collect();
+            assert_eq!(walked, fast, "at {pc:#x}");
+            compared += usize::from(!walked.is_empty());
+        }
+        assert!(compared > 10, "chains compared: {compared}");
     }
 }

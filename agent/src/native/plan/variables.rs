@@ -11,7 +11,9 @@ use super::coroutine::{
     Await, CoroutineState, await_lines, awaits_since, is_coroutine, pointee, suspended_fields,
 };
 use super::location::{FrameBase, compile, const_plan, frame_base, is_live};
-use super::scope::{attr_with_origin, describe_type, name_of, same_unit, scopes_at};
+use super::scope::{
+    attr_with_origin, describe_type, name_of, same_unit, scopes_at_with, top_scopes,
+};
 use super::{CapturePlan, DwarfError, Entry, Unavailable, Unit};
 use crate::native::index::{DebugIndex, Row, Slice};
 use crate::native::shape::{self, Reads, TypeShape};
@@ -59,6 +61,11 @@ pub struct Function {
     pub range: std::ops::Range<u64>,
 }
 
+/// Units whose [`TopScopes`](super::scope::TopScopes) are kept.
+const TOP_SCOPES_KEPT: usize = 64;
+/// Types whose full shape is kept.
+const SHAPES_KEPT: usize = 4096;
+
 /// DWARF address ranges where a location-list variable has an available plan.
 type LiveRanges = Vec<std::ops::Range<u64>>;
 
@@ -70,7 +77,7 @@ impl DebugIndex {
         let Some(unit) = self.unit_for(&dwarf, dpc)? else {
             return Ok(None);
         };
-        let chain = scopes_at(&dwarf, &unit, dpc)?;
+        let chain = self.scopes(&dwarf, &unit, dpc)?;
         let Some(sub) = chain
             .iter()
             .rev()
@@ -130,7 +137,7 @@ impl DebugIndex {
         let Some(unit) = self.unit_for(&dwarf, dpc)? else {
             return Ok(Vec::new());
         };
-        let chain = scopes_at(&dwarf, &unit, dpc)?;
+        let chain = self.scopes(&dwarf, &unit, dpc)?;
         let Some(first_sub) = chain
             .iter()
             .position(|s| s.entry.tag() == constants::DW_TAG_subprogram)
@@ -271,6 +278,9 @@ impl DebugIndex {
                         CapturePlan::Indirect { add, .. } => {
                             shape::build_behind(&dwarf, &unit, off, reads, add)
                         }
+                        // A type's full shape depends on the type alone: kept, so listing a
+                        // file's lines builds each type once.
+                        _ if paths.is_none() => self.full_shape(&dwarf, &unit, off),
                         _ => shape::build(&dwarf, &unit, off, reads),
                     }
                     .map_err(|why| match &type_name {
@@ -335,6 +345,62 @@ impl DebugIndex {
             }
         }
         Ok(out)
+    }
+
+    /// The full shape of the type at `ty` in `unit`, built once and kept (for a bounded number
+    /// of types).
+    fn full_shape<'a>(
+        &self,
+        dwarf: &gimli::Dwarf<Slice<'a>>,
+        unit: &Unit<'a>,
+        ty: gimli::UnitOffset<usize>,
+    ) -> Result<TypeShape, String> {
+        let key = (unit.header.offset().0, ty.0);
+        if let Some(shape) = self
+            .shapes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
+            return shape.clone();
+        }
+        let shape = shape::build(dwarf, unit, ty, Reads::all());
+        let mut shapes = self.shapes.lock().unwrap_or_else(|p| p.into_inner());
+        if shapes.len() >= SHAPES_KEPT {
+            shapes.clear();
+        }
+        shapes.insert(key, shape.clone());
+        shape
+    }
+
+    /// The scopes around `dpc` in `unit` (as `scopes_at` finds them), through the unit's `TopScopes`,
+    /// built on first use and kept (for the most recently used units).
+    fn scopes<'a>(
+        &self,
+        dwarf: &gimli::Dwarf<Slice<'a>>,
+        unit: &Unit<'a>,
+        dpc: u64,
+    ) -> Result<Vec<super::scope::Scope<'a>>, DwarfError> {
+        let key = unit.header.offset().0;
+        let cached = self
+            .top_scopes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+            .cloned();
+        let top = match cached {
+            Some(top) => top,
+            None => {
+                let top = std::sync::Arc::new(top_scopes(dwarf, unit)?);
+                let mut cache = self.top_scopes.lock().unwrap_or_else(|p| p.into_inner());
+                if cache.len() >= TOP_SCOPES_KEPT {
+                    cache.clear();
+                }
+                cache.insert(key, top.clone());
+                top
+            }
+        };
+        scopes_at_with(dwarf, unit, &top, dpc)
     }
 
     fn unit_for<'a>(
