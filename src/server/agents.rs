@@ -56,6 +56,7 @@ const MAX_LAST_ERROR: usize = 1024;
 
 /// The counters of one tracepoint, as an agent reported them or summed over agents.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(default)]
 pub struct Counters {
     /// Hits while armed and within its window.
     pub hits: u64,
