@@ -112,11 +112,17 @@ pub struct DebugIndex {
     variables: bool,
     /// The executable's own `.eh_frame` (not the debug file's, which may be `NOBITS`).
     pub(crate) unwind: Option<Unwind>,
-    /// Per unit (by `.debug_info` offset): its outermost scopes, built on first use.
-    pub(crate) top_scopes: std::sync::Mutex<HashMap<usize, std::sync::Arc<super::plan::TopScopes>>>,
-    /// Full type shapes by (unit, type) offset, built on first use.
-    pub(crate) shapes: std::sync::Mutex<HashMap<(usize, usize), Result<super::TypeShape, String>>>,
+    /// What the modules above keep per unit (by `.debug_info` offset), built on first use:
+    /// each unit's outermost scopes (`plan`).
+    pub(crate) top_scopes: Memo,
+    /// Full type shapes by (unit, type) offset (`plan`).
+    pub(crate) shapes: Memo,
 }
+
+/// A cache the modules above the index keep in it, by (unit, entry) offsets; the values are
+/// theirs (type-erased, so that the index depends on none of them).
+pub(crate) type Memo =
+    std::sync::Mutex<HashMap<(usize, usize), std::sync::Arc<dyn std::any::Any + Send + Sync>>>;
 
 impl DebugIndex {
     /// Indexes the running executable (`/proc/self/exe`, or its separate debug file), with the

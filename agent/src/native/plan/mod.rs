@@ -66,8 +66,6 @@
 mod coroutine;
 mod location;
 mod scope;
-
-pub(crate) use scope::TopScopes;
 mod variables;
 
 use std::fmt;

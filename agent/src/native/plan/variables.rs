@@ -12,7 +12,7 @@ use super::coroutine::{
 };
 use super::location::{FrameBase, compile, const_plan, frame_base, is_live};
 use super::scope::{
-    attr_with_origin, describe_type, name_of, same_unit, scopes_at_with, top_scopes,
+    TopScopes, attr_with_origin, describe_type, name_of, same_unit, scopes_at_with, top_scopes,
 };
 use super::{CapturePlan, DwarfError, Entry, Unavailable, Unit};
 use crate::native::index::{DebugIndex, Row, Slice};
@@ -355,21 +355,23 @@ impl DebugIndex {
         unit: &Unit<'a>,
         ty: gimli::UnitOffset<usize>,
     ) -> Result<TypeShape, String> {
+        type Kept = Result<TypeShape, String>;
         let key = (unit.header.offset().0, ty.0);
-        if let Some(shape) = self
+        let kept = self
             .shapes
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(&key)
-        {
+            .cloned();
+        if let Some(shape) = kept.as_deref().and_then(|k| k.downcast_ref::<Kept>()) {
             return shape.clone();
         }
-        let shape = shape::build(dwarf, unit, ty, Reads::all());
+        let shape: Kept = shape::build(dwarf, unit, ty, Reads::all());
         let mut shapes = self.shapes.lock().unwrap_or_else(|p| p.into_inner());
         if shapes.len() >= SHAPES_KEPT {
             shapes.clear();
         }
-        shapes.insert(key, shape.clone());
+        shapes.insert(key, std::sync::Arc::new(shape.clone()));
         shape
     }
 
@@ -381,17 +383,18 @@ impl DebugIndex {
         unit: &Unit<'a>,
         dpc: u64,
     ) -> Result<Vec<super::scope::Scope<'a>>, DwarfError> {
-        let key = unit.header.offset().0;
+        let key = (unit.header.offset().0, 0);
         let cached = self
             .top_scopes
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(&key)
             .cloned();
-        let top = match cached {
-            Some(top) => top,
-            None => {
-                let top = std::sync::Arc::new(top_scopes(dwarf, unit)?);
+        let top: std::sync::Arc<dyn std::any::Any + Send + Sync> = match cached {
+            Some(top) if top.is::<TopScopes>() => top,
+            _ => {
+                let top: std::sync::Arc<dyn std::any::Any + Send + Sync> =
+                    std::sync::Arc::new(top_scopes(dwarf, unit)?);
                 let mut cache = self.top_scopes.lock().unwrap_or_else(|p| p.into_inner());
                 if cache.len() >= TOP_SCOPES_KEPT {
                     cache.clear();
@@ -400,7 +403,10 @@ impl DebugIndex {
                 top
             }
         };
-        scopes_at_with(dwarf, unit, &top, dpc)
+        let top = top
+            .downcast_ref::<TopScopes>()
+            .expect("checked or built as TopScopes");
+        scopes_at_with(dwarf, unit, top, dpc)
     }
 
     fn unit_for<'a>(
