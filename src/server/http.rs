@@ -768,9 +768,20 @@ async fn agent_sites(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let ctx = context(&app, &meta, Role::Read).await?;
-    let agent = app
-        .agents
-        .live_agents(&ctx.tenant)
+    let agent = live_agent(&app, &ctx.tenant, &id)?;
+    let empty = Vec::new();
+    Ok(json_response(&serde_json::json!({
+        "agent": id,
+        "reported": agent.catalog.is_some(),
+        "native": agent.catalog.as_ref().is_some_and(|c| c.native),
+        "sites": agent.catalog.as_ref().map_or(&empty, |c| &c.sites),
+    })))
+}
+
+/// The tenant's live agent `id`, or 404.
+fn live_agent(app: &App, tenant: &str, id: &str) -> Result<LiveAgent, ApiError> {
+    app.agents
+        .live_agents(tenant)
         .into_iter()
         .find(|a| a.view.id == id)
         .ok_or_else(|| {
@@ -779,14 +790,26 @@ async fn agent_sites(
                 "not_found",
                 format!("no agent {id:?} in this tenant: GET /api/agents lists the live ones"),
             )
-        })?;
-    let empty = Vec::new();
-    Ok(json_response(&serde_json::json!({
-        "agent": id,
-        "reported": agent.catalog.is_some(),
-        "native": agent.catalog.as_ref().is_some_and(|c| c.native),
-        "sites": agent.catalog.as_ref().map_or(&empty, |c| &c.sites),
-    })))
+        })
+}
+
+/// The tenant's live agents whose resource has every parameter not named in `reserved`.
+fn agents_with(
+    app: &App,
+    tenant: &str,
+    params: &[(String, String)],
+    reserved: &[&str],
+) -> Vec<LiveAgent> {
+    app.agents
+        .live_agents(tenant)
+        .into_iter()
+        .filter(|a| {
+            params
+                .iter()
+                .filter(|(k, _)| !reserved.contains(&k.as_str()))
+                .all(|(k, v)| a.view.resource.get(k).is_some_and(|have| have == v))
+        })
+        .collect()
 }
 
 /// `GET /api/sites?KEY=VALUE...`: the merged catalogs of the live agents whose resource has every
@@ -797,16 +820,7 @@ async fn sites(
     Query(params): Query<Vec<(String, String)>>,
 ) -> Result<Response, ApiError> {
     let ctx = context(&app, &meta, Role::Read).await?;
-    let agents: Vec<LiveAgent> = app
-        .agents
-        .live_agents(&ctx.tenant)
-        .into_iter()
-        .filter(|a| {
-            params
-                .iter()
-                .all(|(k, v)| a.view.resource.get(k).is_some_and(|have| have == v))
-        })
-        .collect();
+    let agents = agents_with(&app, &ctx.tenant, &params, &[]);
     let reporting = agents.iter().filter(|a| a.catalog.is_some()).count();
     let merged = catalog::merge(agents.iter().filter_map(|a| a.catalog.as_deref()));
     Ok(json_response(&serde_json::json!({

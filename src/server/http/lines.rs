@@ -16,7 +16,7 @@ use axum::{
 use serde::Serialize;
 use sonde_proto::sonde::{FilesQuery, LinesQuery, catalog_query::Query as Ask};
 
-use super::{ApiError, App, Meta, context, json_response};
+use super::{ApiError, App, Meta, agents_with, context, json_response, live_agent};
 use crate::server::{
     agents::LiveAgent,
     catalog::{self, GroupLines},
@@ -51,7 +51,7 @@ pub(super) async fn agent_files(
     Query(params): Query<Vec<(String, String)>>,
 ) -> Result<Response, ApiError> {
     let ctx = context(&app, &meta, Role::Read).await?;
-    let agent = one_agent(&app, &ctx.tenant, &id)?;
+    let agent = live_agent(&app, &ctx.tenant, &id)?;
     files(vec![agent], &params).await
 }
 
@@ -61,7 +61,7 @@ pub(super) async fn service_files(
     Query(params): Query<Vec<(String, String)>>,
 ) -> Result<Response, ApiError> {
     let ctx = context(&app, &meta, Role::Read).await?;
-    files(matching(&app, &ctx.tenant, &params), &params).await
+    files(agents_with(&app, &ctx.tenant, &params, RESERVED), &params).await
 }
 
 pub(super) async fn agent_lines(
@@ -71,7 +71,7 @@ pub(super) async fn agent_lines(
     Query(params): Query<Vec<(String, String)>>,
 ) -> Result<Response, ApiError> {
     let ctx = context(&app, &meta, Role::Read).await?;
-    let agent = one_agent(&app, &ctx.tenant, &id)?;
+    let agent = live_agent(&app, &ctx.tenant, &id)?;
     lines(vec![agent], &params).await
 }
 
@@ -81,7 +81,7 @@ pub(super) async fn service_lines(
     Query(params): Query<Vec<(String, String)>>,
 ) -> Result<Response, ApiError> {
     let ctx = context(&app, &meta, Role::Read).await?;
-    lines(matching(&app, &ctx.tenant, &params), &params).await
+    lines(agents_with(&app, &ctx.tenant, &params, RESERVED), &params).await
 }
 
 fn param<'a>(params: &'a [(String, String)], key: &str) -> Option<&'a str> {
@@ -89,34 +89,6 @@ fn param<'a>(params: &'a [(String, String)], key: &str) -> Option<&'a str> {
         .iter()
         .find(|(k, _)| k == key)
         .map(|(_, v)| v.as_str())
-}
-
-fn one_agent(app: &App, tenant: &str, id: &str) -> Result<LiveAgent, ApiError> {
-    app.agents
-        .live_agents(tenant)
-        .into_iter()
-        .find(|a| a.view.id == id)
-        .ok_or_else(|| {
-            ApiError::new(
-                axum::http::StatusCode::NOT_FOUND,
-                "not_found",
-                format!("no agent {id:?} in this tenant: GET /api/agents lists the live ones"),
-            )
-        })
-}
-
-/// The live agents whose resource has every non-reserved parameter.
-fn matching(app: &App, tenant: &str, params: &[(String, String)]) -> Vec<LiveAgent> {
-    app.agents
-        .live_agents(tenant)
-        .into_iter()
-        .filter(|a| {
-            params
-                .iter()
-                .filter(|(k, _)| !RESERVED.contains(&k.as_str()))
-                .all(|(k, v)| a.view.resource.get(k).is_some_and(|have| have == v))
-        })
-        .collect()
 }
 
 /// Groups of agents sharing a catalog (one binary), in a stable order.
