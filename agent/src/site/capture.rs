@@ -342,11 +342,18 @@ impl Lookup for HitVars<'_> {
                 Segment::Index(_) => break,
             }
         }
-        let value = scrubbed(node);
         if walked == segments.len() {
-            return Ok(Cow::Owned(value));
+            return Ok(Cow::Owned(scrubbed(node)));
         }
-        // This type offers no field access below here: walk the converted value.
+        // This type offers no field access below here: walk the converted value. Only what the
+        // path reaches is scrubbed: a step naming a redacted field is refused when the
+        // tracepoint binds, so the walk never passes one, and a list converted to reach one
+        // element (`items[0].sku`) is not scrubbed whole on every hit.
+        let value = if node.redacted() {
+            Redacted.capture()
+        } else {
+            node.capture()
+        };
         let mut cur = &value;
         for seg in &segments[walked..] {
             cur = match seg {
@@ -354,7 +361,9 @@ impl Lookup for HitVars<'_> {
                 Segment::Index(i) => cur.index(*i).ok_or(EvalError::IndexOutOfBounds)?,
             };
         }
-        Ok(Cow::Owned(cur.clone()))
+        let mut reached = cur.clone();
+        super::redact::scrub(&mut reached);
+        Ok(Cow::Owned(reached))
     }
 }
 
@@ -384,6 +393,44 @@ mod tests {
                 _ => None,
             }
         }
+    }
+
+    /// A list of accounts with no field access of its own: paths into it walk its converted
+    /// value.
+    struct Accounts;
+
+    impl Capture for Accounts {
+        fn capture(&self) -> Value {
+            Value::List(vec![Value::Record(vec![
+                ("name".into(), Value::Str("ann".into())),
+                ("password".into(), Value::Str("hunter2".into())),
+            ])])
+        }
+    }
+
+    #[test]
+    fn what_a_path_reaches_in_a_converted_value_is_scrubbed() {
+        let values: [&dyn Capture; 1] = [&Accounts];
+        let vars = HitVars {
+            names: &["accounts"],
+            values: &values,
+        };
+        let path = |src: &str| {
+            sonde_expr::compile(src, sonde_expr::ExprKind::Any)
+                .unwrap()
+                .paths()[0]
+                .clone()
+        };
+        let first = vars.get_path(&path("accounts[0]")).unwrap();
+        assert_eq!(
+            first.field("password"),
+            Some(&Value::Str(super::super::redact::REDACTED.into()))
+        );
+        assert_eq!(first.field("name"), Some(&Value::Str("ann".into())));
+        let name = vars.get_path(&path("accounts[0].name")).unwrap();
+        assert_eq!(*name, Value::Str("ann".into()));
+        let whole = vars.get_path(&path("accounts")).unwrap();
+        assert!(!format!("{whole:?}").contains("hunter2"), "{whole:?}");
     }
 
     #[test]
