@@ -21,7 +21,7 @@
 //!   are stopped: `int3` at the address, then bytes 1–4 (the jump's offset), then byte 0 (the
 //!   `jmp` opcode), each followed by `membarrier(SYNC_CORE)`; then releases them. The bytes
 //!   thus go from the original instruction to `int3` + tail to the `jmp`, never to a partial
-//!   jump. If a thread is inside, it releases and retries a few times, then refuses.
+//!   jump. If a thread is inside, it releases and retries for up to 3 s, then refuses.
 //!
 //! The trampoline lives in its own read-execute mapping within ±2 GiB of the code, written
 //! through `write_code` (never writable and executable at once). It saves flags and all
@@ -75,8 +75,13 @@ use super::patch::{INT3, read_code, write_code};
 const TRAMPOLINE_SIZE: usize = 512;
 /// The size of one trampoline arena.
 const ARENA_SIZE: usize = 1 << 20;
-/// How many times installation retries when a thread is inside the span.
-const ATTEMPTS: u32 = 20;
+/// How long installation or removal keeps retrying while a thread is inside the span. On a
+/// loaded machine a thread stopped inside may not run again for tens of milliseconds after it
+/// is released (it is woken, but other runnable threads get the cores first), so the next stop
+/// finds it at the same instruction: the budget is time, not a count of tries.
+const BUSY_BUDGET: Duration = Duration::from_secs(3);
+/// The longest pause between two tries.
+const MAX_BACKOFF: Duration = Duration::from_millis(5);
 /// How far above a stopped thread's `rsp` its stack is scanned for saved `rip`s.
 const STACK_SCAN: u64 = 256 << 10;
 /// How long `remove` waits for callbacks in flight to return.
@@ -388,7 +393,7 @@ impl Drop for Trampoline {
 
 /// Writes `writes` in order with every other thread stopped, once no thread's `rip` and no
 /// word near the top of its stack lies in `forbidden`, and the bytes at `addr` are still
-/// `expected`. Retries a few times while a thread is inside.
+/// `expected`. Retries for up to [`BUSY_BUDGET`] while a thread is inside.
 fn patch_stopped(
     addr: u64,
     expected: &[u8],
@@ -403,9 +408,13 @@ fn patch_stopped(
         reason: e.to_string(),
     })?;
     let mut last_busy = None;
-    for attempt in 0..ATTEMPTS {
+    let started = Instant::now();
+    for attempt in 0u32.. {
         if attempt > 0 {
-            std::thread::sleep(Duration::from_micros(200 << attempt.min(6)));
+            if started.elapsed() >= BUSY_BUDGET {
+                break;
+            }
+            std::thread::sleep(MAX_BACKOFF.min(Duration::from_micros(200 << attempt.min(6))));
         }
         let outcome = stop::with_world_stopped(|threads| {
             if !code_is(addr, expected) {
