@@ -2,8 +2,8 @@
 //! tracepoint's one metric without restating `--metric` (and refuse when it has several);
 //! `rm -o json` prints one JSON document (an array for several IDs); `sonde tail ID` follows the
 //! tracepoint once a second while the shop takes checkouts, prints when the agent bound it,
-//! stops on Ctrl-C (SIGINT) and by itself with `--for`, says so when the tracepoint is deleted,
-//! and refuses an unknown ID.
+//! stops on Ctrl-C (SIGINT) and by itself with `--for`, prints a log tracepoint's log lines as
+//! the agent sends them, says so when the tracepoint is deleted, and refuses an unknown ID.
 
 mod common;
 #[path = "common/shop.rs"]
@@ -181,6 +181,44 @@ fn edits_without_metric_json_documents_and_tail() {
     } else {
         assert!(last.contains("hits -"), "{last}");
     }
+
+    // A log tracepoint: tail prints each log line the agent sent (inside its snapshot).
+    let logged = ok(
+        &server,
+        &[
+            "tracepoint",
+            "add",
+            &location,
+            "--log",
+            "order from {order.country}",
+            "--fire-count",
+            "-1",
+            "--target",
+            &target,
+            "--wait",
+        ],
+    )
+    .trim()
+    .to_owned();
+    let addr = shop.addr;
+    let shopper = std::thread::spawn(move || {
+        for _ in 0..3 {
+            checkout(addr);
+            std::thread::sleep(Duration::from_millis(300));
+        }
+    });
+    let (code, out, err) = sonde(&server, &["tail", &logged, "--for", "4s"]);
+    shopper.join().expect("checkouts");
+    assert_eq!(code, 0, "{err}");
+    let logs: Vec<&str> = out
+        .lines()
+        .filter(|l| l.contains("  log  ") && l.ends_with(": order from NZ"))
+        .collect();
+    assert!(
+        !logs.is_empty() && logs.iter().all(|l| l.contains(&service)),
+        "log lines with the service that sent them: {out}"
+    );
+    ok(&server, &["tracepoint", "rm", &logged]);
 
     // --for stops by itself; deleting the tracepoint while followed ends the tail.
     let (code, out, err) = sonde(&server, &["tail", &id, "--for", "2s"]);

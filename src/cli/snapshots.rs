@@ -179,7 +179,8 @@ fn tree(out: &mut String, snap: &Snapshot, var: &VariableId, indent: usize, dept
     }
 }
 
-fn any_text(v: Option<&sonde_proto::common::AnyValue>) -> String {
+/// A resource attribute's value as text (empty for kinds not shown).
+pub(super) fn any_text(v: Option<&sonde_proto::common::AnyValue>) -> String {
     use sonde_proto::common::any_value::Value;
     match v.and_then(|v| v.value.as_ref()) {
         Some(Value::StringValue(s)) => s.clone(),
