@@ -397,9 +397,10 @@ fn run_probe(python: &Path, run: &ProbeRun<'_>) -> TestResult<(ExitStatus, Vec<S
     let status = guard
         .wait_timeout(Duration::from_secs(run.timeout_secs + 30))?
         .ok_or("the probe did not exit in time")?;
-    // The pump threads end when the pipes close; collect what they forwarded.
+    // The pump threads end when the pipes close (the channel then disconnects); collect all they
+    // forwarded, however slowly a loaded machine runs them.
     let mut lines = Vec::new();
-    while let Ok(line) = rx.recv_timeout(Duration::from_millis(500)) {
+    while let Ok(line) = rx.recv_timeout(Duration::from_secs(30)) {
         lines.push(line);
     }
     Ok((status, lines))
