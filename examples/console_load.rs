@@ -313,6 +313,7 @@ async fn start_agents(args: &Args, grpc: &str, stop: Arc<AtomicBool>) -> anyhow:
             kind: SiteKind::Probe as i32,
             names: vec!["order".into(), "user".into()],
             module: format!("shop::module_{i}"),
+            fields: Vec::new(),
         })
         .collect();
     let every = Duration::from_secs_f64(args.report_every);

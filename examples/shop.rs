@@ -69,9 +69,9 @@ struct User {
     tier: String,
 }
 
-// What a probe site may read of these types, written out by hand to show what `Capture` asks
-// for. `field` lets a path such as `order.user.tier` convert only the string it reaches, and only
-// while a tracepoint is armed there; `capture` converts the whole value (for `len(order.items)`).
+// What a probe site may read of these types, by hand to show what `Capture` asks for (or derive
+// it). `field` lets `order.user.tier` convert only the string it reaches, while armed; `capture`
+// converts the whole value (`len(order.items)`); `field_names` lists fields in `sonde sites`.
 impl Capture for Order {
     fn capture(&self) -> Value {
         Value::Record(vec![
@@ -89,6 +89,9 @@ impl Capture for Order {
             "user" => Some(&self.user),
             _ => None,
         }
+    }
+    fn field_names(&self) -> &'static [&'static str] {
+        &["country", "items", "total", "user"]
     }
 }
 

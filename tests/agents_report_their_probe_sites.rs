@@ -1,8 +1,11 @@
 //! Agents tell the server where a tracepoint can bind: two shops (the example, real child
 //! processes with real agents) report their three probe sites; `GET /api/sites` merges them per
 //! service counting the agents that have each, `GET /api/agents/{id}/sites` shows one agent's, and
-//! the real `sonde sites` CLI lists the checkout line with what it captures. The catalog is read
-//! with a `read` token like the rest of the API (none: 401), and stays in its tenant.
+//! the real `sonde sites` CLI lists the checkout line with what it captures. Once the line has run
+//! in one shop, its captured `order`'s field names are listed too (the agent reports its catalog
+//! again), and a tracepoint reading a field `order` does not have is created with a warning
+//! naming the fields. The catalog is read with a `read` token like the rest of the API (none:
+//! 401), and stays in its tenant.
 
 mod common;
 #[path = "common/shop.rs"]
@@ -14,6 +17,7 @@ use common::TestServer;
 use serde_json::Value;
 
 const READ: &str = "read-secret-0123456789";
+const WRITE: &str = "write-secret-0123456789";
 
 /// `GET /api/sites?service.name=...` with the read token, once `agents` agents have reported.
 fn wait_for_sites(server: &TestServer, service: &str, agents: u64) -> Value {
@@ -41,10 +45,13 @@ fn wait_for_sites(server: &TestServer, service: &str, agents: u64) -> Value {
 #[test]
 fn shops_report_their_probe_sites_and_the_cli_lists_them() {
     let server = TestServer::start_with(|c| {
-        c.tokens = vec![format!("reader:read:{READ}")];
+        c.tokens = vec![
+            format!("reader:read:{READ}"),
+            format!("writer:write:{WRITE}"),
+        ];
     });
     let service = format!("shop-sites-{}", std::process::id());
-    let _a = shop::start(&server.grpc, &service);
+    let a = shop::start(&server.grpc, &service);
     let _b = shop::start(&server.grpc, &service);
     let line = shop::checkout_line();
 
@@ -138,4 +145,76 @@ fn shops_report_their_probe_sites_and_the_cli_lists_them() {
     );
     let (code, _, err) = shop::sonde(&server.http, None, &["sites"]);
     assert_eq!(code, 1, "refused without a token: {err}");
+
+    // The checkout line runs once in shop A: its `order`'s fields are reported and merged.
+    let resp = common::http_agent()
+        .post(format!("http://{}/checkout", a.addr))
+        .header("content-type", "application/json")
+        .send(r#"{"country":"NZ","items":[{"sku":"tea","qty":2}],"total":100,"user":{"id":"u1","tier":"gold"}}"#)
+        .expect("checkout");
+    assert_eq!(resp.status(), 200);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let checkout = loop {
+        let merged = wait_for_sites(&server, &service, 2);
+        let site = merged["sites"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|s| s["line"] == line)
+            .cloned()
+            .unwrap_or_default();
+        if site["fields"].is_object() {
+            break site;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the checkout site's fields never arrived: {merged}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(
+        checkout["fields"],
+        serde_json::json!({"order": ["country", "items", "total", "user"]}),
+        "only `order` has fields (the others are plain values): {checkout}"
+    );
+    assert_eq!(
+        checkout["agents"], 2,
+        "still one site of both agents: {checkout}"
+    );
+    let (code, out, err) = shop::sonde(
+        &server.http,
+        Some(READ),
+        &["sites", "--service", &service, "discount"],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.lines().nth(1).is_some_and(
+            |row| row.ends_with("order {country, items, total, user}, discount, charged, took")
+        ),
+        "{out}"
+    );
+    let body = serde_json::json!({"tracepoint": {
+        "path": "examples/shop.rs",
+        "line_number": line,
+        "targeting": [{"key": "service.name", "value": {"stringValue": service}}],
+        "metrics": [{"name": "totals", "type": "HISTOGRAM", "expression": "order.totl"}],
+    }})
+    .to_string();
+    let (status, created) = server.request(
+        "POST",
+        "/api/tracepoints",
+        Some(&body),
+        &[("authorization", &format!("Bearer {WRITE}"))],
+    );
+    assert_eq!(status, 200, "created all the same: {created}");
+    let warned = created["warnings"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|w| w.as_str())
+        .any(|w| {
+            w.starts_with("`order.totl`: the value `order` captured at examples/shop.rs:")
+                && w.ends_with(r#"has no field "totl"; its fields: country, items, total, user"#)
+        });
+    assert!(warned, "{created}");
 }

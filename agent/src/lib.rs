@@ -141,7 +141,7 @@ macro_rules! __probe_munch {
         #[$crate::__macro_support::linkme::distributed_slice($crate::__macro_support::SITES)]
         #[linkme(crate = $crate::__macro_support::linkme)]
         static __SONDE_SITE_REF: &'static $crate::__macro_support::Site = &__SONDE_SITE;
-        if __SONDE_SITE.is_armed() {
+        if __SONDE_SITE.wants_hit() {
             __SONDE_SITE.hit(&[$($value),*]);
         }
     }};

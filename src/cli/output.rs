@@ -120,12 +120,6 @@ pub fn sites(opts: &ClientOpts, value: &serde_json::Value) {
         .into_iter()
         .flatten()
         .map(|site| {
-            let names: Vec<&str> = site["names"]
-                .as_array()
-                .into_iter()
-                .flatten()
-                .filter_map(|n| n.as_str())
-                .collect();
             let mut row = vec![
                 format!(
                     "{}:{}",
@@ -137,7 +131,7 @@ pub fn sites(opts: &ClientOpts, value: &serde_json::Value) {
             if let Some(total) = total {
                 row.push(format!("{}/{total}", site["agents"].as_u64().unwrap_or(0)));
             }
-            row.push(names.join(", "));
+            row.push(captures(site).join(", "));
             row
         })
         .collect();
@@ -146,6 +140,24 @@ pub fn sites(opts: &ClientOpts, value: &serde_json::Value) {
     } else {
         table(&["LOCATION", "KIND", "CAPTURES"], &rows);
     }
+}
+
+/// A probe site's captured names (of a site, or a line's `probe`), each followed by its value's
+/// field names where the agent knows them: `order {country, items, total}`.
+fn captures(site: &serde_json::Value) -> Vec<String> {
+    site["names"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|n| n.as_str())
+        .map(|name| match site["fields"][name].as_array() {
+            Some(fields) if !fields.is_empty() => {
+                let fields: Vec<&str> = fields.iter().filter_map(|f| f.as_str()).collect();
+                format!("{name} {{{}}}", fields.join(", "))
+            }
+            _ => name.to_owned(),
+        })
+        .collect()
 }
 
 /// `sonde files`.
@@ -192,9 +204,8 @@ pub fn lines(opts: &ClientOpts, value: &serde_json::Value, one_line: bool) {
                 kind(l),
                 l["agents"].as_u64().unwrap_or(0)
             );
-            if let Some(names) = l["probe"]["names"].as_array() {
-                let names: Vec<&str> = names.iter().filter_map(|n| n.as_str()).collect();
-                println!("probe site captures: {}", names.join(", "));
+            if l["probe"]["names"].is_array() {
+                println!("probe site captures: {}", captures(&l["probe"]).join(", "));
             }
             let rows: Vec<Vec<String>> = l["variables"]
                 .as_array()
@@ -244,13 +255,8 @@ pub fn lines(opts: &ClientOpts, value: &serde_json::Value, one_line: bool) {
                     }
                 })
                 .collect();
-            if vars.is_empty()
-                && let Some(names) = l["probe"]["names"].as_array()
-            {
-                vars = names
-                    .iter()
-                    .filter_map(|n| n.as_str().map(str::to_owned))
-                    .collect();
+            if vars.is_empty() {
+                vars = captures(&l["probe"]);
             }
             vec![
                 l["line"].to_string(),

@@ -1008,6 +1008,7 @@ mod tests {
             kind: SiteKind::Probe as i32,
             names: vec!["order".into()],
             module: String::new(),
+            fields: Vec::new(),
         };
         let catalog = |native| {
             Catalog::from_wire(&SiteCatalog {

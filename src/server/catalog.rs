@@ -23,6 +23,8 @@ pub const MAX_SITES: usize = 50_000;
 pub const MAX_NAMES: usize = 64;
 /// Longest file, module or name.
 pub const MAX_TEXT: usize = 1024;
+/// Most field names of one captured value a catalog may list.
+pub const MAX_FIELDS: usize = 256;
 
 /// One site of a catalog.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
@@ -38,6 +40,10 @@ pub struct SiteView {
     /// The module path.
     #[serde(skip_serializing_if = "String::is_empty")]
     pub module: String,
+    /// Per captured name whose value has known fields (`#[derive(Capture)]`, once the line has
+    /// run), those field names.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub fields: BTreeMap<String, Vec<String>>,
 }
 
 /// One agent's catalog.
@@ -92,6 +98,28 @@ impl Catalog {
                     format!("at most {MAX_NAMES} names of at most {MAX_TEXT} bytes"),
                 ));
             }
+            let mut fields = BTreeMap::new();
+            if s.fields.len() > MAX_NAMES {
+                return Err(bad(
+                    format!("sites[{i}].fields"),
+                    format!("at most {MAX_NAMES} entries"),
+                ));
+            }
+            for (k, f) in s.fields.iter().enumerate() {
+                if !s.names.contains(&f.name) {
+                    return Err(bad(
+                        format!("sites[{i}].fields[{k}].name"),
+                        format!("{:?} is not one of the site's names", f.name),
+                    ));
+                }
+                if f.fields.len() > MAX_FIELDS || f.fields.iter().any(|n| n.len() > MAX_TEXT) {
+                    return Err(bad(
+                        format!("sites[{i}].fields[{k}].fields"),
+                        format!("at most {MAX_FIELDS} names of at most {MAX_TEXT} bytes"),
+                    ));
+                }
+                fields.insert(f.name.clone(), f.fields.clone());
+            }
             let kind = match SiteKind::try_from(s.kind) {
                 Ok(SiteKind::Probe) => "probe",
                 _ => {
@@ -107,6 +135,7 @@ impl Catalog {
                 kind,
                 names: s.names.clone(),
                 module: s.module.clone(),
+                fields,
             });
         }
         sites.sort();
@@ -146,21 +175,45 @@ pub struct MergedSite {
     pub agents: usize,
 }
 
-/// Merges catalogs: one entry per distinct site, counting the agents that have it.
+/// Merges catalogs: one entry per distinct site, counting the agents that have it. Field names
+/// are merged over the agents that know them (a site that has run in one process and not yet in
+/// another is still one site).
 pub fn merge<'a>(catalogs: impl IntoIterator<Item = &'a Catalog>) -> Vec<MergedSite> {
-    let mut merged: BTreeMap<&SiteView, usize> = BTreeMap::new();
+    type Key<'a> = (&'a str, u32, &'static str, &'a [String], &'a str);
+    let mut merged: BTreeMap<Key<'a>, MergedSite> = BTreeMap::new();
     for catalog in catalogs {
         for site in &catalog.sites {
-            *merged.entry(site).or_default() += 1;
+            let key = (
+                site.file.as_str(),
+                site.line,
+                site.kind,
+                site.names.as_slice(),
+                site.module.as_str(),
+            );
+            let entry = merged.entry(key).or_insert_with(|| MergedSite {
+                site: SiteView {
+                    fields: BTreeMap::new(),
+                    ..site.clone()
+                },
+                agents: 0,
+            });
+            entry.agents += 1;
+            merge_fields(&mut entry.site.fields, &site.fields);
         }
     }
-    merged
-        .into_iter()
-        .map(|(site, agents)| MergedSite {
-            site: site.clone(),
-            agents,
-        })
-        .collect()
+    merged.into_values().collect()
+}
+
+/// Adds the field names of `from` to `into`, each name once, in the order first seen.
+fn merge_fields(into: &mut BTreeMap<String, Vec<String>>, from: &BTreeMap<String, Vec<String>>) {
+    for (name, fields) in from {
+        let have = into.entry(name.clone()).or_default();
+        for f in fields {
+            if !have.contains(f) {
+                have.push(f.clone());
+            }
+        }
+    }
 }
 
 /// A way to ask one agent about its native lines: the sending half of its
@@ -257,6 +310,9 @@ pub struct LineView {
 pub struct ProbeView {
     /// The captured names.
     pub names: Vec<String>,
+    /// Field names of the captured values that have them (see [`SiteView::fields`]).
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub fields: BTreeMap<String, Vec<String>>,
 }
 
 /// Checks the bounds of an agent's `lines` answer and converts it.
@@ -364,11 +420,11 @@ pub fn merge_lines(groups: &[GroupLines<'_>]) -> Vec<LineView> {
             if counted.insert(site.line) {
                 view.agents += group.agents;
             }
-            if view.probe.is_none() {
-                view.probe = Some(ProbeView {
-                    names: site.names.clone(),
-                });
-            }
+            let probe = view.probe.get_or_insert_with(|| ProbeView {
+                names: site.names.clone(),
+                fields: BTreeMap::new(),
+            });
+            merge_fields(&mut probe.fields, &site.fields);
         }
         for (n, vars) in group.native.iter().flatten() {
             let view = lines.entry(*n).or_insert_with(|| empty_line(*n));
@@ -407,7 +463,7 @@ fn empty_line(line: u32) -> LineView {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use sonde_proto::sonde::ProbeSite;
+    use sonde_proto::sonde::{CapturedFields, ProbeSite};
 
     fn site(file: &str, line: u32, names: &[&str]) -> ProbeSite {
         ProbeSite {
@@ -416,6 +472,7 @@ mod tests {
             kind: SiteKind::Probe as i32,
             names: names.iter().map(|n| (*n).into()).collect(),
             module: String::new(),
+            fields: Vec::new(),
         }
     }
 
@@ -449,5 +506,52 @@ mod tests {
         })
         .unwrap_err();
         assert_eq!(err.field, "sites[0].file");
+        let mut stray = site("src/a.rs", 1, &["order"]);
+        stray.fields = vec![CapturedFields {
+            name: "user".into(),
+            fields: vec!["id".into()],
+        }];
+        let err = Catalog::from_wire(&SiteCatalog {
+            sites: vec![stray],
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert_eq!(err.field, "sites[0].fields[0].name");
+        assert!(err.message.contains("\"user\""), "{}", err.message);
+    }
+
+    #[test]
+    fn field_names_merge_over_the_agents_that_know_them() {
+        let with = |fields: &[&str]| {
+            let mut s = site("src/a.rs", 10, &["order", "n"]);
+            s.fields = vec![CapturedFields {
+                name: "order".into(),
+                fields: fields.iter().map(|f| (*f).into()).collect(),
+            }];
+            Catalog::from_wire(&SiteCatalog {
+                sites: vec![s],
+                ..Default::default()
+            })
+            .unwrap()
+        };
+        let ran = with(&["country", "total"]);
+        let newer = with(&["country", "total", "tier"]);
+        let not_yet = Catalog::from_wire(&SiteCatalog {
+            sites: vec![site("src/a.rs", 10, &["order", "n"])],
+            ..Default::default()
+        })
+        .unwrap();
+        let merged = merge([&ran, &not_yet, &newer]);
+        assert_eq!(
+            merged.len(),
+            1,
+            "one site whatever its agents know: {merged:?}"
+        );
+        assert_eq!(merged[0].agents, 3);
+        assert_eq!(
+            merged[0].site.fields.get("order").map(Vec::as_slice),
+            Some(&["country".to_owned(), "total".into(), "tier".into()][..])
+        );
+        assert!(!merged[0].site.fields.contains_key("n"));
     }
 }

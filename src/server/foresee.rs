@@ -6,7 +6,8 @@
 //!   of several services;
 //! - a line that is no probe site in the catalogs of agents that arm no lines natively (with the
 //!   nearest probe lines);
-//! - a name its expressions read that the probe site there does not capture;
+//! - a name its expressions read that the probe site there does not capture, or a field of a
+//!   captured value that its type does not have (where the agent knows the type's fields);
 //! - for agents that arm lines natively, their own answer about the line (asked down their
 //!   question stream): no code there (with the nearest lines that have some), or a name not in
 //!   scope (with the names that are), or a variable that cannot be read at every address.
@@ -64,6 +65,7 @@ pub async fn foresee(config: &TracePointConfig, agents: &[LiveAgent]) -> (Vec<St
             .find(|s| s.line == line && sonde_proto::path_matches(path, &s.file))
         {
             let missing: Vec<&str> = reads
+                .names
                 .iter()
                 .filter(|n| !site.names.iter().any(|have| have == *n))
                 .map(String::as_str)
@@ -81,6 +83,19 @@ pub async fn foresee(config: &TracePointConfig, agents: &[LiveAgent]) -> (Vec<St
                         site.names.join(", ")
                     }
                 ));
+            }
+            for (root, field) in &reads.steps {
+                if let Some(fields) = site.fields.get(root)
+                    && !fields.contains(field)
+                {
+                    warnings.push(format!(
+                        "`{root}.{field}`: the value `{root}` captured at {}:{} has no field \
+                         {field:?}; its fields: {}",
+                        site.file,
+                        site.line,
+                        fields.join(", ")
+                    ));
+                }
             }
         } else if c.native
             && let Some(asker) = &a.asker
@@ -108,6 +123,7 @@ pub async fn foresee(config: &TracePointConfig, agents: &[LiveAgent]) -> (Vec<St
                     continue;
                 };
                 let missing: Vec<&str> = reads
+                    .names
                     .iter()
                     .filter(|n| !vars.iter().any(|v| v.name == **n))
                     .map(String::as_str)
@@ -129,7 +145,7 @@ pub async fn foresee(config: &TracePointConfig, agents: &[LiveAgent]) -> (Vec<St
                 }
                 for v in vars
                     .iter()
-                    .filter(|v| !v.readable && reads.contains(&v.name))
+                    .filter(|v| !v.readable && reads.names.contains(&v.name))
                 {
                     warnings.push(format!(
                         "`{}` cannot be read everywhere at {path}:{line} ({}){}",
@@ -170,9 +186,9 @@ fn quoted(names: &[&str]) -> String {
 }
 
 /// The root variable names every expression of `config` reads (condition, log template,
-/// watches, metric values and labels), each once. Expressions that do not compile read nothing
+/// watches, metric values and labels), and the first step into each, each once. Expressions that do not compile read nothing
 /// here (validation has refused them already).
-fn names_read(config: &TracePointConfig) -> Vec<String> {
+fn names_read(config: &TracePointConfig) -> Reads {
     let mut sources: Vec<(&str, ExprKind)> = Vec::new();
     for (key, kind) in [
         ("condition", ExprKind::Condition),
@@ -195,15 +211,31 @@ fn names_read(config: &TracePointConfig) -> Vec<String> {
             }
         }
     }
-    let mut out: Vec<String> = Vec::new();
+    let mut out = Reads::default();
     for (source, kind) in sources {
         if let Ok(expr) = sonde_expr::compile(source, kind) {
             for v in expr.variables() {
-                if !out.contains(v) {
-                    out.push(v.clone());
+                if !out.names.contains(v) {
+                    out.names.push(v.clone());
+                }
+            }
+            for p in expr.paths() {
+                if let Some(sonde_expr::Segment::Field(f)) = p.segments().first() {
+                    let step = (p.root().to_owned(), f.clone());
+                    if !out.steps.contains(&step) {
+                        out.steps.push(step);
+                    }
                 }
             }
         }
     }
     out
+}
+
+/// What a tracepoint's expressions read: root names, and each first step into one
+/// (`order.country` is `("order", "country")`).
+#[derive(Default)]
+struct Reads {
+    names: Vec<String>,
+    steps: Vec<(String, String)>,
 }

@@ -229,6 +229,11 @@ pub(crate) fn expand(mut input: DeriveInput) -> syn::Result<TokenStream> {
             ));
         }
     };
+    let names = if redact {
+        Vec::new()
+    } else {
+        field_names(&input.data)?
+    };
     let ident = &input.ident;
     let (impl_generics, ty_generics, where_clause) = input.generics.split_for_impl();
     Ok(quote! {
@@ -247,7 +252,43 @@ pub(crate) fn expand(mut input: DeriveInput) -> syn::Result<TokenStream> {
             fn redacted(&self) -> bool {
                 #redact
             }
+
+            fn field_names(&self) -> &'static [&'static str] {
+                &[#(#names),*]
+            }
         }
+    })
+}
+
+/// The names a path can take one step into a value of the type: a struct's named fields (as
+/// captured: renamed, neither skipped nor redacted); for an enum with fields, `variant` and every
+/// variant's named fields, each once. Tuple structs and unit-only enums have none.
+fn field_names(data: &Data) -> syn::Result<Vec<String>> {
+    let named = |fields: &Fields| -> syn::Result<Vec<String>> {
+        if !matches!(fields, Fields::Named(_)) {
+            return Ok(Vec::new());
+        }
+        let (captured, _) = collect(fields, false)?;
+        Ok(captured
+            .into_iter()
+            .filter(|f| !f.redact)
+            .map(|f| f.key)
+            .collect())
+    };
+    Ok(match data {
+        Data::Struct(data) => named(&data.fields)?,
+        Data::Enum(data) if data.variants.iter().any(|v| !v.fields.is_empty()) => {
+            let mut out = vec![VARIANT_KEY.to_owned()];
+            for variant in &data.variants {
+                for key in named(&variant.fields)? {
+                    if !out.contains(&key) {
+                        out.push(key);
+                    }
+                }
+            }
+            out
+        }
+        Data::Enum(_) | Data::Union(_) => Vec::new(),
     })
 }
 

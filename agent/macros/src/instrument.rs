@@ -7,13 +7,13 @@
 //!     static ENTRY: Site = Site::new(file!(), <line of `fn`>, module_path!(), &["a", "b"]);
 //!     static EXIT: Site = Site::new(file!(), <line of the closing `}`>, module_path!(),
 //!                                   &["a", "b", "ret", "ok", "elapsed"]);
-//!     if ENTRY.is_armed() { ENTRY.hit(&[&a, &b]) }          // one relaxed load
+//!     if ENTRY.wants_hit() { ENTRY.hit(&[&a, &b]) }        // one relaxed load
 //!     let b_at_entry = b;                                    // a shared reference: a copy
-//!     let exit = if EXIT.is_armed() {                        // one relaxed load
+//!     let exit = if EXIT.wants_hit() {                       // one relaxed load
 //!         Some(([a.capture()], Instant::now()))              // owned arguments: converted now
 //!     } else { None };
 //!     let ret = call_once::<R, _>(move || { <body> });       // every `return` and `?` land here
-//!     if let Some((args, start)) = exit { if EXIT.is_armed() { EXIT.hit(..) } }
+//!     if let Some((args, start)) = exit { if EXIT.wants_hit() { EXIT.hit(..) } }
 //!     ret
 //! }
 //! ```
@@ -182,19 +182,19 @@ pub(crate) fn expand(args: Args, item: ItemFn) -> syn::Result<TokenStream> {
         #vis #sig {
             #entry_site
             #exit_site
-            if __SONDE_ENTRY.is_armed() {
+            if __SONDE_ENTRY.wants_hit() {
                 __SONDE_ENTRY.hit(&[#(#entry_values),*]);
             }
             #(#keep)*
             let __sonde_exit: ::core::option::Option<([#ms::Value; #n_snapshot], #ms::Instant)> =
-                if __SONDE_EXIT.is_armed() {
+                if __SONDE_EXIT.wants_hit() {
                     ::core::option::Option::Some(([#(#snapshot),*], #ms::Instant::now()))
                 } else {
                     ::core::option::Option::None
                 };
             let __sonde_ret = #body;
             if let ::core::option::Option::Some((__sonde_args, __sonde_start)) = __sonde_exit {
-                if __SONDE_EXIT.is_armed() {
+                if __SONDE_EXIT.wants_hit() {
                 let __sonde_elapsed: f64 = __sonde_start.elapsed().as_secs_f64();
                 #[allow(unused_variables)]
                 let (__sonde_ret_ref, __sonde_ok): (&dyn #ms::Capture, bool) = {

@@ -39,6 +39,10 @@ mod track_errors;
 ///
 /// On the type, `#[capture(redact)]` redacts every value of it, wherever it is captured.
 ///
+/// `field_names()` lists what a path can take one step into the value (shown by `sonde sites`
+/// once the probe line has run): a struct's named fields as captured (renamed; neither skipped nor
+/// redacted), or `variant` and every variant's named fields for an enum with fields.
+///
 /// On a variant, `#[capture(rename = "name")]` changes the name it is captured under.
 ///
 /// ```
@@ -94,6 +98,10 @@ mod track_errors;
 /// assert_eq!(customer.field("country").unwrap().capture(), Value::Str("NZ".into()));
 /// assert!(customer.field("password").is_none());
 /// assert_eq!(Status::Open.capture(), Value::Str("Open".into()));
+/// // What `sonde sites` lists after `order` (renamed, neither skipped nor redacted):
+/// assert_eq!(order.field_names(), ["customer", "total", "channel", "status"]);
+/// assert_eq!(order.status.field_names(), ["variant", "amount"]);
+/// assert_eq!(order.customer.field_names(), ["country"]);
 ///
 /// #[derive(Capture)]
 /// struct Patient {

@@ -32,9 +32,10 @@ use sonde_proto::{
     poll::{PollRequest, PollResponse, ResponseType, poll_config_client::PollConfigClient},
     resource::Resource,
     sonde::{
-        ProbeSite, SiteCatalog, SiteKind, StatusReport, TracepointState as WireState,
-        TracepointStatus as WireStatus, TracepointSummary as WireSummary, WatchRequest,
-        status_service_client::StatusServiceClient, watch_service_client::WatchServiceClient,
+        CapturedFields, ProbeSite, SiteCatalog, SiteKind, StatusReport,
+        TracepointState as WireState, TracepointStatus as WireStatus,
+        TracepointSummary as WireSummary, WatchRequest, status_service_client::StatusServiceClient,
+        watch_service_client::WatchServiceClient,
     },
 };
 use tokio::sync::watch;
@@ -133,6 +134,8 @@ struct Client {
     channels: watch::Sender<Option<Channel>>,
     /// When the last status report was sent, and a digest of the counters it carried.
     last_report: std::time::Instant,
+    /// [`crate::site::fields_seen`] when the catalog was last reported.
+    fields_reported: u64,
     last_counters: u64,
 }
 
@@ -186,6 +189,7 @@ impl Client {
             channels: watch::Sender::new(None),
             last_report: std::time::Instant::now(),
             last_counters: 0,
+            fields_reported: 0,
         }
     }
 
@@ -400,6 +404,10 @@ impl Client {
     /// Reports when a status changed (the hot path set `dirty`), or when the counters changed
     /// and the last report is at least [`SUMMARY_INTERVAL`] old.
     async fn report_if_dirty(&mut self, channel: &Channel) {
+        // A site ran for the first time and told the fields of what it captures.
+        if self.catalog_supported && crate::site::fields_seen() != self.fields_reported {
+            self.report_catalog(channel).await;
+        }
         let statuses = {
             let installer = self.installer.lock().unwrap_or_else(|p| p.into_inner());
             if installer.dirty.swap(false, Ordering::Relaxed) {
@@ -505,6 +513,8 @@ impl Client {
         if !self.catalog_supported || !self.status_supported {
             return;
         }
+        // Read before the sites: a site that first runs meanwhile is reported again next time.
+        self.fields_reported = crate::site::fields_seen();
         let (sites, native) = {
             let installer = self.installer.lock().unwrap_or_else(|p| p.into_inner());
             (installer.catalog(), installer.native())
@@ -520,6 +530,14 @@ impl Client {
                     kind: SiteKind::Probe as i32,
                     names: s.names.iter().map(|n| (*n).to_owned()).collect(),
                     module: s.module.to_owned(),
+                    fields: s
+                        .fields
+                        .iter()
+                        .map(|(name, fields)| CapturedFields {
+                            name: (*name).to_owned(),
+                            fields: fields.iter().map(|f| (*f).to_owned()).collect(),
+                        })
+                        .collect(),
                 })
                 .collect(),
             native,

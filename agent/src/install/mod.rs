@@ -93,6 +93,8 @@ pub(crate) struct CatalogSite {
     pub line: u32,
     pub module: &'static str,
     pub names: &'static [&'static str],
+    /// Per captured name whose value offered field names (once the site has run), those names.
+    pub fields: Vec<(&'static str, &'static [&'static str])>,
 }
 
 enum Outcome {
@@ -612,6 +614,17 @@ impl Installer {
                 line: s.line(),
                 module: s.module(),
                 names: s.names(),
+                fields: s
+                    .field_names()
+                    .map(|fields| {
+                        s.names()
+                            .iter()
+                            .copied()
+                            .zip(fields.iter().copied())
+                            .filter(|(_, f)| !f.is_empty())
+                            .collect()
+                    })
+                    .unwrap_or_default(),
             })
             .collect();
         out.sort_by(|a, b| (&a.file, a.line).cmp(&(&b.file, b.line)));

@@ -50,6 +50,14 @@ pub trait Capture {
     fn redacted(&self) -> bool {
         false
     }
+
+    /// The names a path can take one step into this value (`order.` + one of them), as the
+    /// probe-site catalog lists them: `#[derive(Capture)]` gives a struct's fields (neither
+    /// skipped nor redacted), or `variant` and the variants' fields for an enum. Empty where
+    /// the type does not say (plain values, `?x`, `%x`, maps).
+    fn field_names(&self) -> &'static [&'static str] {
+        &[]
+    }
 }
 
 /// A redacted value: what `#[capture(redact)]` puts in place of a field. It holds nothing, so
@@ -85,6 +93,9 @@ macro_rules! forward {
             }
             fn redacted(&self) -> bool {
                 (**self).redacted()
+            }
+            fn field_names(&self) -> &'static [&'static str] {
+                (**self).field_names()
             }
         }
     )*};
@@ -212,6 +223,9 @@ impl<T: Capture> Capture for Option<T> {
     }
     fn redacted(&self) -> bool {
         self.as_ref().is_some_and(Capture::redacted)
+    }
+    fn field_names(&self) -> &'static [&'static str] {
+        self.as_ref().map_or(&[], Capture::field_names)
     }
 }
 

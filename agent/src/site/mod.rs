@@ -12,6 +12,14 @@
 //! Sites are collected at link time into one distributed slice ([`linkme`]), so the agent can
 //! enumerate every site of the binary at start-up without any registration call at run time.
 //!
+//! # Field names
+//! What a site captures is typed only where `probe!` expands, so the static cannot name the
+//! fields of a `#[derive(Capture)]` value. A site therefore starts *unseen*: the word the line
+//! loads is non-zero, so its first run takes the cold path, which records each captured value's
+//! [`Capture::field_names`] and clears the bit. The catalog lists them from then on
+//! ([`fields_seen`] tells the agent's client to report it again). The disarmed cost stays one
+//! load: the word holds both bits.
+//!
 //! What a site runs is a [`Program`], a trait this module defines and the hit pipeline
 //! (`tracepoint::pipeline`) implements: sites know nothing of tracepoints, so the dependency
 //! points one way (the pipeline uses sites, never the reverse).
@@ -19,8 +27,8 @@
 //! May use: nothing else in the crate (sites and captures are the bottom of the tracepoint path).
 
 use std::sync::{
-    Arc,
-    atomic::{AtomicBool, Ordering},
+    Arc, OnceLock,
+    atomic::{AtomicU8, AtomicU64, Ordering},
 };
 
 use arc_swap::ArcSwapOption;
@@ -47,8 +55,25 @@ pub struct Site {
     line: u32,
     module: &'static str,
     names: &'static [&'static str],
-    armed: AtomicBool,
+    /// [`ARMED`] and [`UNSEEN`]: the line takes the cold path while either is set.
+    state: AtomicU8,
     program: ArcSwapOption<SiteProgram>,
+    /// Per captured name, the field names its value offered on the site's first run.
+    fields: OnceLock<Box<[&'static [&'static str]]>>,
+}
+
+/// A tracepoint is bound to the site.
+const ARMED: u8 = 1;
+/// The site has not run yet: its first run records the captured values' field names.
+const UNSEEN: u8 = 2;
+
+/// Bumped whenever a site recorded field names on its first run.
+static FIELDS_SEEN: AtomicU64 = AtomicU64::new(0);
+
+/// How many sites have recorded field names so far: the probe-site catalog changed when this
+/// did.
+pub(crate) fn fields_seen() -> u64 {
+    FIELDS_SEEN.load(Ordering::Relaxed)
 }
 
 impl std::fmt::Debug for Site {
@@ -77,8 +102,9 @@ impl Site {
             line,
             module,
             names,
-            armed: AtomicBool::new(false),
+            state: AtomicU8::new(UNSEEN),
             program: ArcSwapOption::const_empty(),
+            fields: OnceLock::new(),
         }
     }
 
@@ -102,29 +128,64 @@ impl Site {
         self.names
     }
 
-    /// Whether a tracepoint is bound here: one relaxed load.
-    #[inline(always)]
+    /// Whether a tracepoint is bound here.
     pub fn is_armed(&self) -> bool {
-        self.armed.load(Ordering::Relaxed)
+        self.state.load(Ordering::Relaxed) & ARMED != 0
     }
 
-    /// Runs the bound tracepoints over the captured values. Called by `probe!` when armed.
+    /// Whether the line must call [`hit`](Self::hit): armed, or not run yet. One relaxed load;
+    /// used by `probe!`, not meant to be called by hand.
+    #[doc(hidden)]
+    #[inline(always)]
+    pub fn wants_hit(&self) -> bool {
+        self.state.load(Ordering::Relaxed) != 0
+    }
+
+    /// The field names each captured value offered (in the order of [`names`](Self::names)),
+    /// once the site has run; `None` before.
+    pub fn field_names(&self) -> Option<&[&'static [&'static str]]> {
+        self.fields.get().map(|f| &**f)
+    }
+
+    /// Runs the bound tracepoints over the captured values. Called by `probe!` when
+    /// [`wants_hit`](Self::wants_hit).
     #[doc(hidden)]
     #[cold]
     #[inline(never)]
     pub fn hit(&'static self, values: &[&dyn Capture]) {
+        if self.state.load(Ordering::Relaxed) & UNSEEN != 0 {
+            self.first_run(values);
+        }
         if let Some(program) = self.program.load().as_ref() {
             program.hit(self, values);
         }
     }
 
+    /// Records the captured values' field names, once.
+    #[cold]
+    fn first_run(&self, values: &[&dyn Capture]) {
+        let mut any = false;
+        let fields: Box<[&'static [&'static str]]> = values
+            .iter()
+            .map(|v| {
+                let names = v.field_names();
+                any |= !names.is_empty();
+                names
+            })
+            .collect();
+        if self.fields.set(fields).is_ok() && any {
+            FIELDS_SEEN.fetch_add(1, Ordering::Relaxed);
+        }
+        self.state.fetch_and(!UNSEEN, Ordering::Relaxed);
+    }
+
     pub(crate) fn arm(&self, program: Arc<SiteProgram>) {
         self.program.store(Some(program));
-        self.armed.store(true, Ordering::Release);
+        self.state.fetch_or(ARMED, Ordering::Release);
     }
 
     pub(crate) fn disarm(&self) {
-        self.armed.store(false, Ordering::Release);
+        self.state.fetch_and(!ARMED, Ordering::Release);
         self.program.store(None);
     }
 

@@ -775,9 +775,10 @@ async function viewEditor(id) {
   }
   function showVars() {
     const l = catalog.lines.find((x) => String(x.line) === String(lineNo.value));
-    const list = !l ? [] : (l.variables && l.variables.length ? l.variables : (l.probe ? l.probe.names.map((name) => ({ name, readable: true })) : []));
+    const list = !l ? [] : (l.variables && l.variables.length ? l.variables : (l.probe ? l.probe.names.map((name) => ({ name, readable: true, fields: (l.probe.fields || {})[name] })) : []));
     vars.replaceChildren(...(list.length ? list.map((v) => h('li', { class: v.readable === false ? 'unreadable' : '', title: v.why || '' },
-      v.name, v.type ? h('span', { class: 'type' }, `: ${v.type}`) : null))
+      v.name, v.type ? h('span', { class: 'type' }, `: ${v.type}`) : null,
+      v.fields && v.fields.length ? h('span', { class: 'type' }, ` { ${v.fields.join(', ')} }`) : null))
       : [h('li', { class: 'unreadable' }, l ? 'none reported' : 'pick a line from the catalog')]));
   }
   service.addEventListener('change', () => { loadFiles().catch(failed); schedule(); });
@@ -838,7 +839,7 @@ async function fetchLines(catalog, service, file) {
   let lines;
   if (catalog.fromSites) {
     lines = catalog.fromSites.filter((site) => site.file === file)
-      .map((site) => ({ line: site.line, agents: site.agents || 1, probe: { names: site.names || [] }, variables: [] }));
+      .map((site) => ({ line: site.line, agents: site.agents || 1, probe: { names: site.names || [], fields: site.fields || {} }, variables: [] }));
   } else {
     const q = new URLSearchParams();
     if (service) q.set('service.name', service);
