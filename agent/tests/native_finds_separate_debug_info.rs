@@ -6,7 +6,8 @@
 //! one child test, which arms the fixture's lines and counts their hits. A copy with no debug
 //! file anywhere says in its status what to add. A program built with split DWARF packed into a
 //! `.dwp` answers `lines` with its variables from the package, beside the binary or in its
-//! `.debug/`, and without the package is refused with an error saying what to keep where.
+//! `.debug/`, and without the package is refused with an error saying what to keep where; one
+//! built with unpacked split DWARF reads them from the `.dwo` files its skeletons name.
 //!
 //! objcopy and readelf are binutils', which `.ci/run` installs.
 #![cfg(all(feature = "native", target_os = "linux", target_arch = "x86_64"))]
@@ -238,29 +239,24 @@ fn main() {
 }
 "#;
 
-/// Builds [`SPLIT_SOURCE`] in a fresh directory with `-C split-debuginfo=packed`; the binary
-/// (`split`) and its package (`split.dwp`, written beside it by rustc).
-fn build_split(name: &str) -> (PathBuf, PathBuf) {
-    let dir = std::env::temp_dir().join(format!("sonde-split-{name}-{}", std::process::id()));
+/// Builds [`SPLIT_SOURCE`] in a fresh directory with `-C split-debuginfo=<kind>`; the binary
+/// (`split`) and, packed, its package (`split.dwp`, written beside it by rustc).
+fn build_split(kind: &str) -> (PathBuf, PathBuf) {
+    let dir = std::env::temp_dir().join(format!("sonde-split-{kind}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let src = dir.join("split.rs");
     std::fs::write(&src, SPLIT_SOURCE).unwrap();
     let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".to_owned());
     run(Command::new(rustc)
-        .args([
-            "--edition",
-            "2021",
-            "-g",
-            "-C",
-            "split-debuginfo=packed",
-            "-o",
-        ])
+        .args(["--edition", "2021", "-g", "-C"])
+        .arg(format!("split-debuginfo={kind}"))
+        .arg("-o")
         .arg(dir.join("split"))
         .arg(&src)
         .current_dir(&dir));
     let package = dir.join("split.dwp");
-    assert!(package.exists(), "rustc wrote no {}", package.display());
+    assert_eq!(package.exists(), kind == "packed", "{}", package.display());
     (dir.join("split"), package)
 }
 
@@ -327,4 +323,45 @@ fn split_dwarf_is_read_from_its_package() {
         Err(other) => panic!("unexpected error: {other}"),
     }
     let _ = std::fs::remove_dir_all(binary.parent().unwrap());
+}
+
+#[test]
+fn unpacked_split_dwarf_is_read_from_its_dwo_files() {
+    let (binary, _) = build_split("unpacked");
+    let dir = binary.parent().unwrap().to_owned();
+    let dwos: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "dwo"))
+        .collect();
+    assert!(
+        !dwos.is_empty(),
+        "rustc left no .dwo files in {}",
+        dir.display()
+    );
+
+    let line = with_fee_line(&binary);
+    for name in ["sum", "fee", "prices"] {
+        let v = line.variables.iter().find(|v| v.name == name);
+        assert!(
+            v.is_some_and(|v| v.readable),
+            "`{name}` at the line: {line:?}"
+        );
+    }
+
+    // Without them: refused, naming the missing file.
+    for dwo in &dwos {
+        std::fs::remove_file(dwo).unwrap();
+    }
+    match DebugIndex::build(&binary, 0) {
+        Err(err @ LoadError::SplitDwarf { .. }) => {
+            let text = err.to_string();
+            for wanted in ["no DWARF package (.dwp)", ".dwo file", "split.dwp"] {
+                assert!(text.contains(wanted), "no {wanted:?} in {text}");
+            }
+        }
+        Ok(_) => panic!("split DWARF indexed without its .dwo files"),
+        Err(other) => panic!("unexpected error: {other}"),
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

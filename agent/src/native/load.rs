@@ -30,13 +30,14 @@ pub enum LoadError {
         /// Where a separate debug file was looked for, for the message.
         searched: String,
     },
-    /// The binary's units are split DWARF skeletons (`split-debuginfo = "packed"`), and the
-    /// DWARF package (`.dwp`) that holds their lines' variables was not found, or does not hold
-    /// every unit (a package of another build).
+    /// The binary's units are split DWARF skeletons (`split-debuginfo = "packed"` or
+    /// `"unpacked"`), and neither the DWARF package (`.dwp`) nor the `.dwo` file of a unit
+    /// was found (or the package is of another build and does not hold every unit).
     #[error(
-        "the debug info of {path} is split DWARF (split-debuginfo = \"packed\") and {problem}: \
-         keep the `.dwp` file the build wrote beside the binary (or in .debug/ beside it, or in \
-         the directory SONDE_AGENT_DEBUG_DIR names), or build with split-debuginfo = \"off\" \
+        "the debug info of {path} is split DWARF (split-debuginfo = \"packed\" or \
+         \"unpacked\") and {problem}: keep the `.dwp` file the build wrote beside the binary \
+         (or in .debug/ beside it, or in the directory SONDE_AGENT_DEBUG_DIR names), or the \
+         `.dwo` files where the build left them, or build with split-debuginfo = \"off\" \
          (Linux's default); looked for {searched}"
     )]
     SplitDwarf {
