@@ -133,6 +133,18 @@ fn a_whole_file_answers_as_its_lines_asked_alone() {
         .and_then(|l| l.variables.iter().find(|v| v.name == "subtotal"))
         .unwrap_or_else(|| panic!("`subtotal` at line {after}: {own:?}"));
     assert!(subtotal.readable, "{subtotal:?}");
+    // The shapes kept for whole values (by type, and behind the state pointer by type, moved to
+    // each local's offset) equal those built afresh for each variable (no path read: whole).
+    let mut compared = 0;
+    for line in index.code_lines(FILE) {
+        for a in &index.lookup(FILE, line).addresses {
+            let kept = index.variables_at(a.address).unwrap();
+            let afresh = index.variables_at_reading(a.address, &[]).unwrap();
+            assert_eq!(kept, afresh, "{FILE}:{line} at {:#x}", a.address);
+            compared += kept.len();
+        }
+    }
+    assert!(compared > 0, "variables compared");
 
     // The agent's own files with the most lines with code in this binary.
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");

@@ -117,6 +117,8 @@ impl DebugIndex {
             units: RefCell::default(),
             chains: RefCell::default(),
             awaits: RefCell::default(),
+            declared: RefCell::default(),
+            behind: RefCell::default(),
             coroutines: RefCell::default(),
         }
     }
@@ -138,9 +140,13 @@ pub(crate) struct Reader<'i> {
     /// Parsed units by `.debug_info` offset.
     units: RefCell<HashMap<usize, Rc<Parsed<'i>>>>,
     /// The scopes around a DWARF address, by (unit, address).
-    chains: RefCell<HashMap<(usize, u64), Rc<Vec<Scope<'i>>>>>,
+    chains: RefCell<Kept<u64, Vec<Scope<'i>>>>,
     /// The `.await`s below a scope, by (unit, scope).
-    awaits: RefCell<HashMap<(usize, usize), Rc<Vec<Await>>>>,
+    awaits: RefCell<Kept<usize, Vec<Await>>>,
+    /// The variables declared directly in a scope, by (unit, scope).
+    declared: RefCell<Kept<usize, Vec<Declared<'i>>>>,
+    /// Full shapes behind a pointer (at offset 0), by (unit, type).
+    behind: RefCell<Kept<usize, Result<TypeShape, String>>>,
     /// An `async fn` poll function's state parameter and the fields of its suspended variants,
     /// by (unit, subprogram); `None` when it has no such state.
     coroutines: RefCell<HashMap<(usize, usize), StateFields>>,
@@ -157,12 +163,26 @@ struct Parsed<'i> {
     unit: Unit<'i>,
 }
 
+/// A variable or parameter declared directly in a scope, with what its entry (or its abstract
+/// origin) says of it.
+struct Declared<'i> {
+    entry: Entry<'i>,
+    is_parameter: bool,
+    name: String,
+    ty: Option<AttributeValue<Slice<'i>>>,
+    type_name: Option<String>,
+    byte_size: Option<u64>,
+}
+
+/// What a [`Reader`] keeps, by unit and a key within it.
+type Kept<K, V> = HashMap<(usize, K), Rc<V>>;
+
 /// See [`Reader::coroutines`].
 type StateFields = Option<(UnitOffset<usize>, Rc<Vec<(String, u64)>>)>;
 
 /// Units a [`Reader`] keeps parsed (a file's functions are in a few; generic ones in more).
 const UNITS_KEPT: usize = 64;
-/// Addresses whose scopes a [`Reader`] keeps.
+/// Addresses whose scopes (and scopes whose declarations) a [`Reader`] keeps.
 const CHAINS_KEPT: usize = 1024;
 
 impl<'i> Reader<'i> {
@@ -193,11 +213,11 @@ impl<'i> Reader<'i> {
             .find(|r| r.contains(&dpc))
             .cloned()
             .unwrap_or(dpc..dpc);
-        let linkage_name = attr_with_origin(&unit, &sub.entry, constants::DW_AT_linkage_name)
-            .and_then(|v| dwarf.attr_string(&unit, v).ok())
+        let linkage_name = attr_with_origin(unit, &sub.entry, constants::DW_AT_linkage_name)
+            .and_then(|v| dwarf.attr_string(unit, v).ok())
             .map(|s| s.to_string_lossy().into_owned());
         Ok(Some(Function {
-            name: name_of(&dwarf, &unit, &sub.entry),
+            name: name_of(dwarf, unit, &sub.entry),
             linkage_name,
             range: range.start.wrapping_add(ix.bias)..range.end.wrapping_add(ix.bias),
         }))
@@ -260,7 +280,7 @@ impl<'i> Reader<'i> {
             });
             let function = function_at
                 .map(|i| &chain[i])
-                .map(|s| (name_of(&dwarf, &unit, &s.entry), s.entry.tag()));
+                .map(|s| (name_of(dwarf, unit, &s.entry), s.entry.tag()));
             // The line of that function's source the address is on: the call site of the
             // first function inlined into it there, or the address's own line.
             let line_here = function_at.and_then(|i| {
@@ -305,23 +325,12 @@ impl<'i> Reader<'i> {
             };
             // The `.await`s in this scope (found when one of its variables needs them).
             let mut awaits: Option<Rc<Vec<Await>>> = None;
-            let mut tree = unit.entries_tree(Some(scope.entry.offset()))?;
-            let mut children = tree.root()?.children();
-            while let Some(child) = children.next()? {
-                let e = child.entry();
-                let is_parameter = e.tag() == constants::DW_TAG_formal_parameter;
-                if !is_parameter && e.tag() != constants::DW_TAG_variable {
-                    continue;
-                }
-                let Some(name) = name_of(&dwarf, &unit, e) else {
-                    continue;
-                };
-                let ty = attr_with_origin(&unit, e, constants::DW_AT_type);
-                let (type_name, byte_size) = match ty {
-                    Some(AttributeValue::UnitRef(off)) => describe_type(&dwarf, &unit, off),
-                    _ => (None, None),
-                };
-                let (mut plan, live) = ix.locate(dwarf, &unit, e, dpc, frame_base, byte_size)?;
+            let declared = self.declared(&parsed, scope.entry.offset())?;
+            for d in declared.iter() {
+                let (e, is_parameter, ty) = (&d.entry, d.is_parameter, d.ty);
+                let (name, type_name, byte_size) =
+                    (d.name.clone(), d.type_name.clone(), d.byte_size);
+                let (mut plan, live) = ix.locate(dwarf, unit, e, dpc, frame_base, byte_size)?;
                 let coroutine = matches!(&function, Some((Some(f), _)) if is_coroutine(f));
                 // An optimized build describes the locals a coroutine holds in its state
                 // without a location; after an `.await`, read them from the state.
@@ -340,7 +349,7 @@ impl<'i> Reader<'i> {
                         self.coroutine_state(&parsed, &sub.entry, dpc, frame_base)
                     });
                     if let Some(found) = state.as_ref().and_then(|s| s.plan_of(&name)) {
-                        if let Some(since) = awaits_since(&unit, e, awaits, at) {
+                        if let Some(since) = awaits_since(unit, e, awaits, at) {
                             plan = found;
                             in_state = Some(since.last);
                         } else {
@@ -349,7 +358,7 @@ impl<'i> Reader<'i> {
                                 line: u32::MAX,
                                 file: None,
                             };
-                            held_after = awaits_since(&unit, e, awaits, anywhere).map(|s| s.first);
+                            held_after = awaits_since(unit, e, awaits, anywhere).map(|s| s.first);
                             if let Some(line) = held_after {
                                 plan = CapturePlan::Unavailable(Unavailable::InStateAfterAwait {
                                     line,
@@ -362,13 +371,18 @@ impl<'i> Reader<'i> {
                 let reads = reads.as_ref().unwrap_or_else(|| Reads::all());
                 let shape = match ty {
                     Some(AttributeValue::UnitRef(off)) => match plan {
+                        // Behind an `async fn`'s state pointer, whole: kept for the request
+                        // (an `async fn`'s locals are at every address of its lines).
+                        CapturePlan::Indirect { add, .. } if paths.is_none() => {
+                            self.behind(&parsed, off, add)
+                        }
                         CapturePlan::Indirect { add, .. } => {
-                            shape::build_behind(&dwarf, &unit, off, reads, add)
+                            shape::build_behind(dwarf, unit, off, reads, add)
                         }
                         // A type's full shape depends on the type alone: kept, so listing a
                         // file's lines builds each type once.
                         _ if paths.is_none() => ix.full_shape(dwarf, unit, parsed.key, off),
-                        _ => shape::build(&dwarf, &unit, off, reads),
+                        _ => shape::build(dwarf, unit, off, reads),
                     }
                     .map_err(|why| match &type_name {
                         Some(name) if !why.contains(name.as_str()) => {
@@ -389,7 +403,7 @@ impl<'i> Reader<'i> {
                     {
                         let awaits = awaits
                             .get_or_insert_with(|| self.awaits(&parsed, scope.entry.offset()));
-                        awaits_since(&unit, e, awaits, at).map(|s| (s.decl, s.first))
+                        awaits_since(unit, e, awaits, at).map(|s| (s.decl, s.first))
                     }
                     _ => None,
                 };
@@ -482,6 +496,80 @@ impl<'i> Reader<'i> {
         }
         chains.insert(key, chain.clone());
         Ok(chain)
+    }
+
+    /// The variables and parameters declared directly in `scope`, read once per reader (the
+    /// children of a large function's scope are many entries, walked once rather than at each
+    /// of its addresses).
+    fn declared(
+        &self,
+        unit: &Parsed<'i>,
+        scope: UnitOffset<usize>,
+    ) -> Result<Rc<Vec<Declared<'i>>>, DwarfError> {
+        let key = (unit.key, scope.0);
+        if let Some(declared) = self.declared.borrow().get(&key) {
+            return Ok(declared.clone());
+        }
+        let (dwarf, u) = (unit.dwo.as_ref().unwrap_or(&self.dwarf), &unit.unit);
+        let mut out = Vec::new();
+        let mut tree = u.entries_tree(Some(scope))?;
+        let mut children = tree.root()?.children();
+        while let Some(child) = children.next()? {
+            let e = child.entry();
+            let is_parameter = e.tag() == constants::DW_TAG_formal_parameter;
+            if !is_parameter && e.tag() != constants::DW_TAG_variable {
+                continue;
+            }
+            let Some(name) = name_of(dwarf, u, e) else {
+                continue;
+            };
+            let ty = attr_with_origin(u, e, constants::DW_AT_type);
+            let (type_name, byte_size) = match ty {
+                Some(AttributeValue::UnitRef(off)) => describe_type(dwarf, u, off),
+                _ => (None, None),
+            };
+            out.push(Declared {
+                entry: e.clone(),
+                is_parameter,
+                name,
+                ty,
+                type_name,
+                byte_size,
+            });
+        }
+        let out = Rc::new(out);
+        let mut declared = self.declared.borrow_mut();
+        if declared.len() >= CHAINS_KEPT {
+            declared.clear();
+        }
+        declared.insert(key, out.clone());
+        Ok(out)
+    }
+
+    /// The full shape of the type at `ty` read `add` bytes behind a pointer
+    /// ([`shape::build_behind`]), built once per type and reader (and moved to each offset).
+    fn behind(
+        &self,
+        unit: &Parsed<'i>,
+        ty: UnitOffset<usize>,
+        add: u32,
+    ) -> Result<TypeShape, String> {
+        let key = (unit.key, ty.0);
+        let kept = self.behind.borrow().get(&key).cloned();
+        let shape = match kept {
+            Some(shape) => Rc::unwrap_or_clone(shape),
+            None => {
+                let dwarf = unit.dwo.as_ref().unwrap_or(&self.dwarf);
+                let shape = shape::build_behind(dwarf, &unit.unit, ty, Reads::all(), 0);
+                let mut behind = self.behind.borrow_mut();
+                if behind.len() >= CHAINS_KEPT {
+                    behind.clear();
+                }
+                behind.insert(key, Rc::new(shape.clone()));
+                shape
+            }
+        };
+        shape.map(|s| shape::moved_behind(s, add))
     }
 
     /// The `.await`s below `scope` ([`await_lines`]), read once per reader.
