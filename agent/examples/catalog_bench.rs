@@ -4,11 +4,12 @@
 //! line.
 //!
 //! ```sh
-//! cargo run --release -p sonde-agent --features native --example catalog_bench -- [BINARY] [FILES]
+//! cargo run --release -p sonde-agent --features native --example catalog_bench -- [BINARY] [N | FILE...]
 //! ```
 //!
-//! BINARY defaults to the workspace's `target/release/sonde`; FILES (default 5) is how many of
-//! its own source files to answer `lines` for, the ones with the most lines with code first. Build
+//! BINARY defaults to the workspace's `target/release/sonde`; N (default 5) is how many of its
+//! own source files to answer `lines` for, the ones with the most lines with code first, or the
+//! FILEs named (as a tracepoint's path names them, `src/cli.rs`) are answered instead. Build
 //! the binary with `debug = 2` for variables (`CARGO_PROFILE_RELEASE_DEBUG=2 cargo build
 //! --release`): with line tables only, lines are listed without variables.
 
@@ -28,7 +29,12 @@ fn main() {
         },
         std::path::PathBuf::from,
     );
-    let top: usize = args.next().and_then(|n| n.parse().ok()).unwrap_or(5);
+    let rest: Vec<String> = args.collect();
+    let (top, named): (usize, Vec<String>) = match rest.first().map(|a| a.parse::<usize>()) {
+        None => (5, Vec::new()),
+        Some(Ok(n)) => (n, Vec::new()),
+        Some(Err(_)) => (rest.len(), rest),
+    };
     let size = std::fs::metadata(&path).map_or(0, |m| m.len());
 
     let rss_before = rss_kib();
@@ -69,6 +75,12 @@ fn main() {
     by_size.sort_by_key(|(n, _)| std::cmp::Reverse(*n));
     let total_lines: usize = by_size.iter().map(|(n, _)| n).sum();
     println!("own files have {total_lines} lines with code in all");
+    if !named.is_empty() {
+        by_size = named
+            .iter()
+            .map(|f| (index.code_lines(f).len(), f))
+            .collect();
+    }
     println!("file | lines with code | variables | lines answer | bytes | one line (median)");
     for (n, file) in by_size.iter().take(top) {
         let started = Instant::now();

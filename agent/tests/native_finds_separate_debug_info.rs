@@ -4,8 +4,10 @@
 //! `.debug/` beside the binary (by `.gnu_debuglink`), the build-id path under
 //! `SONDE_AGENT_DEBUG_DIR`, and the debuglink name in `SONDE_AGENT_DEBUG_DIR`. Each copy runs the
 //! one child test, which arms the fixture's lines and counts their hits. A copy with no debug
-//! file anywhere says in its status what to add; a binary built with split DWARF (`.dwp`) is
-//! refused with an error saying so.
+//! file anywhere says in its status what to add. A program built with split DWARF packed into a
+//! `.dwp` answers `lines` with its variables from the package, beside the binary or in its
+//! `.debug/`, and without the package is refused with an error saying what to keep where; one
+//! built with unpacked split DWARF reads them from the `.dwo` files its skeletons name.
 //!
 //! objcopy and readelf are binutils', which `.ci/run` installs.
 #![cfg(all(feature = "native", target_os = "linux", target_arch = "x86_64"))]
@@ -21,7 +23,7 @@ use std::{
 
 use sonde_agent::{
     Agent, PrometheusProvider, TracepointState,
-    native::{DebugIndex, LoadError, NativeBudget},
+    native::{DebugIndex, LoadError, NativeBudget, catalog_lines},
 };
 use sonde_native_fixture::{Item, order_total};
 use sonde_proto::tracepoint::{Metric, MetricType, TracePointConfig};
@@ -220,29 +222,145 @@ fn child_checks(expect: &str) {
     println!("child checks passed: {expect}");
 }
 
-#[test]
-fn split_dwarf_is_refused_with_a_reason() {
-    let dir = std::env::temp_dir().join(format!("sonde-split-dwarf-{}", std::process::id()));
+/// A program built with split DWARF packed into a `.dwp` (`-C split-debuginfo=packed`, as
+/// cargo's `split-debuginfo = "packed"` builds it): its skeleton units point into the package.
+const SPLIT_SOURCE: &str = r#"
+#[inline(never)]
+fn total(prices: &[u64], fee: u64) -> u64 {
+    let sum: u64 = prices.iter().sum();
+    let with_fee = sum + fee; // @with_fee
+    with_fee
+}
+
+fn main() {
+    let prices = vec![150, 275, 30];
+    let fee = std::hint::black_box(4);
+    println!("{}", total(std::hint::black_box(&prices), fee));
+}
+"#;
+
+/// Builds [`SPLIT_SOURCE`] in a fresh directory with `-C split-debuginfo=<kind>`; the binary
+/// (`split`) and, packed, its package (`split.dwp`, written beside it by rustc).
+fn build_split(kind: &str) -> (PathBuf, PathBuf) {
+    let dir = std::env::temp_dir().join(format!("sonde-split-{kind}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).unwrap();
     let src = dir.join("split.rs");
-    std::fs::write(
-        &src,
-        "fn main() { let x = std::hint::black_box(2); println!(\"{x}\"); }\n",
-    )
-    .unwrap();
+    std::fs::write(&src, SPLIT_SOURCE).unwrap();
     let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".to_owned());
     run(Command::new(rustc)
-        .args(["-g", "-C", "split-debuginfo=packed", "-o"])
+        .args(["--edition", "2021", "-g", "-C"])
+        .arg(format!("split-debuginfo={kind}"))
+        .arg("-o")
         .arg(dir.join("split"))
         .arg(&src)
         .current_dir(&dir));
-    match DebugIndex::build(&dir.join("split"), 0) {
+    let package = dir.join("split.dwp");
+    assert_eq!(package.exists(), kind == "packed", "{}", package.display());
+    (dir.join("split"), package)
+}
+
+/// The `lines` answer for the split program's `// @with_fee` line, from an index of `binary`.
+fn with_fee_line(binary: &Path) -> sonde_agent::native::CodeLine {
+    let line = markers::line(SPLIT_SOURCE, "// @with_fee");
+    let index = DebugIndex::build(binary, 0).unwrap_or_else(|e| panic!("indexing: {e}"));
+    assert!(index.has_variables(), "the package's variables are seen");
+    let lines = catalog_lines(&index, "split.rs", None).expect("the lines of split.rs");
+    assert!(lines.len() >= 5, "lines with code: {lines:?}");
+    let alone = catalog_lines(&index, "split.rs", Some(line)).expect("the line alone");
+    let found = lines.iter().find(|l| l.line == line).cloned();
+    assert_eq!(
+        found.as_slice(),
+        alone.as_slice(),
+        "whole file and one line agree"
+    );
+    alone.into_iter().next().unwrap()
+}
+
+#[test]
+fn split_dwarf_is_read_from_its_package() {
+    let (binary, package) = build_split("packed");
+    // The binary itself holds only skeleton units: without the package, nothing to read.
+    let readelf = run(Command::new("readelf").arg("-S").arg(&binary));
+    assert!(!readelf.contains(".debug_info.dwo"), "{readelf}");
+
+    // 1. The package beside the binary, where rustc (and cargo) write it.
+    let line = with_fee_line(&binary);
+    let var = |name: &str| {
+        line.variables
+            .iter()
+            .find(|v| v.name == name)
+            .unwrap_or_else(|| panic!("`{name}` at the line: {line:?}"))
+            .clone()
+    };
+    let (sum, fee) = (var("sum"), var("fee"));
+    assert!(sum.readable && !sum.parameter, "{sum:?}");
+    assert_eq!(sum.type_name.as_deref(), Some("u64"), "{sum:?}");
+    assert!(fee.readable && fee.parameter, "{fee:?}");
+    let prices = var("prices");
+    assert_eq!(prices.type_name.as_deref(), Some("&[u64]"), "{prices:?}");
+
+    // 2. In `.debug/` beside the binary.
+    let aside = binary.parent().unwrap().join(".debug");
+    std::fs::create_dir_all(&aside).unwrap();
+    std::fs::rename(&package, aside.join("split.dwp")).unwrap();
+    assert_eq!(with_fee_line(&binary), line);
+
+    // 3. Nowhere: refused, saying what is missing and where it was looked for.
+    std::fs::remove_file(aside.join("split.dwp")).unwrap();
+    match DebugIndex::build(&binary, 0) {
         Err(err @ LoadError::SplitDwarf { .. }) => {
             let text = err.to_string();
-            assert!(text.contains("split-debuginfo = \"off\""), "{text}");
-            assert!(text.contains("--only-keep-debug"), "{text}");
+            for wanted in [
+                "no DWARF package (.dwp)",
+                "split.dwp",
+                "SONDE_AGENT_DEBUG_DIR",
+            ] {
+                assert!(text.contains(wanted), "no {wanted:?} in {text}");
+            }
         }
-        Ok(_) => panic!("split DWARF indexed as if it were whole"),
+        Ok(_) => panic!("split DWARF indexed without its package"),
+        Err(other) => panic!("unexpected error: {other}"),
+    }
+    let _ = std::fs::remove_dir_all(binary.parent().unwrap());
+}
+
+#[test]
+fn unpacked_split_dwarf_is_read_from_its_dwo_files() {
+    let (binary, _) = build_split("unpacked");
+    let dir = binary.parent().unwrap().to_owned();
+    let dwos: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "dwo"))
+        .collect();
+    assert!(
+        !dwos.is_empty(),
+        "rustc left no .dwo files in {}",
+        dir.display()
+    );
+
+    let line = with_fee_line(&binary);
+    for name in ["sum", "fee", "prices"] {
+        let v = line.variables.iter().find(|v| v.name == name);
+        assert!(
+            v.is_some_and(|v| v.readable),
+            "`{name}` at the line: {line:?}"
+        );
+    }
+
+    // Without them: refused, naming the missing file.
+    for dwo in &dwos {
+        std::fs::remove_file(dwo).unwrap();
+    }
+    match DebugIndex::build(&binary, 0) {
+        Err(err @ LoadError::SplitDwarf { .. }) => {
+            let text = err.to_string();
+            for wanted in ["no DWARF package (.dwp)", ".dwo file", "split.dwp"] {
+                assert!(text.contains(wanted), "no {wanted:?} in {text}");
+            }
+        }
+        Ok(_) => panic!("split DWARF indexed without its .dwo files"),
         Err(other) => panic!("unexpected error: {other}"),
     }
     let _ = std::fs::remove_dir_all(&dir);

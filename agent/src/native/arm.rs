@@ -28,6 +28,7 @@ use sonde_expr::Value;
 use super::{
     CapturePlan, DebugIndex, LineLookup, LoadError, TypeShape,
     patch::{self, Action, SlotArena},
+    plan::Reader,
     shape::MAX_INLINE,
     tramp::{self, Trampoline},
     trap::{
@@ -315,7 +316,10 @@ impl Native {
         let index = self
             .index(Duration::from_secs(30))
             .map_err(|e| ArmError::Unbound(format!("native breakpoints unavailable: {e}")))?;
-        let found = line_addresses(&index, path, line)?;
+        // One reader for the line's addresses: each unit parsed once, each function's scopes
+        // found once (see `plan::Reader`).
+        let reader = index.reader();
+        let found = line_addresses(&reader, path, line)?;
         let file = index.file_path(found.addresses[0].file).to_owned();
         if let Some(why) = forbidden(&file) {
             return Err(ArmError::Failed(why));
@@ -336,7 +340,7 @@ impl Native {
         // value there dates from.
         let mut from_state: HashMap<String, Vec<u32>> = HashMap::new();
         for a in &found.addresses {
-            let in_scope = index.variables_at_reading(a.address, paths).map_err(|e| {
+            let in_scope = reader.variables_at_reading(a.address, paths).map_err(|e| {
                 ArmError::Failed(format!("reading the variables at {:#x}: {e}", a.address))
             })?;
             let mut specs = Vec::with_capacity(variables.len());
@@ -396,7 +400,7 @@ impl Native {
             // read. One whose name or type is on the redaction list is kept by name and never
             // read; one that cannot be read here is left out.
             if tp.snapshot.is_some() {
-                let all = index.variables_at(a.address).map_err(|e| {
+                let all = reader.variables_at(a.address).map_err(|e| {
                     ArmError::Failed(format!("reading the variables at {:#x}: {e}", a.address))
                 })?;
                 let mut seen: std::collections::HashSet<String> =
@@ -647,13 +651,14 @@ fn note(
 
 /// The addresses a tracepoint at `path:line` traps at: the line's addresses (see
 /// [`DebugIndex::lookup`]), one per function. Arming and the catalog's `lines` answer both use it,
-/// so a line the catalog lists is a line that arms.
+/// so a line the catalog lists is a line that arms. `reader` reads the index's DWARF for the
+/// request the line is part of.
 pub(super) fn line_addresses(
-    index: &DebugIndex,
+    reader: &Reader<'_>,
     path: &str,
     line: u32,
 ) -> Result<LineLookup, ArmError> {
-    let found = index.lookup(path, line);
+    let found = reader.index().lookup(path, line);
     if found.files.is_empty() {
         return Err(ArmError::Unbound(format!(
             "no file matching {path:?} in the debug info either"
@@ -681,7 +686,7 @@ pub(super) fn line_addresses(
     let mut functions = std::collections::HashSet::new();
     let mut allocator = None;
     found.addresses.retain(|a| {
-        let function = index.function_at(a.address).ok().flatten();
+        let function = reader.function_at(a.address).ok().flatten();
         if let Some(f) = &function
             && is_allocator(f)
         {

@@ -10,12 +10,13 @@
 
 use std::collections::HashMap;
 use std::ops::Range;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use gimli::{AttributeValue, EndianSlice, LittleEndian, constants};
 
 use super::cfa::{CfaRule, Unwind};
-use super::load::{DebugFile, LoadError, executable_bias};
+use super::load::{DebugFile, LoadError, Package, executable_bias};
 use crate::site::path_matches;
 
 pub(crate) type Slice<'a> = EndianSlice<'a, LittleEndian>;
@@ -135,28 +136,117 @@ impl DebugIndex {
     /// Indexes the binary at `path` (or its separate debug file), as if loaded at `bias`. The
     /// unwind info for [`Self::cfa_at`] is read from `path` itself.
     pub fn build(path: &Path, bias: u64) -> Result<Self, LoadError> {
-        let file = DebugFile::open(path)?;
-        let malformed = |e: gimli::Error| LoadError::Malformed {
-            path: file.path.clone(),
+        let mut file = DebugFile::open(path)?;
+        let malformed = |path: &Path, e: gimli::Error| LoadError::Malformed {
+            path: path.to_owned(),
             reason: e.to_string(),
         };
         let mut b = Builder::default();
+        // Split DWARF (`split-debuginfo = "packed"`): skeleton units, whose entries are in the
+        // DWARF package. Indexed after the others, once the package is found.
+        let mut skeletons = Vec::new();
         {
             let dwarf = file.dwarf();
             let mut headers = dwarf.units();
-            let mut skeletons = 0usize;
-            while let Some(header) = headers.next().map_err(malformed)? {
+            while let Some(header) = headers.next().map_err(|e| malformed(&file.path, e))? {
                 let offset = gimli::DebugInfoOffset(header.offset().0); // `units()` walks .debug_info
-                let unit = dwarf.unit(header).map_err(malformed)?;
-                skeletons += usize::from(unit.dwo_id.is_some());
-                b.unit(&dwarf, &unit, offset).map_err(malformed)?;
+                let unit = dwarf.unit(header).map_err(|e| malformed(&file.path, e))?;
+                if unit.dwo_id.is_some() {
+                    skeletons.push(offset);
+                    continue;
+                }
+                b.unit(&dwarf, &unit, None, offset)
+                    .map_err(|e| malformed(&file.path, e))?;
             }
-            // Split DWARF: the variables are in .dwo/.dwp files this index does not read. Say so
-            // rather than arm lines whose captures would all be missing.
-            if skeletons > 0 {
-                return Err(LoadError::SplitDwarf {
-                    path: file.path.clone(),
-                });
+        }
+        if !skeletons.is_empty() {
+            let split = |problem: String, searched: String| LoadError::SplitDwarf {
+                path: file.path.clone(),
+                problem,
+                searched,
+            };
+            let (package, searched) = match DebugFile::find_package(path) {
+                Ok(package) => (Some(package), String::new()),
+                Err(searched) => (None, searched),
+            };
+            // Units the package does not hold (or all, without one): their `.dwo` files, by
+            // the name the skeleton gives (relative to its compilation directory).
+            let mut dwos = HashMap::new();
+            {
+                let dwarf = file.dwarf();
+                let dwp = match &package {
+                    Some(p) => Some(p.dwarf().map_err(|e| malformed(&p.path, e))?),
+                    None => None,
+                };
+                for &offset in &skeletons {
+                    let header = dwarf
+                        .debug_info
+                        .header_from_offset(offset)
+                        .map_err(|e| malformed(&file.path, e))?;
+                    let skeleton = dwarf.unit(header).map_err(|e| malformed(&file.path, e))?;
+                    let Some(id) = skeleton.dwo_id else { continue };
+                    let held = match &dwp {
+                        Some(dwp) => dwp
+                            .find_cu(id, &dwarf)
+                            .map_err(|e| malformed(&file.path, e))?
+                            .is_some(),
+                        None => false,
+                    };
+                    if held {
+                        continue;
+                    }
+                    let dwo_path = dwo_path(&dwarf, &skeleton);
+                    let opened = dwo_path
+                        .as_deref()
+                        .and_then(|p| Package::open(p, false).ok())
+                        .filter(|dwo| {
+                            let d = dwo.dwo_dwarf(&dwarf);
+                            let unit = d.units().next().ok().flatten();
+                            unit.and_then(|h| d.unit(h).ok()).and_then(|u| u.dwo_id) == Some(id)
+                        });
+                    let Some(dwo) = opened else {
+                        let name = dwo_path.map_or_else(
+                            || "its .dwo file (the skeleton names none)".to_owned(),
+                            |p| format!("its .dwo file {}", p.display()),
+                        );
+                        let problem = match &package {
+                            Some(p) => format!(
+                                "the package {} does not hold its unit {:#x} (a package of \
+                                 another build?), nor was {name} found",
+                                p.path.display(),
+                                id.0
+                            ),
+                            None => format!("no DWARF package (.dwp) was found, nor {name}"),
+                        };
+                        let searched = match &package {
+                            Some(p) => p.path.display().to_string(),
+                            None => searched,
+                        };
+                        return Err(split(problem, searched));
+                    };
+                    dwos.insert(id.0, dwo);
+                }
+            }
+            file.package = package;
+            file.dwos = dwos;
+            {
+                let dwarf = file.dwarf();
+                let dwp = match &file.package {
+                    Some(p) => Some(p.dwarf().map_err(|e| malformed(&p.path, e))?),
+                    None => None,
+                };
+                for offset in skeletons {
+                    let header = dwarf
+                        .debug_info
+                        .header_from_offset(offset)
+                        .map_err(|e| malformed(&file.path, e))?;
+                    let skeleton = dwarf.unit(header).map_err(|e| malformed(&file.path, e))?;
+                    let (dwo, unit) = split_unit(&dwarf, dwp.as_ref(), &file.dwos, &skeleton)
+                        .map_err(|e| malformed(&file.path, e))?
+                        .ok_or_else(|| malformed(&file.path, gimli::Error::MissingSplitUnit))?;
+                    b.unit(&dwarf, &skeleton, Some((&dwo, &unit)), offset)
+                        .map_err(|e| malformed(&file.path, e))?;
+                }
             }
         }
         Ok(b.finish(file, bias, Unwind::open(path)))
@@ -346,6 +436,48 @@ fn on_line(rows: &[Row], line: u32) -> &[Row] {
     &rows[start..end]
 }
 
+/// The split unit of a skeleton unit, from the DWARF package or else its `.dwo` file: its
+/// sections (with the binary's `.debug_addr` and `.debug_ranges`), and the unit with the
+/// skeleton's base addresses. `None` when neither holds it.
+pub(crate) fn split_unit<'a>(
+    dwarf: &gimli::Dwarf<Slice<'a>>,
+    package: Option<&gimli::DwarfPackage<Slice<'a>>>,
+    dwos: &'a HashMap<u64, Package>,
+    skeleton: &gimli::Unit<Slice<'a>>,
+) -> gimli::Result<Option<(gimli::Dwarf<Slice<'a>>, gimli::Unit<Slice<'a>>)>> {
+    let Some(id) = skeleton.dwo_id else {
+        return Ok(None);
+    };
+    let dwo = match package {
+        Some(package) => package.find_cu(id, dwarf)?,
+        None => None,
+    };
+    let Some(dwo) = dwo.or_else(|| dwos.get(&id.0).map(|f| f.dwo_dwarf(dwarf))) else {
+        return Ok(None);
+    };
+    let Some(header) = dwo.units().next()? else {
+        return Ok(None);
+    };
+    let mut unit = dwo.unit(header)?;
+    unit.copy_relocated_attributes(skeleton);
+    Ok(Some((dwo, unit)))
+}
+
+/// Where a skeleton unit's `.dwo` file is: its `DW_AT_dwo_name` (`DW_AT_GNU_dwo_name` before
+/// DWARF 5), under its compilation directory when relative.
+fn dwo_path<'a>(
+    dwarf: &gimli::Dwarf<Slice<'a>>,
+    skeleton: &gimli::Unit<Slice<'a>>,
+) -> Option<PathBuf> {
+    let name = skeleton.dwo_name().ok()??;
+    let name = dwarf.attr_string(skeleton, name).ok()?;
+    let name = Path::new(std::ffi::OsStr::from_bytes(name.slice()));
+    Some(match &skeleton.comp_dir {
+        Some(dir) => Path::new(std::ffi::OsStr::from_bytes(dir.slice())).join(name),
+        None => name.to_owned(),
+    })
+}
+
 #[derive(Default)]
 struct Builder {
     files: Vec<Box<str>>,
@@ -358,10 +490,13 @@ struct Builder {
 }
 
 impl Builder {
+    /// Indexes `unit`'s ranges and line program, and the inlined call sites among its entries,
+    /// or for a skeleton unit among those of its `split` unit.
     fn unit<'a>(
         &mut self,
         dwarf: &gimli::Dwarf<Slice<'a>>,
         unit: &gimli::Unit<Slice<'a>>,
+        split: Option<(&gimli::Dwarf<Slice<'a>>, &gimli::Unit<Slice<'a>>)>,
         offset: gimli::DebugInfoOffset<usize>,
     ) -> gimli::Result<()> {
         let unit_ref = unit.unit_ref(dwarf);
@@ -385,9 +520,17 @@ impl Builder {
         let mut rows = program.clone().rows();
         let mut prev: Option<(u64, u64)> = None; // (file index, line) of the previous row
         let mut started = false;
+        // Whether the current sequence is of code the linker left out: its addresses start
+        // at 0 (the tombstone), and rows at small offsets from it would name addresses of the
+        // ELF header.
+        let mut dead: Option<bool> = None;
         while let Some((header, row)) = rows.next_row()? {
             if row.end_sequence() {
                 prev = None;
+                dead = None;
+                continue;
+            }
+            if *dead.get_or_insert(row.address() == 0) {
                 continue;
             }
             let line = row.line().map_or(0, |l| l.get());
@@ -418,8 +561,18 @@ impl Builder {
 
         // Inlined call sites (and whether there are variables at all): one pass over the DIEs,
         // reading attributes only of the entries that matter.
-        let header = program.header();
-        let mut entries = unit.entries_raw(None)?;
+        // The entries are the split unit's, read with its sections; their file indices refer
+        // to its own line program when it has one (a header naming the files), else to the
+        // skeleton's.
+        let (entries_unit, entries_ref) = match split {
+            Some((dwo, split)) => (split, split.unit_ref(dwo)),
+            None => (unit, unit_ref),
+        };
+        let (header, names, mut call_files) = match &entries_unit.line_program {
+            Some(own) if split.is_some() => (own.header(), entries_ref, Vec::new()),
+            _ => (program.header(), unit_ref, file_cache),
+        };
+        let mut entries = entries_unit.entries_raw(None)?;
         while !entries.is_empty() {
             let Some(abbrev) = entries.read_abbreviation()? else {
                 continue;
@@ -437,11 +590,13 @@ impl Builder {
                             },
                             constants::DW_AT_call_line => line = attr.udata_value().unwrap_or(0),
                             constants::DW_AT_entry_pc => {
-                                entry = unit_ref.attr_address(attr.value())?
+                                entry = entries_ref.attr_address(attr.value())?
                             }
-                            constants::DW_AT_low_pc => low = unit_ref.attr_address(attr.value())?,
+                            constants::DW_AT_low_pc => {
+                                low = entries_ref.attr_address(attr.value())?
+                            }
                             constants::DW_AT_ranges => {
-                                ranges = unit_ref.attr_ranges_offset(attr.value())?
+                                ranges = entries_ref.attr_ranges_offset(attr.value())?
                             }
                             _ => {}
                         }
@@ -453,7 +608,7 @@ impl Builder {
                     if addr.is_none()
                         && let Some(offset) = ranges
                     {
-                        let mut iter = unit_ref.ranges(offset)?;
+                        let mut iter = entries_ref.ranges(offset)?;
                         while let Some(r) = iter.next()? {
                             if r.begin < r.end {
                                 addr = Some(addr.map_or(r.begin, |a: u64| a.min(r.begin)));
@@ -463,8 +618,7 @@ impl Builder {
                     let Some(addr) = addr.filter(|&a| a != 0) else {
                         continue;
                     };
-                    let Some(file) =
-                        self.file_id(&mut file_cache, &unit_ref, header, file, &comp_dir)
+                    let Some(file) = self.file_id(&mut call_files, &names, header, file, &comp_dir)
                     else {
                         continue;
                     };
@@ -548,11 +702,18 @@ impl Builder {
             }
             ranges
         };
+        self.units.sort_unstable_by_key(|u| u.begin);
+        // Inlined calls in functions the linker left out have addresses near 0, in no unit's
+        // ranges (those starting at 0 are not kept).
+        let units = &self.units;
+        self.calls.retain(|c| {
+            let at = units.partition_point(|u| u.begin <= c.addr);
+            units[..at].iter().rev().take(8).any(|u| c.addr < u.end)
+        });
         let file_rows = group(&mut self.rows, self.files.len());
         let file_calls = group(&mut self.calls, self.files.len());
         let mut by_addr: Vec<u32> = (0..self.rows.len() as u32).collect();
         by_addr.sort_unstable_by_key(|&i| self.rows[i as usize].addr);
-        self.units.sort_unstable_by_key(|u| u.begin);
         let mut by_name: HashMap<Box<str>, Vec<u32>> = HashMap::new();
         for (i, path) in self.files.iter().enumerate() {
             let name = path.rsplit(['/', '\\']).next().unwrap_or(path);

@@ -95,9 +95,12 @@ pub fn lines(index: &DebugIndex, path: &str, only: Option<u32>) -> Result<Vec<Co
         Some(l) => vec![l],
         None => index.code_lines(path),
     };
+    // One reader for the whole answer: the units, scopes, `.await`s and `async fn` states the
+    // lines share are read once, not once per address.
+    let reader = index.reader();
     let mut out = Vec::new();
     for line in code.into_iter().take(MAX_LINES) {
-        let found = match line_addresses(index, path, line) {
+        let found = match line_addresses(&reader, path, line) {
             Ok(found) => found,
             // Asked about one line: say why it is not one (no code there, with the nearest
             // lines that have some; or a line arming refuses).
@@ -110,7 +113,7 @@ pub fn lines(index: &DebugIndex, path: &str, only: Option<u32>) -> Result<Vec<Co
         // name → (in scope at, readable at, first variable seen, first reason, lines)
         let mut by_name: BTreeMap<String, Seen> = BTreeMap::new();
         for a in &found.addresses {
-            let in_scope = index
+            let in_scope = reader
                 .variables_at(a.address)
                 .map_err(|e| format!("reading the variables at {:#x}: {e}", a.address))?;
             let mut named = std::collections::HashSet::new();

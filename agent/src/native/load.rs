@@ -31,16 +31,22 @@ pub enum LoadError {
         searched: String,
     },
     /// The binary's units are split DWARF skeletons (`split-debuginfo = "packed"` or
-    /// `"unpacked"`): their variables are in `.dwp` / `.dwo` files, which the agent does not read.
+    /// `"unpacked"`), and neither the DWARF package (`.dwp`) nor the `.dwo` file of a unit
+    /// was found (or the package is of another build and does not hold every unit).
     #[error(
-        "the debug info of {path} is split DWARF (split-debuginfo = \"packed\"/\"unpacked\": \
-         .dwp/.dwo files), which native breakpoints do not read: build with split-debuginfo = \
-         \"off\" (Linux's default) and keep the debug info in a separate file with objcopy \
-         --only-keep-debug instead"
+        "the debug info of {path} is split DWARF (split-debuginfo = \"packed\" or \
+         \"unpacked\") and {problem}: keep the `.dwp` file the build wrote beside the binary \
+         (or in .debug/ beside it, or in the directory SONDE_AGENT_DEBUG_DIR names), or the \
+         `.dwo` files where the build left them, or build with split-debuginfo = \"off\" \
+         (Linux's default); looked for {searched}"
     )]
     SplitDwarf {
         /// The file with the skeleton units.
         path: PathBuf,
+        /// What is wrong: the package is missing, or lacks a unit.
+        problem: String,
+        /// Where the package was looked for, for the message.
+        searched: String,
     },
     /// The debug sections are compressed (`SHF_COMPRESSED`), which this build does not read.
     #[error("debug sections of {path} are compressed ({format:?}); ship them uncompressed")]
@@ -85,6 +91,23 @@ const SECTIONS: [SectionId; 12] = [
     SectionId::DebugTypes,
 ];
 
+/// The sections of a DWARF package (`.dwp`) gimli reads, by their names there.
+const PACKAGE_SECTIONS: [SectionId; 13] = [
+    SectionId::DebugCuIndex,
+    SectionId::DebugTuIndex,
+    SectionId::DebugAbbrev,
+    SectionId::DebugInfo,
+    SectionId::DebugLine,
+    SectionId::DebugMacinfo,
+    SectionId::DebugMacro,
+    SectionId::DebugStr,
+    SectionId::DebugStrOffsets,
+    SectionId::DebugLoc,
+    SectionId::DebugLocLists,
+    SectionId::DebugRngLists,
+    SectionId::DebugTypes,
+];
+
 /// A mapped ELF file with DWARF: where each debug section lies in the mapping.
 #[derive(Debug)]
 pub(crate) struct DebugFile {
@@ -92,6 +115,63 @@ pub(crate) struct DebugFile {
     sections: [Range<usize>; SECTIONS.len()],
     /// The file that was mapped (the binary itself or its separate debug file).
     pub(crate) path: PathBuf,
+    /// The DWARF package holding the split units, when the units are skeletons
+    /// ([`DebugFile::find_package`]).
+    pub(crate) package: Option<Package>,
+    /// Split units the package does not hold, each in its own `.dwo` file
+    /// (`split-debuginfo = "unpacked"`), by DWO id.
+    pub(crate) dwos: std::collections::HashMap<u64, Package>,
+}
+
+/// A mapped DWARF package (`.dwp`): the split units of a binary built with
+/// `split-debuginfo = "packed"`, which its skeleton units name by DWO id; or one split unit's
+/// `.dwo` file (`"unpacked"`), which has the same sections without the unit index.
+#[derive(Debug)]
+pub(crate) struct Package {
+    map: Mmap,
+    sections: [Range<usize>; PACKAGE_SECTIONS.len()],
+    /// The package file.
+    pub(crate) path: PathBuf,
+}
+
+impl Package {
+    /// The sections of a `.dwo` file, completed with the binary's (`parent`) as a split unit's
+    /// are.
+    pub(crate) fn dwo_dwarf<'a>(
+        &'a self,
+        parent: &gimli::Dwarf<EndianSlice<'a, LittleEndian>>,
+    ) -> gimli::Dwarf<EndianSlice<'a, LittleEndian>> {
+        let load = |id: SectionId| -> Result<_, std::convert::Infallible> {
+            let bytes = PACKAGE_SECTIONS
+                .iter()
+                .position(|s| *s == id)
+                .map_or(&[][..], |i| &self.map[self.sections[i].clone()]);
+            Ok(EndianSlice::new(bytes, LittleEndian))
+        };
+        let mut dwarf = match gimli::Dwarf::load(load) {
+            Ok(dwarf) => dwarf,
+            Err(never) => match never {},
+        };
+        dwarf.make_dwo(parent);
+        dwarf
+    }
+
+    /// The package's sections with its unit index parsed (cheap: slices and the index header).
+    pub(crate) fn dwarf(
+        &self,
+    ) -> gimli::Result<gimli::DwarfPackage<EndianSlice<'_, LittleEndian>>> {
+        let empty = EndianSlice::new(&[][..], LittleEndian);
+        gimli::DwarfPackage::load(
+            |id: SectionId| -> gimli::Result<_> {
+                let bytes = PACKAGE_SECTIONS
+                    .iter()
+                    .position(|s| *s == id)
+                    .map_or(&[][..], |i| &self.map[self.sections[i].clone()]);
+                Ok(EndianSlice::new(bytes, LittleEndian))
+            },
+            empty,
+        )
+    }
 }
 
 impl DebugFile {
@@ -167,34 +247,43 @@ impl DebugFile {
             let Some(section) = obj.section_by_name(id.name()) else {
                 continue;
             };
-            let range = section
-                .compressed_file_range()
-                .map_err(|e| LoadError::Malformed {
-                    path: path.clone(),
-                    reason: e.to_string(),
-                })?;
-            if range.format != CompressionFormat::None {
-                return Err(LoadError::Compressed {
-                    path,
-                    format: range.format,
-                });
-            }
-            let start = usize::try_from(range.offset).unwrap_or(usize::MAX);
-            let end = start.saturating_add(usize::try_from(range.uncompressed_size).unwrap_or(0));
-            if end > map.len() {
-                return Err(LoadError::Malformed {
-                    path,
-                    reason: format!("section {} lies outside the file", id.name()),
-                });
-            }
-            *slot = start..end;
+            *slot = section_range(&section, map.len(), &path, id)?;
         }
         drop(obj);
         Ok(Self {
             map,
             sections,
             path,
+            package: None,
+            dwos: std::collections::HashMap::new(),
         })
+    }
+
+    /// Finds and maps the DWARF package of `binary`, whose DWARF has split units: `<name>.dwp`
+    /// beside it (where rustc and cargo write it), in its `.debug/`, in `SONDE_AGENT_DEBUG_DIR`,
+    /// under `/usr/lib/debug` at the binary's own directory, and by build-id
+    /// (`.build-id/xx/yyyy.dwp`) under `SONDE_AGENT_DEBUG_DIR` and `/usr/lib/debug`. `Err`
+    /// lists where it looked.
+    pub(crate) fn find_package(binary: &Path) -> Result<Package, String> {
+        let build_id = map_file(binary).ok().and_then(|map| {
+            let obj = object::File::parse(&map[..]).ok()?;
+            obj.build_id().ok().flatten().map(<[u8]>::to_vec)
+        });
+        let debug_dir = std::env::var_os(DEBUG_DIR_VAR)
+            .filter(|d| !d.is_empty())
+            .map(PathBuf::from);
+        let candidates = package_candidates(binary, build_id.as_deref(), debug_dir.as_deref());
+        for candidate in &candidates {
+            if let Ok(package) = Package::open(candidate, true) {
+                return Ok(package);
+            }
+        }
+        let mut searched: Vec<String> =
+            candidates.iter().map(|c| c.display().to_string()).collect();
+        if debug_dir.is_none() {
+            searched.push(format!("or a directory named by {DEBUG_DIR_VAR}"));
+        }
+        Err(searched.join(", "))
     }
 
     /// The DWARF sections, borrowed from the mapping (cheap: only slices).
@@ -211,6 +300,65 @@ impl DebugFile {
             Err(never) => match never {},
         }
     }
+}
+
+impl Package {
+    /// Maps the package at `path`: an ELF file with a `.debug_cu_index` section, or without
+    /// one for a `.dwo` file (not `indexed`).
+    pub(crate) fn open(path: &Path, indexed: bool) -> Result<Self, LoadError> {
+        let map = map(path)?;
+        let obj = parse(&map, path)?;
+        if indexed && obj.section_by_name(".debug_cu_index").is_none() {
+            return Err(LoadError::Malformed {
+                path: path.to_owned(),
+                reason: "not a DWARF package (no .debug_cu_index)".into(),
+            });
+        }
+        let mut sections: [Range<usize>; PACKAGE_SECTIONS.len()] = Default::default();
+        for (slot, id) in sections.iter_mut().zip(PACKAGE_SECTIONS) {
+            let Some(section) = id.dwo_name().and_then(|n| obj.section_by_name(n)) else {
+                continue;
+            };
+            *slot = section_range(&section, map.len(), path, id)?;
+        }
+        drop(obj);
+        Ok(Self {
+            map,
+            sections,
+            path: path.to_owned(),
+        })
+    }
+}
+
+/// Where a section lies in the mapping of `path`: refused when it is compressed or lies outside
+/// the file.
+fn section_range(
+    section: &object::Section<'_, '_>,
+    len: usize,
+    path: &Path,
+    id: SectionId,
+) -> Result<Range<usize>, LoadError> {
+    let range = section
+        .compressed_file_range()
+        .map_err(|e| LoadError::Malformed {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
+    if range.format != CompressionFormat::None {
+        return Err(LoadError::Compressed {
+            path: path.to_owned(),
+            format: range.format,
+        });
+    }
+    let start = usize::try_from(range.offset).unwrap_or(usize::MAX);
+    let end = start.saturating_add(usize::try_from(range.uncompressed_size).unwrap_or(0));
+    if end > len {
+        return Err(LoadError::Malformed {
+            path: path.to_owned(),
+            reason: format!("section {} lies outside the file", id.name()),
+        });
+    }
+    Ok(start..end)
 }
 
 fn map(path: &Path) -> Result<Mmap, LoadError> {
@@ -289,6 +437,40 @@ fn candidates(
             if !out.contains(&candidate) {
                 out.push(candidate);
             }
+        }
+    }
+    out
+}
+
+/// Where a binary's DWARF package may be (see [`DebugFile::find_package`]).
+fn package_candidates(
+    binary: &Path,
+    build_id: Option<&[u8]>,
+    debug_dir: Option<&Path>,
+) -> Vec<PathBuf> {
+    let system = Path::new("/usr/lib/debug");
+    let roots: Vec<&Path> = debug_dir.into_iter().chain([system]).collect();
+    let binary = binary.canonicalize().unwrap_or_else(|_| binary.to_owned());
+    let mut out = Vec::new();
+    if let (Some(dir), Some(file_name)) = (binary.parent(), binary.file_name()) {
+        let mut name = file_name.to_owned();
+        name.push(".dwp");
+        out.push(dir.join(&name));
+        out.push(dir.join(".debug").join(&name));
+        if let Some(root) = debug_dir {
+            out.push(root.join(&name));
+        }
+        let relative = dir.strip_prefix("/").unwrap_or(dir);
+        out.push(system.join(relative).join(&name));
+    }
+    if let Some(id) = build_id.filter(|id| id.len() >= 2) {
+        let hex: String = id.iter().map(|b| format!("{b:02x}")).collect();
+        for root in &roots {
+            out.push(
+                root.join(".build-id")
+                    .join(&hex[..2])
+                    .join(format!("{}.dwp", &hex[2..])),
+            );
         }
     }
     out

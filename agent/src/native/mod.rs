@@ -19,7 +19,8 @@
 //!
 //! Where the binary has no debug info (its own or a separate file found by build-id or
 //! `.gnu_debuglink`), building fails once with [`LoadError::NoDebugInfo`] and probe sites keep
-//! working.
+//! working. Split DWARF is read from the binary's DWARF package (`.dwp`) or its `.dwo` files;
+//! without them, [`LoadError::SplitDwarf`].
 //!
 //! The files, bottom up: `load` (mapping the binary and its debug file), `cfa` (unwind rules),
 //! `index` (the `DebugIndex`), `shape` and `plan` (types and variable locations), `guard`

@@ -70,6 +70,7 @@ mod variables;
 
 use std::fmt;
 
+pub(crate) use variables::Reader;
 pub use variables::{Function, Variable};
 
 use crate::native::index::Slice;

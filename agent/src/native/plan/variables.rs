@@ -2,9 +2,12 @@
 //! [`DebugIndex::variables_at`] lists them, and the [`Function`] around an address
 //! ([`DebugIndex::function_at`]).
 
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::rc::Rc;
 use std::slice;
 
-use gimli::{AttributeValue, constants};
+use gimli::{AttributeValue, UnitOffset, constants};
 use sonde_expr::Path;
 
 use super::coroutine::{
@@ -12,10 +15,11 @@ use super::coroutine::{
 };
 use super::location::{FrameBase, compile, const_plan, frame_base, is_live};
 use super::scope::{
-    TopScopes, attr_with_origin, describe_type, name_of, same_unit, scopes_at_with, top_scopes,
+    Scope, TopScopes, attr_with_origin, describe_type, name_of, same_unit, scopes_at_with,
+    top_scopes,
 };
 use super::{CapturePlan, DwarfError, Entry, Unavailable, Unit};
-use crate::native::index::{DebugIndex, Row, Slice};
+use crate::native::index::{DebugIndex, Row, Slice, split_unit};
 use crate::native::shape::{self, Reads, TypeShape};
 
 /// A variable or parameter in scope at an address.
@@ -72,40 +76,14 @@ type LiveRanges = Vec<std::ops::Range<u64>>;
 impl DebugIndex {
     /// The innermost non-inlined function whose code contains `pc` (a runtime address).
     pub fn function_at(&self, pc: u64) -> Result<Option<Function>, DwarfError> {
-        let dwarf = self.file.dwarf();
-        let dpc = pc.wrapping_sub(self.bias);
-        let Some(unit) = self.unit_for(&dwarf, dpc)? else {
-            return Ok(None);
-        };
-        let chain = self.scopes(&dwarf, &unit, dpc)?;
-        let Some(sub) = chain
-            .iter()
-            .rev()
-            .find(|s| s.entry.tag() == constants::DW_TAG_subprogram)
-        else {
-            return Ok(None);
-        };
-        let range = sub
-            .ranges
-            .iter()
-            .find(|r| r.contains(&dpc))
-            .cloned()
-            .unwrap_or(dpc..dpc);
-        let linkage_name = attr_with_origin(&unit, &sub.entry, constants::DW_AT_linkage_name)
-            .and_then(|v| dwarf.attr_string(&unit, v).ok())
-            .map(|s| s.to_string_lossy().into_owned());
-        Ok(Some(Function {
-            name: name_of(&dwarf, &unit, &sub.entry),
-            linkage_name,
-            range: range.start.wrapping_add(self.bias)..range.end.wrapping_add(self.bias),
-        }))
+        self.reader().function_at(pc)
     }
 
     /// The variables and parameters in scope at `pc` (a runtime address), innermost scope
     /// last, each with its capture plan there and the shape of its whole value. Empty without
     /// `debug = 2`.
     pub fn variables_at(&self, pc: u64) -> Result<Vec<Variable>, DwarfError> {
-        self.variables(pc, None)
+        self.reader().variables(pc, None)
     }
 
     /// As [`DebugIndex::variables_at`], with each variable's shape pruned to what `paths` read
@@ -127,17 +105,147 @@ impl DebugIndex {
         pc: u64,
         paths: &[Path],
     ) -> Result<Vec<Variable>, DwarfError> {
+        self.reader().variables(pc, Some(paths))
+    }
+
+    /// A [`Reader`] for queries at many addresses in a row (one request).
+    pub(crate) fn reader(&self) -> Reader<'_> {
+        Reader {
+            index: self,
+            dwarf: self.file.dwarf(),
+            package: self.file.package.as_ref().and_then(|p| p.dwarf().ok()),
+            units: RefCell::default(),
+            chains: RefCell::default(),
+            awaits: RefCell::default(),
+            declared: RefCell::default(),
+            behind: RefCell::default(),
+            coroutines: RefCell::default(),
+        }
+    }
+}
+
+/// The DWARF queries of one request at many addresses (a whole file's `lines` answer, the
+/// addresses of one line when it is armed), sharing what they read: each unit parsed once (its
+/// abbreviations and line program header), the scopes around each address found once (the
+/// function and the variables there both need them), each scope's `.await`s and each
+/// `async fn`'s state fields read once per function rather than once per address. Kept for the
+/// request only (the index keeps what outlives it: [`TopScopes`] and full type shapes); the
+/// answers are those of [`DebugIndex::variables_at`] and [`DebugIndex::function_at`], which
+/// use a reader of their own for one address.
+pub(crate) struct Reader<'i> {
+    index: &'i DebugIndex,
+    dwarf: gimli::Dwarf<Slice<'i>>,
+    /// The DWARF package with the split units, for a binary with split DWARF.
+    package: Option<gimli::DwarfPackage<Slice<'i>>>,
+    /// Parsed units by `.debug_info` offset.
+    units: RefCell<HashMap<usize, Rc<Parsed<'i>>>>,
+    /// The scopes around a DWARF address, by (unit, address).
+    chains: RefCell<Kept<u64, Vec<Scope<'i>>>>,
+    /// The `.await`s below a scope, by (unit, scope).
+    awaits: RefCell<Kept<usize, Vec<Await>>>,
+    /// The variables declared directly in a scope, by (unit, scope).
+    declared: RefCell<Kept<usize, Vec<Declared<'i>>>>,
+    /// Full shapes behind a pointer (at offset 0), by (unit, type).
+    behind: RefCell<Kept<usize, Result<TypeShape, String>>>,
+    /// An `async fn` poll function's state parameter and the fields of its suspended variants,
+    /// by (unit, subprogram); `None` when it has no such state.
+    coroutines: RefCell<HashMap<(usize, usize), StateFields>>,
+}
+
+/// A unit as the queries read it: for a skeleton unit (split DWARF), its split unit with the
+/// sections of the DWARF package.
+struct Parsed<'i> {
+    /// The unit's `.debug_info` offset (the skeleton's): what the caches are keyed by, as split
+    /// units' own offsets repeat from one to the next.
+    key: usize,
+    /// The split unit's sections, or `None` for the binary's own.
+    dwo: Option<gimli::Dwarf<Slice<'i>>>,
+    unit: Unit<'i>,
+}
+
+/// A variable or parameter declared directly in a scope, with what its entry (or its abstract
+/// origin) says of it.
+struct Declared<'i> {
+    entry: Entry<'i>,
+    is_parameter: bool,
+    name: String,
+    ty: Option<AttributeValue<Slice<'i>>>,
+    type_name: Option<String>,
+    byte_size: Option<u64>,
+}
+
+/// What a [`Reader`] keeps, by unit and a key within it.
+type Kept<K, V> = HashMap<(usize, K), Rc<V>>;
+
+/// See [`Reader::coroutines`].
+type StateFields = Option<(UnitOffset<usize>, Rc<Vec<(String, u64)>>)>;
+
+/// Units a [`Reader`] keeps parsed (a file's functions are in a few; generic ones in more).
+const UNITS_KEPT: usize = 64;
+/// Addresses whose scopes (and scopes whose declarations) a [`Reader`] keeps.
+const CHAINS_KEPT: usize = 1024;
+
+impl<'i> Reader<'i> {
+    /// The index read.
+    pub(crate) fn index(&self) -> &'i DebugIndex {
+        self.index
+    }
+
+    /// As [`DebugIndex::function_at`].
+    pub(crate) fn function_at(&self, pc: u64) -> Result<Option<Function>, DwarfError> {
+        let ix = self.index;
+        let dpc = pc.wrapping_sub(ix.bias);
+        let Some(parsed) = self.unit_at(dpc)? else {
+            return Ok(None);
+        };
+        let (dwarf, unit) = (parsed.dwo.as_ref().unwrap_or(&self.dwarf), &parsed.unit);
+        let chain = self.scopes(&parsed, dpc)?;
+        let Some(sub) = chain
+            .iter()
+            .rev()
+            .find(|s| s.entry.tag() == constants::DW_TAG_subprogram)
+        else {
+            return Ok(None);
+        };
+        let range = sub
+            .ranges
+            .iter()
+            .find(|r| r.contains(&dpc))
+            .cloned()
+            .unwrap_or(dpc..dpc);
+        let linkage_name = attr_with_origin(unit, &sub.entry, constants::DW_AT_linkage_name)
+            .and_then(|v| dwarf.attr_string(unit, v).ok())
+            .map(|s| s.to_string_lossy().into_owned());
+        Ok(Some(Function {
+            name: name_of(dwarf, unit, &sub.entry),
+            linkage_name,
+            range: range.start.wrapping_add(ix.bias)..range.end.wrapping_add(ix.bias),
+        }))
+    }
+
+    /// As [`DebugIndex::variables_at`].
+    pub(crate) fn variables_at(&self, pc: u64) -> Result<Vec<Variable>, DwarfError> {
+        self.variables(pc, None)
+    }
+
+    /// As [`DebugIndex::variables_at_reading`].
+    pub(crate) fn variables_at_reading(
+        &self,
+        pc: u64,
+        paths: &[Path],
+    ) -> Result<Vec<Variable>, DwarfError> {
         self.variables(pc, Some(paths))
     }
 
     /// The variables at `pc`, with shapes pruned to `paths` when given.
     fn variables(&self, pc: u64, paths: Option<&[Path]>) -> Result<Vec<Variable>, DwarfError> {
-        let dwarf = self.file.dwarf();
-        let dpc = pc.wrapping_sub(self.bias);
-        let Some(unit) = self.unit_for(&dwarf, dpc)? else {
+        let ix = self.index;
+        let dpc = pc.wrapping_sub(ix.bias);
+        let Some(parsed) = self.unit_at(dpc)? else {
             return Ok(Vec::new());
         };
-        let chain = self.scopes(&dwarf, &unit, dpc)?;
+        let (dwarf, unit) = (parsed.dwo.as_ref().unwrap_or(&self.dwarf), &parsed.unit);
+        let chain = self.scopes(&parsed, dpc)?;
         let Some(first_sub) = chain
             .iter()
             .position(|s| s.entry.tag() == constants::DW_TAG_subprogram)
@@ -149,14 +257,14 @@ impl DebugIndex {
             Some(AttributeValue::Exprloc(e)) => frame_base(e, unit.encoding()),
             _ => FrameBase::Unknown,
         }
-        .at(|| self.cfa_at(pc));
+        .at(|| ix.cfa_at(pc));
         let sub_range = sub
             .ranges
             .iter()
             .find(|r| r.contains(&dpc))
             .cloned()
             .unwrap_or(dpc..dpc);
-        let here = self.row_before(dpc).filter(|r| sub_range.contains(&r.addr));
+        let here = ix.row_before(dpc).filter(|r| sub_range.contains(&r.addr));
 
         // The state of the coroutine whose poll function this is (found when needed).
         let mut state: Option<Option<CoroutineState>> = None;
@@ -172,7 +280,7 @@ impl DebugIndex {
             });
             let function = function_at
                 .map(|i| &chain[i])
-                .map(|s| (name_of(&dwarf, &unit, &s.entry), s.entry.tag()));
+                .map(|s| (name_of(dwarf, unit, &s.entry), s.entry.tag()));
             // The line of that function's source the address is on: the call site of the
             // first function inlined into it there, or the address's own line.
             let line_here = function_at.and_then(|i| {
@@ -207,7 +315,7 @@ impl DebugIndex {
                     .ranges
                     .iter()
                     .min_by_key(|r| r.start)
-                    .and_then(|entry| self.rows_in(entry.clone()).next())
+                    .and_then(|entry| ix.rows_in(entry.clone()).next())
                     .map(|entry| Row {
                         line: l.line,
                         addr: dpc,
@@ -216,24 +324,13 @@ impl DebugIndex {
                 _ => None,
             };
             // The `.await`s in this scope (found when one of its variables needs them).
-            let mut awaits: Option<Vec<Await>> = None;
-            let mut tree = unit.entries_tree(Some(scope.entry.offset()))?;
-            let mut children = tree.root()?.children();
-            while let Some(child) = children.next()? {
-                let e = child.entry();
-                let is_parameter = e.tag() == constants::DW_TAG_formal_parameter;
-                if !is_parameter && e.tag() != constants::DW_TAG_variable {
-                    continue;
-                }
-                let Some(name) = name_of(&dwarf, &unit, e) else {
-                    continue;
-                };
-                let ty = attr_with_origin(&unit, e, constants::DW_AT_type);
-                let (type_name, byte_size) = match ty {
-                    Some(AttributeValue::UnitRef(off)) => describe_type(&dwarf, &unit, off),
-                    _ => (None, None),
-                };
-                let (mut plan, live) = self.locate(&dwarf, &unit, e, dpc, frame_base, byte_size)?;
+            let mut awaits: Option<Rc<Vec<Await>>> = None;
+            let declared = self.declared(&parsed, scope.entry.offset())?;
+            for d in declared.iter() {
+                let (e, is_parameter, ty) = (&d.entry, d.is_parameter, d.ty);
+                let (name, type_name, byte_size) =
+                    (d.name.clone(), d.type_name.clone(), d.byte_size);
+                let (mut plan, live) = ix.locate(dwarf, unit, e, dpc, frame_base, byte_size)?;
                 let coroutine = matches!(&function, Some((Some(f), _)) if is_coroutine(f));
                 // An optimized build describes the locals a coroutine holds in its state
                 // without a location; after an `.await`, read them from the state.
@@ -246,14 +343,13 @@ impl DebugIndex {
                         .is_some_and(|f| f.1 == constants::DW_TAG_subprogram)
                     && let Some(at) = line_here
                 {
-                    let awaits = awaits.get_or_insert_with(|| {
-                        await_lines(&dwarf, &unit, scope.entry.offset()).unwrap_or_default()
-                    });
+                    let awaits =
+                        awaits.get_or_insert_with(|| self.awaits(&parsed, scope.entry.offset()));
                     let state = state.get_or_insert_with(|| {
-                        self.coroutine_state(&dwarf, &unit, &sub.entry, dpc, frame_base)
+                        self.coroutine_state(&parsed, &sub.entry, dpc, frame_base)
                     });
                     if let Some(found) = state.as_ref().and_then(|s| s.plan_of(&name)) {
-                        if let Some(since) = awaits_since(&unit, e, awaits, at) {
+                        if let Some(since) = awaits_since(unit, e, awaits, at) {
                             plan = found;
                             in_state = Some(since.last);
                         } else {
@@ -262,7 +358,7 @@ impl DebugIndex {
                                 line: u32::MAX,
                                 file: None,
                             };
-                            held_after = awaits_since(&unit, e, awaits, anywhere).map(|s| s.first);
+                            held_after = awaits_since(unit, e, awaits, anywhere).map(|s| s.first);
                             if let Some(line) = held_after {
                                 plan = CapturePlan::Unavailable(Unavailable::InStateAfterAwait {
                                     line,
@@ -275,13 +371,18 @@ impl DebugIndex {
                 let reads = reads.as_ref().unwrap_or_else(|| Reads::all());
                 let shape = match ty {
                     Some(AttributeValue::UnitRef(off)) => match plan {
+                        // Behind an `async fn`'s state pointer, whole: kept for the request
+                        // (an `async fn`'s locals are at every address of its lines).
+                        CapturePlan::Indirect { add, .. } if paths.is_none() => {
+                            self.behind(&parsed, off, add)
+                        }
                         CapturePlan::Indirect { add, .. } => {
-                            shape::build_behind(&dwarf, &unit, off, reads, add)
+                            shape::build_behind(dwarf, unit, off, reads, add)
                         }
                         // A type's full shape depends on the type alone: kept, so listing a
                         // file's lines builds each type once.
-                        _ if paths.is_none() => self.full_shape(&dwarf, &unit, off),
-                        _ => shape::build(&dwarf, &unit, off, reads),
+                        _ if paths.is_none() => ix.full_shape(dwarf, unit, parsed.key, off),
+                        _ => shape::build(dwarf, unit, off, reads),
                     }
                     .map_err(|why| match &type_name {
                         Some(name) if !why.contains(name.as_str()) => {
@@ -300,10 +401,9 @@ impl DebugIndex {
                     (CapturePlan::Mem { .. } | CapturePlan::Reg(_), None, Some(at))
                         if coroutine && in_state.is_none() && name != "_task_context" =>
                     {
-                        let awaits = awaits.get_or_insert_with(|| {
-                            await_lines(&dwarf, &unit, scope.entry.offset()).unwrap_or_default()
-                        });
-                        awaits_since(&unit, e, awaits, at).map(|s| (s.decl, s.first))
+                        let awaits = awaits
+                            .get_or_insert_with(|| self.awaits(&parsed, scope.entry.offset()));
+                        awaits_since(unit, e, awaits, at).map(|s| (s.decl, s.first))
                     }
                     _ => None,
                 };
@@ -311,18 +411,18 @@ impl DebugIndex {
                     (Some((decl, line)), _, _, _, _) => (
                         CapturePlan::Unavailable(Unavailable::NotKeptAcrossAwait { line }),
                         own.map(|own| {
-                            self.lines_between(own, slice::from_ref(&sub_range), decl, line)
+                            ix.lines_between(own, slice::from_ref(&sub_range), decl, line)
                         })
                         .unwrap_or_default(),
                     ),
                     (_, CapturePlan::Unavailable(_), _, _, Some(after)) => {
                         let lines = own
-                            .map(|own| self.lines_between(own, &scope.ranges, after, u32::MAX))
+                            .map(|own| ix.lines_between(own, &scope.ranges, after, u32::MAX))
                             .unwrap_or_default();
                         (plan, lines)
                     }
                     (_, CapturePlan::Unavailable(_), Some(here), Some(live), _) => {
-                        let lines = self.lines_where_live(here, &sub_range, &live);
+                        let lines = ix.lines_where_live(here, &sub_range, &live);
                         (plan, lines)
                     }
                     _ => (plan, Vec::new()),
@@ -347,16 +447,215 @@ impl DebugIndex {
         Ok(out)
     }
 
+    /// The unit whose ranges contain `dpc`, parsed once per reader.
+    fn unit_at(&self, dpc: u64) -> Result<Option<Rc<Parsed<'i>>>, DwarfError> {
+        let Some(offset) = self.index.unit_at(dpc) else {
+            return Ok(None);
+        };
+        if let Some(unit) = self.units.borrow().get(&offset.0) {
+            return Ok(Some(unit.clone()));
+        }
+        let header = self.dwarf.debug_info.header_from_offset(offset)?;
+        let unit = self.dwarf.unit(header)?;
+        let dwos = &self.index.file.dwos;
+        let unit = Rc::new(match (&self.package, unit.dwo_id) {
+            (package, Some(_)) if package.is_some() || !dwos.is_empty() => {
+                let (dwo, split) = split_unit(&self.dwarf, package.as_ref(), dwos, &unit)?
+                    .ok_or(gimli::Error::MissingSplitUnit)?;
+                Parsed {
+                    key: offset.0,
+                    dwo: Some(dwo),
+                    unit: split,
+                }
+            }
+            _ => Parsed {
+                key: offset.0,
+                dwo: None,
+                unit,
+            },
+        });
+        let mut units = self.units.borrow_mut();
+        if units.len() >= UNITS_KEPT {
+            units.clear();
+        }
+        units.insert(offset.0, unit.clone());
+        Ok(Some(unit))
+    }
+
+    /// The scopes around `dpc` in `unit`, found once per reader.
+    fn scopes(&self, unit: &Parsed<'i>, dpc: u64) -> Result<Rc<Vec<Scope<'i>>>, DwarfError> {
+        let key = (unit.key, dpc);
+        if let Some(chain) = self.chains.borrow().get(&key) {
+            return Ok(chain.clone());
+        }
+        let dwarf = unit.dwo.as_ref().unwrap_or(&self.dwarf);
+        let chain = Rc::new(self.index.scopes(dwarf, &unit.unit, unit.key, dpc)?);
+        let mut chains = self.chains.borrow_mut();
+        if chains.len() >= CHAINS_KEPT {
+            chains.clear();
+        }
+        chains.insert(key, chain.clone());
+        Ok(chain)
+    }
+
+    /// The variables and parameters declared directly in `scope`, read once per reader (the
+    /// children of a large function's scope are many entries, walked once rather than at each
+    /// of its addresses).
+    fn declared(
+        &self,
+        unit: &Parsed<'i>,
+        scope: UnitOffset<usize>,
+    ) -> Result<Rc<Vec<Declared<'i>>>, DwarfError> {
+        let key = (unit.key, scope.0);
+        if let Some(declared) = self.declared.borrow().get(&key) {
+            return Ok(declared.clone());
+        }
+        let (dwarf, u) = (unit.dwo.as_ref().unwrap_or(&self.dwarf), &unit.unit);
+        let mut out = Vec::new();
+        let mut tree = u.entries_tree(Some(scope))?;
+        let mut children = tree.root()?.children();
+        while let Some(child) = children.next()? {
+            let e = child.entry();
+            let is_parameter = e.tag() == constants::DW_TAG_formal_parameter;
+            if !is_parameter && e.tag() != constants::DW_TAG_variable {
+                continue;
+            }
+            let Some(name) = name_of(dwarf, u, e) else {
+                continue;
+            };
+            let ty = attr_with_origin(u, e, constants::DW_AT_type);
+            let (type_name, byte_size) = match ty {
+                Some(AttributeValue::UnitRef(off)) => describe_type(dwarf, u, off),
+                _ => (None, None),
+            };
+            out.push(Declared {
+                entry: e.clone(),
+                is_parameter,
+                name,
+                ty,
+                type_name,
+                byte_size,
+            });
+        }
+        let out = Rc::new(out);
+        let mut declared = self.declared.borrow_mut();
+        if declared.len() >= CHAINS_KEPT {
+            declared.clear();
+        }
+        declared.insert(key, out.clone());
+        Ok(out)
+    }
+
+    /// The full shape of the type at `ty` read `add` bytes behind a pointer
+    /// ([`shape::build_behind`]), built once per type and reader (and moved to each offset).
+    fn behind(
+        &self,
+        unit: &Parsed<'i>,
+        ty: UnitOffset<usize>,
+        add: u32,
+    ) -> Result<TypeShape, String> {
+        let key = (unit.key, ty.0);
+        let kept = self.behind.borrow().get(&key).cloned();
+        let shape = match kept {
+            Some(shape) => Rc::unwrap_or_clone(shape),
+            None => {
+                let dwarf = unit.dwo.as_ref().unwrap_or(&self.dwarf);
+                let shape = shape::build_behind(dwarf, &unit.unit, ty, Reads::all(), 0);
+                let mut behind = self.behind.borrow_mut();
+                if behind.len() >= CHAINS_KEPT {
+                    behind.clear();
+                }
+                behind.insert(key, Rc::new(shape.clone()));
+                shape
+            }
+        };
+        shape.map(|s| shape::moved_behind(s, add))
+    }
+
+    /// The `.await`s below `scope` ([`await_lines`]), read once per reader.
+    fn awaits(&self, unit: &Parsed<'i>, scope: UnitOffset<usize>) -> Rc<Vec<Await>> {
+        let key = (unit.key, scope.0);
+        if let Some(awaits) = self.awaits.borrow().get(&key) {
+            return awaits.clone();
+        }
+        let dwarf = unit.dwo.as_ref().unwrap_or(&self.dwarf);
+        let awaits = Rc::new(await_lines(dwarf, &unit.unit, scope).unwrap_or_default());
+        self.awaits.borrow_mut().insert(key, awaits.clone());
+        awaits
+    }
+
+    /// The state of the coroutine whose poll function is `sub`, at `dpc`: where the state pointer
+    /// (the poll's first parameter, `self: Pin<&mut {async_fn_env#0}>`) is, and the offsets of
+    /// the locals its suspended variants hold (read once per function). `None` when either is
+    /// not found.
+    fn coroutine_state(
+        &self,
+        parsed: &Parsed<'i>,
+        sub: &Entry<'i>,
+        dpc: u64,
+        fb: FrameBase,
+    ) -> Option<CoroutineState> {
+        let (dwarf, unit) = (parsed.dwo.as_ref().unwrap_or(&self.dwarf), &parsed.unit);
+        let key = (parsed.key, sub.offset().0);
+        let kept = self.coroutines.borrow().get(&key).cloned();
+        let (param, fields) = match kept {
+            Some(kept) => kept?,
+            None => {
+                let found = state_fields(dwarf, unit, sub);
+                self.coroutines.borrow_mut().insert(key, found.clone());
+                found?
+            }
+        };
+        let param = unit.entry(param).ok()?;
+        let (pointer, _) = self
+            .index
+            .locate(dwarf, unit, &param, dpc, fb, Some(8))
+            .ok()?;
+        matches!(pointer, CapturePlan::Reg(0..=15) | CapturePlan::Mem { .. }).then(|| {
+            CoroutineState {
+                pointer,
+                fields: Vec::clone(&fields),
+            }
+        })
+    }
+}
+
+/// The first parameter of the poll function `sub` (the state pointer) and the fields of the
+/// suspended variants of the state it points to; `None` when either is not found.
+fn state_fields<'a>(
+    dwarf: &gimli::Dwarf<Slice<'a>>,
+    unit: &Unit<'a>,
+    sub: &Entry<'a>,
+) -> StateFields {
+    let mut tree = unit.entries_tree(Some(sub.offset())).ok()?;
+    let root = tree.root().ok()?;
+    let mut children = root.children();
+    let mut param = None;
+    while let Some(child) = children.next().ok()? {
+        if child.entry().tag() == constants::DW_TAG_formal_parameter {
+            param = Some(child.entry().clone());
+            break;
+        }
+    }
+    let param = param?;
+    let env = same_unit(unit, attr_with_origin(unit, &param, constants::DW_AT_type)?)
+        .and_then(|ty| pointee(unit, ty))?;
+    let fields = suspended_fields(dwarf, unit, env);
+    (!fields.is_empty()).then(|| (param.offset(), Rc::new(fields)))
+}
+
+impl DebugIndex {
     /// The full shape of the type at `ty` in `unit`, built once and kept (for a bounded number
     /// of types).
     fn full_shape<'a>(
         &self,
         dwarf: &gimli::Dwarf<Slice<'a>>,
         unit: &Unit<'a>,
+        unit_key: usize,
         ty: gimli::UnitOffset<usize>,
     ) -> Result<TypeShape, String> {
         type Kept = Result<TypeShape, String>;
-        let key = (unit.header.offset().0, ty.0);
+        let key = (unit_key, ty.0);
         let kept = self
             .shapes
             .lock()
@@ -381,9 +680,10 @@ impl DebugIndex {
         &self,
         dwarf: &gimli::Dwarf<Slice<'a>>,
         unit: &Unit<'a>,
+        unit_key: usize,
         dpc: u64,
     ) -> Result<Vec<super::scope::Scope<'a>>, DwarfError> {
-        let key = (unit.header.offset().0, 0);
+        let key = (unit_key, 0);
         let cached = self
             .top_scopes
             .lock()
@@ -407,18 +707,6 @@ impl DebugIndex {
             .downcast_ref::<TopScopes>()
             .expect("checked or built as TopScopes");
         scopes_at_with(dwarf, unit, top, dpc)
-    }
-
-    fn unit_for<'a>(
-        &self,
-        dwarf: &gimli::Dwarf<Slice<'a>>,
-        dpc: u64,
-    ) -> Result<Option<Unit<'a>>, DwarfError> {
-        let Some(offset) = self.unit_at(dpc) else {
-            return Ok(None);
-        };
-        let header = dwarf.debug_info.header_from_offset(offset)?;
-        Ok(Some(dwarf.unit(header)?))
     }
 
     /// The plan at `dpc`, and for a location list the DWARF ranges where the plan is available.
@@ -469,39 +757,6 @@ impl DebugIndex {
         fb: FrameBase,
     ) -> CapturePlan {
         compile(expr, enc, fb, self.bias)
-    }
-
-    /// The state of the coroutine whose poll function is `sub`, at `dpc`: where the state pointer
-    /// (the poll's first parameter, `self: Pin<&mut {async_fn_env#0}>`) is, and the offsets of
-    /// the locals its suspended variants hold. `None` when either is not found.
-    fn coroutine_state<'a>(
-        &self,
-        dwarf: &gimli::Dwarf<Slice<'a>>,
-        unit: &Unit<'a>,
-        sub: &Entry<'a>,
-        dpc: u64,
-        fb: FrameBase,
-    ) -> Option<CoroutineState> {
-        let mut tree = unit.entries_tree(Some(sub.offset())).ok()?;
-        let root = tree.root().ok()?;
-        let mut children = root.children();
-        let mut param = None;
-        while let Some(child) = children.next().ok()? {
-            if child.entry().tag() == constants::DW_TAG_formal_parameter {
-                param = Some(child.entry().clone());
-                break;
-            }
-        }
-        let param = param?;
-        let env = same_unit(unit, attr_with_origin(unit, &param, constants::DW_AT_type)?)
-            .and_then(|ty| pointee(unit, ty))?;
-        let fields = suspended_fields(dwarf, unit, env);
-        if fields.is_empty() {
-            return None;
-        }
-        let (pointer, _) = self.locate(dwarf, unit, &param, dpc, fb, Some(8)).ok()?;
-        matches!(pointer, CapturePlan::Reg(0..=15) | CapturePlan::Mem { .. })
-            .then_some(CoroutineState { pointer, fields })
     }
 
     /// Lines of `here`'s file after `after` and before `before`, with statement rows in

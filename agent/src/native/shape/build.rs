@@ -48,6 +48,15 @@ pub(crate) fn build_behind<'a>(
     build_at(dwarf, unit, ty, reads, Some(add))
 }
 
+/// A shape from [`build_behind`] moved to `add` bytes past the pointer: the shapes of one type
+/// behind a pointer differ only in where the first heap read starts.
+pub(crate) fn moved_behind(mut shape: TypeShape, add: u32) -> TypeShape {
+    if let Some(first) = shape.derefs.first_mut() {
+        first.ptr_add = add;
+    }
+    shape
+}
+
 fn build_at<'a>(
     dwarf: &gimli::Dwarf<Slice<'a>>,
     unit: &Unit<'a>,

@@ -56,7 +56,7 @@ mod build;
 mod decode;
 mod reads;
 
-pub(crate) use build::{build, build_behind};
+pub(crate) use build::{build, build_behind, moved_behind};
 pub use decode::DecodeError;
 pub(crate) use reads::Reads;
 
