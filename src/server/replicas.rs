@@ -7,12 +7,14 @@
 //! Agents go through the database rather than through announcements: a replica that starts, or
 //! comes back from a partition, reads the others' agents at once, and an agent whose replica died
 //! disappears by itself when its row is older than the agent TTL. Each replica writes its agents
-//! in one statement every [`SHARE`]; an agent whose view did not change is written again only
-//! once per third of the TTL, so idle watchers cost little. Catalogs stay with the replica that
+//! in one statement every [`SHARE`]; an agent whose view did not change (apart from when it
+//! was last seen and how many answers it had) is written again only once per third of the TTL,
+//! so idle watchers cost little. Catalogs stay with the replica that
 //! received them.
 
 use std::{
     collections::HashMap,
+    hash::{DefaultHasher, Hash as _, Hasher as _},
     sync::Arc,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
@@ -44,7 +46,7 @@ pub(crate) async fn run(
     resync.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut share = tokio::time::interval(SHARE);
     share.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let mut written: HashMap<(String, String), (String, i64)> = HashMap::new();
+    let mut written: HashMap<(String, String), (u64, i64)> = HashMap::new();
     loop {
         tokio::select! {
             change = changes.recv() => match change {
@@ -80,30 +82,31 @@ async fn resync_now(app: &Arc<App>) {
 async fn share_agents(
     app: &Arc<App>,
     replica: &str,
-    written: &mut HashMap<(String, String), (String, i64)>,
+    written: &mut HashMap<(String, String), (u64, i64)>,
 ) {
     let ttl_ms = i64::try_from(app.config.agent_ttl().as_millis()).unwrap_or(i64::MAX);
     let now = now_ms();
     let mut batch = Vec::new();
     let mut seen = HashMap::new();
     for (tenant, view) in app.agents.local_views() {
-        let Ok(json) = serde_json::to_string(&view) else {
-            continue;
-        };
-        let key = (tenant, view.id);
+        let fingerprint = fingerprint(&view);
+        let key = (tenant, view.id.clone());
         let stale = match written.get(&key) {
-            Some((last, at)) => *last != json || now - at >= ttl_ms / 3,
+            Some((last, at)) => *last != fingerprint || now - at >= ttl_ms / 3,
             None => true,
         };
         if stale {
+            let Ok(json) = serde_json::to_string(&view) else {
+                continue;
+            };
             batch.push(SharedAgent {
                 tenant: key.0.clone(),
                 id: key.1.clone(),
                 replica: replica.to_owned(),
                 written_ms: now,
-                view: json.clone(),
+                view: json,
             });
-            seen.insert(key, (json, now));
+            seen.insert(key, (fingerprint, now));
         } else if let Some(old) = written.remove(&key) {
             seen.insert(key, old);
         }
@@ -137,6 +140,20 @@ async fn share_agents(
         }
     }
     app.agents.set_remote(by_tenant);
+}
+
+/// What decides whether an agent's row is written again before it ages: its view without the
+/// fields every message moves (when it was last seen, how many answers it had). An agent that
+/// only keeps watching is rewritten once per third of the TTL, not on every heartbeat.
+fn fingerprint(view: &AgentView) -> u64 {
+    let mut view = view.clone();
+    view.last_seen_ms = 0;
+    view.polls = 0;
+    let mut h = DefaultHasher::new();
+    serde_json::to_string(&view)
+        .unwrap_or_default()
+        .hash(&mut h);
+    h.finish()
 }
 
 /// Runs `f` on a blocking thread; a failure is logged (the next tick tries again).
