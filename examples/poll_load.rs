@@ -65,8 +65,8 @@ use std::{
 };
 
 use anyhow::{Context as _, bail, ensure};
-use futures_util::StreamExt as _;
 use clap::Parser;
+use futures_util::StreamExt as _;
 use serde_json::{Value, json};
 use sonde_proto::{
     common::{AnyValue, KeyValue, any_value},

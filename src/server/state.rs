@@ -287,7 +287,10 @@ impl Tracepoints {
             .into_iter()
             .map(|(name, entries)| {
                 let version = versions.get(&name).copied().unwrap_or(0);
-                (name, Arc::new(Tenant::new(TenantList::new(entries), version)))
+                (
+                    name,
+                    Arc::new(Tenant::new(TenantList::new(entries), version)),
+                )
             })
             .collect();
         Ok(Self {
@@ -709,7 +712,7 @@ mod tests {
         };
         let billing = Resource::from_pairs([("service.name".into(), "billing".into())]);
         let made = std::cell::Cell::new(0);
-        let mut answer = |resource: &Resource| {
+        let answer = |resource: &Resource| {
             list.shared_answer(list.client_hash(resource), || {
                 made.set(made.get() + 1);
                 Bytes::from(list.hash_for_client(resource))
@@ -718,7 +721,11 @@ mod tests {
         let one = answer(&shop("1"));
         let two = answer(&shop("2"));
         assert_eq!(one, two);
-        assert_eq!(made.get(), 1, "the second shop client shares the first one's answer");
+        assert_eq!(
+            made.get(),
+            1,
+            "the second shop client shares the first one's answer"
+        );
         let other = answer(&billing);
         assert_ne!(other, one);
         assert_eq!(made.get(), 2, "billing's list is another answer");

@@ -33,7 +33,7 @@ use tonic::{
     Request, Response, Status,
     body::Body,
     codec::{
-        Codec, CompressionEncoding, DecodeBuf, Decoder, EncodeBuf, EnabledCompressionEncodings,
+        Codec, CompressionEncoding, DecodeBuf, Decoder, EnabledCompressionEncodings, EncodeBuf,
         Encoder,
     },
     server::{Grpc as GrpcServer, NamedService, ServerStreamingService},
