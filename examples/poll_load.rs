@@ -39,6 +39,14 @@
 //! watcher on every replica has it. The resident memory of each replica is printed before and
 //! after its watchers connect. `--skip-polls` runs the watch phase alone (for many watchers).
 //!
+//! The watch streams share HTTP/2 connections, as many agents behind one proxy would: `--channels`
+//! connections to each replica, or more so that none carries over 500 streams (real agents hold
+//! one connection each; the server's cost per stream is the same, its cost per connection is
+//! not measured here). The generator raises its soft limit on open files to the hard limit
+//! first (the child servers inherit it). Every watcher has the same resource attributes, so
+//! every watcher of a replica gets the same list; the watchers decode only each answer's hash
+//! and type and count its tracepoints, leaving them encoded, so that the cores go to the server.
+//!
 //! ```text
 //! target/release/examples/poll_load --database-url postgres://sonde@127.0.0.1:5432/sonde \
 //!     --replicas 2 --watchers 20000 --channels 64 --changes 100 --skip-polls
@@ -58,15 +66,20 @@ use std::{
 
 use anyhow::{Context as _, bail, ensure};
 use clap::Parser;
+use futures_util::StreamExt as _;
 use serde_json::{Value, json};
 use sonde_proto::{
     common::{AnyValue, KeyValue, any_value},
     poll::{PollRequest, ResponseType, poll_config_client::PollConfigClient},
     resource::Resource,
-    sonde::{WatchRequest, watch_service_client::WatchServiceClient},
+    sonde::WatchRequest,
 };
 use tokio::sync::mpsc;
-use tonic::{Request, transport::Channel};
+use tonic::{
+    Request, Status,
+    codec::{Codec, DecodeBuf, Decoder, EncodeBuf, Encoder},
+    transport::Channel,
+};
 
 /// The tenant the generator works in (sent as `X-Scope-OrgID` on every request).
 const TENANT: &str = "poll-load";
@@ -76,7 +89,10 @@ const TRACEPOINTS: usize = 100;
 /// has a resolution of 1 ms, so up to that is the timer, not the load).
 const LATE: Duration = Duration::from_millis(2);
 /// The longest one write may take to reach every watcher before the run gives up.
-const CHANGE_TIMEOUT: Duration = Duration::from_secs(5);
+const CHANGE_TIMEOUT: Duration = Duration::from_secs(10);
+/// At most this many watch streams share one HTTP/2 connection (the server allows 1,024
+/// concurrent streams per connection); more watchers open more connections.
+const STREAMS_PER_CONNECTION: usize = 500;
 
 /// Load generator for `PollConfig/poll` and `WatchService/Watch` (see the module doc).
 #[derive(Debug, Parser)]
@@ -144,6 +160,7 @@ fn main() -> anyhow::Result<()> {
         "--warmup: 0 to 60 seconds"
     );
 
+    raise_fd_limit();
     // Child servers are killed when these guards drop, whatever happens below.
     let (servers, replicas) = match (args.grpc, args.http) {
         (Some(grpc), Some(http)) => {
@@ -238,15 +255,21 @@ async fn run(
         cpu.print(warmup + duration);
     }
 
-    // The watchers' connections: --channels to each replica, so the watchers spread evenly.
-    let mut watch_channels = Vec::with_capacity(args.channels * replicas.len());
-    for _ in 0..args.channels {
+    // The watchers' connections: --channels to each replica (more when a replica would hold
+    // over STREAMS_PER_CONNECTION streams on one), so the watchers spread evenly.
+    let per_replica = args.watchers.div_ceil(replicas.len());
+    let connections = args
+        .channels
+        .max(per_replica.div_ceil(STREAMS_PER_CONNECTION));
+    let mut watch_channels = Vec::with_capacity(connections * replicas.len());
+    for _ in 0..connections {
         for (grpc, _) in replicas {
             watch_channels.push(connect(*grpc).await?);
         }
     }
     println!(
-        "\n{} watchers over {} replica(s), {} writes (alternately POST and DELETE) on the first",
+        "\n{} watchers over {} replica(s) ({connections} HTTP/2 connections each, shared by the \
+         watch streams), {} writes (alternately POST and DELETE) on the first",
         args.watchers,
         replicas.len(),
         args.changes
@@ -508,19 +531,28 @@ async fn watch_phase(
     held: &dyn Fn(&str),
 ) -> anyhow::Result<()> {
     let (tx, mut rx) = mpsc::unbounded_channel();
+    // Opened 256 at a time: one after the other, 10,000 streams take a while to open.
+    let opened: Vec<_> = futures_util::stream::iter(0..watchers)
+        .map(|i| {
+            let channel = channels[i % channels.len()].clone();
+            async move {
+                let request = WatchRequest {
+                    resource: Some(resource(&format!("watcher-{i}"))),
+                    current_hash: String::new(),
+                    agent_id: format!("poll-load-watcher-{i}"),
+                };
+                open_watch(channel, request)
+                    .await
+                    .with_context(|| format!("opening watch {i}"))
+                    .map(|stream| (i, stream))
+            }
+        })
+        .buffer_unordered(256)
+        .collect()
+        .await;
     let mut tasks = Vec::with_capacity(watchers);
-    for i in 0..watchers {
-        let mut client = WatchServiceClient::new(channels[i % channels.len()].clone());
-        let request = WatchRequest {
-            resource: Some(resource(&format!("watcher-{i}"))),
-            current_hash: String::new(),
-            agent_id: format!("poll-load-watcher-{i}"),
-        };
-        let mut stream = client
-            .watch(tenant_request(request))
-            .await
-            .with_context(|| format!("opening watch {i}"))?
-            .into_inner();
+    for opened in opened {
+        let (i, mut stream) = opened?;
         let tx = tx.clone();
         tasks.push(tokio::spawn(async move {
             while let Ok(Some(msg)) = stream.message().await {
@@ -829,6 +861,105 @@ fn tenant_request<T>(message: T) -> Request<T> {
     );
     request
 }
+
+/// A `PollResponse` as the watchers read it: the hash, the type and each tracepoint left
+/// encoded (only counted), so that decoding 10,000 copies of every list does not take the
+/// load generator's share of the cores from the server it measures (each real agent decodes
+/// its own answer on its own machine).
+#[derive(Clone, PartialEq, prost::Message)]
+struct WatchAnswer {
+    #[prost(string, tag = "2")]
+    current_hash: String,
+    #[prost(bytes = "bytes", repeated, tag = "3")]
+    response: Vec<bytes::Bytes>,
+    #[prost(int32, tag = "4")]
+    response_type: i32,
+}
+
+/// Encodes the watch request and decodes [`WatchAnswer`]s.
+#[derive(Debug, Clone, Copy, Default)]
+struct WatchCodec;
+
+impl Codec for WatchCodec {
+    type Encode = WatchRequest;
+    type Decode = WatchAnswer;
+    type Encoder = WatchCodec;
+    type Decoder = WatchCodec;
+
+    fn encoder(&mut self) -> Self::Encoder {
+        *self
+    }
+
+    fn decoder(&mut self) -> Self::Decoder {
+        *self
+    }
+}
+
+impl Encoder for WatchCodec {
+    type Item = WatchRequest;
+    type Error = Status;
+
+    fn encode(&mut self, item: WatchRequest, dst: &mut EncodeBuf<'_>) -> Result<(), Status> {
+        prost::Message::encode(&item, dst).map_err(|e| Status::internal(e.to_string()))
+    }
+}
+
+impl Decoder for WatchCodec {
+    type Item = WatchAnswer;
+    type Error = Status;
+
+    fn decode(&mut self, src: &mut DecodeBuf<'_>) -> Result<Option<WatchAnswer>, Status> {
+        <WatchAnswer as prost::Message>::decode(src)
+            .map(Some)
+            .map_err(|e| Status::internal(e.to_string()))
+    }
+}
+
+/// Opens `WatchService/Watch` on `channel` (the same call as the generated client makes).
+async fn open_watch(
+    channel: Channel,
+    request: WatchRequest,
+) -> Result<tonic::Streaming<WatchAnswer>, Status> {
+    let mut client = tonic::client::Grpc::new(channel);
+    client
+        .ready()
+        .await
+        .map_err(|e| Status::unavailable(e.to_string()))?;
+    let path = http::uri::PathAndQuery::from_static("/sonde.v1.WatchService/Watch");
+    Ok(client
+        .server_streaming(tenant_request(request), path, WatchCodec)
+        .await?
+        .into_inner())
+}
+
+/// Raises this process's soft limit on open files to its hard limit (the child servers
+/// inherit it), so that many connections do not run out of descriptors.
+#[cfg(target_os = "linux")]
+fn raise_fd_limit() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // Safety: `limit` is a valid, writable `rlimit` for the duration of the call.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
+        return;
+    }
+    if limit.rlim_cur < limit.rlim_max {
+        let raised = libc::rlimit {
+            rlim_cur: limit.rlim_max,
+            rlim_max: limit.rlim_max,
+        };
+        // Safety: `raised` is a valid `rlimit`; raising the soft limit up to the hard one
+        // needs no privilege.
+        if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &raised) } == 0 {
+            limit = raised;
+        }
+    }
+    println!("open files allowed: {}", limit.rlim_cur);
+}
+
+#[cfg(not(target_os = "linux"))]
+fn raise_fd_limit() {}
 
 // ---------------------------------------------------------------------------------------------
 // Reporting

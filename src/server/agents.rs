@@ -2,7 +2,7 @@
 //! probe-site catalog; and [`Judge`], what became of a tracepoint in each agent it targets.
 
 use std::{
-    collections::HashMap,
+    collections::{HashMap, HashSet},
     hash::{DefaultHasher, Hash as _, Hasher as _},
     net::IpAddr,
     sync::{Arc, Mutex, Weak},
@@ -709,7 +709,12 @@ impl Agents {
             })
             .collect();
         drop(agents);
-        for view in self.remote_of(tenant, |id| out.iter().any(|a| a.view.id == id)) {
+        // A set, not a scan of `out` per remote agent: with thousands on each replica that
+        // scan was quadratic.
+        let local: HashSet<&str> = out.iter().map(|a| a.view.id.as_str()).collect();
+        let remote = self.remote_of(tenant, |id| local.contains(id));
+        drop(local);
+        for view in remote {
             out.push(LiveAgent {
                 reports: view.kind == AgentKind::Watch || !view.tracepoints.is_empty(),
                 view,
@@ -790,7 +795,9 @@ impl Agents {
             .map(|a| a.view.clone())
             .collect();
         drop(agents);
-        let remote = self.remote_of(tenant, |id| out.iter().any(|a| a.id == id));
+        let local: HashSet<&str> = out.iter().map(|a| a.id.as_str()).collect();
+        let remote = self.remote_of(tenant, |id| local.contains(id));
+        drop(local);
         out.extend(remote);
         out.sort_by(|a, b| b.last_seen_ms.cmp(&a.last_seen_ms).then(a.id.cmp(&b.id)));
         out

@@ -1,5 +1,8 @@
 //! The gRPC face for agents and tools: Deep's `PollConfig/poll` and `SnapshotService/send`,
-//! Sonde's `WatchService`, `StatusService`, `CatalogService` and `TracepointService`.
+//! Sonde's `WatchService` (in [`watch`]), `StatusService`, `CatalogService` and
+//! `TracepointService`.
+
+mod watch;
 
 use std::{pin::Pin, sync::Arc, time::Instant};
 
@@ -13,11 +16,10 @@ use sonde_proto::{
         CatalogAnswer, CatalogQuery, CreateTracepointRequest, DeleteTracepointRequest,
         GetTracepointRequest, ListTracepointsRequest, ListTracepointsResponse, SiteCatalog,
         SiteCatalogResponse, StatusReport, StatusReportResponse, TracepointResponse,
-        UpdateTracepointRequest, WatchRequest,
+        UpdateTracepointRequest,
         catalog_service_server::{CatalogService, CatalogServiceServer},
         status_service_server::{StatusService, StatusServiceServer},
         tracepoint_service_server::{TracepointService, TracepointServiceServer},
-        watch_service_server::{WatchService, WatchServiceServer},
     },
     tracepoint::{
         Snapshot, SnapshotResponse,
@@ -54,7 +56,7 @@ pub(crate) fn router(app: Arc<App>) -> axum::Router {
             .accept_compressed(gzip)
             .send_compressed(gzip),
     )
-    .add_service(WatchServiceServer::new(svc.clone()).accept_compressed(gzip))
+    .add_service(watch::WatchServer::new(svc.clone()))
     .add_service(StatusServiceServer::new(svc.clone()).accept_compressed(gzip))
     .add_service(CatalogServiceServer::new(svc.clone()).accept_compressed(gzip))
     .add_service(TracepointServiceServer::new(svc).accept_compressed(gzip))
@@ -241,14 +243,6 @@ pub(crate) fn now_nanos() -> u64 {
         .unwrap_or_default()
 }
 
-fn result_label(resp: &PollResponse) -> &'static str {
-    if resp.response_type == ResponseType::Update as i32 {
-        "update"
-    } else {
-        "no_change"
-    }
-}
-
 #[tonic::async_trait]
 impl PollConfig for Grpc {
     async fn poll(&self, req: Request<PollRequest>) -> Result<Response<PollResponse>, Status> {
@@ -305,92 +299,6 @@ impl SnapshotService for Grpc {
         self.app.snapshots.add(&tenant, snapshot);
         self.observe("send", started);
         Ok(Response::new(SnapshotResponse {}))
-    }
-}
-
-type WatchStream = Pin<Box<dyn Stream<Item = Result<PollResponse, Status>> + Send + 'static>>;
-
-#[tonic::async_trait]
-impl WatchService for Grpc {
-    type WatchStream = WatchStream;
-
-    async fn watch(&self, req: Request<WatchRequest>) -> Result<Response<WatchStream>, Status> {
-        let (tenant, peer) = self.agent_context(&req)?;
-        let req = req.into_inner();
-        if req.agent_id.is_empty() || req.agent_id.len() > 128 {
-            return Err(Status::invalid_argument(
-                "agent_id: required, at most 128 characters (a UUID made at agent start-up)",
-            ));
-        }
-        let resource = req
-            .resource
-            .as_ref()
-            .map(|r| Resource::from_attributes(&r.attributes))
-            .unwrap_or_default();
-        let mut lists = self.app.tracepoints.subscribe(&tenant);
-        let mut shutdown = self.app.shutdown.clone();
-        let app = self.app.clone();
-        let heartbeat = std::time::Duration::from_secs(app.config.watch_heartbeat_secs.max(1));
-        let (tx, rx) = mpsc::channel::<Result<PollResponse, Status>>(4);
-
-        app.agents.seen(
-            &tenant,
-            &req.agent_id,
-            AgentKind::Watch,
-            &resource,
-            peer,
-            &req.current_hash,
-        );
-        app.agents.watching(&tenant, &req.agent_id, true);
-        app.metrics.watchers.inc();
-
-        tokio::spawn(async move {
-            let mut last_hash = req.current_hash;
-            let mut first = true;
-            loop {
-                let list = lists.borrow_and_update().clone();
-                let hash = list.hash_for_client(&resource);
-                if first || hash != last_hash {
-                    let resp = poll_answer(&list, &resource, &last_hash);
-                    app.metrics
-                        .polls
-                        .with_label_values(&["watch", result_label(&resp)])
-                        .inc();
-                    app.agents.seen(
-                        &tenant,
-                        &req.agent_id,
-                        AgentKind::Watch,
-                        &resource,
-                        peer,
-                        &resp.current_hash,
-                    );
-                    last_hash = resp.current_hash.clone();
-                    if tx.send(Ok(resp)).await.is_err() {
-                        break;
-                    }
-                    first = false;
-                }
-                tokio::select! {
-                    changed = lists.changed() => if changed.is_err() { break },
-                    _ = shutdown.changed() => break,
-                    _ = tx.closed() => break,
-                    _ = tokio::time::sleep(heartbeat) => {
-                        let keepalive = PollResponse {
-                            ts_nanos: now_nanos(),
-                            current_hash: last_hash.clone(),
-                            response: Vec::new(),
-                            response_type: ResponseType::NoChange as i32,
-                        };
-                        if tx.send(Ok(keepalive)).await.is_err() { break }
-                    }
-                }
-            }
-            app.agents.watching(&tenant, &req.agent_id, false);
-            app.metrics.watchers.dec();
-        });
-        Ok(Response::new(Box::pin(
-            tokio_stream::wrappers::ReceiverStream::new(rx),
-        )))
     }
 }
 

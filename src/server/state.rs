@@ -23,12 +23,13 @@
 use std::{
     collections::{BTreeMap, HashMap},
     sync::{
-        Arc, Mutex, RwLock,
+        Arc, Mutex, OnceLock, RwLock,
         atomic::{AtomicI64, Ordering},
     },
     time::{SystemTime, UNIX_EPOCH},
 };
 
+use bytes::Bytes;
 use prost::Message as _;
 use sonde_proto::{
     common::{KeyValue, any_value},
@@ -60,6 +61,9 @@ pub struct Entry {
 #[derive(Debug, Default)]
 pub struct TenantList {
     entries: BTreeMap<String, Arc<Entry>>,
+    /// Answers made from this list, by the hash of the client's list: every watcher whose
+    /// targeting selects the same tracepoints shares one (see [`TenantList::shared_answer`]).
+    answers: Mutex<HashMap<u64, Arc<OnceLock<Bytes>>>>,
 }
 
 impl TenantList {
@@ -79,6 +83,14 @@ impl TenantList {
                     (entry.config.id.clone(), Arc::new(entry))
                 })
                 .collect(),
+            answers: Mutex::default(),
+        }
+    }
+
+    fn new(entries: BTreeMap<String, Arc<Entry>>) -> Self {
+        Self {
+            entries,
+            answers: Mutex::default(),
         }
     }
 
@@ -112,13 +124,40 @@ impl TenantList {
 
     /// Only the hash of [`TenantList::for_client`].
     pub fn hash_for_client(&self, resource: &Resource) -> String {
+        format!("{:016x}", self.client_hash(resource))
+    }
+
+    /// The hash of [`TenantList::for_client`] as a number.
+    pub fn client_hash(&self, resource: &Resource) -> u64 {
         let mut hash = Fnv64::new();
         for e in self.entries.values() {
             if resource.matches(&e.config.targeting) {
                 hash.write(&e.digest.to_le_bytes());
             }
         }
-        format!("{:016x}", hash.finish())
+        hash.finish()
+    }
+
+    /// The answer (an encoded message) for clients whose list from this one has hash `hash`
+    /// ([`TenantList::client_hash`]): made by `make` for the first client that asks, then the
+    /// same bytes for every other, so a change fanned out to many watchers is encoded once per
+    /// distinct list rather than once per watcher. Clients asking while it is being made wait
+    /// for it instead of making their own. The answers go away with the list.
+    pub fn shared_answer(&self, hash: u64, make: impl FnOnce() -> Bytes) -> Bytes {
+        let slot = self
+            .answers
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entry(hash)
+            .or_default()
+            .clone();
+        slot.get_or_init(make).clone()
+    }
+
+    /// How many distinct answers [`TenantList::shared_answer`] has made from this list.
+    #[cfg(test)]
+    pub(crate) fn shared_answers(&self) -> usize {
+        self.answers.lock().unwrap_or_else(|p| p.into_inner()).len()
     }
 }
 
@@ -248,7 +287,10 @@ impl Tracepoints {
             .into_iter()
             .map(|(name, entries)| {
                 let version = versions.get(&name).copied().unwrap_or(0);
-                (name, Arc::new(Tenant::new(TenantList { entries }, version)))
+                (
+                    name,
+                    Arc::new(Tenant::new(TenantList::new(entries), version)),
+                )
             })
             .collect();
         Ok(Self {
@@ -341,7 +383,7 @@ impl Tracepoints {
                 .zip(&entries)
                 .all(|((a, x), (b, y))| a == b && x.digest == y.digest);
         if !same {
-            t.tx.send_replace(Arc::new(TenantList { entries }));
+            t.tx.send_replace(Arc::new(TenantList::new(entries)));
         }
         t.version.store(version, Ordering::Relaxed);
         Ok(())
@@ -552,7 +594,7 @@ fn publish(
 ) {
     let mut entries = current.entries.clone();
     change(&mut entries);
-    t.tx.send_replace(Arc::new(TenantList { entries }));
+    t.tx.send_replace(Arc::new(TenantList::new(entries)));
 }
 
 fn now_ms() -> i64 {
@@ -654,6 +696,42 @@ mod tests {
         let (list, hash) = current.for_client(&shop);
         assert_eq!(list.len(), 1);
         assert_eq!(hash, tps.list("t").hash_for_client(&shop));
+    }
+
+    #[test]
+    fn an_answer_is_made_once_per_list_and_client_hash() {
+        let list = TenantList::of(vec![
+            tp("a.rs", vec![]),
+            tp("b.rs", vec![target("service.name", "shop")]),
+        ]);
+        let shop = |i: &str| {
+            Resource::from_pairs([
+                ("service.name".into(), "shop".into()),
+                ("service.instance.id".into(), i.into()),
+            ])
+        };
+        let billing = Resource::from_pairs([("service.name".into(), "billing".into())]);
+        let made = std::cell::Cell::new(0);
+        let answer = |resource: &Resource| {
+            list.shared_answer(list.client_hash(resource), || {
+                made.set(made.get() + 1);
+                Bytes::from(list.hash_for_client(resource))
+            })
+        };
+        let one = answer(&shop("1"));
+        let two = answer(&shop("2"));
+        assert_eq!(one, two);
+        assert_eq!(
+            made.get(),
+            1,
+            "the second shop client shares the first one's answer"
+        );
+        let other = answer(&billing);
+        assert_ne!(other, one);
+        assert_eq!(made.get(), 2, "billing's list is another answer");
+        assert_eq!(list.shared_answers(), 2);
+        // A new list starts with no answers.
+        assert_eq!(TenantList::of(vec![]).shared_answers(), 0);
     }
 
     #[test]
