@@ -301,7 +301,12 @@ fn arm(
             .flatten()
             .flat_map(|a| a["tracepoints"].as_array().into_iter().flatten())
             .find(|t| ids.iter().any(|(_, id)| t["id"] == id.as_str()) && t["state"] != "bound")
-            .map(|t| (t["state"] == "error", format!("{}: {}", t["state"], t["message"])));
+            .map(|t| {
+                (
+                    t["state"] == "error",
+                    format!("{}: {}", t["state"], t["message"]),
+                )
+            });
         match waiting {
             Some((true, why)) => return Ok(Armed::Refused(ids, why)),
             Some((false, why)) if Instant::now() >= deadline => {

@@ -601,10 +601,7 @@ pub(crate) fn render_value(v: &V<'_>, out: &mut String) {
 
 /// Evaluates `node` over resolved slot values. A result that is a list, map or record is a
 /// [`Fallback`] (see [`to_value`]), so every `Ok` converts.
-pub(crate) fn eval<'a>(
-    node: &'a Node,
-    slots: &'a [Option<Lent<'a>>],
-) -> Result<V<'a>, Fallback> {
+pub(crate) fn eval<'a>(node: &'a Node, slots: &'a [Option<Lent<'a>>]) -> Result<V<'a>, Fallback> {
     let v = Ctx { slots, ops: 0 }.eval(node)?;
     match v {
         V::Ref(Value::Bytes(_)) | V::Int(_) | V::Float(_) | V::Bool(_) | V::Str(_) => Ok(v),
@@ -644,10 +641,12 @@ impl<'a> Ctx<'a> {
     /// Slot `n`'s value: a lent string as it is, a value as the rhai bridge converts it.
     #[inline(always)]
     fn slot(&self, n: usize) -> Result<V<'a>, Fallback> {
-        Ok(match self.slots.get(n).and_then(Option::as_ref).ok_or(Fallback)? {
-            Lent::Str(s) => V::Str(Cow::Borrowed(s)),
-            Lent::Value(v) => from_value(v),
-        })
+        Ok(
+            match self.slots.get(n).and_then(Option::as_ref).ok_or(Fallback)? {
+                Lent::Str(s) => V::Str(Cow::Borrowed(s)),
+                Lent::Value(v) => from_value(v),
+            },
+        )
     }
 
     fn bool(&mut self, node: &'a Node) -> Result<bool, Fallback> {
@@ -684,7 +683,12 @@ impl<'a> Ctx<'a> {
                 let Some(Node::Slot(n)) = args.first() else {
                     return Err(Fallback);
                 };
-                match self.slots.get(*n).and_then(Option::as_ref).ok_or(Fallback)? {
+                match self
+                    .slots
+                    .get(*n)
+                    .and_then(Option::as_ref)
+                    .ok_or(Fallback)?
+                {
                     Lent::Str(s) => count(s.chars().count()),
                     Lent::Value(v) => match &**v {
                         Value::Str(s) => count(s.chars().count()),

@@ -416,7 +416,8 @@ impl Lookup for HitVars<'_> {
                 return Ok(Lent::Str(s));
             }
         }
-        self.reach(node, &path.segments()[walked..]).map(Lent::Value)
+        self.reach(node, &path.segments()[walked..])
+            .map(Lent::Value)
     }
 
     fn get_path(&self, path: &Path) -> Result<Cow<'_, Value>, EvalError> {
