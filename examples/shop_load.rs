@@ -5,17 +5,24 @@
 //! 1. no tracepoint;
 //! 2. three tracepoints on the checkout line: the README's counter (labels `order.country` and
 //!    `order.user.tier`, plain paths), a counter labelled by a general expression
-//!    (`order.country + "-" + order.user.tier`, through rhai), and a histogram of `order.total`.
+//!    (`order.country + "-" + order.user.tier`), and a histogram of `order.total`;
+//! 3. a native tracepoint on a line of `checkout` without a probe (`let order_id =
+//!    order_number();`): a counter of `charged` labelled by `order.country` and
+//!    `order.user.tier`, read from the registers and stack in the trap (the agent's `native`
+//!    feature, `SONDE_AGENT_NATIVE=1`, which this sets for the shop). Skipped with `--no-native`,
+//!    and with a note when the shop was built without the feature.
 //!
-//! The two phases alternate for `--rounds` rounds (the tracepoints are created before each armed
-//! phase and deleted after it), so drift on a shared machine falls on both alike. It prints each
+//! The phases alternate for `--rounds` rounds (the tracepoints are created before each armed
+//! phase and deleted after it), so drift on a shared machine falls on all alike. It prints each
 //! phase's throughput, p50 and p99 latency and the shop's CPU time per request (from
 //! `/proc/<pid>/stat`), the armed phases' means as ratios of the others', and per round the sample
 //! factor each tracepoint settled on (`sonde_agent_tracepoint_sample_every`), its CPU per timed
 //! evaluation, and how far its count is from the orders the generator completed.
 //!
 //! ```text
-//! cargo build --release --bin sonde --example shop --example shop_load
+//! cargo build --release --bin sonde --example shop_load
+//! # the shop with native breakpoints and its locals in the debug info (phase 3)
+//! CARGO_PROFILE_RELEASE_DEBUG=2 cargo build --release --example shop --features sonde-agent/native
 //! target/release/examples/shop_load          # --seconds 15 --connections 32 --rounds 2
 //! target/release/examples/shop_load --rate 5000   # a fixed rate: compare CPU per request
 //! ```
@@ -142,11 +149,14 @@ struct Args {
     rounds: usize,
     /// Requests per second over all connections; `None` is closed loop.
     rate: Option<f64>,
+    /// Whether to run the native-tracepoint phase.
+    native: bool,
 }
 
 fn args() -> anyhow::Result<Args> {
     let (mut seconds, mut connections, mut rounds) = (15u64, 32usize, 2usize);
     let mut rate = None;
+    let mut native = true;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = |flag: &str| args.next().with_context(|| format!("{flag} needs a value"));
@@ -157,10 +167,11 @@ fn args() -> anyhow::Result<Args> {
             }
             "--rounds" => rounds = value("--rounds")?.parse().context("--rounds")?,
             "--rate" => rate = Some(value("--rate")?.parse::<f64>().context("--rate")?),
+            "--no-native" => native = false,
             "-h" | "--help" => {
                 println!(
                     "usage: shop_load [--seconds N (15)] [--connections N (32)] [--rounds N (2)] \
-                     [--rate REQUESTS_PER_SECOND (closed loop when absent)]"
+                     [--rate REQUESTS_PER_SECOND (closed loop when absent)] [--no-native]"
                 );
                 std::process::exit(0);
             }
@@ -176,6 +187,7 @@ fn args() -> anyhow::Result<Args> {
         connections,
         rounds,
         rate,
+        native,
     })
 }
 
@@ -221,15 +233,35 @@ fn tracepoints() -> [(&'static str, Value); 3] {
     ]
 }
 
-/// Creates the three tracepoints and waits until the shop's agent reports them bound.
+/// The native phase's tracepoint: a counter on a line without a probe, reading two locals.
+fn native_tracepoint() -> [(&'static str, Value); 1] {
+    let label = |key: &str, expression: &str| json!({"key": key, "expression": expression});
+    [(
+        "native",
+        json!({"name": "native_charged", "type": "COUNTER", "expression": "charged",
+               "labelExpressions": [label("country", "order.country"),
+                                    label("tier", "order.user.tier")]}),
+    )]
+}
+
+/// How an armed phase ended up on the shop's agent.
+enum Armed {
+    Bound(Vec<(&'static str, String)>),
+    /// A tracepoint was refused (its status says why); the ones created are in the list.
+    Refused(Vec<(&'static str, String)>, String),
+}
+
+/// Creates the tracepoints on `line` and waits until the shop's agent reports them bound (or
+/// one of them in error, with its status).
 fn arm(
     api: &ureq::Agent,
     http: SocketAddr,
     line: usize,
-) -> anyhow::Result<Vec<(&'static str, String)>> {
+    tracepoints: &[(&'static str, Value)],
+) -> anyhow::Result<Armed> {
     let target = json!([{"key": "service.name", "value": {"stringValue": "shop-load"}}]);
     let mut ids = Vec::new();
-    for (what, metric) in tracepoints() {
+    for (what, metric) in tracepoints.iter().cloned() {
         let body = json!({"tracepoint": {"path": "examples/shop.rs", "line_number": line,
                                          "targeting": target, "metrics": [metric]}});
         let text = api
@@ -245,7 +277,7 @@ fn arm(
             .with_context(|| format!("no ID in {text}"))?;
         ids.push((what, id.to_owned()));
     }
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let agents: Value = serde_json::from_str(&get(api, &format!("http://{http}/api/agents"))?)?;
         let bound = agents["agents"].as_array().into_iter().flatten().any(|a| {
@@ -258,7 +290,29 @@ fn arm(
             })
         });
         if bound {
-            return Ok(ids);
+            return Ok(Armed::Bound(ids));
+        }
+        // The first of ours not bound, with its status: an error ends the wait at once; an
+        // unbound one (a native line while the agent still indexes its debug info, or an agent
+        // without native breakpoints) by the deadline.
+        let waiting = agents["agents"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|a| a["tracepoints"].as_array().into_iter().flatten())
+            .find(|t| ids.iter().any(|(_, id)| t["id"] == id.as_str()) && t["state"] != "bound")
+            .map(|t| {
+                (
+                    t["state"] == "error",
+                    format!("{}: {}", t["state"], t["message"]),
+                )
+            });
+        match waiting {
+            Some((true, why)) => return Ok(Armed::Refused(ids, why)),
+            Some((false, why)) if Instant::now() >= deadline => {
+                return Ok(Armed::Refused(ids, why));
+            }
+            _ => {}
         }
         ensure!(
             Instant::now() < deadline,
@@ -268,12 +322,13 @@ fn arm(
     }
 }
 
-/// Deletes the tracepoints and waits until their metrics left the shop's exposition.
+/// Deletes the tracepoints and waits until `metric` left the shop's exposition.
 fn disarm(
     api: &ureq::Agent,
     http: SocketAddr,
     shop: SocketAddr,
     ids: &[(&'static str, String)],
+    metric: &str,
 ) -> anyhow::Result<()> {
     for (_, id) in ids {
         api.delete(format!("http://{http}/api/tracepoints/{id}"))
@@ -281,7 +336,7 @@ fn disarm(
             .with_context(|| format!("deleting {id}"))?;
     }
     let deadline = Instant::now() + Duration::from_secs(30);
-    while get(api, &format!("http://{shop}/metrics"))?.contains("deep_checkouts_total") {
+    while get(api, &format!("http://{shop}/metrics"))?.contains(metric) {
         ensure!(
             Instant::now() < deadline,
             "the tracepoints' metrics never went"
@@ -297,6 +352,7 @@ fn main() -> anyhow::Result<()> {
         connections,
         rounds,
         rate,
+        native,
     } = args()?;
     let data = tempfile::tempdir()?;
     let (_server, server_out) = spawn(
@@ -313,23 +369,30 @@ fn main() -> anyhow::Result<()> {
             .args(["--listen", "127.0.0.1:0"])
             .env("SONDE_AGENT_SERVER", format!("http://{grpc}"))
             .env("SONDE_SERVICE_NAME", "shop-load")
+            .env("SONDE_AGENT_NATIVE", if native { "1" } else { "0" })
             .env("RUST_LOG", "warn"),
     )?;
     let shop = address_after(&shop_out, "listening on http://")?;
     let pid = shop_proc.0.id();
     println!("shop_load: sonde server {http} (gRPC {grpc}), shop {shop} (pid {pid})");
     println!(
-        "shop_load: {connections} connections, {}, {rounds} rounds of two phases of {seconds} s \
+        "shop_load: {connections} connections, {}, {rounds} rounds of {} phases of {seconds} s \
          (each after 2 s of warm-up)",
         match rate {
             Some(r) => format!("paced at {r:.0} requests/s (latency from when each was due)"),
             None => "closed loop".to_owned(),
-        }
+        },
+        if native { "three" } else { "two" }
     );
     let line = include_str!("shop.rs")
         .lines()
         .position(|l| l.contains("probe!(order, discount, charged, took)"))
         .context("the checkout probe")?
+        + 1;
+    let native_line = include_str!("shop.rs")
+        .lines()
+        .position(|l| l.contains("let order_id = order_number();"))
+        .context("the line without a probe")?
         + 1;
     let api: ureq::Agent = ureq::Agent::config_builder()
         .timeout_global(Some(Duration::from_secs(10)))
@@ -339,18 +402,49 @@ fn main() -> anyhow::Result<()> {
     let load = (connections, seconds, rate);
     let mut phases = Vec::new();
     let mut settled = Vec::new();
-    for _ in 0..rounds {
+    let mut native = native;
+    for round in 0..rounds {
         phases.push(measure("no tracepoint", shop, pid, load, || Ok(()))?);
-        let ids = arm(&api, http, line)?;
-        let mut before = String::new();
-        let armed = measure("three tracepoints", shop, pid, load, || {
-            before = get(&api, &format!("http://{shop}/metrics"))?;
-            Ok(())
-        })?;
-        let after = get(&api, &format!("http://{shop}/metrics"))?;
-        settled.push(describe(&ids, &before, &after, armed.report.ok as f64));
-        phases.push(armed);
-        disarm(&api, http, shop, &ids)?;
+        let mut armed_phases = vec![(
+            "three tracepoints",
+            line,
+            tracepoints().to_vec(),
+            "deep_checkouts_total",
+        )];
+        if native {
+            armed_phases.push((
+                "native tracepoint",
+                native_line,
+                native_tracepoint().to_vec(),
+                "deep_native_charged_total",
+            ));
+        }
+        for (name, line, tracepoints, metric) in armed_phases {
+            let ids = match arm(&api, http, line, &tracepoints)? {
+                Armed::Bound(ids) => ids,
+                Armed::Refused(ids, why) => {
+                    println!(
+                        "shop_load: the native tracepoint did not bind ({why}); no native \
+                         phase (build the shop as the header says)"
+                    );
+                    disarm(&api, http, shop, &ids, metric)?;
+                    native = false;
+                    continue;
+                }
+            };
+            let mut before = String::new();
+            let armed = measure(name, shop, pid, load, || {
+                before = get(&api, &format!("http://{shop}/metrics"))?;
+                Ok(())
+            })?;
+            let after = get(&api, &format!("http://{shop}/metrics"))?;
+            settled.push((
+                round,
+                describe(&ids, &before, &after, armed.report.ok as f64),
+            ));
+            phases.push(armed);
+            disarm(&api, http, shop, &ids, metric)?;
+        }
     }
 
     println!();
@@ -368,27 +462,32 @@ fn main() -> anyhow::Result<()> {
             p.cpu_per_request_us()
         );
     }
-    // Ratios of the means over the rounds.
-    let mean = |armed: bool, f: &dyn Fn(&Phase) -> f64| {
-        let xs: Vec<f64> = phases
-            .iter()
-            .filter(|p| p.name.starts_with("three") == armed)
-            .map(f)
-            .collect();
+    // Ratios of the means over the rounds, of each armed phase to the unarmed one.
+    let mean = |name: &str, f: &dyn Fn(&Phase) -> f64| {
+        let xs: Vec<f64> = phases.iter().filter(|p| p.name == name).map(f).collect();
         xs.iter().sum::<f64>() / xs.len().max(1) as f64
     };
-    let ratio = |f: &dyn Fn(&Phase) -> f64| mean(true, f) / mean(false, f);
-    println!(
-        "{:<18} {:>10.3} {:>10.3} {:>10.3} {:>14.3}",
-        "ratio (armed/none)",
-        ratio(&|p| p.report.throughput()),
-        ratio(&|p| p.report.latency_us(0.5) as f64),
-        ratio(&|p| p.report.latency_us(0.99) as f64),
-        ratio(&|p| p.cpu_per_request_us()),
-    );
-    for (round, lines) in settled.iter().enumerate() {
-        println!();
-        println!("round {}:", round + 1);
+    for armed in ["three tracepoints", "native tracepoint"] {
+        if !phases.iter().any(|p| p.name == armed) {
+            continue;
+        }
+        let ratio = |f: &dyn Fn(&Phase) -> f64| mean(armed, f) / mean("no tracepoint", f);
+        println!(
+            "{:<18} {:>10.3} {:>10.3} {:>10.3} {:>14.3}",
+            format!("ratio {}", &armed[..armed.find(' ').unwrap_or(armed.len())]),
+            ratio(&|p| p.report.throughput()),
+            ratio(&|p| p.report.latency_us(0.5) as f64),
+            ratio(&|p| p.report.latency_us(0.99) as f64),
+            ratio(&|p| p.cpu_per_request_us()),
+        );
+    }
+    let mut last = None;
+    for (round, lines) in &settled {
+        if last != Some(*round) {
+            println!();
+            println!("round {}:", round + 1);
+            last = Some(*round);
+        }
         for line in lines {
             println!("  {line}");
         }

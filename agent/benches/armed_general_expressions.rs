@@ -7,8 +7,9 @@
 //! evaluated by the native lane. `rhai`: the same three with one form each that only rhai
 //! evaluates (`upper`, `str`, `float` are not native), so every expression runs in rhai.
 //! `native_no_list` is `native` without the index (`order.country + "/" + user.tier`,
-//! `order.total * 2 + 3`): the agent converts the whole `items` list to reach `items[0]` (its
-//! captures have no index step), so the difference is the cost of that conversion.
+//! `order.total * 2 + 3`): a `Vec` lends its elements, but `Item` here offers no field access
+//! (no `Capture::field`, as a hand-written capture may), so reaching `items[0].sku` and
+//! `items[0].qty` converts that one item each time; the difference is the cost of that.
 //! `condition_false` is a hit the native condition rejects.
 
 mod common;

@@ -24,18 +24,17 @@
 //! Every evaluation runs inside `catch_unwind`: a panic (in rhai or in the lookup) becomes
 //! [`EvalError::Panicked`].
 
-use std::borrow::Cow;
 use std::cell::RefCell;
 use std::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 
-use rhai::{AST, Dynamic, Scope};
+use rhai::{AST, Dynamic, ImmutableString, Scope};
 
 use crate::engine::{engine, eval_error, from_dynamic, render_dynamic, to_dynamic};
 use crate::error::EvalError;
 use crate::kind::ExprKind;
-use crate::lookup::{Lookup, Path};
+use crate::lookup::{Lent, Lookup, Path};
 use crate::native::{self, MAX_SLOTS, Node, V};
 use crate::value::{Number, Value};
 
@@ -327,9 +326,9 @@ impl Expr {
         {
             // Straight into `out`; on a fallback, rhai renders from where it was.
             let len = out.len();
-            let mut store: [Option<Cow<'_, Value>>; MAX_SLOTS] = Default::default();
+            let mut store: [Option<Lent<'_>>; MAX_SLOTS] = Default::default();
             for (cell, &p) in store.iter_mut().zip(slots) {
-                *cell = Some(vars.get_path(&self.0.paths[p])?);
+                *cell = Some(vars.lend_path(&self.0.paths[p])?);
             }
             if native::render(node, &store[..slots.len()], out).is_ok() {
                 return Ok(());
@@ -368,9 +367,9 @@ impl Expr {
                 native,
             } => {
                 if let Some(node) = native {
-                    let mut store: [Option<Cow<'_, Value>>; MAX_SLOTS] = Default::default();
+                    let mut store: [Option<Lent<'_>>; MAX_SLOTS] = Default::default();
                     for (cell, &p) in store.iter_mut().zip(slots) {
-                        *cell = Some(vars.get_path(&self.0.paths[p])?);
+                        *cell = Some(vars.lend_path(&self.0.paths[p])?);
                     }
                     if let Ok(v) = native::eval(node, &store[..slots.len()]) {
                         return f(Res::Native(v));
@@ -419,8 +418,12 @@ impl Expr {
     ) -> Result<Dynamic, EvalError> {
         scope.clear();
         for (&p, name) in slots.iter().zip(names) {
-            let v = vars.get_path(&self.0.paths[p])?;
-            scope.push_constant_dynamic(name.as_str(), to_dynamic(&v)?);
+            // A lent string is copied once, into rhai's string, not first into a `Value`.
+            let v = match vars.lend_path(&self.0.paths[p])? {
+                Lent::Str(s) => Dynamic::from(ImmutableString::from(s)),
+                Lent::Value(v) => to_dynamic(&v)?,
+            };
+            scope.push_constant_dynamic(name.as_str(), v);
         }
         let r = engine()
             .eval_ast_with_scope::<Dynamic>(scope, ast)

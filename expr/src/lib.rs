@@ -92,5 +92,5 @@ pub use engine::{MAX_COLLECTION_SIZE, MAX_EXPR_DEPTH, MAX_OPERATIONS, MAX_STRING
 pub use error::{CompileError, EvalError, Position};
 pub use expr::Expr;
 pub use kind::ExprKind;
-pub use lookup::{FnLookup, Lookup, Path, Segment};
+pub use lookup::{FnLookup, Lent, Lookup, Path, Segment};
 pub use value::{Number, Value};

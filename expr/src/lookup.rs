@@ -103,6 +103,17 @@ impl fmt::Display for Path {
     }
 }
 
+/// A value at a variable path as a [`Lookup`] lends it (see [`Lookup::lend_path`]): a
+/// [`Value`], borrowed or converted, or a string lent as it is, without copying it into a
+/// `Value` first.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Lent<'a> {
+    /// A converted (or borrowed) value.
+    Value(Cow<'a, Value>),
+    /// A string, borrowed from the caller's own data: reads as [`Value::Str`] would.
+    Str(&'a str),
+}
+
 /// The variables visible to an evaluation, provided by the caller.
 ///
 /// Implemented for slices, arrays and `Vec`s of `(name, Value)` pairs, for `HashMap` and
@@ -130,6 +141,17 @@ pub trait Lookup {
         let _ = (path, out);
         None
     }
+
+    /// The value at `path`, lent without a copy where the lookup can: the native lane reads
+    /// its operands through this, so a captured string compared, searched or concatenated is
+    /// never copied. The default converts through [`Lookup::get_path`]; override it to lend
+    /// strings ([`Lent::Str`]). What it lends must equal what `get_path` returns.
+    ///
+    /// # Errors
+    /// As [`Lookup::get_path`].
+    fn lend_path(&self, path: &Path) -> Result<Lent<'_>, EvalError> {
+        self.get_path(path).map(Lent::Value)
+    }
 }
 
 impl<L: Lookup + ?Sized> Lookup for &L {
@@ -143,6 +165,10 @@ impl<L: Lookup + ?Sized> Lookup for &L {
 
     fn render_path(&self, path: &Path, out: &mut String) -> Option<Result<(), EvalError>> {
         (**self).render_path(path, out)
+    }
+
+    fn lend_path(&self, path: &Path) -> Result<Lent<'_>, EvalError> {
+        (**self).lend_path(path)
     }
 }
 

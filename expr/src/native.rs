@@ -37,6 +37,7 @@
 use std::borrow::Cow;
 
 use crate::engine::{MAX_OPERATIONS, MAX_STRING_SIZE};
+use crate::lookup::Lent;
 use crate::value::{Value, write_f64, write_hex, write_i64};
 
 /// A binary operator.
@@ -600,10 +601,7 @@ pub(crate) fn render_value(v: &V<'_>, out: &mut String) {
 
 /// Evaluates `node` over resolved slot values. A result that is a list, map or record is a
 /// [`Fallback`] (see [`to_value`]), so every `Ok` converts.
-pub(crate) fn eval<'a>(
-    node: &'a Node,
-    slots: &'a [Option<Cow<'a, Value>>],
-) -> Result<V<'a>, Fallback> {
+pub(crate) fn eval<'a>(node: &'a Node, slots: &'a [Option<Lent<'a>>]) -> Result<V<'a>, Fallback> {
     let v = Ctx { slots, ops: 0 }.eval(node)?;
     match v {
         V::Ref(Value::Bytes(_)) | V::Int(_) | V::Float(_) | V::Bool(_) | V::Str(_) => Ok(v),
@@ -616,7 +614,7 @@ pub(crate) fn eval<'a>(
 /// the rendering: the caller truncates it.
 pub(crate) fn render<'a>(
     node: &'a Node,
-    slots: &'a [Option<Cow<'a, Value>>],
+    slots: &'a [Option<Lent<'a>>],
     out: &mut String,
 ) -> Result<(), Fallback> {
     Ctx { slots, ops: 0 }.render(node, out)
@@ -627,7 +625,7 @@ pub(crate) fn render<'a>(
 const OPS_PER_NODE: u64 = 4;
 
 struct Ctx<'a> {
-    slots: &'a [Option<Cow<'a, Value>>],
+    slots: &'a [Option<Lent<'a>>],
     ops: u64,
 }
 
@@ -638,6 +636,17 @@ impl<'a> Ctx<'a> {
             return Err(Fallback);
         }
         Ok(())
+    }
+
+    /// Slot `n`'s value: a lent string as it is, a value as the rhai bridge converts it.
+    #[inline(always)]
+    fn slot(&self, n: usize) -> Result<V<'a>, Fallback> {
+        Ok(
+            match self.slots.get(n).and_then(Option::as_ref).ok_or(Fallback)? {
+                Lent::Str(s) => V::Str(Cow::Borrowed(s)),
+                Lent::Value(v) => from_value(v),
+            },
+        )
     }
 
     fn bool(&mut self, node: &'a Node) -> Result<bool, Fallback> {
@@ -654,12 +663,7 @@ impl<'a> Ctx<'a> {
         match node {
             Node::Slot(n) => {
                 self.charge(OPS_PER_NODE)?;
-                Ok(from_value(
-                    self.slots
-                        .get(*n)
-                        .and_then(Option::as_deref)
-                        .ok_or(Fallback)?,
-                ))
+                self.slot(*n)
             }
             Node::Int(i) => {
                 self.charge(OPS_PER_NODE)?;
@@ -682,11 +686,14 @@ impl<'a> Ctx<'a> {
                 match self
                     .slots
                     .get(*n)
-                    .and_then(Option::as_deref)
+                    .and_then(Option::as_ref)
                     .ok_or(Fallback)?
                 {
-                    Value::Str(s) => count(s.chars().count()),
-                    v => count(collection_len(v)?),
+                    Lent::Str(s) => count(s.chars().count()),
+                    Lent::Value(v) => match &**v {
+                        Value::Str(s) => count(s.chars().count()),
+                        v => count(collection_len(v)?),
+                    },
                 }
             }
             _ => self.eval(node),
@@ -701,12 +708,7 @@ impl<'a> Ctx<'a> {
             Node::Bool(b) => V::Bool(*b),
             Node::Str(s) => V::Str(Cow::Borrowed(s)),
             Node::Unit => V::Unit,
-            Node::Slot(n) => from_value(
-                self.slots
-                    .get(*n)
-                    .and_then(Option::as_deref)
-                    .ok_or(Fallback)?,
-            ),
+            Node::Slot(n) => self.slot(*n)?,
             Node::Neg(x) => match self.eval(x)? {
                 V::Int(i) => V::Int(i.checked_neg().ok_or(Fallback)?),
                 V::Float(f) => V::Float(-f),
@@ -1075,15 +1077,19 @@ mod tests {
 
     fn run(text: &str, slots: &[Value]) -> Result<Value, Fallback> {
         let node = parse(text, slots.len()).expect("native");
-        let slots: Vec<Option<Cow<'_, Value>>> =
-            slots.iter().map(|v| Some(Cow::Borrowed(v))).collect();
+        let slots: Vec<Option<Lent<'_>>> = slots
+            .iter()
+            .map(|v| Some(Lent::Value(Cow::Borrowed(v))))
+            .collect();
         eval(&node, &slots).and_then(to_value)
     }
 
     fn render_text(text: &str, slots: &[Value]) -> Result<String, Fallback> {
         let node = parse(text, slots.len()).expect("native");
-        let slots: Vec<Option<Cow<'_, Value>>> =
-            slots.iter().map(|v| Some(Cow::Borrowed(v))).collect();
+        let slots: Vec<Option<Lent<'_>>> = slots
+            .iter()
+            .map(|v| Some(Lent::Value(Cow::Borrowed(v))))
+            .collect();
         let mut out = String::new();
         render(&node, &slots, &mut out).map(|()| out)
     }

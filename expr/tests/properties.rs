@@ -3,7 +3,9 @@
 
 use proptest::prelude::*;
 use proptest::test_runner::TestCaseError;
-use sonde_expr::{EvalError, ExprKind, Number, Value, compile};
+use std::borrow::Cow;
+
+use sonde_expr::{EvalError, ExprKind, Lent, Lookup, Number, Path, Value, compile};
 
 fn scalar() -> impl Strategy<Value = Value> {
     prop_oneof![
@@ -116,6 +118,23 @@ fn check_lanes(expr: &str, vars: &[(&str, Value)]) -> Result<(), TestCaseError> 
     let rhai = e.eval_rhai_lane(vars);
     let render = |r: &Result<Value, EvalError>| r.clone().map(|v| v.to_string());
     prop_assert_eq!(render(&e.eval(vars)), render(&rhai), "value of {}", expr);
+    // A lookup that lends its strings (as Sonde's agent does) gets the same answers.
+    let lending = Lending(vars);
+    prop_assert_eq!(
+        render(&e.eval(&lending)),
+        render(&rhai),
+        "lent value of {}",
+        expr
+    );
+    prop_assert_eq!(
+        render(&e.eval_rhai_lane(&lending)),
+        render(&rhai),
+        "lent rhai value of {}",
+        expr
+    );
+    let mut lent = String::new();
+    let lent = e.render(&lending, &mut lent).map(|()| lent);
+    prop_assert_eq!(lent, render(&rhai), "lent label of {}", expr);
     let mut out = String::from("<");
     let label = e.render(vars, &mut out).map(|()| out);
     prop_assert_eq!(
@@ -145,6 +164,22 @@ fn check_lanes(expr: &str, vars: &[(&str, Value)]) -> Result<(), TestCaseError> 
         expr
     );
     Ok(())
+}
+
+/// A lookup that lends the strings it holds as [`Lent::Str`] (the rest as values).
+struct Lending<'a>(&'a [(&'a str, Value)]);
+
+impl Lookup for Lending<'_> {
+    fn get(&self, name: &str) -> Option<Cow<'_, Value>> {
+        Lookup::get(self.0, name)
+    }
+
+    fn lend_path(&self, path: &Path) -> Result<Lent<'_>, EvalError> {
+        Ok(match self.0.get_path(path)? {
+            Cow::Borrowed(Value::Str(s)) => Lent::Str(s),
+            v => Lent::Value(v),
+        })
+    }
 }
 
 /// Strings with what trips up string code: empty, spaces, case, multi-byte characters.

@@ -11,7 +11,7 @@ use std::{
     fmt,
 };
 
-use sonde_expr::{EvalError, Lookup, Path, Segment, Value};
+use sonde_expr::{EvalError, Lent, Lookup, Path, Segment, Value};
 
 /// A value a probe site can capture.
 ///
@@ -45,6 +45,23 @@ pub trait Capture {
         false
     }
 
+    /// One element of a list, without converting the others (`items[0].sku` converts one
+    /// string); negative indexes count from the end. `None`: no such element, or this type does
+    /// not offer element access (then the whole value is converted and the element taken from
+    /// it).
+    fn element(&self, index: i64) -> Option<&dyn Capture> {
+        let _ = index;
+        None
+    }
+
+    /// This value as a string, lent without a copy, if it is one (strings are): an expression
+    /// that compares, searches or concatenates it reads it in place. `None`: not a string, or
+    /// not lent (then it is converted with [`Capture::capture`]). When `Some`, it must be what
+    /// `capture` returns as [`Value::Str`].
+    fn as_str(&self) -> Option<&str> {
+        None
+    }
+
     /// Whether this value is redacted whatever its name (`#[capture(redact)]` on its type or
     /// field): it then never leaves the process, and reads as [`REDACTED`](super::redact::REDACTED).
     fn redacted(&self) -> bool {
@@ -73,6 +90,9 @@ impl Capture for Redacted {
         out.push_str(super::redact::REDACTED);
         true
     }
+    fn as_str(&self) -> Option<&str> {
+        Some(super::redact::REDACTED)
+    }
     fn redacted(&self) -> bool {
         true
     }
@@ -90,6 +110,12 @@ macro_rules! forward {
             }
             fn render_into(&self, out: &mut String) -> bool {
                 (**self).render_into(out)
+            }
+            fn element(&self, index: i64) -> Option<&dyn Capture> {
+                (**self).element(index)
+            }
+            fn as_str(&self) -> Option<&str> {
+                (**self).as_str()
             }
             fn redacted(&self) -> bool {
                 (**self).redacted()
@@ -178,6 +204,9 @@ impl Capture for str {
     fn capture(&self) -> Value {
         Value::Str(self.to_owned())
     }
+    fn as_str(&self) -> Option<&str> {
+        Some(self)
+    }
     fn render_into(&self, out: &mut String) -> bool {
         out.push_str(self);
         true
@@ -188,6 +217,9 @@ impl Capture for String {
     fn capture(&self) -> Value {
         Value::Str(self.clone())
     }
+    fn as_str(&self) -> Option<&str> {
+        Some(self)
+    }
     fn render_into(&self, out: &mut String) -> bool {
         out.push_str(self);
         true
@@ -197,6 +229,9 @@ impl Capture for String {
 impl Capture for Cow<'_, str> {
     fn capture(&self) -> Value {
         Value::Str(self.to_string())
+    }
+    fn as_str(&self) -> Option<&str> {
+        Some(self)
     }
     fn render_into(&self, out: &mut String) -> bool {
         out.push_str(self);
@@ -221,6 +256,12 @@ impl<T: Capture> Capture for Option<T> {
     fn render_into(&self, out: &mut String) -> bool {
         self.as_ref().is_some_and(|v| v.render_into(out))
     }
+    fn element(&self, index: i64) -> Option<&dyn Capture> {
+        self.as_ref()?.element(index)
+    }
+    fn as_str(&self) -> Option<&str> {
+        self.as_ref()?.as_str()
+    }
     fn redacted(&self) -> bool {
         self.as_ref().is_some_and(Capture::redacted)
     }
@@ -233,17 +274,32 @@ impl<T: Capture> Capture for [T] {
     fn capture(&self) -> Value {
         Value::List(self.iter().map(Capture::capture).collect())
     }
+    fn element(&self, index: i64) -> Option<&dyn Capture> {
+        let i = if index >= 0 {
+            usize::try_from(index).ok()?
+        } else {
+            self.len()
+                .checked_sub(usize::try_from(index.unsigned_abs()).ok()?)?
+        };
+        self.get(i).map(|v| v as &dyn Capture)
+    }
 }
 
 impl<T: Capture, const N: usize> Capture for [T; N] {
     fn capture(&self) -> Value {
         self.as_slice().capture()
     }
+    fn element(&self, index: i64) -> Option<&dyn Capture> {
+        self.as_slice().element(index)
+    }
 }
 
 impl<T: Capture> Capture for Vec<T> {
     fn capture(&self) -> Value {
         self.as_slice().capture()
+    }
+    fn element(&self, index: i64) -> Option<&dyn Capture> {
+        self.as_slice().element(index)
     }
 }
 
@@ -314,20 +370,44 @@ pub(crate) fn scrubbed(node: &dyn Capture) -> Value {
     value
 }
 
+impl HitVars<'_> {
+    /// Walks `path` as far as the captured types offer field and element access: the node
+    /// reached and how many segments it took.
+    fn walk(&self, path: &Path) -> Result<(&dyn Capture, usize), EvalError> {
+        let mut node = self.find(path.root()).ok_or(EvalError::MissingVariable)?;
+        let mut walked = 0;
+        for seg in path.segments() {
+            if node.redacted() {
+                break;
+            }
+            let next = match seg {
+                Segment::Field(name) => node.field(name),
+                Segment::Index(i) => node.element(*i),
+            };
+            match next {
+                Some(next) => {
+                    node = next;
+                    walked += 1;
+                }
+                None => break,
+            }
+        }
+        Ok((node, walked))
+    }
+}
+
 impl Lookup for HitVars<'_> {
     fn get(&self, name: &str) -> Option<Cow<'_, Value>> {
         self.find(name).map(|v| Cow::Owned(scrubbed(v)))
     }
 
     fn render_path(&self, path: &Path, out: &mut String) -> Option<Result<(), EvalError>> {
-        let Some(mut node) = self.find(path.root()) else {
-            return Some(Err(EvalError::MissingVariable));
+        let (node, walked) = match self.walk(path) {
+            Ok(reached) => reached,
+            Err(e) => return Some(Err(e)),
         };
-        for seg in path.segments() {
-            match seg {
-                Segment::Field(name) => node = node.field(name)?,
-                Segment::Index(_) => return None,
-            }
+        if walked < path.segments().len() {
+            return None;
         }
         if node.redacted() {
             out.push_str(super::redact::REDACTED);
@@ -340,36 +420,43 @@ impl Lookup for HitVars<'_> {
         Some(Ok(()))
     }
 
-    fn get_path(&self, path: &Path) -> Result<Cow<'_, Value>, EvalError> {
-        let mut node = self.find(path.root()).ok_or(EvalError::MissingVariable)?;
-        let segments = path.segments();
-        let mut walked = 0;
-        for seg in segments {
-            match seg {
-                Segment::Field(name) => match node.field(name) {
-                    Some(next) => {
-                        node = next;
-                        walked += 1;
-                    }
-                    None => break,
-                },
-                Segment::Index(_) => break,
+    fn lend_path(&self, path: &Path) -> Result<Lent<'_>, EvalError> {
+        let (node, walked) = self.walk(path)?;
+        if walked == path.segments().len() {
+            if node.redacted() {
+                return Ok(Lent::Str(super::redact::REDACTED));
+            }
+            if let Some(s) = node.as_str() {
+                return Ok(Lent::Str(s));
             }
         }
-        if walked == segments.len() {
+        self.reach(node, &path.segments()[walked..])
+            .map(Lent::Value)
+    }
+
+    fn get_path(&self, path: &Path) -> Result<Cow<'_, Value>, EvalError> {
+        let (node, walked) = self.walk(path)?;
+        self.reach(node, &path.segments()[walked..])
+    }
+}
+
+impl HitVars<'_> {
+    /// The value `rest` reaches below `node`, whose type offers no field or element access
+    /// there: `node` is converted and the rest walked in the converted value. Only what the
+    /// path reaches is scrubbed: a step naming a redacted field is refused when the tracepoint
+    /// binds, so the walk never passes one, and a list converted to reach one element is not
+    /// scrubbed whole on every hit.
+    fn reach(&self, node: &dyn Capture, rest: &[Segment]) -> Result<Cow<'_, Value>, EvalError> {
+        if rest.is_empty() {
             return Ok(Cow::Owned(scrubbed(node)));
         }
-        // This type offers no field access below here: walk the converted value. Only what the
-        // path reaches is scrubbed: a step naming a redacted field is refused when the
-        // tracepoint binds, so the walk never passes one, and a list converted to reach one
-        // element (`items[0].sku`) is not scrubbed whole on every hit.
         let value = if node.redacted() {
             Redacted.capture()
         } else {
             node.capture()
         };
         let mut cur = &value;
-        for seg in &segments[walked..] {
+        for seg in rest {
             cur = match seg {
                 Segment::Field(name) => cur.field(name).ok_or(EvalError::MissingField)?,
                 Segment::Index(i) => cur.index(*i).ok_or(EvalError::IndexOutOfBounds)?,
@@ -482,6 +569,85 @@ mod tests {
             1,
             "an unknown field falls back to the whole value"
         );
+    }
+
+    #[test]
+    fn paths_index_into_lists_without_converting_them() {
+        let orders: Vec<Order> = ["NZ", "AU", "FR"]
+            .into_iter()
+            .map(|c| Order {
+                total: 1.0,
+                country: c.into(),
+                converted: Cell::new(0),
+            })
+            .collect();
+        let values: [&dyn Capture; 1] = [&orders];
+        let vars = HitVars {
+            names: &["orders"],
+            values: &values,
+        };
+        let first = sonde_expr::compile(
+            r#"orders[0].country + "/" + orders[-1].country"#,
+            sonde_expr::ExprKind::Label,
+        )
+        .unwrap();
+        let mut out = String::new();
+        first.eval_label(&vars, &mut out).unwrap();
+        assert_eq!(out, "NZ/FR");
+        let plain = sonde_expr::compile("orders[1].country", sonde_expr::ExprKind::Label).unwrap();
+        out.clear();
+        plain.eval_label(&vars, &mut out).unwrap();
+        assert_eq!(out, "AU");
+        // rhai (`upper` is not native) reads the same elements.
+        let rhai = sonde_expr::compile(
+            r#"upper(orders[-2].country) == "AU" && orders[2].total > 0.5"#,
+            sonde_expr::ExprKind::Condition,
+        )
+        .unwrap();
+        assert!(!rhai.is_native());
+        assert_eq!(rhai.eval_condition(&vars), Ok(true));
+        let converted: u32 = orders.iter().map(|o| o.converted.get()).sum();
+        assert_eq!(converted, 0, "no order was converted whole");
+
+        // Out of range on either side: the error the converted list gives.
+        let past = sonde_expr::compile("orders[3].total", sonde_expr::ExprKind::Value).unwrap();
+        assert_eq!(past.eval_f64(&vars), Err(EvalError::IndexOutOfBounds));
+        let before = sonde_expr::compile("orders[-4].total", sonde_expr::ExprKind::Value).unwrap();
+        assert_eq!(before.eval_f64(&vars), Err(EvalError::IndexOutOfBounds));
+    }
+
+    #[test]
+    fn strings_are_lent_and_redacted_ones_stay_redacted() {
+        let names = vec![Some("ann".to_owned()), None];
+        let secret = Redacted;
+        let values: [&dyn Capture; 2] = [&names, &secret];
+        let vars = HitVars {
+            names: &["names", "secret"],
+            values: &values,
+        };
+        let path = |src: &str| {
+            sonde_expr::compile(src, sonde_expr::ExprKind::Any)
+                .unwrap()
+                .paths()[0]
+                .clone()
+        };
+        assert_eq!(vars.lend_path(&path("names[0]")), Ok(Lent::Str("ann")));
+        // Not a string: converted, as `get_path` converts it.
+        assert_eq!(
+            vars.lend_path(&path("names[1]")),
+            Ok(Lent::Value(Cow::Owned(Value::None)))
+        );
+        assert_eq!(
+            vars.lend_path(&path("secret")),
+            Ok(Lent::Str(super::super::redact::REDACTED))
+        );
+        let cond = sonde_expr::compile(
+            r#"names[0].contains("n") && secret.starts_with("[")"#,
+            sonde_expr::ExprKind::Condition,
+        )
+        .unwrap();
+        assert!(cond.is_native());
+        assert_eq!(cond.eval_condition(&vars), Ok(true));
     }
 
     #[test]

@@ -4,8 +4,26 @@
 //! Input: the first byte picks the kind, the rest is the source (UTF-8).
 #![no_main]
 
+use std::borrow::Cow;
+
 use libfuzzer_sys::fuzz_target;
-use sonde_expr::{compile, ExprKind, Value};
+use sonde_expr::{compile, EvalError, ExprKind, Lent, Lookup, Path, Value};
+
+/// A lookup that lends the strings it holds (as Sonde's agent does) instead of handing `Value`s.
+struct Lending<'a>(&'a [(&'static str, Value)]);
+
+impl Lookup for Lending<'_> {
+    fn get(&self, name: &str) -> Option<Cow<'_, Value>> {
+        Lookup::get(self.0, name)
+    }
+
+    fn lend_path(&self, path: &Path) -> Result<Lent<'_>, EvalError> {
+        Ok(match self.0.get_path(path)? {
+            Cow::Borrowed(Value::Str(s)) => Lent::Str(s),
+            v => Lent::Value(v),
+        })
+    }
+}
 
 fn vars() -> Vec<(&'static str, Value)> {
     vec![
@@ -53,6 +71,8 @@ fuzz_target!(|data: &[u8]| {
         let a = value.map(|v| v.to_string());
         let b = rhai.map(|v| v.to_string());
         assert_eq!(a, b, "native and rhai disagree on {src:?}");
+        let lent = expr.eval(&Lending(&vars)).map(|v| v.to_string());
+        assert_eq!(lent, b, "a lending lookup changes {src:?}");
         if kind != ExprKind::Template {
             assert_eq!(out_or_err(&expr, &vars), b, "native and rhai render {src:?} differently");
         }
