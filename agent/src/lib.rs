@@ -122,47 +122,60 @@ macro_rules! service_version {
 /// - `?x` captures `x`'s `Debug` rendering, `%x` its `Display` rendering.
 ///
 /// Disarmed (no tracepoint bound), the site costs one relaxed atomic load and a branch and
-/// allocates nothing; nothing is captured or evaluated.
+/// allocates nothing; nothing is captured or evaluated. (Its first run, once, asks the plain
+/// variables' types for their field names, which the catalog lists: no value is read.)
 #[macro_export]
 macro_rules! probe {
     ($($args:tt)*) => {
-        $crate::__probe_munch!(@site [] [] $($args)*)
+        $crate::__probe_munch!(@site [] [] [] $($args)*)
     };
 }
 
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __probe_munch {
-    // Done: emit the site.
-    (@site [$($name:expr),*] [$($value:expr),*] $(,)?) => {{
+    // Done: emit the site. `$cheap` is what the site's first run reads for field names when no
+    // tracepoint is bound: the plain variables, and `()` in place of anything that would be
+    // computed or wrapped (`name = expr`, `?x`, `%x`), so a disarmed site never evaluates them.
+    (@site [$($name:expr),*] [$($value:expr),*] [$($cheap:expr),*] $(,)?) => {{
+        static __SONDE_FIELDS: [$crate::__macro_support::FieldSlot; <[&str]>::len(&[$($name),*])] =
+            [const { $crate::__macro_support::FieldSlot::new() }; <[&str]>::len(&[$($name),*])];
         static __SONDE_SITE: $crate::__macro_support::Site = $crate::__macro_support::Site::new(
-            file!(), line!(), module_path!(), &[$($name),*],
+            file!(), line!(), module_path!(), &[$($name),*], &__SONDE_FIELDS,
         );
         #[$crate::__macro_support::linkme::distributed_slice($crate::__macro_support::SITES)]
         #[linkme(crate = $crate::__macro_support::linkme)]
         static __SONDE_SITE_REF: &'static $crate::__macro_support::Site = &__SONDE_SITE;
         if __SONDE_SITE.wants_hit() {
-            __SONDE_SITE.hit(&[$($value),*]);
+            if __SONDE_SITE.is_armed() {
+                __SONDE_SITE.hit(&[$($value),*]);
+            } else {
+                __SONDE_SITE.first_run(&[$($cheap),*]);
+            }
         }
     }};
-    (@site [$($n:expr),*] [$($v:expr),*] ? $x:ident $(, $($rest:tt)*)?) => {
+    (@site [$($n:expr),*] [$($v:expr),*] [$($c:expr),*] ? $x:ident $(, $($rest:tt)*)?) => {
         $crate::__probe_munch!(@site [$($n,)* stringify!($x)]
             [$($v,)* &$crate::__macro_support::DebugCapture(&$x) as &dyn $crate::__macro_support::Capture]
+            [$($c,)* &() as &dyn $crate::__macro_support::Capture]
             $($($rest)*)?)
     };
-    (@site [$($n:expr),*] [$($v:expr),*] % $x:ident $(, $($rest:tt)*)?) => {
+    (@site [$($n:expr),*] [$($v:expr),*] [$($c:expr),*] % $x:ident $(, $($rest:tt)*)?) => {
         $crate::__probe_munch!(@site [$($n,)* stringify!($x)]
             [$($v,)* &$crate::__macro_support::DisplayCapture(&$x) as &dyn $crate::__macro_support::Capture]
+            [$($c,)* &() as &dyn $crate::__macro_support::Capture]
             $($($rest)*)?)
     };
-    (@site [$($n:expr),*] [$($v:expr),*] $x:ident = $e:expr $(, $($rest:tt)*)?) => {
+    (@site [$($n:expr),*] [$($v:expr),*] [$($c:expr),*] $x:ident = $e:expr $(, $($rest:tt)*)?) => {
         $crate::__probe_munch!(@site [$($n,)* stringify!($x)]
             [$($v,)* &($e) as &dyn $crate::__macro_support::Capture]
+            [$($c,)* &() as &dyn $crate::__macro_support::Capture]
             $($($rest)*)?)
     };
-    (@site [$($n:expr),*] [$($v:expr),*] $x:ident $(, $($rest:tt)*)?) => {
+    (@site [$($n:expr),*] [$($v:expr),*] [$($c:expr),*] $x:ident $(, $($rest:tt)*)?) => {
         $crate::__probe_munch!(@site [$($n,)* stringify!($x)]
             [$($v,)* &$x as &dyn $crate::__macro_support::Capture]
+            [$($c,)* &$x as &dyn $crate::__macro_support::Capture]
             $($($rest)*)?)
     };
 }

@@ -2,7 +2,7 @@
 //! re-exported as `sonde_agent::__macro_support`. Not a public API.
 
 pub use crate::site::capture::{Capture, DebugCapture, DisplayCapture, Redacted};
-pub use crate::site::{SITES, Site};
+pub use crate::site::{FieldSlot, SITES, Site};
 pub use linkme;
 pub use sonde_expr::Value;
 pub use std::{borrow::Cow, time::Instant};

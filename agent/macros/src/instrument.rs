@@ -125,8 +125,11 @@ pub(crate) fn expand(args: Args, item: ItemFn) -> syn::Result<TokenStream> {
 
     let site = |name: &Ident, line: &TokenStream, names: &[&str]| {
         let reference = format_ident!("{}_REF", name);
+        let fields = format_ident!("{}_FIELDS", name);
+        let n = names.len();
         quote! {
-            static #name: #ms::Site = #ms::Site::new(#file, #line, ::core::module_path!(), &[#(#names),*]);
+            static #fields: [#ms::FieldSlot; #n] = [const { #ms::FieldSlot::new() }; #n];
+            static #name: #ms::Site = #ms::Site::new(#file, #line, ::core::module_path!(), &[#(#names),*], &#fields);
             #[#ms::linkme::distributed_slice(#ms::SITES)]
             #[linkme(crate = #ms::linkme)]
             static #reference: &'static #ms::Site = &#name;
@@ -135,10 +138,13 @@ pub(crate) fn expand(args: Args, item: ItemFn) -> syn::Result<TokenStream> {
     let entry_site = site(&format_ident!("__SONDE_ENTRY"), &entry_line, &entry_names);
     let exit_site = site(&format_ident!("__SONDE_EXIT"), &exit_line, &exit_names);
 
-    let entry_values = captured.iter().map(|a| {
-        let ident = &a.ident;
-        quote_spanned! {a.span=> &#ident as &dyn #ms::Capture }
-    });
+    let entry_values: Vec<TokenStream> = captured
+        .iter()
+        .map(|a| {
+            let ident = &a.ident;
+            quote_spanned! {a.span=> &#ident as &dyn #ms::Capture }
+        })
+        .collect();
 
     // What the exit site keeps of each argument: a copy of a shared reference, or its value.
     let mut keep = Vec::new();
@@ -183,12 +189,23 @@ pub(crate) fn expand(args: Args, item: ItemFn) -> syn::Result<TokenStream> {
             #entry_site
             #exit_site
             if __SONDE_ENTRY.wants_hit() {
-                __SONDE_ENTRY.hit(&[#(#entry_values),*]);
+                if __SONDE_ENTRY.is_armed() {
+                    __SONDE_ENTRY.hit(&[#(#entry_values),*]);
+                } else {
+                    __SONDE_ENTRY.first_run(&[#(#entry_values),*]);
+                }
             }
             #(#keep)*
             let __sonde_exit: ::core::option::Option<([#ms::Value; #n_snapshot], #ms::Instant)> =
                 if __SONDE_EXIT.wants_hit() {
-                    ::core::option::Option::Some(([#(#snapshot),*], #ms::Instant::now()))
+                    if __SONDE_EXIT.is_armed() {
+                        ::core::option::Option::Some(([#(#snapshot),*], #ms::Instant::now()))
+                    } else {
+                        // First run, disarmed: nothing converted (the entry site lists the
+                        // arguments' fields).
+                        __SONDE_EXIT.first_run(&[]);
+                        ::core::option::Option::None
+                    }
                 } else {
                     ::core::option::Option::None
                 };

@@ -15,8 +15,9 @@
 //! # Field names
 //! What a site captures is typed only where `probe!` expands, so the static cannot name the
 //! fields of a `#[derive(Capture)]` value. A site therefore starts *unseen*: the word the line
-//! loads is non-zero, so its first run takes the cold path, which records each captured value's
-//! [`Capture::field_names`] and clears the bit. The catalog lists them from then on
+//! loads is non-zero, so its first run takes the cold path, which records each plain captured
+//! variable's [`Capture::field_names`] (a static answer of its type: no value is read, nothing
+//! computed or allocated) and clears the bit. The catalog lists them from then on
 //! ([`fields_seen`] tells the agent's client to report it again). The disarmed cost stays one
 //! load: the word holds both bits.
 //!
@@ -58,8 +59,23 @@ pub struct Site {
     /// [`ARMED`] and [`UNSEEN`]: the line takes the cold path while either is set.
     state: AtomicU8,
     program: ArcSwapOption<SiteProgram>,
-    /// Per captured name, the field names its value offered on the site's first run.
-    fields: OnceLock<Box<[&'static [&'static str]]>>,
+    /// Per captured name, the field names its value offered on the site's first run (a static
+    /// beside the site's, one slot per name: recording them allocates nothing).
+    fields: &'static [FieldSlot],
+}
+
+/// Where a site keeps the field names one captured value offered on its first run. `probe!`
+/// leaves one per captured name in a static; not meant to be used by hand.
+#[doc(hidden)]
+#[derive(Debug)]
+pub struct FieldSlot(OnceLock<&'static [&'static str]>);
+
+impl FieldSlot {
+    /// An empty slot.
+    #[allow(clippy::new_without_default)]
+    pub const fn new() -> Self {
+        Self(OnceLock::new())
+    }
 }
 
 /// A tracepoint is bound to the site.
@@ -96,6 +112,7 @@ impl Site {
         line: u32,
         module: &'static str,
         names: &'static [&'static str],
+        fields: &'static [FieldSlot],
     ) -> Self {
         Self {
             file,
@@ -104,7 +121,7 @@ impl Site {
             names,
             state: AtomicU8::new(UNSEEN),
             program: ArcSwapOption::const_empty(),
-            fields: OnceLock::new(),
+            fields,
         }
     }
 
@@ -141,10 +158,18 @@ impl Site {
         self.state.load(Ordering::Relaxed) != 0
     }
 
-    /// The field names each captured value offered (in the order of [`names`](Self::names)),
-    /// once the site has run; `None` before.
-    pub fn field_names(&self) -> Option<&[&'static [&'static str]]> {
-        self.fields.get().map(|f| &**f)
+    /// The field names each captured value offered (in the order of [`names`](Self::names);
+    /// empty for a value that offered none), once the site has run; `None` before.
+    pub fn field_names(&self) -> Option<Vec<&'static [&'static str]>> {
+        if self.state.load(Ordering::Acquire) & UNSEEN != 0 {
+            return None;
+        }
+        Some(
+            self.fields
+                .iter()
+                .map(|slot| slot.0.get().copied().unwrap_or_default())
+                .collect(),
+        )
     }
 
     /// Runs the bound tracepoints over the captured values. Called by `probe!` when
@@ -161,22 +186,24 @@ impl Site {
         }
     }
 
-    /// Records the captured values' field names, once.
+    /// Records the captured values' field names, once; allocates nothing and reads no value.
+    /// Called by `probe!` on a site's first run when no tracepoint is bound (with `()` in place
+    /// of what it would have to compute), and by [`hit`](Self::hit) when one is.
+    #[doc(hidden)]
     #[cold]
-    fn first_run(&self, values: &[&dyn Capture]) {
+    #[inline(never)]
+    pub fn first_run(&self, values: &[&dyn Capture]) {
         let mut any = false;
-        let fields: Box<[&'static [&'static str]]> = values
-            .iter()
-            .map(|v| {
-                let names = v.field_names();
-                any |= !names.is_empty();
-                names
-            })
-            .collect();
-        if self.fields.set(fields).is_ok() && any {
+        for (slot, v) in self.fields.iter().zip(values) {
+            let names = v.field_names();
+            if !names.is_empty() && slot.0.set(names).is_ok() {
+                any = true;
+            }
+        }
+        self.state.fetch_and(!UNSEEN, Ordering::Release);
+        if any {
             FIELDS_SEEN.fetch_add(1, Ordering::Relaxed);
         }
-        self.state.fetch_and(!UNSEEN, Ordering::Relaxed);
     }
 
     pub(crate) fn arm(&self, program: Arc<SiteProgram>) {
