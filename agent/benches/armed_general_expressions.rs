@@ -10,7 +10,10 @@
 //! `order.total * 2 + 3`): a `Vec` lends its elements, but `Item` here offers no field access
 //! (no `Capture::field`, as a hand-written capture may), so reaching `items[0].sku` and
 //! `items[0].qty` converts that one item each time; the difference is the cost of that.
-//! `condition_false` is a hit the native condition rejects.
+//! `condition_false` is a hit the native condition rejects. `native_derived` is `native` on
+//! types with `#[derive(Capture)]`, as an application would write them: a path reaches
+//! `items[0].sku` and `items[0].qty` through the derived field and element access, converting
+//! nothing but the leaf.
 
 mod common;
 
@@ -65,9 +68,35 @@ fn checkout(order: &Basket, user: &User) {
     probe!(order, user);
 }
 
+/// The same order and items with `#[derive(Capture)]`, in a module of their own so that their
+/// probe site is told apart from `checkout`'s by its module.
+mod derived {
+    use super::User;
+    use sonde_agent::{Capture, probe};
+
+    #[derive(Capture)]
+    pub struct Basket {
+        pub total: f64,
+        pub country: String,
+        pub items: Vec<Item>,
+    }
+
+    #[derive(Capture)]
+    pub struct Item {
+        pub sku: String,
+        pub qty: u32,
+    }
+
+    #[inline(never)]
+    pub fn checkout(order: &Basket, user: &User) {
+        probe!(order, user);
+    }
+}
+
 fn armed_general_expressions(c: &mut Criterion) {
     let (agent, registry) = common::agent();
-    let site = common::site(&["order", "user"]);
+    let site = common::site_in(&["order", "user"], "armed_general_expressions");
+    let derived_site = common::site_in(&["order", "user"], "armed_general_expressions::derived");
     let order = Basket {
         total: 12.5,
         country: "NZ".into(),
@@ -90,6 +119,18 @@ fn armed_general_expressions(c: &mut Criterion) {
             qty: 3,
         }],
     };
+    let derived_order = derived::Basket {
+        total: order.total,
+        country: order.country.clone(),
+        items: order
+            .items
+            .iter()
+            .map(|i| derived::Item {
+                sku: i.sku.clone(),
+                qty: i.qty,
+            })
+            .collect(),
+    };
     let user = User {
         id: 7,
         tier: "gold".into(),
@@ -99,6 +140,12 @@ fn armed_general_expressions(c: &mut Criterion) {
     let variants = [
         (
             "native",
+            r#"order.country.contains("Z") && order.total > 3"#,
+            "order.total * 2 + order.items[0].qty",
+            r#"order.items[0].sku + "/" + user.tier"#,
+        ),
+        (
+            "native_derived",
             r#"order.country.contains("Z") && order.total > 3"#,
             "order.total * 2 + order.items[0].qty",
             r#"order.items[0].sku + "/" + user.tier"#,
@@ -125,9 +172,10 @@ fn armed_general_expressions(c: &mut Criterion) {
             let e = sonde_expr::compile(src, kind).expect("compiles");
             assert_eq!(e.is_native(), name != "rhai", "{src}");
         }
+        let derived = name == "native_derived";
         let tp = common::counter_tracepoint(
             "tp-bench",
-            site,
+            if derived { derived_site } else { site },
             &format!("bench_{name}"),
             value,
             vec![common::label("item", label)],
@@ -135,7 +183,14 @@ fn armed_general_expressions(c: &mut Criterion) {
         );
         agent.apply(vec![tp]);
         common::assert_bound(&agent);
-        checkout(&order, &user);
+        let hit = || {
+            if derived {
+                derived::checkout(black_box(&derived_order), black_box(&user))
+            } else {
+                checkout(black_box(&order), black_box(&user))
+            }
+        };
+        hit();
         let text = common::exposition(&registry);
         let item = if name == "native_no_list" { "NZ" } else { "A1" };
         assert!(
@@ -144,9 +199,7 @@ fn armed_general_expressions(c: &mut Criterion) {
             )),
             "{text}"
         );
-        g.bench_function(name, |b| {
-            b.iter(|| checkout(black_box(&order), black_box(&user)))
-        });
+        g.bench_function(name, |b| b.iter(hit));
         if name == "native" {
             g.bench_function("condition_false", |b| {
                 b.iter(|| checkout(black_box(&cheap), black_box(&user)))

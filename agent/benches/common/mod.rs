@@ -92,6 +92,19 @@ pub fn site(names: &[&str]) -> &'static Site {
     site
 }
 
+/// The one site of this binary that captures exactly `names` in module `module`.
+pub fn site_in(names: &[&str], module: &str) -> &'static Site {
+    let mut found = sonde_agent::sites().filter(|s| s.names() == names && s.module() == module);
+    let site = found
+        .next()
+        .expect("a site with these names in this module");
+    assert!(
+        found.next().is_none(),
+        "one site with these names in this module"
+    );
+    site
+}
+
 /// A label computed by an expression.
 pub fn label(key: &str, expression: &str) -> LabelExpression {
     LabelExpression {

@@ -37,8 +37,194 @@ pub(super) fn scopes_at<'a>(
 /// unit, it lets [`scopes_at_with`] start at the scope containing an address instead of walking
 /// the unit from its start for every address (which made a whole file's `lines` answer cost a
 /// unit walk per address).
+///
+/// The ranges are kept sorted by start, with the largest end so far beside each, so that the
+/// scopes containing an address are found by a binary search and a short walk back rather than
+/// a scan of the whole unit's scopes per address.
 #[derive(Debug)]
-pub(crate) struct TopScopes(Vec<(std::ops::Range<u64>, usize, UnitOffset<usize>)>);
+pub(crate) struct TopScopes {
+    /// (range, walk order, entry), by range start.
+    ranges: Vec<(std::ops::Range<u64>, usize, UnitOffset<usize>)>,
+    /// `max_end[i]`: the largest end among `ranges[..=i]`.
+    max_end: Vec<u64>,
+    /// The scope tree below each outermost scope an address was looked up in, read once.
+    trees: std::sync::Mutex<std::collections::HashMap<usize, std::sync::Arc<ScopeTree>>>,
+}
+
+/// The scopes (subprograms, lexical blocks, inlined subroutines) below one outermost scope, as
+/// [`descend`] meets them: each with its entry's offset, its ranges, its first child and next
+/// sibling (`NONE` for none), in DIE order; `nodes[0]` is the outermost scope. An optimized
+/// function with much inlined into it has thousands of them, and a whole file's `lines` answer
+/// asks for the chain at each of its addresses: reading the DIEs once and then walking this
+/// costs one pass over the function rather than one per address.
+#[derive(Debug)]
+struct ScopeTree {
+    nodes: Vec<ScopeNode>,
+}
+
+#[derive(Debug)]
+struct ScopeNode {
+    offset: UnitOffset<usize>,
+    ranges: Vec<std::ops::Range<u64>>,
+    first_child: usize,
+    next_sibling: usize,
+}
+
+const NONE: usize = usize::MAX;
+
+impl ScopeTree {
+    /// Reads the scope DIEs of the subtree at `top`: a scope's children that are scopes, and
+    /// theirs (what `descend` looks at once it is inside a scope).
+    fn read<'a>(
+        dwarf: &gimli::Dwarf<Slice<'a>>,
+        unit: &Unit<'a>,
+        top: UnitOffset<usize>,
+    ) -> Result<Self, DwarfError> {
+        let ranges_of = |e: &Entry<'a>| -> Result<Vec<std::ops::Range<u64>>, DwarfError> {
+            let mut ranges = Vec::new();
+            let mut iter = dwarf.die_ranges(unit, e)?;
+            while let Some(r) = iter.next()? {
+                ranges.push(r.begin..r.end);
+            }
+            Ok(ranges)
+        };
+        let mut cursor = unit.entries_at_offset(top)?;
+        let Some(root) = cursor.next_dfs()? else {
+            return Ok(Self { nodes: Vec::new() });
+        };
+        let mut nodes = vec![ScopeNode {
+            offset: root.offset(),
+            ranges: ranges_of(root)?,
+            first_child: NONE,
+            next_sibling: NONE,
+        }];
+        // The scopes open around the cursor: (depth, node, its last child so far).
+        let mut open: Vec<(isize, usize, usize)> = vec![(root.depth(), 0, NONE)];
+        while let Some(e) = cursor.next_dfs()? {
+            let depth = e.depth();
+            if depth <= open[0].0 {
+                break;
+            }
+            while open.last().is_some_and(|(d, _, _)| *d >= depth) {
+                open.pop();
+            }
+            let Some(parent) = open.last_mut() else {
+                break;
+            };
+            // Only a scope's direct children are looked at (not those of a variable or type).
+            if parent.0 != depth - 1
+                || !matches!(
+                    e.tag(),
+                    constants::DW_TAG_subprogram
+                        | constants::DW_TAG_lexical_block
+                        | constants::DW_TAG_inlined_subroutine
+                )
+            {
+                continue;
+            }
+            let at = nodes.len();
+            nodes.push(ScopeNode {
+                offset: e.offset(),
+                ranges: ranges_of(e)?,
+                first_child: NONE,
+                next_sibling: NONE,
+            });
+            if parent.2 == NONE {
+                nodes[parent.1].first_child = at;
+            } else {
+                nodes[parent.2].next_sibling = at;
+            }
+            parent.2 = at;
+            open.push((depth, at, NONE));
+        }
+        Ok(Self { nodes })
+    }
+
+    /// The chain from the outermost scope down to the innermost containing `dpc`: at each
+    /// level the first child (in DIE order) whose ranges contain it, as `descend` picks.
+    fn chain<'a>(&self, unit: &Unit<'a>, dpc: u64) -> Result<Vec<Scope<'a>>, DwarfError> {
+        let Some(root) = self.nodes.first() else {
+            return Ok(Vec::new());
+        };
+        let scope = |n: &ScopeNode| -> Result<Scope<'a>, DwarfError> {
+            Ok(Scope {
+                entry: unit.entry(n.offset)?,
+                ranges: n.ranges.clone(),
+            })
+        };
+        let mut chain = vec![scope(root)?];
+        let mut at = 0;
+        loop {
+            let mut child = self.nodes[at].first_child;
+            while child != NONE && !self.nodes[child].ranges.iter().any(|r| r.contains(&dpc)) {
+                child = self.nodes[child].next_sibling;
+            }
+            if child == NONE {
+                return Ok(chain);
+            }
+            chain.push(scope(&self.nodes[child])?);
+            at = child;
+        }
+    }
+}
+
+impl TopScopes {
+    fn new(mut ranges: Vec<(std::ops::Range<u64>, usize, UnitOffset<usize>)>) -> Self {
+        ranges.sort_by_key(|(r, order, _)| (r.start, *order));
+        let max_end = ranges
+            .iter()
+            .scan(0, |end, (r, _, _)| {
+                *end = r.end.max(*end);
+                Some(*end)
+            })
+            .collect();
+        Self {
+            ranges,
+            max_end,
+            trees: std::sync::Mutex::default(),
+        }
+    }
+
+    /// The scope tree below the outermost scope at `top`, read on first use and kept.
+    fn tree<'a>(
+        &self,
+        dwarf: &gimli::Dwarf<Slice<'a>>,
+        unit: &Unit<'a>,
+        top: UnitOffset<usize>,
+    ) -> Result<std::sync::Arc<ScopeTree>, DwarfError> {
+        let kept = self
+            .trees
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&top.0)
+            .cloned();
+        if let Some(tree) = kept {
+            return Ok(tree);
+        }
+        let tree = std::sync::Arc::new(ScopeTree::read(dwarf, unit, top)?);
+        self.trees
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(top.0, tree.clone());
+        Ok(tree)
+    }
+
+    /// The scope the walk meets first among those whose ranges contain `dpc`.
+    fn containing(&self, dpc: u64) -> Option<UnitOffset<usize>> {
+        let below = self.ranges.partition_point(|(r, _, _)| r.start <= dpc);
+        let mut best: Option<(usize, UnitOffset<usize>)> = None;
+        for i in (0..below).rev() {
+            if self.max_end[i] <= dpc {
+                break;
+            }
+            let (r, order, offset) = &self.ranges[i];
+            if r.contains(&dpc) && best.is_none_or(|(o, _)| *order < o) {
+                best = Some((*order, *offset));
+            }
+        }
+        best.map(|(_, offset)| offset)
+    }
+}
 
 /// Walks `unit` once for its [`TopScopes`].
 pub(super) fn top_scopes<'a>(
@@ -51,7 +237,7 @@ pub(super) fn top_scopes<'a>(
     let mut children = root.children();
     let mut order = 0;
     collect(dwarf, unit, &mut children, &mut out, &mut order, 0)?;
-    Ok(TopScopes(out))
+    Ok(TopScopes::new(out))
 }
 
 fn collect<'a>(
@@ -89,36 +275,22 @@ fn collect<'a>(
     Ok(())
 }
 
-/// As [`scopes_at`], starting from the unit's [`TopScopes`]: the same chain, without walking
-/// the scopes before the one containing `dpc`.
+/// As [`scopes_at`], starting from the unit's [`TopScopes`]: the same chain, found in the
+/// [`ScopeTree`] kept for the outermost scope containing `dpc` rather than by walking the unit.
 pub(super) fn scopes_at_with<'a>(
     dwarf: &gimli::Dwarf<Slice<'a>>,
     unit: &Unit<'a>,
     top: &TopScopes,
     dpc: u64,
 ) -> Result<Vec<Scope<'a>>, DwarfError> {
-    let Some(&(_, _, offset)) = top
-        .0
-        .iter()
-        .filter(|(r, _, _)| r.contains(&dpc))
-        .min_by_key(|(_, order, _)| *order)
-    else {
+    let Some(offset) = top.containing(dpc) else {
         return Ok(Vec::new());
     };
-    let mut tree = unit.entries_tree(Some(offset))?;
-    let root = tree.root()?;
-    let entry = root.entry().clone();
-    let mut ranges = Vec::new();
-    let mut iter = dwarf.die_ranges(unit, &entry)?;
-    while let Some(r) = iter.next()? {
-        ranges.push(r.begin..r.end);
-    }
-    let mut chain = vec![Scope { entry, ranges }];
-    let mut inner = root.children();
-    descend(dwarf, unit, &mut inner, dpc, &mut chain, 1)?;
-    Ok(chain)
+    top.tree(dwarf, unit, offset)?.chain(unit, dpc)
 }
 
+/// The reference walk: into the first child scope containing `dpc`, from `children` down.
+#[cfg(test)]
 fn descend<'a>(
     dwarf: &gimli::Dwarf<Slice<'a>>,
     unit: &Unit<'a>,

@@ -66,13 +66,16 @@ fn build_at<'a>(
 ) -> Result<TypeShape, String> {
     // Two passes: first with one element of each sequence, to learn what the rest of the value
     // needs; then with the heap reads left over spent on more elements. So a `Vec<String>`
-    // field does not take every heap read and leave the fields after it out.
-    let pass = |spare: usize| -> Result<(TypeShape, usize), String> {
+    // field does not take every heap read and leave the fields after it out. The second pass
+    // is the first over again unless the first left heap reads over and met a sequence that
+    // could have taken them (`spare` is read nowhere else), so it is skipped otherwise.
+    let pass = |spare: usize| -> Result<(TypeShape, usize, bool), String> {
         let mut b = Builder {
             dwarf,
             unit,
             derefs: Vec::new(),
             spare,
+            wanted_spare: false,
         };
         let size = b.size_of(ty)?;
         let inline = size.min(MAX_INLINE as u64) as u32;
@@ -102,12 +105,15 @@ fn build_at<'a>(
         let shape = TypeShape {
             inline_size: inline_size as usize,
             derefs: b.derefs,
-            root,
+            root: std::sync::Arc::new(root),
         };
-        Ok((shape, left))
+        Ok((shape, left, b.wanted_spare))
     };
-    let (_, spare) = pass(0)?;
-    pass(spare).map(|(shape, _)| shape)
+    let (first, spare, wanted) = pass(0)?;
+    if spare == 0 || !wanted {
+        return Ok(first);
+    }
+    pass(spare).map(|(shape, _, _)| shape)
 }
 
 /// Where a value lies: buffer (0 = inline, k = deref k-1), its absolute offset there, and how
@@ -143,6 +149,8 @@ struct Builder<'d, 'a> {
     derefs: Vec<Deref>,
     /// Heap reads that may go to sequence elements after the first.
     spare: usize,
+    /// Whether a sequence stopped short for want of `spare` heap reads.
+    wanted_spare: bool,
 }
 
 fn err<T>(e: gimli::Error) -> Result<T, String> {
@@ -807,6 +815,7 @@ impl<'a> Builder<'_, 'a> {
                 break;
             };
             if self.spare < per {
+                self.wanted_spare = true;
                 break;
             }
             let mark = self.derefs.len();

@@ -246,7 +246,7 @@ mod tests {
         TypeShape {
             inline_size,
             derefs,
-            root,
+            root: std::sync::Arc::new(root),
         }
     }
 

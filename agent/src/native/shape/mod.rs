@@ -110,11 +110,14 @@ pub enum DerefLen {
 
 /// How to capture and decode one variable's type. Built by the debug-info side for each
 /// variable (see `Variable::shape`).
+///
+/// Cloning is cheap: the decode tree is shared (a type's full shape is kept and handed to every
+/// variable of that type, and a file's `lines` answer holds thousands of them).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct TypeShape {
     inline_size: usize,
     derefs: Vec<Deref>,
-    root: Node,
+    root: std::sync::Arc<Node>,
 }
 
 impl TypeShape {
