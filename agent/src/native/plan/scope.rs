@@ -226,8 +226,103 @@ impl TopScopes {
     }
 }
 
-/// Walks `unit` once for its [`TopScopes`].
+/// Walks `unit` once for its [`TopScopes`], over its raw entries: only the attributes of the
+/// scopes it keeps are read (a unit's DIEs are mostly variables and types, skipped as the index
+/// skips them), so a large unit costs a fraction of a walk that parses every entry.
 pub(super) fn top_scopes<'a>(
+    dwarf: &gimli::Dwarf<Slice<'a>>,
+    unit: &Unit<'a>,
+) -> Result<TopScopes, DwarfError> {
+    let mut out = Vec::new();
+    let mut order = 0;
+    // For each depth on the path to the current entry: whether the entry there is the unit or
+    // a namespace or type reached through such entries only (whose children are looked at).
+    let mut open: Vec<bool> = Vec::new();
+    let mut entries = unit.entries_raw(None)?;
+    while !entries.is_empty() {
+        let depth = entries.next_depth();
+        let offset = entries.next_offset();
+        let Some(abbrev) = entries.read_abbreviation()? else {
+            continue;
+        };
+        let Ok(depth) = usize::try_from(depth) else {
+            entries.skip_attributes(abbrev.attributes())?;
+            continue;
+        };
+        open.truncate(depth);
+        let looked_at = match depth {
+            0 => {
+                open.push(true);
+                entries.skip_attributes(abbrev.attributes())?;
+                continue;
+            }
+            d => open.len() == d && open[d - 1],
+        };
+        let tag = abbrev.tag();
+        let is_scope = matches!(
+            tag,
+            constants::DW_TAG_subprogram
+                | constants::DW_TAG_lexical_block
+                | constants::DW_TAG_inlined_subroutine
+        );
+        if !(looked_at && is_scope) {
+            let container = matches!(
+                tag,
+                constants::DW_TAG_namespace
+                    | constants::DW_TAG_structure_type
+                    | constants::DW_TAG_enumeration_type
+                    | constants::DW_TAG_union_type
+            );
+            // As the walk: into namespaces and types nested fewer than 32 deep.
+            open.push(looked_at && container && depth - 1 < 32);
+            entries.skip_attributes(abbrev.attributes())?;
+            continue;
+        }
+        open.push(false);
+        // The ranges as `Dwarf::die_ranges` reads them: a range list when there is one, else
+        // low_pc with high_pc (an address, or a size).
+        let (mut low, mut high, mut list) = (None, None, None);
+        for spec in abbrev.attributes() {
+            let attr = entries.read_attribute(*spec)?;
+            match attr.name() {
+                constants::DW_AT_low_pc => low = Some(attr),
+                constants::DW_AT_high_pc => high = Some(attr),
+                constants::DW_AT_ranges if list.is_none() => {
+                    list = dwarf.attr_ranges(unit, attr.value())?;
+                }
+                _ => {}
+            }
+        }
+        if let Some(mut list) = list {
+            while let Some(r) = list.next()? {
+                out.push((r.begin..r.end, order, offset));
+            }
+        } else if let Some(low) = low {
+            let address = |attr: &gimli::Attribute<Slice<'a>>| {
+                dwarf
+                    .attr_address(unit, attr.value())?
+                    .ok_or(gimli::Error::UnsupportedAttributeForm(attr.form()))
+            };
+            let begin = address(&low)?;
+            let end = match &high {
+                Some(h) => match h.value() {
+                    AttributeValue::Udata(size) => Some(begin.wrapping_add(size)),
+                    _ => Some(address(h)?),
+                },
+                None => None,
+            };
+            if let Some(end) = end {
+                out.push((begin..end, order, offset));
+            }
+        }
+        order += 1;
+    }
+    Ok(TopScopes::new(out))
+}
+
+/// [`top_scopes`] by walking the entries as trees: the reference it is checked against.
+#[cfg(test)]
+fn top_scopes_walked<'a>(
     dwarf: &gimli::Dwarf<Slice<'a>>,
     unit: &Unit<'a>,
 ) -> Result<TopScopes, DwarfError> {
@@ -240,6 +335,7 @@ pub(super) fn top_scopes<'a>(
     Ok(TopScopes::new(out))
 }
 
+#[cfg(test)]
 fn collect<'a>(
     dwarf: &gimli::Dwarf<Slice<'a>>,
     unit: &Unit<'a>,
@@ -477,5 +573,16 @@ mod tests {
             compared += usize::from(!walked.is_empty());
         }
         assert!(compared > 10, "chains compared: {compared}");
+        // The raw walk's table is the tree walk's, entry for entry.
+        let mut tables = 0;
+        for offset in tops.keys() {
+            let header = dwarf.debug_info.header_from_offset(*offset).unwrap();
+            let unit = dwarf.unit(header).unwrap();
+            let raw = top_scopes(&dwarf, &unit).unwrap();
+            let walked = top_scopes_walked(&dwarf, &unit).unwrap();
+            assert_eq!(raw.ranges, walked.ranges, "unit at {offset:?}");
+            tables += usize::from(!raw.ranges.is_empty());
+        }
+        assert!(tables > 5, "tables compared: {tables}");
     }
 }
