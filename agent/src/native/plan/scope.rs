@@ -12,6 +12,20 @@ pub(super) struct Scope<'a> {
     pub(super) ranges: Vec<std::ops::Range<u64>>,
 }
 
+/// An entry's address ranges (`DW_AT_ranges`, or `DW_AT_low_pc` with `DW_AT_high_pc`).
+fn ranges_of<'a>(
+    dwarf: &gimli::Dwarf<Slice<'a>>,
+    unit: &Unit<'a>,
+    e: &Entry<'a>,
+) -> Result<Vec<std::ops::Range<u64>>, DwarfError> {
+    let mut ranges = Vec::new();
+    let mut iter = dwarf.die_ranges(unit, e)?;
+    while let Some(r) = iter.next()? {
+        ranges.push(r.begin..r.end);
+    }
+    Ok(ranges)
+}
+
 /// The scopes (subprograms, lexical blocks, inlined subroutines, and the namespaces around
 /// them) whose ranges contain `dpc`, outermost first, by walking the unit from its start: the
 /// reference [`scopes_at_with`] is checked against.
@@ -80,21 +94,13 @@ impl ScopeTree {
         unit: &Unit<'a>,
         top: UnitOffset<usize>,
     ) -> Result<Self, DwarfError> {
-        let ranges_of = |e: &Entry<'a>| -> Result<Vec<std::ops::Range<u64>>, DwarfError> {
-            let mut ranges = Vec::new();
-            let mut iter = dwarf.die_ranges(unit, e)?;
-            while let Some(r) = iter.next()? {
-                ranges.push(r.begin..r.end);
-            }
-            Ok(ranges)
-        };
         let mut cursor = unit.entries_at_offset(top)?;
         let Some(root) = cursor.next_dfs()? else {
             return Ok(Self { nodes: Vec::new() });
         };
         let mut nodes = vec![ScopeNode {
             offset: root.offset(),
-            ranges: ranges_of(root)?,
+            ranges: ranges_of(dwarf, unit, root)?,
             first_child: NONE,
             next_sibling: NONE,
         }];
@@ -125,7 +131,7 @@ impl ScopeTree {
             let at = nodes.len();
             nodes.push(ScopeNode {
                 offset: e.offset(),
-                ranges: ranges_of(e)?,
+                ranges: ranges_of(dwarf, unit, e)?,
                 first_child: NONE,
                 next_sibling: NONE,
             });
@@ -350,9 +356,8 @@ fn collect<'a>(
             constants::DW_TAG_subprogram
             | constants::DW_TAG_lexical_block
             | constants::DW_TAG_inlined_subroutine => {
-                let mut iter = dwarf.die_ranges(unit, e)?;
-                while let Some(r) = iter.next()? {
-                    out.push((r.begin..r.end, *order, e.offset()));
+                for r in ranges_of(dwarf, unit, e)? {
+                    out.push((r, *order, e.offset()));
                 }
                 *order += 1;
             }
@@ -401,11 +406,7 @@ fn descend<'a>(
             constants::DW_TAG_subprogram
             | constants::DW_TAG_lexical_block
             | constants::DW_TAG_inlined_subroutine => {
-                let mut ranges = Vec::new();
-                let mut iter = dwarf.die_ranges(unit, e)?;
-                while let Some(r) = iter.next()? {
-                    ranges.push(r.begin..r.end);
-                }
+                let ranges = ranges_of(dwarf, unit, e)?;
                 if !ranges.iter().any(|r| r.contains(&dpc)) {
                     continue;
                 }
