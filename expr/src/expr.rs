@@ -30,12 +30,13 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 
 use rhai::{AST, Dynamic, ImmutableString, Scope};
+use smallvec::SmallVec;
 
 use crate::engine::{engine, eval_error, from_dynamic, render_dynamic, to_dynamic};
 use crate::error::EvalError;
 use crate::kind::ExprKind;
 use crate::lookup::{Lent, Lookup, Path};
-use crate::native::{self, MAX_SLOTS, Node, V};
+use crate::native::{self, MAX_SLOTS, V};
 use crate::value::{Number, Value};
 
 /// A compiled expression: `Send + Sync`, cheap to clone (one `Arc`).
@@ -70,7 +71,7 @@ pub(crate) enum Unit {
         slots: Vec<usize>,
         names: Vec<String>,
         /// The same expression for the native lane, when it is in the native subset.
-        native: Option<Node>,
+        native: Option<native::Program>,
     },
 }
 
@@ -80,6 +81,10 @@ enum Res<'a> {
     Dyn(&'a Dynamic),
     Native(V<'a>),
 }
+
+/// The values a native unit reads, one per slot, on the stack (the parser takes at most
+/// [`MAX_SLOTS`], so it never spills): only the slots filled are written and dropped.
+type Store<'a> = SmallVec<[Lent<'a>; MAX_SLOTS]>;
 
 thread_local! {
     static SCOPE: RefCell<Scope<'static>> = RefCell::new(Scope::new());
@@ -326,11 +331,7 @@ impl Expr {
         {
             // Straight into `out`; on a fallback, rhai renders from where it was.
             let len = out.len();
-            let mut store: [Option<Lent<'_>>; MAX_SLOTS] = Default::default();
-            for (cell, &p) in store.iter_mut().zip(slots) {
-                *cell = Some(vars.lend_path(&self.0.paths[p])?);
-            }
-            if native::render(node, &store[..slots.len()], out).is_ok() {
+            if self.with_lent(slots, vars, |lent| native::render(node, lent, out).is_ok())? {
                 return Ok(());
             }
             out.truncate(len);
@@ -367,12 +368,15 @@ impl Expr {
                 native,
             } => {
                 if let Some(node) = native {
-                    let mut store: [Option<Lent<'_>>; MAX_SLOTS] = Default::default();
-                    for (cell, &p) in store.iter_mut().zip(slots) {
-                        *cell = Some(vars.lend_path(&self.0.paths[p])?);
-                    }
-                    if let Ok(v) = native::eval(node, &store[..slots.len()]) {
-                        return f(Res::Native(v));
+                    let mut f = Some(f);
+                    let answered = self.with_lent(slots, vars, |lent| {
+                        let v = native::eval(node, lent).ok()?;
+                        f.take().map(|f| f(Res::Native(v)))
+                    })?;
+                    match (answered, f) {
+                        (Some(r), _) => return r,
+                        (None, Some(g)) => return self.with_rhai(unit, vars, g),
+                        (None, None) => return Err(EvalError::Runtime),
                     }
                 }
                 let d = SCOPE.with(|cell| match cell.try_borrow_mut() {
@@ -408,6 +412,30 @@ impl Expr {
         }
     }
 
+    /// Runs `f` on the values of `slots` (indexes into the paths), lent in order: up to three
+    /// in an array of their own size (most expressions read one to three), more in a [`Store`].
+    #[inline(always)]
+    fn with_lent<'v, L: Lookup + ?Sized, R>(
+        &self,
+        slots: &[usize],
+        vars: &'v L,
+        f: impl FnOnce(&[Lent<'v>]) -> R,
+    ) -> Result<R, EvalError> {
+        let lend = |p: usize| vars.lend_path(&self.0.paths[p]);
+        Ok(match *slots {
+            [a] => f(&[lend(a)?]),
+            [a, b] => f(&[lend(a)?, lend(b)?]),
+            [a, b, c] => f(&[lend(a)?, lend(b)?, lend(c)?]),
+            _ => {
+                let mut store = Store::new();
+                for &p in slots {
+                    store.push(lend(p)?);
+                }
+                f(&store)
+            }
+        })
+    }
+
     fn run<L: Lookup + ?Sized>(
         &self,
         scope: &mut Scope<'static>,
@@ -422,6 +450,8 @@ impl Expr {
             let v = match vars.lend_path(&self.0.paths[p])? {
                 Lent::Str(s) => Dynamic::from(ImmutableString::from(s)),
                 Lent::Value(v) => to_dynamic(&v)?,
+                Lent::Number(n) => to_dynamic(&Value::from(n))?,
+                Lent::Bool(b) => Dynamic::from_bool(b),
             };
             scope.push_constant_dynamic(name.as_str(), v);
         }

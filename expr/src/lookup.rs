@@ -9,9 +9,11 @@
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
+use std::hash::{Hash, Hasher};
+use std::sync::OnceLock;
 
 use crate::error::EvalError;
-use crate::value::Value;
+use crate::value::{Number, Value};
 
 /// One step of a variable path: `.field` (or `["key"]`) or `[index]`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -24,15 +26,66 @@ pub enum Segment {
 
 /// A variable path as written in an expression: a root variable and the fields and literal
 /// indexes below it (`order.customer.country`, `items[0].sku`).
-#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone)]
 pub struct Path {
     root: String,
     segments: Vec<Segment>,
+    /// Where a lookup with a fixed order of variables found the root (see
+    /// [`Path::root_position`]); not part of the path's identity.
+    found: OnceLock<(usize, usize)>,
+}
+
+impl PartialEq for Path {
+    fn eq(&self, other: &Self) -> bool {
+        self.root == other.root && self.segments == other.segments
+    }
+}
+
+impl Eq for Path {}
+
+impl Hash for Path {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        self.root.hash(state);
+        self.segments.hash(state);
+    }
+}
+
+impl fmt::Debug for Path {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Path")
+            .field("root", &self.root)
+            .field("segments", &self.segments)
+            .finish()
+    }
 }
 
 impl Path {
     pub(crate) fn new(root: String, segments: Vec<Segment>) -> Self {
-        Path { root, segments }
+        Path {
+            root,
+            segments,
+            found: OnceLock::new(),
+        }
+    }
+
+    /// Where the root was found among the variables of a lookup that holds them in a fixed
+    /// order, if [`Path::remember_root`] was told for the same `order`: an agent's probe site
+    /// passes the address of its list of names, so every hit after the first finds the root
+    /// by position instead of comparing names. One position is remembered per path (the
+    /// first told); a lookup with another order compares names as before.
+    #[must_use]
+    #[inline]
+    pub fn root_position(&self, order: usize) -> Option<usize> {
+        match self.found.get() {
+            Some(&(key, position)) if key == order => Some(position),
+            _ => None,
+        }
+    }
+
+    /// Remembers that the root is variable `position` of the lookup whose order of variables is
+    /// `order` (see [`Path::root_position`]); ignored once a position is remembered.
+    pub fn remember_root(&self, order: usize, position: usize) {
+        let _ = self.found.set((order, position));
     }
 
     /// The root variable's name.
@@ -112,6 +165,30 @@ pub enum Lent<'a> {
     Value(Cow<'a, Value>),
     /// A string, borrowed from the caller's own data: reads as [`Value::Str`] would.
     Str(&'a str),
+    /// A number, lent by value: reads as [`Value::Int`], [`Value::UInt`] or [`Value::Float`]
+    /// would (and, unlike a `Value`, costs nothing to drop).
+    Number(Number),
+    /// A bool, lent by value: reads as [`Value::Bool`] would.
+    Bool(bool),
+}
+
+impl<'a> Lent<'a> {
+    /// An owned value lent as it is, numbers and bools as [`Lent::Number`] and [`Lent::Bool`].
+    #[must_use]
+    #[inline]
+    pub fn owned(v: Value) -> Lent<'a> {
+        let lent = match v {
+            Value::Int(i) => Lent::Number(Number::Int(i)),
+            Value::UInt(u) => Lent::Number(Number::UInt(u)),
+            Value::Float(f) => Lent::Number(Number::Float(f)),
+            Value::Bool(b) => Lent::Bool(b),
+            v => return Lent::Value(Cow::Owned(v)),
+        };
+        // A number or bool holds nothing to free: without this the compiler calls `Value`'s
+        // whole drop glue here, on every hit.
+        std::mem::forget(v);
+        lent
+    }
 }
 
 /// The variables visible to an evaluation, provided by the caller.

@@ -38,7 +38,7 @@ use std::borrow::Cow;
 
 use crate::engine::{MAX_OPERATIONS, MAX_STRING_SIZE};
 use crate::lookup::Lent;
-use crate::value::{Value, write_f64, write_hex, write_i64};
+use crate::value::{Number, Value, write_f64, write_hex, write_i64};
 
 /// A binary operator.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -146,8 +146,18 @@ pub(crate) enum V<'a> {
     Ref(&'a Value),
 }
 
-/// Parses rewritten text as a native expression, or `None` when it is not one.
-pub(crate) fn parse(text: &str, slots: usize) -> Option<Node> {
+/// A parsed native expression and the most operations rhai could count evaluating it.
+#[derive(Debug)]
+pub(crate) struct Program {
+    node: Node,
+    /// [`OPS_PER_NODE`] for every node (each is evaluated at most once, except the items a
+    /// list's `in` compares, which are counted as they are compared).
+    ops: u64,
+}
+
+/// Parses rewritten text as a native expression, or `None` when it is not one (or could pass
+/// rhai's operation budget without a loop: so large an expression is left to rhai).
+pub(crate) fn parse(text: &str, slots: usize) -> Option<Program> {
     if slots > MAX_SLOTS {
         return None;
     }
@@ -158,7 +168,27 @@ pub(crate) fn parse(text: &str, slots: usize) -> Option<Node> {
         depth: 0,
     };
     let node = p.or()?;
-    (p.pos == p.toks.len()).then_some(node)
+    if p.pos != p.toks.len() {
+        return None;
+    }
+    let ops = (count_nodes(&node) as u64).saturating_mul(OPS_PER_NODE);
+    (ops <= MAX_OPERATIONS).then_some(Program { node, ops })
+}
+
+/// The nodes of a tree.
+fn count_nodes(node: &Node) -> usize {
+    1 + match node {
+        Node::Int(_)
+        | Node::Float(_)
+        | Node::Bool(_)
+        | Node::Str(_)
+        | Node::Unit
+        | Node::Slot(_) => 0,
+        Node::Neg(x) | Node::Not(x) | Node::Field(x, _) => count_nodes(x),
+        Node::Bin(_, l, r) | Node::Index(l, r) => count_nodes(l) + count_nodes(r),
+        Node::Sum(terms) | Node::Call(_, terms) => terms.iter().map(count_nodes).sum(),
+        Node::If(c, a, b) => count_nodes(c) + count_nodes(a) + b.as_deref().map_or(0, count_nodes),
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -541,18 +571,28 @@ impl Parser {
     }
 }
 
+/// A captured number as a native value, converted as the rhai bridge converts it.
+#[inline]
+fn from_number(n: Number) -> V<'static> {
+    match n {
+        Number::Int(i) => V::Int(i),
+        Number::UInt(u) => match i64::try_from(u) {
+            Ok(i) => V::Int(i),
+            // As the rhai bridge does: above i64::MAX an unsigned value is a float.
+            #[allow(clippy::cast_precision_loss)]
+            Err(_) => V::Float(u as f64),
+        },
+        Number::Float(f) => V::Float(f),
+    }
+}
+
 /// A captured value as a native value, converted as the rhai bridge converts it.
 fn from_value(v: &Value) -> V<'_> {
     match v {
         Value::None => V::Unit,
         Value::Bool(b) => V::Bool(*b),
         Value::Int(i) => V::Int(*i),
-        Value::UInt(u) => match i64::try_from(*u) {
-            Ok(i) => V::Int(i),
-            // As the rhai bridge does: above i64::MAX an unsigned value is a float.
-            #[allow(clippy::cast_precision_loss)]
-            Err(_) => V::Float(*u as f64),
-        },
+        Value::UInt(u) => from_number(Number::UInt(*u)),
         Value::Float(f) => V::Float(*f),
         Value::Str(s) => V::Str(Cow::Borrowed(s)),
         Value::Bytes(_) | Value::List(_) | Value::Map(_) | Value::Record(_) => V::Ref(v),
@@ -599,10 +639,14 @@ pub(crate) fn render_value(v: &V<'_>, out: &mut String) {
     }
 }
 
-/// Evaluates `node` over resolved slot values. A result that is a list, map or record is a
+/// Evaluates `program` over resolved slot values. A result that is a list, map or record is a
 /// [`Fallback`] (see [`to_value`]), so every `Ok` converts.
-pub(crate) fn eval<'a>(node: &'a Node, slots: &'a [Option<Lent<'a>>]) -> Result<V<'a>, Fallback> {
-    let v = Ctx { slots, ops: 0 }.eval(node)?;
+pub(crate) fn eval<'a>(program: &'a Program, slots: &'a [Lent<'a>]) -> Result<V<'a>, Fallback> {
+    let v = Ctx {
+        slots,
+        ops: program.ops,
+    }
+    .eval(&program.node)?;
     match v {
         V::Ref(Value::Bytes(_)) | V::Int(_) | V::Float(_) | V::Bool(_) | V::Str(_) => Ok(v),
         V::Char(_) | V::Unit => Ok(v),
@@ -613,19 +657,23 @@ pub(crate) fn eval<'a>(node: &'a Node, slots: &'a [Option<Lent<'a>>]) -> Result<
 /// Evaluates `node` and appends its rendering to `out`. On [`Fallback`] `out` may hold part of
 /// the rendering: the caller truncates it.
 pub(crate) fn render<'a>(
-    node: &'a Node,
-    slots: &'a [Option<Lent<'a>>],
+    program: &'a Program,
+    slots: &'a [Lent<'a>],
     out: &mut String,
 ) -> Result<(), Fallback> {
-    Ctx { slots, ops: 0 }.render(node, out)
+    Ctx {
+        slots,
+        ops: program.ops,
+    }
+    .render(&program.node, out)
 }
 
 /// An upper bound of the operations rhai counts for one node (expression, call, index): when the
-/// native tally passes rhai's budget, rhai might have stopped, so the native lane hands over.
+/// native tally could pass rhai's budget, rhai might have stopped, so the native lane hands over.
 const OPS_PER_NODE: u64 = 4;
 
 struct Ctx<'a> {
-    slots: &'a [Option<Lent<'a>>],
+    slots: &'a [Lent<'a>],
     ops: u64,
 }
 
@@ -641,19 +689,12 @@ impl<'a> Ctx<'a> {
     /// Slot `n`'s value: a lent string as it is, a value as the rhai bridge converts it.
     #[inline(always)]
     fn slot(&self, n: usize) -> Result<V<'a>, Fallback> {
-        Ok(
-            match self.slots.get(n).and_then(Option::as_ref).ok_or(Fallback)? {
-                Lent::Str(s) => V::Str(Cow::Borrowed(s)),
-                Lent::Value(v) => from_value(v),
-            },
-        )
-    }
-
-    fn bool(&mut self, node: &'a Node) -> Result<bool, Fallback> {
-        match self.eval(node)? {
-            V::Bool(b) => Ok(b),
-            _ => Err(Fallback),
-        }
+        Ok(match self.slots.get(n).ok_or(Fallback)? {
+            Lent::Str(s) => V::Str(Cow::Borrowed(s)),
+            Lent::Value(v) => from_value(v),
+            Lent::Number(n) => from_number(*n),
+            Lent::Bool(b) => V::Bool(*b),
+        })
     }
 
     /// Evaluates an operand: leaves (slots and literals, the usual operands) without a
@@ -661,35 +702,18 @@ impl<'a> Ctx<'a> {
     #[inline(always)]
     fn operand(&mut self, node: &'a Node) -> Result<V<'a>, Fallback> {
         match node {
-            Node::Slot(n) => {
-                self.charge(OPS_PER_NODE)?;
-                self.slot(*n)
-            }
-            Node::Int(i) => {
-                self.charge(OPS_PER_NODE)?;
-                Ok(V::Int(*i))
-            }
-            Node::Float(f) => {
-                self.charge(OPS_PER_NODE)?;
-                Ok(V::Float(*f))
-            }
-            Node::Str(s) => {
-                self.charge(OPS_PER_NODE)?;
-                Ok(V::Str(Cow::Borrowed(s)))
-            }
+            Node::Slot(n) => self.slot(*n),
+            Node::Int(i) => Ok(V::Int(*i)),
+            Node::Float(f) => Ok(V::Float(*f)),
+            Node::Str(s) => Ok(V::Str(Cow::Borrowed(s))),
             // `len(x)` of a slot, the commonest call.
             Node::Call(Func::Len, args) if matches!(args.as_slice(), [Node::Slot(_)]) => {
-                self.charge(2 * OPS_PER_NODE)?;
                 let Some(Node::Slot(n)) = args.first() else {
                     return Err(Fallback);
                 };
-                match self
-                    .slots
-                    .get(*n)
-                    .and_then(Option::as_ref)
-                    .ok_or(Fallback)?
-                {
+                match self.slots.get(*n).ok_or(Fallback)? {
                     Lent::Str(s) => count(s.chars().count()),
+                    Lent::Number(_) | Lent::Bool(_) => Err(Fallback),
                     Lent::Value(v) => match &**v {
                         Value::Str(s) => count(s.chars().count()),
                         v => count(collection_len(v)?),
@@ -700,34 +724,21 @@ impl<'a> Ctx<'a> {
         }
     }
 
+    /// Evaluates `node`. The common nodes (leaves, operators, sums, calls) are handled here;
+    /// the rest in [`Ctx::rare`], so that this frame, entered for every inner node, stays small.
     fn eval(&mut self, node: &'a Node) -> Result<V<'a>, Fallback> {
-        self.charge(OPS_PER_NODE)?;
-        Ok(match node {
-            Node::Int(i) => V::Int(*i),
-            Node::Float(f) => V::Float(*f),
-            Node::Bool(b) => V::Bool(*b),
-            Node::Str(s) => V::Str(Cow::Borrowed(s)),
-            Node::Unit => V::Unit,
-            Node::Slot(n) => self.slot(*n)?,
-            Node::Neg(x) => match self.eval(x)? {
-                V::Int(i) => V::Int(i.checked_neg().ok_or(Fallback)?),
-                V::Float(f) => V::Float(-f),
-                _ => return Err(Fallback),
-            },
-            Node::Not(x) => V::Bool(!self.bool(x)?),
-            Node::Bin(Op::And, l, r) => V::Bool(self.bool(l)? && self.bool(r)?),
-            Node::Bin(Op::Or, l, r) => V::Bool(self.bool(l)? || self.bool(r)?),
-            Node::Bin(Op::In, l, r) => {
-                let (needle, hay) = (self.operand(l)?, self.operand(r)?);
-                V::Bool(self.contains(hay, needle)?)
-            }
-            Node::Bin(Op::NotIn, l, r) => {
-                let (needle, hay) = (self.operand(l)?, self.operand(r)?);
-                V::Bool(!self.contains(hay, needle)?)
-            }
+        match node {
+            Node::Slot(n) => self.slot(*n),
+            Node::Int(i) => Ok(V::Int(*i)),
+            Node::Float(f) => Ok(V::Float(*f)),
+            Node::Bool(b) => Ok(V::Bool(*b)),
+            Node::Str(s) => Ok(V::Str(Cow::Borrowed(s))),
+            Node::Unit => Ok(V::Unit),
+            Node::Not(_) | Node::Bin(Op::And | Op::Or, ..) => self.bool(node).map(V::Bool),
+            Node::Bin(Op::In | Op::NotIn, ..) => self.rare(node),
             Node::Bin(op, l, r) => {
                 let (l, r) = (self.operand(l)?, self.operand(r)?);
-                binary(*op, l, r)?
+                binary(*op, l, r)
             }
             Node::Sum(terms) => {
                 let mut acc = V::Unit;
@@ -735,7 +746,58 @@ impl<'a> Ctx<'a> {
                     let v = self.operand(term)?;
                     acc = if i == 0 { v } else { binary(Op::Add, acc, v)? };
                 }
-                acc
+                Ok(acc)
+            }
+            Node::Call(f, args) => self.call(*f, args),
+            Node::Neg(_) | Node::If(..) | Node::Index(..) | Node::Field(..) => self.rare(node),
+        }
+    }
+
+    /// A node that must be a bool: a condition, an operand of `&&`, `||` or `!`, an `if`'s
+    /// test. The connectives and comparisons answer a bool without building a value.
+    fn bool(&mut self, node: &'a Node) -> Result<bool, Fallback> {
+        match node {
+            Node::Bin(Op::And, l, r) => Ok(self.bool(l)? && self.bool(r)?),
+            Node::Bin(Op::Or, l, r) => Ok(self.bool(l)? || self.bool(r)?),
+            Node::Not(x) => Ok(!self.bool(x)?),
+            Node::Bool(b) => Ok(*b),
+            Node::Call(Func::Contains, args) => match args.as_slice() {
+                [hay, needle] => {
+                    let (hay, needle) = (self.operand(hay)?, self.operand(needle)?);
+                    self.contains(hay, needle)
+                }
+                _ => Err(Fallback),
+            },
+            Node::Bin(op @ (Op::Eq | Op::Ne | Op::Lt | Op::Le | Op::Gt | Op::Ge), l, r) => {
+                let (l, r) = (self.operand(l)?, self.operand(r)?);
+                match binary(*op, l, r)? {
+                    V::Bool(b) => Ok(b),
+                    _ => Err(Fallback),
+                }
+            }
+            _ => match self.eval(node)? {
+                V::Bool(b) => Ok(b),
+                _ => Err(Fallback),
+            },
+        }
+    }
+
+    /// The nodes operators write less often: `-x`, `in`, `if`, `x[i]`, `x.field`.
+    #[inline(never)]
+    fn rare(&mut self, node: &'a Node) -> Result<V<'a>, Fallback> {
+        Ok(match node {
+            Node::Neg(x) => match self.eval(x)? {
+                V::Int(i) => V::Int(i.checked_neg().ok_or(Fallback)?),
+                V::Float(f) => V::Float(-f),
+                _ => return Err(Fallback),
+            },
+            Node::Bin(Op::In, l, r) => {
+                let (needle, hay) = (self.operand(l)?, self.operand(r)?);
+                V::Bool(self.contains(hay, needle)?)
+            }
+            Node::Bin(Op::NotIn, l, r) => {
+                let (needle, hay) = (self.operand(l)?, self.operand(r)?);
+                V::Bool(!self.contains(hay, needle)?)
             }
             Node::If(c, a, b) => {
                 if self.bool(c)? {
@@ -756,14 +818,14 @@ impl<'a> Ctx<'a> {
                 }
                 _ => return Err(Fallback),
             },
-            Node::Call(f, args) => self.call(*f, args)?,
+            _ => self.eval(node)?,
         })
     }
 
     /// `hay.contains(needle)`, which is also what `needle in hay` runs in rhai.
     fn contains(&mut self, hay: V<'a>, needle: V<'a>) -> Result<bool, Fallback> {
         Ok(match (hay, needle) {
-            (V::Str(s), V::Str(p)) => s.contains(&*p),
+            (V::Str(s), V::Str(p)) => str_contains(&s, &p),
             (V::Str(s), V::Char(c)) => s.contains(c),
             (V::Ref(m @ (Value::Map(_) | Value::Record(_))), V::Str(k)) => field(m, &k).is_some(),
             (V::Ref(Value::Bytes(b)), V::Int(i)) => {
@@ -840,7 +902,6 @@ impl<'a> Ctx<'a> {
     fn render(&mut self, node: &'a Node, out: &mut String) -> Result<(), Fallback> {
         match node {
             Node::If(c, a, b) => {
-                self.charge(OPS_PER_NODE)?;
                 if self.bool(c)? {
                     self.render(a, out)
                 } else if let Some(b) = b {
@@ -862,7 +923,6 @@ impl<'a> Ctx<'a> {
     /// the terms add up as values; from then on every term is appended to `out` as rhai's string
     /// `+` would append it.
     fn render_sum(&mut self, terms: &'a [Node], out: &mut String) -> Result<(), Fallback> {
-        self.charge(OPS_PER_NODE)?;
         let start = out.len();
         let mut acc: Option<V<'a>> = None; // `None`: the sum so far is a string, in `out`
         for (i, term) in terms.iter().enumerate() {
@@ -892,6 +952,16 @@ impl<'a> Ctx<'a> {
             Some(v) => render_v(&v, out),
             None => Ok(()),
         }
+    }
+}
+
+/// `s.contains(p)`; a one-byte needle (ASCII, which never occurs inside a longer UTF-8
+/// sequence) is found by a byte scan, without the substring searcher's setup.
+#[inline]
+fn str_contains(s: &str, p: &str) -> bool {
+    match p.as_bytes() {
+        [b] => s.as_bytes().contains(b),
+        _ => s.contains(p),
     }
 }
 
@@ -977,37 +1047,47 @@ fn position(i: i64, len: usize) -> Result<usize, Fallback> {
     crate::value::resolve_index(i, len).ok_or(Fallback)
 }
 
+/// `l op r` for the operators other than `&&`, `||`, `in`: numbers here, the rest in
+/// [`binary_other`].
+#[inline]
 fn binary<'a>(op: Op, l: V<'a>, r: V<'a>) -> Result<V<'a>, Fallback> {
-    use std::cmp::Ordering;
     // Mixed int/float arithmetic and comparison is done in floats, as rhai does.
     #[allow(clippy::cast_precision_loss)]
-    let floats = match (&l, &r) {
-        (V::Int(a), V::Float(b)) => Some((*a as f64, *b)),
-        (V::Float(a), V::Int(b)) => Some((*a, *b as f64)),
-        (V::Float(a), V::Float(b)) => Some((*a, *b)),
-        _ => None,
-    };
-    if let (V::Int(a), V::Int(b)) = (&l, &r) {
-        let (a, b) = (*a, *b);
-        return Ok(match op {
-            Op::Add => V::Int(a.checked_add(b).ok_or(Fallback)?),
-            Op::Sub => V::Int(a.checked_sub(b).ok_or(Fallback)?),
-            Op::Mul => V::Int(a.checked_mul(b).ok_or(Fallback)?),
-            Op::Div => V::Int(a.checked_div(b).ok_or(Fallback)?),
-            Op::Rem => V::Int(a.checked_rem(b).ok_or(Fallback)?),
-            _ => V::Bool(compare(op, a.cmp(&b))?),
-        });
+    match (&l, &r) {
+        (V::Int(a), V::Int(b)) => int_binary(op, *a, *b),
+        (V::Float(a), V::Float(b)) => float_binary(op, *a, *b),
+        (V::Int(a), V::Float(b)) => float_binary(op, *a as f64, *b),
+        (V::Float(a), V::Int(b)) => float_binary(op, *a, *b as f64),
+        _ => binary_other(op, l, r),
     }
-    if let Some((a, b)) = floats {
-        return Ok(match op {
-            Op::Add => V::Float(a + b),
-            Op::Sub => V::Float(a - b),
-            Op::Mul => V::Float(a * b),
-            Op::Div if b != 0.0 => V::Float(a / b),
-            Op::Eq | Op::Ne | Op::Lt | Op::Le | Op::Gt | Op::Ge => V::Bool(float_compare(op, a, b)),
-            _ => return Err(Fallback),
-        });
-    }
+}
+
+fn int_binary(op: Op, a: i64, b: i64) -> Result<V<'static>, Fallback> {
+    Ok(match op {
+        Op::Add => V::Int(a.checked_add(b).ok_or(Fallback)?),
+        Op::Sub => V::Int(a.checked_sub(b).ok_or(Fallback)?),
+        Op::Mul => V::Int(a.checked_mul(b).ok_or(Fallback)?),
+        Op::Div => V::Int(a.checked_div(b).ok_or(Fallback)?),
+        Op::Rem => V::Int(a.checked_rem(b).ok_or(Fallback)?),
+        _ => V::Bool(compare(op, a.cmp(&b))?),
+    })
+}
+
+fn float_binary(op: Op, a: f64, b: f64) -> Result<V<'static>, Fallback> {
+    Ok(match op {
+        Op::Add => V::Float(a + b),
+        Op::Sub => V::Float(a - b),
+        Op::Mul => V::Float(a * b),
+        Op::Div if b != 0.0 => V::Float(a / b),
+        Op::Eq | Op::Ne | Op::Lt | Op::Le | Op::Gt | Op::Ge => V::Bool(float_compare(op, a, b)),
+        _ => return Err(Fallback),
+    })
+}
+
+/// `l op r` where not both are numbers: string concatenation and comparison.
+#[inline(never)]
+fn binary_other<'a>(op: Op, l: V<'a>, r: V<'a>) -> Result<V<'a>, Fallback> {
+    use std::cmp::Ordering;
     if op == Op::Add {
         // String concatenation (what rhai's string `+` does with these operand types).
         let mut s = String::new();
@@ -1077,18 +1157,18 @@ mod tests {
 
     fn run(text: &str, slots: &[Value]) -> Result<Value, Fallback> {
         let node = parse(text, slots.len()).expect("native");
-        let slots: Vec<Option<Lent<'_>>> = slots
+        let slots: Vec<Lent<'_>> = slots
             .iter()
-            .map(|v| Some(Lent::Value(Cow::Borrowed(v))))
+            .map(|v| Lent::Value(Cow::Borrowed(v)))
             .collect();
         eval(&node, &slots).and_then(to_value)
     }
 
     fn render_text(text: &str, slots: &[Value]) -> Result<String, Fallback> {
         let node = parse(text, slots.len()).expect("native");
-        let slots: Vec<Option<Lent<'_>>> = slots
+        let slots: Vec<Lent<'_>> = slots
             .iter()
-            .map(|v| Some(Lent::Value(Cow::Borrowed(v))))
+            .map(|v| Lent::Value(Cow::Borrowed(v)))
             .collect();
         let mut out = String::new();
         render(&node, &slots, &mut out).map(|()| out)

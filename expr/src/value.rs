@@ -167,6 +167,16 @@ impl<T: Into<Value>> From<Option<T>> for Value {
     }
 }
 
+impl From<Number> for Value {
+    fn from(n: Number) -> Self {
+        match n {
+            Number::Int(i) => Value::Int(i),
+            Number::UInt(u) => Value::UInt(u),
+            Number::Float(f) => Value::Float(f),
+        }
+    }
+}
+
 impl From<Vec<Value>> for Value {
     fn from(v: Vec<Value>) -> Self {
         Value::List(v)

@@ -166,7 +166,8 @@ fn check_lanes(expr: &str, vars: &[(&str, Value)]) -> Result<(), TestCaseError> 
     Ok(())
 }
 
-/// A lookup that lends the strings it holds as [`Lent::Str`] (the rest as values).
+/// A lookup that lends the strings it holds as [`Lent::Str`], numbers and bools by value (as
+/// Sonde's agent does), the rest as values.
 struct Lending<'a>(&'a [(&'a str, Value)]);
 
 impl Lookup for Lending<'_> {
@@ -177,6 +178,10 @@ impl Lookup for Lending<'_> {
     fn lend_path(&self, path: &Path) -> Result<Lent<'_>, EvalError> {
         Ok(match self.0.get_path(path)? {
             Cow::Borrowed(Value::Str(s)) => Lent::Str(s),
+            Cow::Borrowed(Value::Int(i)) => Lent::Number(Number::Int(*i)),
+            Cow::Borrowed(Value::UInt(u)) => Lent::Number(Number::UInt(*u)),
+            Cow::Borrowed(Value::Float(f)) => Lent::Number(Number::Float(*f)),
+            Cow::Borrowed(Value::Bool(b)) => Lent::Bool(*b),
             v => Lent::Value(v),
         })
     }

@@ -257,8 +257,23 @@ impl SeriesCache {
         probe(self.live()?, hash, values)
     }
 
-    /// The cached series for a label set, made with `make` on first use, or the overflow series
-    /// (made by `make` with every value [`OVERFLOW_LABEL`]) once `max_series` label sets exist.
+    /// Calls `f` with the cached series for a label set (see [`SeriesCache::with`]), made with
+    /// `make` on first use, or with the overflow series (made by `make` with every value
+    /// [`OVERFLOW_LABEL`]) once `max_series` label sets exist.
+    #[inline]
+    pub fn with_made<R>(
+        &self,
+        values: &[&str],
+        max_series: usize,
+        make: impl Fn(&[&str]) -> Option<Arc<dyn Series>>,
+        f: impl FnOnce(&dyn Series) -> R,
+    ) -> Option<R> {
+        let overflow = || make(&vec![OVERFLOW_LABEL; values.len()]);
+        self.with(values, max_series, &make, overflow, f)
+    }
+
+    /// As [`SeriesCache::with_made`], returning the series itself.
+    #[cfg(test)]
     pub fn get(
         &self,
         values: &[&str],

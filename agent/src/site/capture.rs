@@ -11,7 +11,7 @@ use std::{
     fmt,
 };
 
-use sonde_expr::{EvalError, Lent, Lookup, Path, Segment, Value};
+use sonde_expr::{EvalError, Lent, Lookup, Number, Path, Segment, Value};
 
 /// A value a probe site can capture.
 ///
@@ -60,6 +60,14 @@ pub trait Capture {
     /// `capture` returns as [`Value::Str`].
     fn as_str(&self) -> Option<&str> {
         None
+    }
+
+    /// This value lent to an expression without building a [`Value`], if it can be: a string in
+    /// place (by default what [`Capture::as_str`] gives), a number or a bool by value. `None`:
+    /// it is converted with [`Capture::capture`]. When `Some`, it must read as what `capture`
+    /// returns. A redacted value is never asked.
+    fn lend(&self) -> Option<Lent<'_>> {
+        self.as_str().map(Lent::Str)
     }
 
     /// Whether this value is redacted whatever its name (`#[capture(redact)]` on its type or
@@ -117,6 +125,9 @@ macro_rules! forward {
             fn as_str(&self) -> Option<&str> {
                 (**self).as_str()
             }
+            fn lend(&self) -> Option<Lent<'_>> {
+                (**self).lend()
+            }
             fn redacted(&self) -> bool {
                 (**self).redacted()
             }
@@ -132,6 +143,7 @@ macro_rules! signed {
     ($($t:ty),*) => {$(
         impl Capture for $t {
             fn capture(&self) -> Value { Value::Int(i64::from(*self)) }
+            fn lend(&self) -> Option<Lent<'_>> { Some(Lent::Number(Number::Int(i64::from(*self)))) }
         }
     )*};
 }
@@ -141,6 +153,7 @@ macro_rules! unsigned {
     ($($t:ty),*) => {$(
         impl Capture for $t {
             fn capture(&self) -> Value { Value::UInt(u64::from(*self)) }
+            fn lend(&self) -> Option<Lent<'_>> { Some(Lent::Number(Number::UInt(u64::from(*self)))) }
         }
     )*};
 }
@@ -150,11 +163,17 @@ impl Capture for isize {
     fn capture(&self) -> Value {
         Value::Int(*self as i64)
     }
+    fn lend(&self) -> Option<Lent<'_>> {
+        Some(Lent::Number(Number::Int(*self as i64)))
+    }
 }
 
 impl Capture for usize {
     fn capture(&self) -> Value {
         Value::UInt(*self as u64)
+    }
+    fn lend(&self) -> Option<Lent<'_>> {
+        Some(Lent::Number(Number::UInt(*self as u64)))
     }
 }
 
@@ -174,17 +193,26 @@ impl Capture for f32 {
     fn capture(&self) -> Value {
         Value::Float(f64::from(*self))
     }
+    fn lend(&self) -> Option<Lent<'_>> {
+        Some(Lent::Number(Number::Float(f64::from(*self))))
+    }
 }
 
 impl Capture for f64 {
     fn capture(&self) -> Value {
         Value::Float(*self)
     }
+    fn lend(&self) -> Option<Lent<'_>> {
+        Some(Lent::Number(Number::Float(*self)))
+    }
 }
 
 impl Capture for bool {
     fn capture(&self) -> Value {
         Value::Bool(*self)
+    }
+    fn lend(&self) -> Option<Lent<'_>> {
+        Some(Lent::Bool(*self))
     }
 }
 
@@ -261,6 +289,9 @@ impl<T: Capture> Capture for Option<T> {
     }
     fn as_str(&self) -> Option<&str> {
         self.as_ref()?.as_str()
+    }
+    fn lend(&self) -> Option<Lent<'_>> {
+        self.as_ref()?.lend()
     }
     fn redacted(&self) -> bool {
         self.as_ref().is_some_and(Capture::redacted)
@@ -358,6 +389,19 @@ impl HitVars<'_> {
         let i = self.names.iter().position(|n| *n == name)?;
         self.values.get(i).copied()
     }
+
+    /// The root of `path`: by the position remembered for this site's names (the same static
+    /// list on every hit), else by name, remembering where it was.
+    #[inline]
+    fn root(&self, path: &Path) -> Option<&dyn Capture> {
+        let order = self.names.as_ptr() as usize;
+        if let Some(i) = path.root_position(order) {
+            return self.values.get(i).copied();
+        }
+        let i = self.names.iter().position(|n| *n == path.root())?;
+        path.remember_root(order, i);
+        self.values.get(i).copied()
+    }
 }
 
 /// The value of a capture as expressions see it: redacted values and fields are gone.
@@ -373,8 +417,9 @@ pub(crate) fn scrubbed(node: &dyn Capture) -> Value {
 impl HitVars<'_> {
     /// Walks `path` as far as the captured types offer field and element access: the node
     /// reached and how many segments it took.
+    #[inline(always)]
     fn walk(&self, path: &Path) -> Result<(&dyn Capture, usize), EvalError> {
-        let mut node = self.find(path.root()).ok_or(EvalError::MissingVariable)?;
+        let mut node = self.root(path).ok_or(EvalError::MissingVariable)?;
         let mut walked = 0;
         for seg in path.segments() {
             if node.redacted() {
@@ -422,16 +467,23 @@ impl Lookup for HitVars<'_> {
 
     fn lend_path(&self, path: &Path) -> Result<Lent<'_>, EvalError> {
         let (node, walked) = self.walk(path)?;
-        if walked == path.segments().len() {
-            if node.redacted() {
-                return Ok(Lent::Str(super::redact::REDACTED));
-            }
-            if let Some(s) = node.as_str() {
-                return Ok(Lent::Str(s));
-            }
+        let rest = &path.segments()[walked..];
+        if !rest.is_empty() {
+            return self.reach(node, rest).map(Lent::Value);
         }
-        self.reach(node, &path.segments()[walked..])
-            .map(Lent::Value)
+        if node.redacted() {
+            return Ok(Lent::Str(super::redact::REDACTED));
+        }
+        if let Some(lent) = node.lend() {
+            return Ok(lent);
+        }
+        Ok(match Lent::owned(node.capture()) {
+            Lent::Value(Cow::Owned(mut value)) => {
+                super::redact::scrub(&mut value);
+                Lent::Value(Cow::Owned(value))
+            }
+            lent => lent,
+        })
     }
 
     fn get_path(&self, path: &Path) -> Result<Cow<'_, Value>, EvalError> {

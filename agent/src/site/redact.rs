@@ -264,6 +264,7 @@ pub(crate) fn is_redacted(name: &str) -> bool {
 }
 
 /// Scrubs a value read whole, with the process's list (see [`Redaction::scrub`]).
+#[inline]
 pub(crate) fn scrub(value: &mut Value) {
     if matches!(value, Value::Record(_) | Value::Map(_) | Value::List(_)) {
         CURRENT.load().scrub(value);

@@ -114,8 +114,13 @@ impl FireBudget {
 
     /// Takes one fire if the budget allows.
     pub(crate) fn try_fire(&self) -> bool {
-        if self.remaining.load(Ordering::Relaxed) == 0 {
+        let remaining = self.remaining.load(Ordering::Relaxed);
+        if remaining == 0 {
             return false;
+        }
+        // Unlimited (the usual metric tracepoint): nothing to take, so no locked write per hit.
+        if remaining < 0 && self.period_ms == 0 {
+            return true;
         }
         if self.period_ms > 0 {
             let now = now_unix_ms();

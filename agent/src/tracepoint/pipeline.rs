@@ -68,16 +68,19 @@ impl BoundMetric {
         }
     }
 
-    /// The cached series for a label set, creating it (or folding into overflow past the cap).
-    fn series_for(&self, values: &[&str], max_series: usize) -> (Option<Arc<dyn Series>>, bool) {
+    /// Runs `f` on the cached series for a label set, creating it (or folding into overflow past
+    /// the cap), without cloning it; also says whether the set folded into overflow.
+    fn with_series<R>(
+        &self,
+        values: &[&str],
+        max_series: usize,
+        f: impl FnOnce(&dyn Series) -> R,
+    ) -> (Option<R>, bool) {
         let before = self.series.overflowed.load(Ordering::Relaxed);
-        let series = self
+        let r = self
             .series
-            .get(values, max_series, |v| make_series(&self.instruments, v));
-        (
-            series,
-            self.series.overflowed.load(Ordering::Relaxed) != before,
-        )
+            .with_made(values, max_series, |v| make_series(&self.instruments, v), f);
+        (r, self.series.overflowed.load(Ordering::Relaxed) != before)
     }
 }
 
@@ -397,17 +400,18 @@ impl Installed {
             for (slot, buf) in values.iter_mut().zip(bufs.iter()).take(n) {
                 *slot = buf.as_str();
             }
-            let (series, overflowed) = m.series_for(&values[..n], self.budgets.max_series);
+            let (recorded, overflowed) =
+                m.with_series(&values[..n], self.budgets.max_series, |series| {
+                    if weight > 1 {
+                        series.record_weighted(value, weight)
+                    } else {
+                        series.record(value)
+                    }
+                });
             if overflowed && let Some(own) = &self.own {
                 own.overflow.inc();
             }
-            match series {
-                Some(series) if weight > 1 => series
-                    .record_weighted(value, weight)
-                    .map_err(Failure::Record),
-                Some(series) => series.record(value).map_err(Failure::Record),
-                None => Ok(()),
-            }
+            recorded.unwrap_or(Ok(())).map_err(Failure::Record)
         });
         match recorded {
             Ok(()) => {}

@@ -7,9 +7,10 @@
 use std::borrow::Cow;
 
 use libfuzzer_sys::fuzz_target;
-use sonde_expr::{compile, EvalError, ExprKind, Lent, Lookup, Path, Value};
+use sonde_expr::{compile, EvalError, ExprKind, Lent, Lookup, Number, Path, Value};
 
-/// A lookup that lends the strings it holds (as Sonde's agent does) instead of handing `Value`s.
+/// A lookup that lends the strings it holds in place and numbers and bools by value (as Sonde's
+/// agent does) instead of handing `Value`s.
 struct Lending<'a>(&'a [(&'static str, Value)]);
 
 impl Lookup for Lending<'_> {
@@ -20,6 +21,10 @@ impl Lookup for Lending<'_> {
     fn lend_path(&self, path: &Path) -> Result<Lent<'_>, EvalError> {
         Ok(match self.0.get_path(path)? {
             Cow::Borrowed(Value::Str(s)) => Lent::Str(s),
+            Cow::Borrowed(Value::Int(i)) => Lent::Number(Number::Int(*i)),
+            Cow::Borrowed(Value::UInt(u)) => Lent::Number(Number::UInt(*u)),
+            Cow::Borrowed(Value::Float(f)) => Lent::Number(Number::Float(*f)),
+            Cow::Borrowed(Value::Bool(b)) => Lent::Bool(*b),
             v => Lent::Value(v),
         })
     }
