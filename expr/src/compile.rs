@@ -250,7 +250,6 @@ impl Compiler<'_> {
         Ok(Unit::Rhai {
             ast,
             slots: ids,
-            names,
             native,
         })
     }

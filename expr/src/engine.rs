@@ -8,16 +8,19 @@
 //! - `eval`, `print`, `debug`, `import`, `export` and the assignment operators are disabled
 //!   symbols; `print`/`debug` output would go nowhere in any case;
 //! - strict variables (every name must be a known slot), invalid map properties fail;
-//! - captured values are pushed as constants, so a mutating method (`items.push(1)`) fails;
+//! - captured values reach rhai through its variable resolver, which makes them read-only like
+//!   constants, so a mutating method (`items.push(1)`) fails;
 //! - budgets: [`MAX_OPERATIONS`] operations, expression depth [`MAX_EXPR_DEPTH`], strings of
 //!   [`MAX_STRING_SIZE`] bytes, lists and maps of [`MAX_COLLECTION_SIZE`] items. There is no
 //!   call-depth limit to set: with `no_function` no script function exists, so calls cannot nest
 //!   beyond what the expression depth allows (rhai offers `set_max_call_levels` only with script
 //!   functions).
 
+use std::cell::RefCell;
 use std::sync::OnceLock;
 
 use rhai::{Dynamic, Engine, EvalAltResult, INT, ImmutableString, OptimizationLevel};
+use smallvec::SmallVec;
 
 use crate::error::EvalError;
 use crate::value::{Value, write_f64, write_hex, write_i64, write_quoted};
@@ -34,6 +37,40 @@ pub const MAX_COLLECTION_SIZE: usize = 10_000;
 const MAX_VALUE_DEPTH: usize = 32;
 
 type RhaiResult<T> = Result<T, Box<EvalAltResult>>;
+
+/// The values of one evaluation's slots, in slot order.
+pub(crate) type Slots = SmallVec<[Dynamic; 8]>;
+
+thread_local! {
+    /// The slots of the evaluation running on this thread, read by the engine's variable
+    /// resolver: filled once per evaluation, with no scope to refill (a scope entry costs an
+    /// allocation for its name on every push).
+    static SLOTS: RefCell<Slots> = const { RefCell::new(SmallVec::new_const()) };
+}
+
+/// Runs `f` (an evaluation) with `values` as its slots `_v0`, `_v1`, …; the slots of an
+/// evaluation it interrupted, if any, are back in place afterwards, panic or not.
+pub(crate) fn with_slots<R>(values: Slots, f: impl FnOnce() -> R) -> R {
+    struct Restore(Option<Slots>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            if let Some(prev) = self.0.take() {
+                let _ = SLOTS.try_with(|s| s.replace(prev));
+            }
+        }
+    }
+    let _restore = Restore(SLOTS.try_with(|s| s.replace(values)).ok());
+    f()
+}
+
+/// The value of slot `name` (`_vN`) of the running evaluation.
+fn slot_value(name: &str) -> Option<Dynamic> {
+    let n: usize = name.strip_prefix("_v")?.parse().ok()?;
+    SLOTS
+        .try_with(|s| s.try_borrow().ok()?.get(n).cloned())
+        .ok()
+        .flatten()
+}
 
 /// The shared engine.
 pub(crate) fn engine() -> &'static Engine {
@@ -58,6 +95,10 @@ fn build() -> Engine {
         .set_max_variables(4096)
         .on_print(|_| {})
         .on_debug(|_, _, _| {});
+    // The slots `_v0`, `_v1`, … of the evaluation running on this thread (see [`with_slots`]).
+    // rhai marks what a resolver returns read-only, as it does a constant in a scope.
+    #[allow(deprecated)] // `on_var` is not deprecated; rhai marks it so to say it may change
+    e.on_var(|name, _, _| Ok(slot_value(name)));
     for symbol in [
         "eval", "print", "debug", "import", "export", "while", "loop", "for", "do", "until", "=",
         "+=", "-=", "*=", "/=", "%=", "**=", "<<=", ">>=", "&=", "|=", "^=", "??=",

@@ -13,26 +13,27 @@
 //! - native: simple operator expressions over slots and literals (`order.total * 2`,
 //!   `len > 3 && name == "x"`) are evaluated by the `native` module without rhai; whatever that
 //!   lane cannot answer exactly falls through to rhai.
-//! - rhai: a per-thread [`Scope`] is cleared (keeping its capacity) and refilled with just this
-//!   unit's slots, each converted to a rhai value, pushed as constants, then the AST runs on the
-//!   shared engine. A thread that re-enters evaluation from inside its own lookup gets a fresh
-//!   scope instead. rhai's `on_var` resolver was measured as the alternative: about the same
-//!   (280–290 ns for `_v0 > 3 && _v1 == "x"`, against 205 ns of evaluation plus about 100 ns to
-//!   refill two slots), but it needs the caller's lookup smuggled to a `'static` callback through
-//!   a thread-local raw pointer, and cannot mark values constant; the scope was kept.
+//! - rhai: the unit's slots are converted to rhai values, once each, into a per-thread list
+//!   that the engine's variable resolver reads (`_vN` is item N), then the AST runs on the
+//!   shared engine. Refilling a per-thread `Scope` instead (cleared, then a constant pushed per
+//!   slot) allocated each slot's name on every hit: rhai's scope keeps names as shared strings.
+//!   The resolver marks what it returns read-only, as a constant in a scope is. An evaluation
+//!   that interrupts another on its thread (from inside a lookup) puts the other's slots back
+//!   when it ends.
 //!
 //! Every evaluation runs inside `catch_unwind`: a panic (in rhai or in the lookup) becomes
 //! [`EvalError::Panicked`].
 
-use std::cell::RefCell;
 use std::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 
-use rhai::{AST, Dynamic, ImmutableString, Scope};
+use rhai::{AST, Dynamic, ImmutableString};
 use smallvec::SmallVec;
 
-use crate::engine::{engine, eval_error, from_dynamic, render_dynamic, to_dynamic};
+use crate::engine::{
+    Slots, engine, eval_error, from_dynamic, render_dynamic, to_dynamic, with_slots,
+};
 use crate::error::EvalError;
 use crate::kind::ExprKind;
 use crate::lookup::{Lent, Lookup, Path};
@@ -67,9 +68,8 @@ pub(crate) enum Unit {
     Path(usize),
     Rhai {
         ast: AST,
-        /// Slot `i` (rhai name `names[i]`) reads `Inner::paths[slots[i]]`.
+        /// Slot `i` (rhai name `_v{i}`) reads `Inner::paths[slots[i]]`.
         slots: Vec<usize>,
-        names: Vec<String>,
         /// The same expression for the native lane, when it is in the native subset.
         native: Option<native::Program>,
     },
@@ -85,10 +85,6 @@ enum Res<'a> {
 /// The values a native unit reads, one per slot, on the stack (the parser takes at most
 /// [`MAX_SLOTS`], so it never spills): only the slots filled are written and dropped.
 type Store<'a> = SmallVec<[Lent<'a>; MAX_SLOTS]>;
-
-thread_local! {
-    static SCOPE: RefCell<Scope<'static>> = RefCell::new(Scope::new());
-}
 
 impl Expr {
     /// The source as the user wrote it.
@@ -361,12 +357,7 @@ impl Expr {
                 let v = vars.get_path(&self.0.paths[*p])?;
                 f(Res::Value(&v))
             }
-            Unit::Rhai {
-                ast,
-                slots,
-                names,
-                native,
-            } => {
+            Unit::Rhai { ast, slots, native } => {
                 if let Some(node) = native {
                     let mut f = Some(f);
                     let answered = self.with_lent(slots, vars, |lent| {
@@ -379,10 +370,7 @@ impl Expr {
                         (None, None) => return Err(EvalError::Runtime),
                     }
                 }
-                let d = SCOPE.with(|cell| match cell.try_borrow_mut() {
-                    Ok(mut scope) => self.run(&mut scope, ast, slots, names, vars),
-                    Err(_) => self.run(&mut Scope::new(), ast, slots, names, vars),
-                })?;
+                let d = self.run(ast, slots, vars)?;
                 f(Res::Dyn(&d))
             }
         }
@@ -399,13 +387,8 @@ impl Expr {
         L: Lookup + ?Sized,
     {
         match unit {
-            Unit::Rhai {
-                ast, slots, names, ..
-            } => {
-                let d = SCOPE.with(|cell| match cell.try_borrow_mut() {
-                    Ok(mut scope) => self.run(&mut scope, ast, slots, names, vars),
-                    Err(_) => self.run(&mut Scope::new(), ast, slots, names, vars),
-                })?;
+            Unit::Rhai { ast, slots, .. } => {
+                let d = self.run(ast, slots, vars)?;
                 f(Res::Dyn(&d))
             }
             _ => self.with_unit(unit, vars, f),
@@ -438,28 +421,21 @@ impl Expr {
 
     fn run<L: Lookup + ?Sized>(
         &self,
-        scope: &mut Scope<'static>,
         ast: &AST,
         slots: &[usize],
-        names: &[String],
         vars: &L,
     ) -> Result<Dynamic, EvalError> {
-        scope.clear();
-        for (&p, name) in slots.iter().zip(names) {
+        let mut values = Slots::new();
+        for &p in slots {
             // A lent string is copied once, into rhai's string, not first into a `Value`.
-            let v = match vars.lend_path(&self.0.paths[p])? {
+            values.push(match vars.lend_path(&self.0.paths[p])? {
                 Lent::Str(s) => Dynamic::from(ImmutableString::from(s)),
                 Lent::Value(v) => to_dynamic(&v)?,
                 Lent::Number(n) => to_dynamic(&Value::from(n))?,
                 Lent::Bool(b) => Dynamic::from_bool(b),
-            };
-            scope.push_constant_dynamic(name.as_str(), v);
+            });
         }
-        let r = engine()
-            .eval_ast_with_scope::<Dynamic>(scope, ast)
-            .map_err(|e| eval_error(&e));
-        scope.clear();
-        r
+        with_slots(values, || engine().eval_ast::<Dynamic>(ast)).map_err(|e| eval_error(&e))
     }
 }
 
