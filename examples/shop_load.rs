@@ -30,6 +30,22 @@
 //! The load generator shares the machine with the shop (2 cores here): closed loop, throughput
 //! is what the pair reaches; at a fixed `--rate` the throughput is the same in both phases and
 //! the CPU per request and latency ratios are the cost of the tracepoints.
+//!
+//! CPU time per request moves by several percent between phases of the same kind on a shared
+//! machine, more than the tracepoints cost. `--callgrind` runs the shop under valgrind's
+//! callgrind instead and counts the instructions it executes per request in each phase (exact
+//! and repeatable, whatever else the machine does; they do not show cache misses or the cost of
+//! atomic instructions). The shop then runs about 50 times slower, so give it a low `--rate`;
+//! its tracepoints get the whole CPU budget (`SONDE_AGENT_CPU_PERCENT=100`), so every hit is
+//! evaluated: the figure is the cost with no sampling. Set `SONDE_AGENT_CPU_PERCENT=1` (the
+//! default budget) to see it with sampling: valgrind slows the tracepoints and the rest of the
+//! process alike, and the budget is a share of the process's CPU, so the sample factors land near
+//! where they do at full speed (the settled factors are printed). The native phase is skipped
+//! (valgrind does not follow patched code).
+//!
+//! ```text
+//! target/release/examples/shop_load --callgrind --rate 100 --seconds 20 --connections 4
+//! ```
 
 #[path = "../tests/common/load.rs"]
 mod load;
@@ -76,7 +92,8 @@ fn spawn(cmd: &mut Command) -> anyhow::Result<(Proc, mpsc::Receiver<String>)> {
 
 /// Waits for a line starting with `prefix` and parses the address after it.
 fn address_after(rx: &mpsc::Receiver<String>, prefix: &str) -> anyhow::Result<SocketAddr> {
-    let deadline = Instant::now() + Duration::from_secs(30);
+    // Long enough for the shop to start under valgrind, which first reads its debug info.
+    let deadline = Instant::now() + Duration::from_secs(180);
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         let line = rx
@@ -89,27 +106,93 @@ fn address_after(rx: &mpsc::Receiver<String>, prefix: &str) -> anyhow::Result<So
     }
 }
 
-/// The CPU time a process has used (user + system), from `/proc/<pid>/stat`, whose times are in
-/// USER_HZ ticks (100 a second on Linux whatever the kernel's own tick).
-fn cpu_time(pid: u32) -> anyhow::Result<Duration> {
+/// The CPU time a process has used in user and in system mode, from `/proc/<pid>/stat`, whose
+/// times are in USER_HZ ticks (100 a second on Linux whatever the kernel's own tick).
+fn cpu_time(pid: u32) -> anyhow::Result<(Duration, Duration)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
     // Fields after the command name (which may hold spaces) start at `) `.
     let after = stat.rsplit_once(") ").context("a stat line")?.1;
     let fields: Vec<&str> = after.split_whitespace().collect();
-    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
-    let ticks: u64 = fields[11].parse::<u64>()? + fields[12].parse::<u64>()?;
-    Ok(Duration::from_millis(ticks * 10))
+    let ticks = |i: usize| -> anyhow::Result<Duration> {
+        Ok(Duration::from_millis(
+            fields.get(i).context("a stat field")?.parse::<u64>()? * 10,
+        ))
+    };
+    Ok((ticks(11)?, ticks(12)?))
 }
 
 struct Phase {
     name: &'static str,
     report: load::LoadReport,
     cpu: Duration,
+    /// The part of `cpu` spent in the kernel (the rest is the shop's own code).
+    sys: Duration,
+    /// Instructions the shop executed in the measured run (`--callgrind`).
+    instructions: Option<u64>,
 }
 
 impl Phase {
     fn cpu_per_request_us(&self) -> f64 {
         self.cpu.as_secs_f64() * 1e6 / self.report.ok.max(1) as f64
+    }
+
+    fn sys_per_request_us(&self) -> f64 {
+        self.sys.as_secs_f64() * 1e6 / self.report.ok.max(1) as f64
+    }
+
+    fn instructions_per_request(&self) -> Option<f64> {
+        self.instructions
+            .map(|i| i as f64 / self.report.ok.max(1) as f64)
+    }
+}
+
+/// Under `--callgrind`: where the shop's profile dumps go (kept, to read with
+/// `callgrind_annotate`: one file per measured phase, in order).
+struct Callgrind {
+    dir: PathBuf,
+}
+
+impl Callgrind {
+    /// Has callgrind write out the counts since its previous dump (and start from zero), and
+    /// returns the instructions in them.
+    fn dump(&self, pid: u32) -> anyhow::Result<u64> {
+        let before: Vec<PathBuf> = self.dumps()?;
+        let out = Command::new("callgrind_control")
+            .args(["--dump", &pid.to_string()])
+            .output()
+            .context("running callgrind_control (valgrind's package)")?;
+        ensure!(
+            out.status.success(),
+            "callgrind_control --dump {pid}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let new = loop {
+            if let Some(p) = self.dumps()?.into_iter().find(|p| !before.contains(p)) {
+                break p;
+            }
+            ensure!(Instant::now() < deadline, "callgrind wrote no dump");
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        // The file is complete once its `totals:` line (its last) is there.
+        loop {
+            let text = std::fs::read_to_string(&new)?;
+            if let Some(total) = text
+                .lines()
+                .find_map(|l| l.strip_prefix("totals:"))
+                .and_then(|t| t.split_whitespace().next())
+            {
+                return total.parse().context("callgrind's totals");
+            }
+            ensure!(Instant::now() < deadline, "callgrind's dump has no totals");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn dumps(&self) -> anyhow::Result<Vec<PathBuf>> {
+        Ok(std::fs::read_dir(&self.dir)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .collect())
     }
 }
 
@@ -117,21 +200,33 @@ impl Phase {
 fn measure(
     name: &'static str,
     shop: SocketAddr,
-    pid: u32,
+    (pid, callgrind): (u32, Option<&Callgrind>),
     (connections, seconds, rate): (usize, u64, Option<f64>),
     on_start: impl FnOnce() -> anyhow::Result<()>,
 ) -> anyhow::Result<Phase> {
     load::run_paced(shop, connections, Duration::from_secs(2), rate);
     on_start()?;
-    let before = cpu_time(pid)?;
+    if let Some(cg) = callgrind {
+        cg.dump(pid)?;
+    }
+    let (user0, sys0) = cpu_time(pid)?;
     let report = load::run_paced(shop, connections, Duration::from_secs(seconds), rate);
-    let cpu = cpu_time(pid)?.saturating_sub(before);
+    let (user1, sys1) = cpu_time(pid)?;
+    let sys = sys1.saturating_sub(sys0);
+    let cpu = user1.saturating_sub(user0) + sys;
+    let instructions = callgrind.map(|cg| cg.dump(pid)).transpose()?;
     ensure!(
         report.failed == 0,
         "{name}: {} requests failed",
         report.failed
     );
-    Ok(Phase { name, report, cpu })
+    Ok(Phase {
+        name,
+        report,
+        cpu,
+        sys,
+        instructions,
+    })
 }
 
 fn get(agent: &ureq::Agent, url: &str) -> anyhow::Result<String> {
@@ -151,12 +246,15 @@ struct Args {
     rate: Option<f64>,
     /// Whether to run the native-tracepoint phase.
     native: bool,
+    /// Whether to run the shop under callgrind and count its instructions per request.
+    callgrind: bool,
 }
 
 fn args() -> anyhow::Result<Args> {
     let (mut seconds, mut connections, mut rounds) = (15u64, 32usize, 2usize);
     let mut rate = None;
     let mut native = true;
+    let mut callgrind = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = |flag: &str| args.next().with_context(|| format!("{flag} needs a value"));
@@ -168,10 +266,13 @@ fn args() -> anyhow::Result<Args> {
             "--rounds" => rounds = value("--rounds")?.parse().context("--rounds")?,
             "--rate" => rate = Some(value("--rate")?.parse::<f64>().context("--rate")?),
             "--no-native" => native = false,
+            "--callgrind" => callgrind = true,
             "-h" | "--help" => {
                 println!(
                     "usage: shop_load [--seconds N (15)] [--connections N (32)] [--rounds N (2)] \
-                     [--rate REQUESTS_PER_SECOND (closed loop when absent)] [--no-native]"
+                     [--rate REQUESTS_PER_SECOND (closed loop when absent)] [--no-native] \
+                     [--callgrind (count the shop's instructions per request under valgrind; \
+                     give a low --rate, such as 100)]"
                 );
                 std::process::exit(0);
             }
@@ -187,7 +288,8 @@ fn args() -> anyhow::Result<Args> {
         connections,
         rounds,
         rate,
-        native,
+        native: native && !callgrind,
+        callgrind,
     })
 }
 
@@ -353,7 +455,16 @@ fn main() -> anyhow::Result<()> {
         rounds,
         rate,
         native,
+        callgrind,
     } = args()?;
+    let callgrind = callgrind
+        .then(|| {
+            tempfile::Builder::new()
+                .prefix("shop-callgrind-")
+                .tempdir()
+                .map(|d| Callgrind { dir: d.keep() })
+        })
+        .transpose()?;
     let data = tempfile::tempdir()?;
     let (_server, server_out) = spawn(
         Command::new(beside_me("sonde")?)
@@ -364,8 +475,21 @@ fn main() -> anyhow::Result<()> {
     )?;
     let grpc = address_after(&server_out, "grpc listening on ")?;
     let http = address_after(&server_out, "http listening on ")?;
+    let mut shop_cmd = match &callgrind {
+        Some(cg) => {
+            let mut c = Command::new("valgrind");
+            c.arg("--tool=callgrind")
+                .arg(format!("--callgrind-out-file={}/shop.%p", cg.dir.display()))
+                .arg(beside_me("shop")?);
+            if std::env::var_os("SONDE_AGENT_CPU_PERCENT").is_none() {
+                c.env("SONDE_AGENT_CPU_PERCENT", "100");
+            }
+            c
+        }
+        None => Command::new(beside_me("shop")?),
+    };
     let (shop_proc, shop_out) = spawn(
-        Command::new(beside_me("shop")?)
+        shop_cmd
             .args(["--listen", "127.0.0.1:0"])
             .env("SONDE_AGENT_SERVER", format!("http://{grpc}"))
             .env("SONDE_SERVICE_NAME", "shop-load")
@@ -375,6 +499,13 @@ fn main() -> anyhow::Result<()> {
     let shop = address_after(&shop_out, "listening on http://")?;
     let pid = shop_proc.0.id();
     println!("shop_load: sonde server {http} (gRPC {grpc}), shop {shop} (pid {pid})");
+    if let Some(cg) = &callgrind {
+        println!(
+            "shop_load: under callgrind; its dumps go to {} (two per phase: the warm-up, then \
+             the measured run)",
+            cg.dir.display()
+        );
+    }
     println!(
         "shop_load: {connections} connections, {}, {rounds} rounds of {} phases of {seconds} s \
          (each after 2 s of warm-up)",
@@ -404,7 +535,13 @@ fn main() -> anyhow::Result<()> {
     let mut settled = Vec::new();
     let mut native = native;
     for round in 0..rounds {
-        phases.push(measure("no tracepoint", shop, pid, load, || Ok(()))?);
+        phases.push(measure(
+            "no tracepoint",
+            shop,
+            (pid, callgrind.as_ref()),
+            load,
+            || Ok(()),
+        )?);
         let mut armed_phases = vec![(
             "three tracepoints",
             line,
@@ -433,7 +570,7 @@ fn main() -> anyhow::Result<()> {
                 }
             };
             let mut before = String::new();
-            let armed = measure(name, shop, pid, load, || {
+            let armed = measure(name, shop, (pid, callgrind.as_ref()), load, || {
                 before = get(&api, &format!("http://{shop}/metrics"))?;
                 Ok(())
             })?;
@@ -448,18 +585,28 @@ fn main() -> anyhow::Result<()> {
     }
 
     println!();
+    let counted = callgrind.is_some();
     println!(
-        "{:<18} {:>10} {:>10} {:>10} {:>14}",
-        "phase", "req/s", "p50 µs", "p99 µs", "CPU µs/req"
+        "{:<18} {:>10} {:>10} {:>10} {:>14} {:>10}{}",
+        "phase",
+        "req/s",
+        "p50 µs",
+        "p99 µs",
+        "CPU µs/req",
+        "of it sys",
+        if counted { "   instructions/req" } else { "" }
     );
     for p in &phases {
         println!(
-            "{:<18} {:>10.0} {:>10} {:>10} {:>14.1}",
+            "{:<18} {:>10.0} {:>10} {:>10} {:>14.1} {:>10.1}{}",
             p.name,
             p.report.throughput(),
             p.report.latency_us(0.5),
             p.report.latency_us(0.99),
-            p.cpu_per_request_us()
+            p.cpu_per_request_us(),
+            p.sys_per_request_us(),
+            p.instructions_per_request()
+                .map_or(String::new(), |i| format!(" {i:>18.0}"))
         );
     }
     // Ratios of the means over the rounds, of each armed phase to the unarmed one.
@@ -473,12 +620,21 @@ fn main() -> anyhow::Result<()> {
         }
         let ratio = |f: &dyn Fn(&Phase) -> f64| mean(armed, f) / mean("no tracepoint", f);
         println!(
-            "{:<18} {:>10.3} {:>10.3} {:>10.3} {:>14.3}",
+            "{:<18} {:>10.3} {:>10.3} {:>10.3} {:>14.3} {:>10.3}{}",
             format!("ratio {}", &armed[..armed.find(' ').unwrap_or(armed.len())]),
             ratio(&|p| p.report.throughput()),
             ratio(&|p| p.report.latency_us(0.5) as f64),
             ratio(&|p| p.report.latency_us(0.99) as f64),
             ratio(&|p| p.cpu_per_request_us()),
+            ratio(&|p| p.sys_per_request_us()),
+            if counted {
+                format!(
+                    " {:>18.4}",
+                    ratio(&|p| p.instructions_per_request().unwrap_or(0.0))
+                )
+            } else {
+                String::new()
+            }
         );
     }
     let mut last = None;

@@ -8,8 +8,9 @@
 //! [`Lookup`].
 //!
 //! - Constant: the value was computed at compile time; nothing is looked up.
-//! - Path: `Lookup::get_path`, then the typed read (`eval_condition` wants a bool, …). With a
-//!   lookup that lends its values (`Cow::Borrowed`) nothing is allocated or cloned.
+//! - Path: `Lookup::lend_path`, then the typed read (`eval_condition` wants a bool, …). With a
+//!   lookup that lends its values (strings in place, numbers and bools by value, the rest
+//!   `Cow::Borrowed`) nothing is allocated or cloned.
 //! - native: simple operator expressions over slots and literals (`order.total * 2`,
 //!   `len > 3 && name == "x"`) are evaluated by the `native` module without rhai; whatever that
 //!   lane cannot answer exactly falls through to rhai.
@@ -24,6 +25,7 @@
 //! Every evaluation runs inside `catch_unwind`: a panic (in rhai or in the lookup) becomes
 //! [`EvalError::Panicked`].
 
+use std::borrow::Cow;
 use std::fmt;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
@@ -106,7 +108,8 @@ impl Expr {
     }
 
     /// The variable paths the expression reads (`order.total`, `items[0].sku`), each once: these
-    /// are exactly the [`Lookup::get_path`] calls an evaluation may make.
+    /// are exactly the paths an evaluation may ask its [`Lookup`] for (through
+    /// [`Lookup::lend_path`], [`Lookup::render_path`] or [`Lookup::get_path`]).
     #[must_use]
     pub fn paths(&self) -> &[Path] {
         &self.0.paths
@@ -353,10 +356,14 @@ impl Expr {
     {
         match unit {
             Unit::Const(v) => f(Res::Value(v)),
-            Unit::Path(p) => {
-                let v = vars.get_path(&self.0.paths[*p])?;
-                f(Res::Value(&v))
-            }
+            // Lent, so that a number or a string is read in place (a `Value` with no heap part
+            // is built for a number; a string reads as `Value::Str` would).
+            Unit::Path(p) => match vars.lend_path(&self.0.paths[*p])? {
+                Lent::Value(v) => f(Res::Value(&v)),
+                Lent::Number(n) => f(Res::Value(&Value::from(n))),
+                Lent::Bool(b) => f(Res::Value(&Value::Bool(b))),
+                Lent::Str(s) => f(Res::Native(V::Str(Cow::Borrowed(s)))),
+            },
             Unit::Rhai { ast, slots, native } => {
                 if let Some(node) = native {
                     let mut f = Some(f);
