@@ -80,8 +80,11 @@ const ARENA_SIZE: usize = 1 << 20;
 /// is released (it is woken, but other runnable threads get the cores first), so the next stop
 /// finds it at the same instruction: the budget is time, not a count of tries.
 const BUSY_BUDGET: Duration = Duration::from_secs(3);
-/// The longest pause between two tries.
-const MAX_BACKOFF: Duration = Duration::from_millis(5);
+/// The longest pause between two tries. The pauses double from 200 µs: a thread found inside
+/// again at the same instruction did not run in the pause, so the next pause gives the
+/// scheduler longer to run it (with 5 ms at most, a thread behind a dozen busy ones on two
+/// cores could stay stopped at the same place for the whole budget).
+const MAX_BACKOFF: Duration = Duration::from_millis(50);
 /// How far above a stopped thread's `rsp` its stack is scanned for saved `rip`s.
 const STACK_SCAN: u64 = 256 << 10;
 /// How long `remove` waits for callbacks in flight to return.
@@ -409,18 +412,21 @@ fn patch_stopped(
     })?;
     let mut last_busy = None;
     let started = Instant::now();
+    let mut mappings = Vec::new();
     for attempt in 0u32.. {
         if attempt > 0 {
             if started.elapsed() >= BUSY_BUDGET {
                 break;
             }
-            std::thread::sleep(MAX_BACKOFF.min(Duration::from_micros(200 << attempt.min(6))));
+            std::thread::sleep(MAX_BACKOFF.min(Duration::from_micros(200 << attempt.min(8))));
         }
+        // Read before the stop (it allocates): where each thread's stack ends.
+        read_mappings(&mut mappings);
         let outcome = stop::with_world_stopped(|threads| {
             if !code_is(addr, expected) {
                 return Outcome::Changed;
             }
-            if let Some(busy) = busy(threads, forbidden) {
+            if let Some(busy) = busy(threads, forbidden, &mappings) {
                 return Outcome::Busy(busy);
             }
             for &(at, bytes) in writes {
@@ -460,9 +466,37 @@ fn code_is(addr: u64, expected: &[u8]) -> bool {
         .all(|(k, b)| read_code::<1>(addr + k as u64)[0] == *b)
 }
 
-/// The first stopped thread whose `rip`, or a word of whose stack (up to [`STACK_SCAN`] above
-/// its `rsp`), lies in one of `ranges`. Allocates nothing.
-fn busy(threads: &[Stopped], ranges: &[Range<u64>]) -> Option<(i32, u64)> {
+/// The process's memory mappings (`start..end`, sorted), from `/proc/self/maps`, into `out`;
+/// left empty if it cannot be read.
+fn read_mappings(out: &mut Vec<Range<u64>>) {
+    out.clear();
+    let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
+        return;
+    };
+    out.extend(maps.lines().filter_map(|line| {
+        let (start, end) = line.split_whitespace().next()?.split_once('-')?;
+        Some(u64::from_str_radix(start, 16).ok()?..u64::from_str_radix(end, 16).ok()?)
+    }));
+}
+
+/// Where the scan of a stack from `rsp` stops: [`STACK_SCAN`] above it, or the end of the
+/// mapping that holds it if that comes first. Past the end lies other memory (a malloc arena,
+/// another thread's signal stack) whose stale words are no return addresses: one equal to an
+/// address inside the span (a plan's own instruction boundaries are on the heap) would keep a
+/// thread that is nowhere near the span "inside" on every attempt.
+fn scan_end(rsp: u64, mappings: &[Range<u64>]) -> u64 {
+    let limit = rsp.saturating_add(STACK_SCAN);
+    let i = mappings.partition_point(|m| m.start <= rsp);
+    match i.checked_sub(1).map(|i| &mappings[i]) {
+        Some(m) if m.contains(&rsp) => limit.min(m.end),
+        // A thread started after the mappings were read: its stack is not listed.
+        _ => limit,
+    }
+}
+
+/// The first stopped thread whose `rip`, or a word of whose stack (from its `rsp` up to
+/// [`scan_end`]), lies in one of `ranges`. Allocates nothing.
+fn busy(threads: &[Stopped], ranges: &[Range<u64>], mappings: &[Range<u64>]) -> Option<(i32, u64)> {
     let hit = |v: u64| ranges.iter().any(|r| r.contains(&v));
     let mut buf = [0u8; 4096];
     for t in threads {
@@ -470,9 +504,9 @@ fn busy(threads: &[Stopped], ranges: &[Range<u64>]) -> Option<(i32, u64)> {
             return Some((t.tid, t.rip));
         }
         let mut at = t.rsp & !7;
-        let end = at.saturating_add(STACK_SCAN);
+        let end = scan_end(at, mappings);
         while at < end {
-            let n = (4096 - (at & 4095)) as usize;
+            let n = (4096 - (at & 4095)).min(end - at) as usize;
             if !super::guard::guarded_copy(&mut buf[..n], at) {
                 break;
             }
@@ -533,4 +567,35 @@ fn alloc_slot(near: u64) -> Option<u64> {
     let base = super::patch::map_exec_near(near, ARENA_SIZE, REACH)?;
     arenas.push((base, TRAMPOLINE_SIZE));
     Some(base)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_stack_scan_stops_at_the_end_of_the_stack_s_mapping() {
+        let maps = [0x1000..0x9000, 0x9000..0x20_0000, 0x40_0000..0x80_0000];
+        // Within its mapping: up to the mapping's end, not into the next one.
+        assert_eq!(scan_end(0x8000, &maps), 0x9000);
+        // A deep stack: STACK_SCAN first.
+        assert_eq!(scan_end(0x40_0000, &maps), 0x40_0000 + STACK_SCAN);
+        // Not in any listed mapping (a thread started after they were read): STACK_SCAN.
+        assert_eq!(scan_end(0x30_0000, &maps), 0x30_0000 + STACK_SCAN);
+        assert_eq!(scan_end(0x10, &[]), 0x10 + STACK_SCAN);
+    }
+
+    #[test]
+    fn the_mappings_hold_this_thread_s_stack() {
+        let mut maps = Vec::new();
+        read_mappings(&mut maps);
+        let local = 0u64;
+        let rsp = std::ptr::addr_of!(local) as u64;
+        assert!(maps.windows(2).all(|w| w[0].start < w[1].start), "sorted");
+        assert!(
+            maps.iter().any(|m| m.contains(&rsp)),
+            "a mapping holds {rsp:#x}"
+        );
+        assert!(scan_end(rsp, &maps) <= rsp + STACK_SCAN);
+    }
 }
