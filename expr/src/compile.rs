@@ -247,9 +247,16 @@ impl Compiler<'_> {
             };
         }
         let native = native::parse(&rw.text, ids.len());
+        // Every occurrence of `_vN` in the text, even inside `_vN0` or a string literal: the
+        // count may be high (a value is then cloned where it could have moved), never low.
+        let reads = names
+            .iter()
+            .map(|n| u32::try_from(rw.text.matches(n.as_str()).count()).unwrap_or(u32::MAX))
+            .collect();
         Ok(Unit::Rhai {
             ast,
             slots: ids,
+            reads,
             native,
         })
     }

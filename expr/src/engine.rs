@@ -38,8 +38,9 @@ const MAX_VALUE_DEPTH: usize = 32;
 
 type RhaiResult<T> = Result<T, Box<EvalAltResult>>;
 
-/// The values of one evaluation's slots, in slot order.
-pub(crate) type Slots = SmallVec<[Dynamic; 8]>;
+/// The values of one evaluation's slots, in slot order, each with how many reads of it the
+/// expression's text holds at most (see [`slot_value`]).
+pub(crate) type Slots = SmallVec<[(Dynamic, u32); 8]>;
 
 thread_local! {
     /// The slots of the evaluation running on this thread, read by the engine's variable
@@ -63,13 +64,38 @@ pub(crate) fn with_slots<R>(values: Slots, f: impl FnOnce() -> R) -> R {
     f()
 }
 
-/// The value of slot `name` (`_vN`) of the running evaluation.
-fn slot_value(name: &str) -> Option<Dynamic> {
-    let n: usize = name.strip_prefix("_v")?.parse().ok()?;
-    SLOTS
-        .try_with(|s| s.try_borrow().ok()?.get(n).cloned())
-        .ok()
-        .flatten()
+/// The value of slot `name` (`_vN`) of the running evaluation. Its last read (by the count of
+/// its occurrences in the text, which no evaluation exceeds: there are no loops or functions)
+/// moves it out; the others clone it. A captured string is a reference-counted rhai string, and
+/// a clone costs an atomic increment and decrement: most slots are read once, for nothing.
+fn slot_value(name: &str) -> RhaiResult<Option<Dynamic>> {
+    let Some(n) = name
+        .strip_prefix("_v")
+        .and_then(|n| n.parse::<usize>().ok())
+    else {
+        return Ok(None);
+    };
+    let read = SLOTS.try_with(|s| {
+        let mut s = s.try_borrow_mut().ok()?;
+        let (value, left) = s.get_mut(n)?;
+        Some(match *left {
+            0 => None,
+            1 => {
+                *left = 0;
+                Some(std::mem::replace(value, Dynamic::UNIT))
+            }
+            _ => {
+                *left -= 1;
+                Some(value.clone())
+            }
+        })
+    });
+    match read {
+        Ok(Some(Some(v))) => Ok(Some(v)),
+        // Read more often than its text allows: refuse rather than answer with a moved-out `()`.
+        Ok(Some(None)) => Err(format!("slot {name} read more often than it occurs").into()),
+        _ => Ok(None),
+    }
 }
 
 /// The shared engine.
@@ -98,7 +124,7 @@ fn build() -> Engine {
     // The slots `_v0`, `_v1`, … of the evaluation running on this thread (see [`with_slots`]).
     // rhai marks what a resolver returns read-only, as it does a constant in a scope.
     #[allow(deprecated)] // `on_var` is not deprecated; rhai marks it so to say it may change
-    e.on_var(|name, _, _| Ok(slot_value(name)));
+    e.on_var(|name, _, _| slot_value(name));
     for symbol in [
         "eval", "print", "debug", "import", "export", "while", "loop", "for", "do", "until", "=",
         "+=", "-=", "*=", "/=", "%=", "**=", "<<=", ">>=", "&=", "|=", "^=", "??=",

@@ -72,6 +72,9 @@ pub(crate) enum Unit {
         ast: AST,
         /// Slot `i` (rhai name `_v{i}`) reads `Inner::paths[slots[i]]`.
         slots: Vec<usize>,
+        /// How many times at most slot `i` is read by one evaluation (its occurrences in the
+        /// rewritten text, counted generously).
+        reads: Vec<u32>,
         /// The same expression for the native lane, when it is in the native subset.
         native: Option<native::Program>,
     },
@@ -364,7 +367,12 @@ impl Expr {
                 Lent::Bool(b) => f(Res::Value(&Value::Bool(b))),
                 Lent::Str(s) => f(Res::Native(V::Str(Cow::Borrowed(s)))),
             },
-            Unit::Rhai { ast, slots, native } => {
+            Unit::Rhai {
+                ast,
+                slots,
+                reads,
+                native,
+            } => {
                 if let Some(node) = native {
                     let mut f = Some(f);
                     let answered = self.with_lent(slots, vars, |lent| {
@@ -377,7 +385,7 @@ impl Expr {
                         (None, None) => return Err(EvalError::Runtime),
                     }
                 }
-                let d = self.run(ast, slots, vars)?;
+                let d = self.run(ast, slots, reads, vars)?;
                 f(Res::Dyn(&d))
             }
         }
@@ -394,8 +402,10 @@ impl Expr {
         L: Lookup + ?Sized,
     {
         match unit {
-            Unit::Rhai { ast, slots, .. } => {
-                let d = self.run(ast, slots, vars)?;
+            Unit::Rhai {
+                ast, slots, reads, ..
+            } => {
+                let d = self.run(ast, slots, reads, vars)?;
                 f(Res::Dyn(&d))
             }
             _ => self.with_unit(unit, vars, f),
@@ -430,17 +440,19 @@ impl Expr {
         &self,
         ast: &AST,
         slots: &[usize],
+        reads: &[u32],
         vars: &L,
     ) -> Result<Dynamic, EvalError> {
         let mut values = Slots::new();
-        for &p in slots {
+        for (&p, &reads) in slots.iter().zip(reads) {
             // A lent string is copied once, into rhai's string, not first into a `Value`.
-            values.push(match vars.lend_path(&self.0.paths[p])? {
+            let value = match vars.lend_path(&self.0.paths[p])? {
                 Lent::Str(s) => Dynamic::from(ImmutableString::from(s)),
                 Lent::Value(v) => to_dynamic(&v)?,
                 Lent::Number(n) => to_dynamic(&Value::from(n))?,
                 Lent::Bool(b) => Dynamic::from_bool(b),
-            });
+            };
+            values.push((value, reads));
         }
         with_slots(values, || engine().eval_ast::<Dynamic>(ast)).map_err(|e| eval_error(&e))
     }
