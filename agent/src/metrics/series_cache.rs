@@ -284,7 +284,8 @@ impl SeriesCache {
         self.get_or_overflow(values, max_series, &make, overflow)
     }
 
-    /// As [`SeriesCache::get`], with the overflow series made by `overflow`.
+    /// The cached series for a label set, made with `make` on first use, or the overflow series
+    /// (made by `overflow`) once `max_series` label sets exist.
     pub fn get_or_overflow(
         &self,
         values: &[&str],
