@@ -818,7 +818,8 @@ impl<'a> Ctx<'a> {
                 }
                 _ => return Err(Fallback),
             },
-            _ => self.eval(node)?,
+            // `eval` sends only the nodes above here.
+            _ => return Err(Fallback),
         })
     }
 

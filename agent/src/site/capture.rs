@@ -139,43 +139,35 @@ macro_rules! forward {
 }
 forward!(&T, &mut T, Box<T>, std::sync::Arc<T>, std::rc::Rc<T>);
 
-macro_rules! signed {
-    ($($t:ty),*) => {$(
+/// Numbers capture as the [`Number`] `$conv` makes of them, and lend it without a `Value`.
+macro_rules! number {
+    ($($t:ty => |$v:ident| $conv:expr),* $(,)?) => {$(
         impl Capture for $t {
-            fn capture(&self) -> Value { Value::Int(i64::from(*self)) }
-            fn lend(&self) -> Option<Lent<'_>> { Some(Lent::Number(Number::Int(i64::from(*self)))) }
+            fn capture(&self) -> Value {
+                let $v = *self;
+                Value::from($conv)
+            }
+            fn lend(&self) -> Option<Lent<'_>> {
+                let $v = *self;
+                Some(Lent::Number($conv))
+            }
         }
     )*};
 }
-signed!(i8, i16, i32, i64);
-
-macro_rules! unsigned {
-    ($($t:ty),*) => {$(
-        impl Capture for $t {
-            fn capture(&self) -> Value { Value::UInt(u64::from(*self)) }
-            fn lend(&self) -> Option<Lent<'_>> { Some(Lent::Number(Number::UInt(u64::from(*self)))) }
-        }
-    )*};
-}
-unsigned!(u8, u16, u32, u64);
-
-impl Capture for isize {
-    fn capture(&self) -> Value {
-        Value::Int(*self as i64)
-    }
-    fn lend(&self) -> Option<Lent<'_>> {
-        Some(Lent::Number(Number::Int(*self as i64)))
-    }
-}
-
-impl Capture for usize {
-    fn capture(&self) -> Value {
-        Value::UInt(*self as u64)
-    }
-    fn lend(&self) -> Option<Lent<'_>> {
-        Some(Lent::Number(Number::UInt(*self as u64)))
-    }
-}
+number!(
+    i8 => |v| Number::Int(i64::from(v)),
+    i16 => |v| Number::Int(i64::from(v)),
+    i32 => |v| Number::Int(i64::from(v)),
+    i64 => |v| Number::Int(v),
+    isize => |v| Number::Int(v as i64),
+    u8 => |v| Number::UInt(u64::from(v)),
+    u16 => |v| Number::UInt(u64::from(v)),
+    u32 => |v| Number::UInt(u64::from(v)),
+    u64 => |v| Number::UInt(v),
+    usize => |v| Number::UInt(v as u64),
+    f32 => |v| Number::Float(f64::from(v)),
+    f64 => |v| Number::Float(v),
+);
 
 impl Capture for i128 {
     fn capture(&self) -> Value {
@@ -186,24 +178,6 @@ impl Capture for i128 {
 impl Capture for u128 {
     fn capture(&self) -> Value {
         u64::try_from(*self).map_or(Value::Float(*self as f64), Value::UInt)
-    }
-}
-
-impl Capture for f32 {
-    fn capture(&self) -> Value {
-        Value::Float(f64::from(*self))
-    }
-    fn lend(&self) -> Option<Lent<'_>> {
-        Some(Lent::Number(Number::Float(f64::from(*self))))
-    }
-}
-
-impl Capture for f64 {
-    fn capture(&self) -> Value {
-        Value::Float(*self)
-    }
-    fn lend(&self) -> Option<Lent<'_>> {
-        Some(Lent::Number(Number::Float(*self)))
     }
 }
 
