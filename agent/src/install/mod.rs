@@ -27,7 +27,7 @@ use crate::tracepoint::{
 use crate::{
     metrics::provider::{MetricProvider, MetricSpec},
     metrics::self_metrics::SelfMetrics,
-    site::{Site, path_matches},
+    site::{Retired, Site, path_matches},
     tracepoint::pipeline::{BoundMetric, DisarmReason, Installed, InstalledParts, Label, Program},
     tracepoint::snapshot::{SnapshotAction, SnapshotLimits, SnapshotQueue},
     tracepoint::spec::{LabelRule, SpanKind, TracepointSpec},
@@ -280,15 +280,19 @@ impl Installer {
                 }
             }
         }
+        let mut retired = Vec::new();
         for site in &self.armed {
             if !programs.contains_key(&(*site as *const Site)) {
-                site.disarm();
+                retired.push(site.disarm());
             }
         }
         self.armed = programs.values().map(|(s, _)| *s).collect();
         for (site, tracepoints) in programs.into_values() {
-            site.arm(Arc::new(Box::new(Program { tracepoints })));
+            retired.push(site.arm(Box::new(Program { tracepoints })));
         }
+        // One grace period for every site, then the old programs (and with them the metrics of
+        // the tracepoints removed) drop here, on the agent's thread.
+        Retired::drop_all(retired);
     }
 
     fn install(&self, spec: &TracepointSpec) -> Outcome {

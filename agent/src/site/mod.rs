@@ -5,9 +5,11 @@
 //! atomic load; while no tracepoint is bound to the site that is the whole cost, and nothing is
 //! allocated or captured. When the agent installs a tracepoint list it computes, once, which sites
 //! each tracepoint binds to, publishes each site's program (the tracepoints to run there) through
-//! an `ArcSwapOption`, and only then sets the flag. Removing a tracepoint clears the flag first and
+//! an atomic pointer, and only then sets the flag. Removing a tracepoint clears the flag first and
 //! the program after, so a hit never sees a flag without a program for long, and when it does it
-//! finds nothing to run.
+//! finds nothing to run. A hit reads the pointer inside a [`grace`] section (plain stores to a
+//! counter of its own thread, no locked instruction); a program swapped out is [`Retired`] and
+//! dropped once every hit that may still run it has ended.
 //!
 //! Sites are collected at link time into one distributed slice ([`linkme`]), so the agent can
 //! enumerate every site of the binary at start-up without any registration call at run time.
@@ -27,14 +29,16 @@
 //!
 //! May use: nothing else in the crate (sites and captures are the bottom of the tracepoint path).
 
-use std::sync::{
-    Arc, OnceLock,
-    atomic::{AtomicU8, AtomicU64, Ordering},
+use std::{
+    ptr,
+    sync::{
+        OnceLock,
+        atomic::{AtomicPtr, AtomicU8, AtomicU64, Ordering},
+    },
 };
 
-use arc_swap::ArcSwapOption;
-
 pub(crate) mod capture;
+pub(crate) mod grace;
 pub(crate) mod redact;
 #[cfg(feature = "serde")]
 pub(crate) mod serde_capture;
@@ -47,7 +51,7 @@ pub(crate) trait Program: Send + Sync {
     fn hit(&self, site: &'static Site, values: &[&dyn Capture]);
 }
 
-/// A published program (boxed, since `ArcSwapOption` holds a sized type).
+/// A published program (boxed twice over: an atomic pointer is thin).
 pub(crate) type SiteProgram = Box<dyn Program>;
 
 /// A probe site: where it is, what it captures, and whether a tracepoint is bound to it.
@@ -58,7 +62,8 @@ pub struct Site {
     names: &'static [&'static str],
     /// [`ARMED`] and [`UNSEEN`]: the line takes the cold path while either is set.
     state: AtomicU8,
-    program: ArcSwapOption<SiteProgram>,
+    /// Owned: made by `Box::into_raw`, freed through [`Retired`] after a grace period.
+    program: AtomicPtr<SiteProgram>,
     /// Per captured name, the field names its value offered on the site's first run (a static
     /// beside the site's, one slot per name: recording them allocates nothing).
     fields: &'static [FieldSlot],
@@ -120,7 +125,7 @@ impl Site {
             module,
             names,
             state: AtomicU8::new(UNSEEN),
-            program: ArcSwapOption::const_empty(),
+            program: AtomicPtr::new(ptr::null_mut()),
             fields,
         }
     }
@@ -181,9 +186,16 @@ impl Site {
         if self.state.load(Ordering::Relaxed) & UNSEEN != 0 {
             self.first_run(values);
         }
-        if let Some(program) = self.program.load().as_ref() {
-            program.hit(self, values);
-        }
+        grace::read(|| {
+            // Acquire: the program's contents were written before it was published.
+            let program = self.program.load(Ordering::Acquire);
+            // SAFETY: a non-null pointer here came from `Box::into_raw` in `arm`, and whoever
+            // swaps it out frees it only after a grace period (`Retired`), which waits for this
+            // section to end.
+            if let Some(program) = unsafe { program.as_ref() } {
+                program.hit(self, values);
+            }
+        });
     }
 
     /// Records the captured values' field names, once; allocates nothing and reads no value.
@@ -206,19 +218,77 @@ impl Site {
         }
     }
 
-    pub(crate) fn arm(&self, program: Arc<SiteProgram>) {
-        self.program.store(Some(program));
+    /// Publishes `program` as the site's, then arms it; returns the program it replaced.
+    pub(crate) fn arm(&self, program: SiteProgram) -> Retired {
+        let new = Box::into_raw(Box::new(program));
+        let old = self.program.swap(new, Ordering::AcqRel);
         self.state.fetch_or(ARMED, Ordering::Release);
+        Retired::new(old)
     }
 
-    pub(crate) fn disarm(&self) {
+    /// Disarms the site, then unpublishes its program; returns it.
+    pub(crate) fn disarm(&self) -> Retired {
         self.state.fetch_and(!ARMED, Ordering::Release);
-        self.program.store(None);
+        Retired::new(self.program.swap(ptr::null_mut(), Ordering::AcqRel))
     }
 
     /// `file:line`.
     pub fn location(&self) -> String {
         format!("{}:{}", self.file, self.line)
+    }
+}
+
+/// A program a site no longer publishes, which hits that began before may still be running.
+/// Dropping it waits for them (a grace period) and then drops the program; [`Retired::drop_all`]
+/// waits once for many.
+#[must_use = "dropping a retired program waits for the hits that may still run it"]
+pub(crate) struct Retired(*mut SiteProgram);
+
+// SAFETY: it owns a `Box<SiteProgram>`, and `Program: Send + Sync`.
+unsafe impl Send for Retired {}
+
+impl Retired {
+    fn new(program: *mut SiteProgram) -> Self {
+        Self(program)
+    }
+
+    /// Waits for one grace period, then drops every program in `list`.
+    pub(crate) fn drop_all(list: Vec<Retired>) {
+        if list.iter().all(|r| r.0.is_null()) {
+            return;
+        }
+        let waited = grace::synchronize();
+        for mut r in list {
+            let program = std::mem::replace(&mut r.0, ptr::null_mut());
+            r.free(program, waited);
+        }
+    }
+
+    fn free(&self, program: *mut SiteProgram, waited: bool) {
+        if program.is_null() {
+            return;
+        }
+        if !waited {
+            // Called inside a hit (by code a tracepoint evaluation ran): the program may be the
+            // one running. Keeping it is safe; freeing it is not.
+            tracing::warn!(
+                "sonde agent: a site's tracepoints were replaced from inside a hit; the old ones                  are kept"
+            );
+            return;
+        }
+        // SAFETY: made by `Box::into_raw` in `Site::arm`, swapped out of its site (no hit that
+        // begins from now on can load it), and a grace period has passed (none that began before
+        // is still running); `Retired` owns it alone.
+        drop(unsafe { Box::from_raw(program) });
+    }
+}
+
+impl Drop for Retired {
+    fn drop(&mut self) {
+        let program = std::mem::replace(&mut self.0, ptr::null_mut());
+        if !program.is_null() {
+            self.free(program, grace::synchronize());
+        }
     }
 }
 
@@ -234,3 +304,95 @@ pub fn sites() -> impl Iterator<Item = &'static Site> {
 /// Whether a tracepoint's `path` names a site's `file` (the rule is `sonde_proto`'s, shared with
 /// the server so the two cannot drift).
 pub use sonde_proto::path_matches;
+
+#[cfg(test)]
+mod tests {
+    use std::sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+    };
+
+    use super::*;
+
+    static SITE: Site = Site::new("grace_test.rs", 1, "tests", &[], &[]);
+
+    const ALIVE: u64 = 0x5a5a_5a5a;
+
+    /// A program that counts the hits running it and, when dropped, records whether any still
+    /// was.
+    struct Watched {
+        alive: AtomicU64,
+        running: AtomicU64,
+        hits: Arc<AtomicU64>,
+        dropped_while_running: Arc<AtomicBool>,
+    }
+
+    impl Program for Watched {
+        fn hit(&self, _site: &'static Site, _values: &[&dyn Capture]) {
+            self.running.fetch_add(1, Ordering::SeqCst);
+            assert_eq!(self.alive.load(Ordering::SeqCst), ALIVE);
+            for _ in 0..50 {
+                std::hint::spin_loop();
+            }
+            assert_eq!(self.alive.load(Ordering::SeqCst), ALIVE);
+            self.hits.fetch_add(1, Ordering::Relaxed);
+            self.running.fetch_sub(1, Ordering::SeqCst);
+        }
+    }
+
+    impl Drop for Watched {
+        fn drop(&mut self) {
+            if self.running.load(Ordering::SeqCst) != 0 {
+                self.dropped_while_running.store(true, Ordering::SeqCst);
+            }
+            self.alive.store(0, Ordering::SeqCst);
+        }
+    }
+
+    #[test]
+    fn a_program_is_never_dropped_while_a_hit_runs_it() {
+        let hits = Arc::new(AtomicU64::new(0));
+        let bad = Arc::new(AtomicBool::new(false));
+        let stop = Arc::new(AtomicBool::new(false));
+        let program = || -> SiteProgram {
+            Box::new(Watched {
+                alive: AtomicU64::new(ALIVE),
+                running: AtomicU64::new(0),
+                hits: hits.clone(),
+                dropped_while_running: bad.clone(),
+            })
+        };
+        let threads: Vec<_> = (0..3)
+            .map(|_| {
+                let stop = stop.clone();
+                std::thread::spawn(move || {
+                    while !stop.load(Ordering::Relaxed) {
+                        if SITE.wants_hit() {
+                            SITE.hit(&[]);
+                        }
+                    }
+                })
+            })
+            .collect();
+        let mut swaps = 0;
+        let started = std::time::Instant::now();
+        while started.elapsed() < std::time::Duration::from_millis(1500) {
+            drop(SITE.arm(program()));
+            drop(SITE.arm(program()));
+            Retired::drop_all(vec![SITE.disarm(), SITE.arm(program())]);
+            swaps += 3;
+        }
+        drop(SITE.disarm());
+        stop.store(true, Ordering::Relaxed);
+        for t in threads {
+            t.join().expect("no hit panicked on a dropped program");
+        }
+        assert!(
+            !bad.load(Ordering::SeqCst),
+            "a program was dropped while a hit ran it"
+        );
+        assert!(swaps > 100, "{swaps} swaps");
+        assert!(hits.load(Ordering::Relaxed) > 1000, "the hits ran programs");
+        assert!(!SITE.is_armed());
+    }
+}

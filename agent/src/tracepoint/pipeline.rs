@@ -9,7 +9,7 @@
 //! CPU budget with no way left to sample, the tracepoint disarms itself.
 
 use std::{
-    cell::{Cell, RefCell},
+    cell::RefCell,
     panic::{AssertUnwindSafe, catch_unwind},
     sync::{
         Arc, Mutex,
@@ -469,27 +469,13 @@ fn emit_log(level: tracing::Level, id: &str, msg: &str) {
 }
 
 thread_local! {
-    static IN_HIT: Cell<bool> = const { Cell::new(false) };
     static LABELS: RefCell<Vec<String>> = const { RefCell::new(Vec::new()) };
 }
 
-struct Exit;
-
-impl Drop for Exit {
-    fn drop(&mut self) {
-        let _ = IN_HIT.try_with(|f| f.set(false));
-    }
-}
-
 impl site::Program for Program {
-    /// Runs every tracepoint bound to `site`. A hit inside a hit (a probe reached while
-    /// evaluating, or from a provider) is skipped.
+    /// Runs every tracepoint bound to `site` (never inside another hit: `Site::hit` skips a
+    /// hit reached while evaluating, or from a provider).
     fn hit(&self, site: &'static Site, values: &[&dyn Capture]) {
-        let entered = IN_HIT.try_with(|f| !f.replace(true)).unwrap_or(false);
-        if !entered {
-            return;
-        }
-        let _exit = Exit;
         let vars = HitVars {
             names: site.names(),
             values,
