@@ -653,9 +653,9 @@ impl Installer {
     /// Fires counted by a tracepoint (for tests and diagnostics).
     pub fn fires(&self, id: &str) -> Option<u64> {
         match &self.entries.get(id)?.outcome {
-            Outcome::Bound { tp, .. } => Some(tp.stats.fires.load(Ordering::Relaxed)),
+            Outcome::Bound { tp, .. } => Some(tp.fires()),
             #[cfg(all(feature = "native", target_os = "linux", target_arch = "x86_64"))]
-            Outcome::Native { tp, .. } => Some(tp.stats.fires.load(Ordering::Relaxed)),
+            Outcome::Native { tp, .. } => Some(tp.fires()),
             _ => None,
         }
     }
@@ -672,8 +672,8 @@ fn summary(tp: &Installed) -> TracepointSummary {
     });
     TracepointSummary {
         hits: tp.hits(),
-        fires: tp.stats.fires.load(Ordering::Relaxed),
-        condition_false: tp.stats.condition_false.load(Ordering::Relaxed),
+        fires: tp.fires(),
+        condition_false: tp.condition_false(),
         errors: tp.stats.errors.load(Ordering::Relaxed),
         last_error: tp
             .last_error()

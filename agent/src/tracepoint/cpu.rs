@@ -5,13 +5,15 @@
 //! A fixed CPU allowance per tracepoint disarms the busiest lines first, the ones people most want
 //! a metric on, and a counter that stops makes every rate over it read 0 at the peak of traffic.
 //! So a metric tracepoint over its budget *samples*: it evaluates one hit in `N` (a power of two)
-//! and records each evaluated hit with weight `N`. Hits are numbered by a shared counter and cut
-//! into blocks of `N`; in each block exactly one hit is evaluated, at an offset drawn from a hash
-//! of the block's number ([`picked`]). So over any `k` blocks exactly `k` hits are evaluated: a
-//! count is exact to within `N`; and since the offset is random, a periodic workload (round-robin
-//! over four backends, with `N` = 4) is not aliased onto one phase: counter totals and rates,
-//! histogram and summary counts and sums stay unbiased, and quantiles keep their shape (the
-//! evaluated hits are a uniform subsample).
+//! and records each evaluated hit with weight `N`. Each thread numbers its own hits of the
+//! tracepoint ([`ThreadCounts`]: a word only that thread writes, so counting a hit is a load and a
+//! store, with no locked instruction and no cache line shared between threads) and cuts them into
+//! blocks of `N`; in each block exactly one hit is evaluated, at an offset drawn from a hash of
+//! the block's number and the thread's own seed ([`picked`]). So over any `k` blocks exactly `k`
+//! hits are evaluated: a count is exact to within `N` per thread that hits the line; and since the
+//! offset is random, a periodic workload (round-robin over four backends, with `N` = 4) is not
+//! aliased onto one phase: counter totals and rates, histogram and summary counts and sums stay
+//! unbiased, and quantiles keep their shape (the evaluated hits are a uniform subsample).
 //!
 //! # The budget
 //! Every [`Budgets::cpu_window`] (1 s) a tracepoint closes its window, on the first hit after it
@@ -46,6 +48,8 @@ use std::{
     },
     time::{Duration, Instant},
 };
+
+use thread_local::ThreadLocal;
 
 use super::budget::Budgets;
 
@@ -89,14 +93,14 @@ pub(crate) fn process_cpu_ns() -> Option<u64> {
 }
 
 /// Whether hit number `hit` is the one evaluated in its block of `every` (a power of two): one
-/// per block, at an offset that a hash of the block's number picks. No state, no lock: a
-/// multiply and two shifts.
+/// per block, at an offset that a hash of the block's number and `seed` picks. No state, no
+/// lock: three multiplies and some shifts.
 #[inline]
-pub(crate) fn picked(hit: u64, every: u64) -> bool {
+pub(crate) fn picked(hit: u64, every: u64, seed: u64) -> bool {
     let mask = every - 1;
     let block = hit >> every.trailing_zeros();
     // The finaliser of splitmix64: consecutive blocks get unrelated offsets.
-    let mut z = block.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = (block ^ seed).wrapping_add(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^= z >> 31;
@@ -234,16 +238,55 @@ pub(crate) enum Verdict {
     Disarm,
 }
 
+/// One thread's counts of one tracepoint. Only that thread writes them (a load and a store: no
+/// locked instruction); anyone may read them. Aligned to a cache line so that two threads' counts
+/// never share one.
+#[derive(Debug)]
+#[repr(align(64))]
+pub(crate) struct ThreadCounts {
+    /// Hits this thread counted: numbers them, for [`picked`] and for choosing which
+    /// evaluations to time.
+    hits: AtomicU64,
+    /// The log2 of `N` this thread applies (it takes up a new one at a block boundary).
+    shift: AtomicU64,
+    /// Offsets this thread's picks from other threads'.
+    seed: u64,
+    /// Hits (by weight) on which the tracepoint fired.
+    pub fires: AtomicU64,
+    /// Evaluated hits (by weight) whose condition was false.
+    pub condition_false: AtomicU64,
+}
+
+impl Default for ThreadCounts {
+    fn default() -> Self {
+        Self {
+            hits: AtomicU64::new(0),
+            shift: AtomicU64::new(0),
+            seed: fastrand::u64(..),
+            fires: AtomicU64::new(0),
+            condition_false: AtomicU64::new(0),
+        }
+    }
+}
+
+/// Adds `n` to a count only the calling thread writes.
+#[inline]
+pub(crate) fn add_own(count: &AtomicU64, n: u64) {
+    count.store(
+        count.load(Ordering::Relaxed).wrapping_add(n),
+        Ordering::Relaxed,
+    );
+}
+
 /// One tracepoint's CPU budget: its sample factor `N` and its current window.
 #[derive(Debug)]
 pub(crate) struct Sampler {
-    /// Hits so far: numbers each hit, for [`picked`] and for choosing which evaluations to time.
-    hits: AtomicU64,
-    /// The sample factor, packed so a hit reads it in one load: bits 0..6 the log2 of `N` before
-    /// hit `switch_at`, bits 6..12 its log2 from then on, bits 12.. `switch_at`. A new `N` takes
-    /// effect at a boundary of the larger of the two block sizes, so no block is cut in two and
-    /// counts stay exact to within one `N` however often it changes.
-    mode: AtomicU64,
+    /// Each thread's counts.
+    threads: ThreadLocal<ThreadCounts>,
+    /// The log2 of `N` now. A thread takes it up at the next boundary of a block of the larger
+    /// of it and the factor that thread applied so far, so no block is cut in two and counts stay
+    /// exact to within one `N` per thread however often it changes.
+    shift: AtomicU64,
     /// Estimated nanoseconds spent in the current window (each timed evaluation scaled by the
     /// evaluations it stands for).
     spent: AtomicU64,
@@ -264,13 +307,24 @@ struct SamplerWindow {
     over_at_max: u32,
 }
 
+/// A hit the sampler let through.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Admitted<'a> {
+    /// `N`: the hits this evaluation stands for.
+    pub every: u64,
+    /// When this evaluation is to be timed, the number of evaluations its time stands for.
+    pub timed: Option<u64>,
+    /// The calling thread's counts, for what the evaluation counts.
+    pub counts: &'a ThreadCounts,
+}
+
 impl Sampler {
     /// A sampler with the agent's budgets; `share` is the tracepoint's own (its `cpu_percent`
     /// arg, else the agent's).
     pub(crate) fn new(budgets: &Budgets, share: f64, may_sample: bool) -> Self {
         Self {
-            hits: AtomicU64::new(0),
-            mode: AtomicU64::new(0),
+            threads: ThreadLocal::new(),
+            shift: AtomicU64::new(0),
             spent: AtomicU64::new(0),
             timed: AtomicU64::new(0),
             share,
@@ -285,51 +339,59 @@ impl Sampler {
         }
     }
 
-    /// The log2 of `N` for hit number `hit` under `mode`.
-    #[inline]
-    fn shift(mode: u64, hit: u64) -> u32 {
-        let bits = if hit >= mode >> 12 { mode >> 6 } else { mode };
-        (bits & 63) as u32
-    }
-
-    /// Hits counted so far.
+    /// Hits counted so far, over every thread.
     pub(crate) fn hits(&self) -> u64 {
-        self.hits.load(Ordering::Relaxed)
+        self.sum(|c| &c.hits)
     }
 
-    /// `N`: one hit in this many is evaluated (from the next block boundary, when it just
-    /// changed).
+    /// A count summed over every thread.
+    pub(crate) fn sum(&self, count: impl Fn(&ThreadCounts) -> &AtomicU64) -> u64 {
+        self.threads
+            .iter()
+            .map(|c| count(c).load(Ordering::Relaxed))
+            .fold(0, u64::wrapping_add)
+    }
+
+    /// `N`: one hit in this many is evaluated (from each thread's next block boundary, when it
+    /// just changed).
     pub(crate) fn every(&self) -> u64 {
-        1 << ((self.mode.load(Ordering::Relaxed) >> 6) & 63)
+        1 << self.shift.load(Ordering::Relaxed)
     }
 
-    /// Counts a hit and says whether to evaluate it: `None` to skip it, else its weight `N` and,
-    /// when this evaluation is to be timed, the number of evaluations its time stands for.
+    /// Counts a hit and says whether to evaluate it: `None` to skip it.
     #[inline]
-    pub(crate) fn admit(&self) -> Option<(u64, Option<u64>)> {
-        let hit = self.hits.fetch_add(1, Ordering::Relaxed);
-        let shift = Self::shift(self.mode.load(Ordering::Relaxed), hit);
+    pub(crate) fn admit(&self) -> Option<Admitted<'_>> {
+        let counts = self.threads.get_or_default();
+        let hit = counts.hits.load(Ordering::Relaxed);
+        counts.hits.store(hit.wrapping_add(1), Ordering::Relaxed);
+        let mut shift = counts.shift.load(Ordering::Relaxed);
+        let now = self.shift.load(Ordering::Relaxed);
+        if now != shift {
+            // At a boundary of the larger block, both the old block and the new one start.
+            let block = (1u64 << shift.max(now)) - 1;
+            if hit & block == 0 {
+                shift = now;
+                counts.shift.store(now, Ordering::Relaxed);
+            }
+        }
         let every = 1u64 << shift;
-        if every > 1 && !picked(hit, every) {
+        if every > 1 && !picked(hit, every, counts.seed) {
             return None;
         }
         // One evaluation in `span` is timed: the one of every `span`-th block.
         let span = (TIME_EVERY >> shift).max(1);
         let timed = (hit >> shift).is_multiple_of(span);
-        Some((every, timed.then_some(span)))
+        Some(Admitted {
+            every,
+            timed: timed.then_some(span),
+            counts,
+        })
     }
 
-    /// Makes `next` the sample factor from the next boundary of a block of the larger of it and
-    /// the factor in force now.
+    /// Makes `next` the sample factor, which each thread takes up at its next block boundary.
     fn switch_to(&self, next: u64) {
-        let hit = self.hits.load(Ordering::Relaxed);
-        let mode = self.mode.load(Ordering::Relaxed);
-        let now = u64::from(Self::shift(mode, hit));
-        let next = u64::from(next.trailing_zeros());
-        let block = 1u64 << now.max(next);
-        let switch_at = (hit / block + 1) * block;
-        self.mode
-            .store(switch_at << 12 | next << 6 | now, Ordering::Relaxed);
+        self.shift
+            .store(u64::from(next.trailing_zeros()), Ordering::Relaxed);
     }
 
     /// Charges a timed evaluation that took `ns` and stands for `span` evaluations; closes the
@@ -449,7 +511,7 @@ mod tests {
         for every in [2u64, 4, 16, 1024] {
             for block in 0..200u64 {
                 let picked_in_block = (block * every..(block + 1) * every)
-                    .filter(|&h| picked(h, every))
+                    .filter(|&h| picked(h, every, 0x1234))
                     .count();
                 assert_eq!(picked_in_block, 1, "every {every}, block {block}");
             }
@@ -457,7 +519,7 @@ mod tests {
         // Round-robin over four backends, sampled 1 in 4: every backend is seen, about equally.
         let mut seen = [0u32; 4];
         for hit in 0..40_000u64 {
-            if picked(hit, 4) {
+            if picked(hit, 4, 0) {
                 seen[(hit % 4) as usize] += 1;
             }
         }
@@ -478,17 +540,17 @@ mod tests {
             // An odd number of hits, so every switch is asked for in the middle of a block.
             for _ in 0..(10_007 + round as u64 * 997) {
                 hits += 1;
-                if let Some((w, t)) = s.admit() {
-                    weight += w;
-                    timed += u64::from(t.is_some());
+                if let Some(a) = s.admit() {
+                    weight += a.every;
+                    timed += u64::from(a.timed.is_some());
                 }
             }
             s.switch_to(next);
         }
         for _ in 0..5_003 {
             hits += 1;
-            if let Some((w, _)) = s.admit() {
-                weight += w;
+            if let Some(a) = s.admit() {
+                weight += a.every;
             }
         }
         // Only the last, unfinished block may be off, by less than its factor.
@@ -496,7 +558,50 @@ mod tests {
             weight.abs_diff(hits) < s.every(),
             "{weight} for {hits} hits"
         );
+        assert_eq!(s.hits(), hits);
         assert!(timed > 0);
+    }
+
+    #[test]
+    fn threads_count_on_their_own_and_together_stay_exact_to_a_block_each() {
+        let b = Budgets::default();
+        let s = std::sync::Arc::new(Sampler::new(&b, 0.01, true));
+        s.switch_to(8);
+        let threads: Vec<_> = (0..4u64)
+            .map(|t| {
+                let s = s.clone();
+                std::thread::spawn(move || {
+                    let mut weight = 0;
+                    let mut firsts = Vec::new();
+                    let n = 40_000 + t * 1_001;
+                    for hit in 0..n {
+                        if hit == n / 2 && t == 0 {
+                            // Mid-run change, asked for in the middle of blocks.
+                            s.switch_to(64);
+                        }
+                        if let Some(a) = s.admit() {
+                            weight += a.every;
+                            if firsts.len() < 8 {
+                                firsts.push(hit);
+                            }
+                        }
+                    }
+                    (n, weight, firsts)
+                })
+            })
+            .collect();
+        let results: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+        let hits: u64 = results.iter().map(|r| r.0).sum();
+        let weight: u64 = results.iter().map(|r| r.1).sum();
+        assert_eq!(s.hits(), hits, "every thread's hits are summed");
+        // Each thread's last block may be unfinished: off by less than 64 each.
+        assert!(weight.abs_diff(hits) < 4 * 64, "{weight} for {hits} hits");
+        // Each thread picks at offsets of its own: not all four the same.
+        assert!(
+            results.iter().any(|r| r.2 != results[0].2),
+            "{:?}",
+            results.iter().map(|r| &r.2).collect::<Vec<_>>()
+        );
     }
 
     #[test]

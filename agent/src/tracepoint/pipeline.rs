@@ -22,7 +22,7 @@ use sonde_expr::{EvalError, Expr, Lookup};
 
 use super::{
     budget::{Budgets, FireBudget, WindowCounter},
-    cpu::{self, AgentCpu, Sampler, Verdict},
+    cpu::{self, AgentCpu, Sampler, ThreadCounts, Verdict},
     snapshot::{Place, SnapshotAction, SnapshotQueue, Variables},
 };
 use crate::{
@@ -125,11 +125,10 @@ pub(crate) struct Installed {
     own: Option<TracepointMetrics>,
 }
 
-/// Counters of one installed tracepoint.
+/// Counters of one installed tracepoint that are not counted per thread (those are the
+/// sampler's [`ThreadCounts`]: hits, fires, condition false).
 #[derive(Debug, Default)]
 pub(crate) struct Stats {
-    pub fires: AtomicU64,
-    pub condition_false: AtomicU64,
     pub errors: AtomicU64,
 }
 
@@ -263,20 +262,20 @@ impl Installed {
                 return;
             }
         }
-        let Some((every, timed)) = self.sampler.admit() else {
+        let Some(admitted) = self.sampler.admit() else {
             return;
         };
         let weight = if self.weighted {
-            every.saturating_mul(hits)
+            admitted.every.saturating_mul(hits)
         } else {
             1
         };
-        let Some(span) = timed else {
-            self.run(vars, weight, place);
+        let Some(span) = admitted.timed else {
+            self.run(vars, weight, place, admitted.counts);
             return;
         };
         let started = cpu::ThreadTime::now();
-        self.run(vars, weight, place);
+        self.run(vars, weight, place, admitted.counts);
         let ns = started.elapsed_ns();
         if let Some(own) = &self.own {
             own.evaluation.record(Duration::from_nanos(ns));
@@ -305,6 +304,16 @@ impl Installed {
         self.sampler.hits()
     }
 
+    /// Hits (by weight) on which it fired.
+    pub fn fires(&self) -> u64 {
+        self.sampler.sum(|c| &c.fires)
+    }
+
+    /// Evaluated hits (by weight) whose condition was false.
+    pub fn condition_false(&self) -> u64 {
+        self.sampler.sum(|c| &c.condition_false)
+    }
+
     /// One hit in this many is evaluated now.
     pub fn sample_every(&self) -> u64 {
         self.sampler.every()
@@ -315,14 +324,18 @@ impl Installed {
         self.sampler.percent()
     }
 
-    fn run<L: Lookup + Variables + ?Sized>(&self, vars: &L, weight: u64, place: Option<Place>) {
+    fn run<L: Lookup + Variables + ?Sized>(
+        &self,
+        vars: &L,
+        weight: u64,
+        place: Option<Place>,
+        counts: &ThreadCounts,
+    ) {
         if let Some(cond) = &self.condition {
             match cond.eval_condition(vars) {
                 Ok(true) => {}
                 Ok(false) => {
-                    self.stats
-                        .condition_false
-                        .fetch_add(weight, Ordering::Relaxed);
+                    cpu::add_own(&counts.condition_false, weight);
                     if let Some(own) = &self.own {
                         own.condition_false.add(weight as f64);
                     }
@@ -366,7 +379,7 @@ impl Installed {
             queue.push(action.take(vars, place, logged));
         }
         if fired {
-            self.stats.fires.fetch_add(weight, Ordering::Relaxed);
+            cpu::add_own(&counts.fires, weight);
             if let Some(own) = &self.own {
                 own.fires.add(weight as f64);
             }
