@@ -5,7 +5,9 @@
 //! `same_labels` hits with one label set (its series is cached after the first hit);
 //! `ten_label_sets` cycles through ten (all cached after the first ten hits, but the lookups
 //! change every hit). `static_labels` uses fixed label values and `no_labels` none, to separate
-//! the label work from the rest of the pipeline.
+//! the label work from the rest of the pipeline. `two_threads` runs `same_labels` on two threads
+//! at once (the time is per hit on each thread): what the hit shares between threads (the
+//! series' own count) shows as cache lines moving between the cores.
 
 mod common;
 
@@ -84,6 +86,24 @@ fn armed_plain_paths(c: &mut Criterion) {
             b.iter(|| checkout(black_box(order), black_box(user)))
         });
         if name == "two_path_labels" {
+            g.bench_function(format!("{name}/two_threads"), |b| {
+                b.iter_custom(|iters| {
+                    let start = std::sync::Barrier::new(2);
+                    std::thread::scope(|s| {
+                        let run = || {
+                            start.wait();
+                            let t = std::time::Instant::now();
+                            for _ in 0..iters {
+                                checkout(black_box(order), black_box(user));
+                            }
+                            t.elapsed()
+                        };
+                        let other = s.spawn(run);
+                        let mine = run();
+                        mine.max(other.join().expect("the other thread ran"))
+                    })
+                })
+            });
             let mut i = 0;
             let mut ran = false;
             g.bench_function(format!("{name}/ten_label_sets"), |b| {

@@ -86,7 +86,8 @@ fn status(agent: &AgentHandle, id: &str) -> sonde_agent::TracepointStatus {
 
 #[test]
 fn over_budget_a_tracepoint_samples_and_its_metrics_stay_right() {
-    // Sampling: a counter with a general label expression, and a histogram of `n`.
+    // Sampling: a counter with a general label expression, and a histogram of `n`; beside it at
+    // the same site, a plain counter (the site passes by only the hits both sample out).
     let registry = prometheus::Registry::new();
     let handle = agent(
         &registry,
@@ -95,27 +96,36 @@ fn over_budget_a_tracepoint_samples_and_its_metrics_stay_right() {
             Budgets::default().max_sample_every,
         ),
     );
-    handle.apply(vec![tracepoint(
-        "sampled",
-        vec![
-            Metric {
-                name: "requests".into(),
-                label_expressions: vec![LabelExpression {
-                    key: "kind".into(),
-                    value: Some(label_expression::Value::Expression(
-                        "label + \"-\" + label".into(),
-                    )),
-                }],
+    handle.apply(vec![
+        tracepoint(
+            "sampled",
+            vec![
+                Metric {
+                    name: "requests".into(),
+                    label_expressions: vec![LabelExpression {
+                        key: "kind".into(),
+                        value: Some(label_expression::Value::Expression(
+                            "label + \"-\" + label".into(),
+                        )),
+                    }],
+                    ..Default::default()
+                },
+                Metric {
+                    name: "n".into(),
+                    r#type: MetricType::Histogram as i32,
+                    expression: Some("n".into()),
+                    ..Default::default()
+                },
+            ],
+        ),
+        tracepoint(
+            "beside",
+            vec![Metric {
+                name: "plain".into(),
                 ..Default::default()
-            },
-            Metric {
-                name: "n".into(),
-                r#type: MetricType::Histogram as i32,
-                expression: Some("n".into()),
-                ..Default::default()
-            },
-        ],
-    )]);
+            }],
+        ),
+    ]);
     assert!(site().is_armed());
     let (mut requests, mut sum) = (0u64, 0i64);
     let mut seed = 0x2545_f491_4f6c_dd1du64;
@@ -161,6 +171,23 @@ fn over_budget_a_tracepoint_samples_and_its_metrics_stay_right() {
         near(observed, sum as f64),
         "histogram sum {observed} for a true sum of {sum} (1 in {every})"
     );
+    let beside = status(&handle, "beside");
+    let plain = sample(&text, "deep_plain_total");
+    assert!(
+        near(plain, requests as f64),
+        "plain counter {plain} for {requests} requests ({beside:?})"
+    );
+    // Hits are counted exactly, but for those passed by since the last one the tracepoints saw
+    // (fewer than the largest factor, on this one thread).
+    for st in [&st, &beside] {
+        let summary = st.summary.as_ref().unwrap();
+        assert!(
+            summary.hits <= requests
+                && requests - summary.hits < summary.sample_every.max(every as u64) * 2,
+            "{} hits for {requests} requests: {st:?}",
+            summary.hits
+        );
+    }
     drop(handle);
 
     // The last resort: nothing allowed, and at most 1 in 4: over budget at the largest factor

@@ -98,13 +98,36 @@ pub(crate) fn process_cpu_ns() -> Option<u64> {
 #[inline]
 pub(crate) fn picked(hit: u64, every: u64, seed: u64) -> bool {
     let mask = every - 1;
-    let block = hit >> every.trailing_zeros();
-    // The finaliser of splitmix64: consecutive blocks get unrelated offsets.
+    hit & mask == offset(hit >> every.trailing_zeros(), seed) & mask
+}
+
+/// The hash that places a block's evaluated hit: the finaliser of splitmix64, so consecutive
+/// blocks get unrelated offsets.
+#[inline]
+fn offset(block: u64, seed: u64) -> u64 {
     let mut z = (block ^ seed).wrapping_add(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    z ^= z >> 31;
-    hit & mask == z & mask
+    z ^ (z >> 31)
+}
+
+/// How many hits from hit number `next` on are sure to be sampled out under a factor of
+/// `1 << shift`: up to the block's evaluated hit if it is still to come, else up to the next
+/// block's start. 0 when every hit is evaluated, and when `next` starts a block (where the thread
+/// takes up a new factor, if one came).
+#[inline]
+pub(crate) fn quiet(next: u64, shift: u32, seed: u64) -> u64 {
+    let mask = (1u64 << shift) - 1;
+    if next & mask == 0 {
+        return 0;
+    }
+    let block = next >> shift;
+    let pick = (block << shift) | (offset(block, seed) & mask);
+    if pick >= next {
+        pick - next
+    } else {
+        ((block + 1) << shift) - next
+    }
 }
 
 /// A point on the calling thread's CPU clock (wall time where the platform has none): what a
@@ -316,6 +339,8 @@ pub(crate) struct Admitted<'a> {
     pub timed: Option<u64>,
     /// The calling thread's counts, for what the evaluation counts.
     pub counts: &'a ThreadCounts,
+    /// How many of this thread's next hits are sure to be sampled out ([`quiet`]).
+    pub quiet: u64,
 }
 
 impl Sampler {
@@ -358,11 +383,13 @@ impl Sampler {
         1 << self.shift.load(Ordering::Relaxed)
     }
 
-    /// Counts a hit and says whether to evaluate it: `None` to skip it.
+    /// Counts `skipped` hits that were sure to be sampled out (the site passed them by, see
+    /// [`quiet`]) and then this one, and says whether to evaluate it; `Err` with how many of the
+    /// thread's next hits are sure to be sampled out when not.
     #[inline]
-    pub(crate) fn admit(&self) -> Option<Admitted<'_>> {
+    pub(crate) fn admit(&self, skipped: u64) -> Result<Admitted<'_>, u64> {
         let counts = self.threads.get_or_default();
-        let hit = counts.hits.load(Ordering::Relaxed);
+        let hit = counts.hits.load(Ordering::Relaxed).wrapping_add(skipped);
         counts.hits.store(hit.wrapping_add(1), Ordering::Relaxed);
         let mut shift = counts.shift.load(Ordering::Relaxed);
         let now = self.shift.load(Ordering::Relaxed);
@@ -375,16 +402,18 @@ impl Sampler {
             }
         }
         let every = 1u64 << shift;
+        let quiet = quiet(hit.wrapping_add(1), shift as u32, counts.seed);
         if every > 1 && !picked(hit, every, counts.seed) {
-            return None;
+            return Err(quiet);
         }
         // One evaluation in `span` is timed: the one of every `span`-th block.
         let span = (TIME_EVERY >> shift).max(1);
         let timed = (hit >> shift).is_multiple_of(span);
-        Some(Admitted {
+        Ok(Admitted {
             every,
             timed: timed.then_some(span),
             counts,
+            quiet,
         })
     }
 
@@ -540,7 +569,7 @@ mod tests {
             // An odd number of hits, so every switch is asked for in the middle of a block.
             for _ in 0..(10_007 + round as u64 * 997) {
                 hits += 1;
-                if let Some(a) = s.admit() {
+                if let Ok(a) = s.admit(0) {
                     weight += a.every;
                     timed += u64::from(a.timed.is_some());
                 }
@@ -549,7 +578,7 @@ mod tests {
         }
         for _ in 0..5_003 {
             hits += 1;
-            if let Some(a) = s.admit() {
+            if let Ok(a) = s.admit(0) {
                 weight += a.every;
             }
         }
@@ -579,7 +608,7 @@ mod tests {
                             // Mid-run change, asked for in the middle of blocks.
                             s.switch_to(64);
                         }
-                        if let Some(a) = s.admit() {
+                        if let Ok(a) = s.admit(0) {
                             weight += a.every;
                             if firsts.len() < 8 {
                                 firsts.push(hit);
@@ -601,6 +630,86 @@ mod tests {
             results.iter().any(|r| r.2 != results[0].2),
             "{:?}",
             results.iter().map(|r| &r.2).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
+    fn skipping_the_quiet_hits_evaluates_the_same_hits_with_the_same_weights() {
+        let b = Budgets::default();
+        let stepped = Sampler::new(&b, 0.01, true);
+        let skipping = Sampler::new(&b, 0.01, true);
+        let (mut stepped_evaluated, mut skipping_evaluated) = (Vec::new(), Vec::new());
+        let mut rng = fastrand::Rng::with_seed(7);
+        // Both on this thread: give both lanes the same seed (it comes from fastrand's).
+        fastrand::seed(11);
+        stepped.threads.get_or_default();
+        fastrand::seed(11);
+        skipping.threads.get_or_default();
+        assert_eq!(
+            stepped.threads.get().map(|c| c.seed),
+            skipping.threads.get().map(|c| c.seed)
+        );
+        let mut skip = 0u64;
+        let mut skipped = 0u64;
+        let mut quiet_hits = 0u64;
+        for hit in 0..200_000u64 {
+            if hit % 7_919 == 0 {
+                let next = 1u64 << rng.u32(0..11);
+                stepped.switch_to(next);
+                skipping.switch_to(next);
+            }
+            if let Ok(a) = stepped.admit(0) {
+                stepped_evaluated.push((hit, a.every));
+            }
+            if skip > 0 {
+                skip -= 1;
+                skipped += 1;
+                quiet_hits += 1;
+                continue;
+            }
+            match skipping.admit(skipped) {
+                Ok(a) => {
+                    skipping_evaluated.push((hit, a.every));
+                    skip = a.quiet;
+                }
+                Err(q) => skip = q,
+            }
+            skipped = 0;
+        }
+        assert_eq!(stepped_evaluated, skipping_evaluated);
+        assert!(
+            quiet_hits > 100_000,
+            "most hits were passed by: {quiet_hits}"
+        );
+        assert_eq!(skipping.hits() + skipped, stepped.hits());
+    }
+
+    #[test]
+    fn quiet_runs_up_to_the_pick_or_the_next_block() {
+        for shift in 1..8u32 {
+            let every = 1u64 << shift;
+            for next in 0..(every * 50) {
+                let q = quiet(next, shift, 99);
+                // No hit in the quiet run is picked, and the run does not cross a block start.
+                for h in next..next + q {
+                    assert!(!picked(h, every, 99), "shift {shift}, next {next}, q {q}");
+                }
+                assert!(
+                    next % every + q <= every,
+                    "shift {shift}, next {next}, q {q}"
+                );
+                // It ends at a pick or at a block start, and a block's first hit is never in one.
+                let end = next + q;
+                assert!(picked(end, every, 99) || end.is_multiple_of(every));
+                if next.is_multiple_of(every) {
+                    assert_eq!(q, 0);
+                }
+            }
+        }
+        assert_eq!(
+            quiet(5, 0, 1),
+            0,
+            "every hit is evaluated: nothing is quiet"
         );
     }
 

@@ -19,6 +19,7 @@ use std::{
 };
 
 use sonde_expr::{EvalError, Expr, Lookup};
+use thread_local::ThreadLocal;
 
 use super::{
     budget::{Budgets, FireBudget, WindowCounter},
@@ -34,9 +35,43 @@ use crate::{
     tracepoint::spec::now_unix_ms,
 };
 
-/// The tracepoints bound to one site.
+/// The tracepoints bound to one site, and each thread's run of hits it may pass by.
+///
+/// # Passing hits by
+/// When every tracepoint at the site samples, most hits are sure to be sampled out, and which
+/// ones is known in advance ([`cpu::quiet`]). After a hit, the site takes the shortest quiet run
+/// of its tracepoints, and the thread passes that many of its next hits by: it decrements a count
+/// of its own and returns, touching nothing of the tracepoints. The next hit credits them to
+/// every tracepoint at once, so the hits evaluated, and their weights, are the ones a hit-by-hit
+/// count would give. In a busy service the tracepoints' data is out of cache when a sampled-out
+/// hit comes (measured: about 1 µs for a cold hit sampled out through the tracepoint, against
+/// 0.1 µs warm); passed by, a hit touches the site, the program and the thread's count.
 pub(crate) struct Program {
+    lanes: ThreadLocal<Lane>,
     pub tracepoints: Vec<Arc<Installed>>,
+}
+
+/// One thread's run of hits to pass by at a site. Only that thread writes it.
+#[derive(Debug, Default)]
+#[repr(align(64))]
+struct Lane {
+    /// Hits still to pass by.
+    quiet: AtomicU64,
+    /// Hits passed by since the last one the tracepoints saw.
+    passed: AtomicU64,
+}
+
+/// A run of hits passed by never exceeds this: a tracepoint outside its time window or
+/// disarmed does not shorten the run, and this bounds how late the site notices a change.
+const MAX_QUIET: u64 = 1024;
+
+impl Program {
+    pub fn new(tracepoints: Vec<Arc<Installed>>) -> Self {
+        Self {
+            lanes: ThreadLocal::new(),
+            tracepoints,
+        }
+    }
 }
 
 /// Where a label value comes from, compiled.
@@ -242,15 +277,23 @@ impl Installed {
     }
 
     /// Runs the tracepoint on one hit that stands for `hits` hits (1 at a probe site; more for a
-    /// native capture that also stands for the hits its trap budget turned away before it).
-    fn fire<L: Lookup + Variables + ?Sized>(&self, vars: &L, hits: u64, place: Option<Place>) {
+    /// native capture that also stands for the hits its trap budget turned away before it),
+    /// after `passed` hits the site passed by (sure to be sampled out). Returns how many of the
+    /// thread's next hits are sure to be sampled out (`u64::MAX`: this tracepoint does not mind).
+    fn fire<L: Lookup + Variables + ?Sized>(
+        &self,
+        vars: &L,
+        hits: u64,
+        place: Option<Place>,
+        passed: u64,
+    ) -> u64 {
         if self.disarmed.load(Ordering::Relaxed) {
-            return;
+            return u64::MAX;
         }
         if self.window.0.is_some() || self.window.1.is_some() {
             let now = now_unix_ms();
             if self.window.0.is_some_and(|s| now < s) {
-                return;
+                return u64::MAX;
             }
             if self.window.1.is_some_and(|e| now > e) {
                 if !self.expired.swap(true, Ordering::Relaxed) {
@@ -259,11 +302,12 @@ impl Installed {
                         own.expired.inc();
                     }
                 }
-                return;
+                return u64::MAX;
             }
         }
-        let Some(admitted) = self.sampler.admit() else {
-            return;
+        let admitted = match self.sampler.admit(passed) {
+            Ok(admitted) => admitted,
+            Err(quiet) => return quiet,
         };
         let weight = if self.weighted {
             admitted.every.saturating_mul(hits)
@@ -272,7 +316,7 @@ impl Installed {
         };
         let Some(span) = admitted.timed else {
             self.run(vars, weight, place, admitted.counts);
-            return;
+            return admitted.quiet;
         };
         let started = cpu::ThreadTime::now();
         self.run(vars, weight, place, admitted.counts);
@@ -288,6 +332,7 @@ impl Installed {
             Verdict::Every(n) => self.sampling_changed(n),
             Verdict::Disarm => self.disarm(DisarmReason::Cpu),
         }
+        admitted.quiet
     }
 
     #[cold]
@@ -489,20 +534,37 @@ impl site::Program for Program {
     /// Runs every tracepoint bound to `site` (never inside another hit: `Site::hit` skips a
     /// hit reached while evaluating, or from a provider).
     fn hit(&self, site: &'static Site, values: &[&dyn Capture]) {
+        let lane = self.lanes.get_or_default();
+        let quiet = lane.quiet.load(Ordering::Relaxed);
+        if quiet > 0 {
+            lane.quiet.store(quiet - 1, Ordering::Relaxed);
+            cpu::add_own(&lane.passed, 1);
+            return;
+        }
+        let passed = lane.passed.load(Ordering::Relaxed);
+        if passed > 0 {
+            lane.passed.store(0, Ordering::Relaxed);
+        }
         let vars = HitVars {
             names: site.names(),
             values,
         };
+        let mut quiet = MAX_QUIET;
         for tp in &self.tracepoints {
             let place = Place {
                 file: site.file(),
                 line: site.line(),
                 module: site.module(),
             };
-            if catch_unwind(AssertUnwindSafe(|| tp.fire(&vars, 1, Some(place)))).is_err() {
-                tp.error("panic", "panic", "a panic inside the tracepoint was caught");
+            match catch_unwind(AssertUnwindSafe(|| tp.fire(&vars, 1, Some(place), passed))) {
+                Ok(q) => quiet = quiet.min(q),
+                Err(_) => {
+                    quiet = 0;
+                    tp.error("panic", "panic", "a panic inside the tracepoint was caught");
+                }
             }
         }
+        lane.quiet.store(quiet, Ordering::Relaxed);
     }
 }
 
@@ -515,7 +577,7 @@ impl site::Program for Program {
     allow(dead_code)
 )]
 pub(crate) fn fire_decoded(tp: &Installed, vars: &(impl Lookup + Variables + ?Sized), hits: u64) {
-    if catch_unwind(AssertUnwindSafe(|| tp.fire(vars, hits, None))).is_err() {
+    if catch_unwind(AssertUnwindSafe(|| tp.fire(vars, hits, None, 0))).is_err() {
         tp.error("panic", "panic", "a panic inside the tracepoint was caught");
     }
 }
