@@ -1,7 +1,8 @@
 //! The hit pipeline: what runs when an armed site is reached. [`Installed`] is one compiled
 //! tracepoint; [`Program`] is the list of them bound to one site.
 //!
-//! Per hit, per tracepoint: re-entrancy guard (once per hit), local disarm flag, time window, fire
+//! Per hit (the site's grace section already skips a hit inside a hit): the thread's run of hits
+//! to pass by (see [`Program`]); then per tracepoint: local disarm flag, time window, sampler, fire
 //! budget, condition, then each metric (labels, value, cached series, record) and the log line.
 //! Every evaluation error is counted and remembered for the status report, never turned into a
 //! made-up value. Panics are caught per tracepoint. The CPU budget ([`Sampler`]) decides how many
