@@ -21,46 +21,19 @@ use std::{
 };
 
 use sonde_agent::{Agent, AgentHandle, Budgets, Capture, PrometheusProvider, probe};
-use sonde_expr::Value;
 use sonde_proto::tracepoint::{
     LabelExpression, Metric, MetricType, TracePointConfig, label_expression,
 };
 
+#[derive(Capture)]
 struct Order {
     total: f64,
     country: String,
 }
 
+#[derive(Capture)]
 struct User {
     tier: String,
-}
-
-impl Capture for Order {
-    fn capture(&self) -> Value {
-        Value::Record(vec![
-            ("total".into(), self.total.capture()),
-            ("country".into(), self.country.capture()),
-        ])
-    }
-    fn field(&self, name: &str) -> Option<&dyn Capture> {
-        match name {
-            "total" => Some(&self.total),
-            "country" => Some(&self.country),
-            _ => None,
-        }
-    }
-}
-
-impl Capture for User {
-    fn capture(&self) -> Value {
-        Value::Record(vec![("tier".into(), self.tier.capture())])
-    }
-    fn field(&self, name: &str) -> Option<&dyn Capture> {
-        match name {
-            "tier" => Some(&self.tier),
-            _ => None,
-        }
-    }
 }
 
 #[inline(never)]
