@@ -29,6 +29,7 @@
 //! the thread exits.
 
 use std::{
+    cell::Cell,
     sync::{
         Arc, Mutex, OnceLock,
         atomic::{AtomicU64, Ordering, compiler_fence, fence},
@@ -75,6 +76,8 @@ impl Drop for Reader {
 
 thread_local! {
     static READER: Reader = Reader::register();
+    /// Inside a read-side section: read first, without touching the registration.
+    static INSIDE: Cell<bool> = const { Cell::new(false) };
 }
 
 /// Marks the thread as leaving its hit when dropped (also on unwinding).
@@ -89,6 +92,7 @@ impl Drop for Leave<'_> {
         // Release: whatever the hit read of the program happens before a writer sees the thread
         // out of it.
         self.slot.epoch.store(self.epoch, Ordering::Release);
+        let _ = INSIDE.try_with(|i| i.set(false));
     }
 }
 
@@ -107,6 +111,7 @@ pub(crate) fn read<R>(f: impl FnOnce() -> R) -> Option<R> {
                 return None;
             }
             slot.epoch.store(epoch + 1, Ordering::Relaxed);
+            let _ = INSIDE.try_with(|i| i.set(true));
             if reader.asymmetric {
                 compiler_fence(Ordering::SeqCst);
             } else {
@@ -122,11 +127,10 @@ pub(crate) fn read<R>(f: impl FnOnce() -> R) -> Option<R> {
         .flatten()
 }
 
-/// Whether the calling thread is inside a read-side section now.
-fn inside() -> bool {
-    READER
-        .try_with(|r| r.slot.epoch.load(Ordering::Relaxed) & 1 != 0)
-        .unwrap_or(false)
+/// Whether the calling thread is inside a read-side section now (a hit inside a hit).
+#[inline]
+pub(crate) fn inside() -> bool {
+    INSIDE.try_with(Cell::get).unwrap_or(false)
 }
 
 /// Waits until every read-side section that was running when it was called has ended. Called

@@ -39,6 +39,7 @@ use std::{
 
 pub(crate) mod capture;
 pub(crate) mod grace;
+mod pass;
 pub(crate) mod redact;
 #[cfg(feature = "serde")]
 pub(crate) mod serde_capture;
@@ -47,8 +48,10 @@ use capture::Capture;
 
 /// What an armed site runs on a hit: the tracepoints bound to it.
 pub(crate) trait Program: Send + Sync {
-    /// Runs over the values the site captured.
-    fn hit(&self, site: &'static Site, values: &[&dyn Capture]);
+    /// Runs over the values the site captured, after `passed` hits this thread passed by since
+    /// the last one the program saw. Returns how many of the thread's next hits the program has
+    /// no use for: the site passes them by ([`pass`]) and owes them to the next call.
+    fn hit(&self, site: &'static Site, values: &[&dyn Capture], passed: u64) -> u64;
 }
 
 /// A published program (boxed twice over: an atomic pointer is thin).
@@ -64,6 +67,8 @@ pub struct Site {
     state: AtomicU8,
     /// Owned: made by `Box::into_raw`, freed through [`Retired`] after a grace period.
     program: AtomicPtr<SiteProgram>,
+    /// Bumped each time `program` is replaced: a thread's run of hits to pass by is for one.
+    generation: AtomicU64,
     /// Per captured name, the field names its value offered on the site's first run (a static
     /// beside the site's, one slot per name: recording them allocates nothing).
     fields: &'static [FieldSlot],
@@ -126,6 +131,7 @@ impl Site {
             names,
             state: AtomicU8::new(UNSEEN),
             program: AtomicPtr::new(ptr::null_mut()),
+            generation: AtomicU64::new(0),
             fields,
         }
     }
@@ -151,6 +157,7 @@ impl Site {
     }
 
     /// Whether a tracepoint is bound here.
+    #[inline]
     pub fn is_armed(&self) -> bool {
         self.state.load(Ordering::Relaxed) & ARMED != 0
     }
@@ -186,6 +193,16 @@ impl Site {
         if self.state.load(Ordering::Relaxed) & UNSEEN != 0 {
             self.first_run(values);
         }
+        if grace::inside() {
+            return;
+        }
+        let key = self as *const Site as usize;
+        // Acquire, and before the program: a generation seen here was bumped after its program
+        // was published.
+        let generation = self.generation.load(Ordering::Acquire);
+        if pass::pass(key, generation) {
+            return;
+        }
         grace::read(|| {
             // Acquire: the program's contents were written before it was published.
             let program = self.program.load(Ordering::Acquire);
@@ -193,7 +210,8 @@ impl Site {
             // swaps it out frees it only after a grace period (`Retired`), which waits for this
             // section to end.
             if let Some(program) = unsafe { program.as_ref() } {
-                program.hit(self, values);
+                let quiet = program.hit(self, values, pass::take(key, generation));
+                pass::start(key, generation, quiet);
             }
         });
     }
@@ -222,6 +240,7 @@ impl Site {
     pub(crate) fn arm(&self, program: SiteProgram) -> Retired {
         let new = Box::into_raw(Box::new(program));
         let old = self.program.swap(new, Ordering::AcqRel);
+        self.generation.fetch_add(1, Ordering::Release);
         self.state.fetch_or(ARMED, Ordering::Release);
         Retired::new(old)
     }
@@ -229,7 +248,9 @@ impl Site {
     /// Disarms the site, then unpublishes its program; returns it.
     pub(crate) fn disarm(&self) -> Retired {
         self.state.fetch_and(!ARMED, Ordering::Release);
-        Retired::new(self.program.swap(ptr::null_mut(), Ordering::AcqRel))
+        let old = self.program.swap(ptr::null_mut(), Ordering::AcqRel);
+        self.generation.fetch_add(1, Ordering::Release);
+        Retired::new(old)
     }
 
     /// `file:line`.
@@ -328,7 +349,7 @@ mod tests {
     }
 
     impl Program for Watched {
-        fn hit(&self, _site: &'static Site, _values: &[&dyn Capture]) {
+        fn hit(&self, _site: &'static Site, _values: &[&dyn Capture], _passed: u64) -> u64 {
             self.running.fetch_add(1, Ordering::SeqCst);
             assert_eq!(self.alive.load(Ordering::SeqCst), ALIVE);
             for _ in 0..50 {
@@ -337,6 +358,7 @@ mod tests {
             assert_eq!(self.alive.load(Ordering::SeqCst), ALIVE);
             self.hits.fetch_add(1, Ordering::Relaxed);
             self.running.fetch_sub(1, Ordering::SeqCst);
+            0
         }
     }
 
@@ -347,6 +369,58 @@ mod tests {
             }
             self.alive.store(0, Ordering::SeqCst);
         }
+    }
+
+    static QUIET_SITE: Site = Site::new("pass_test.rs", 1, "tests", &[], &[]);
+
+    /// A program that asks for every fourth hit and tallies what it is given.
+    struct EveryFourth {
+        seen: Arc<AtomicU64>,
+        passed: Arc<AtomicU64>,
+    }
+
+    impl Program for EveryFourth {
+        fn hit(&self, _site: &'static Site, _values: &[&dyn Capture], passed: u64) -> u64 {
+            self.seen.fetch_add(1, Ordering::Relaxed);
+            self.passed.fetch_add(passed, Ordering::Relaxed);
+            3
+        }
+    }
+
+    #[test]
+    fn the_hits_a_program_has_no_use_for_are_passed_by_and_owed_to_it() {
+        let (seen, passed) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let program = || -> SiteProgram {
+            Box::new(EveryFourth {
+                seen: seen.clone(),
+                passed: passed.clone(),
+            })
+        };
+        drop(QUIET_SITE.arm(program()));
+        for _ in 0..101 {
+            QUIET_SITE.hit(&[]);
+        }
+        // Hits 0, 4, 8, ..., 100 reach the program; each after the first carries the 3 before.
+        assert_eq!(seen.load(Ordering::Relaxed), 26);
+        assert_eq!(passed.load(Ordering::Relaxed), 75);
+        // Three more are passed by and owed; arming again drops them with the old program.
+        for _ in 0..3 {
+            QUIET_SITE.hit(&[]);
+        }
+        assert_eq!(seen.load(Ordering::Relaxed), 26);
+        drop(QUIET_SITE.arm(program()));
+        QUIET_SITE.hit(&[]);
+        assert_eq!(
+            seen.load(Ordering::Relaxed),
+            27,
+            "the new program sees the next hit"
+        );
+        assert_eq!(
+            passed.load(Ordering::Relaxed),
+            75,
+            "nothing owed to the old one is paid"
+        );
+        drop(QUIET_SITE.disarm());
     }
 
     #[test]

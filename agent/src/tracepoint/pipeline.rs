@@ -20,7 +20,6 @@ use std::{
 };
 
 use sonde_expr::{EvalError, Expr, Lookup};
-use thread_local::ThreadLocal;
 
 use super::{
     budget::{Budgets, FireBudget, WindowCounter},
@@ -36,30 +35,17 @@ use crate::{
     tracepoint::spec::now_unix_ms,
 };
 
-/// The tracepoints bound to one site, and each thread's run of hits it may pass by.
+/// The tracepoints bound to one site.
 ///
 /// # Passing hits by
 /// When every tracepoint at the site samples, most hits are sure to be sampled out, and which
-/// ones is known in advance ([`cpu::quiet`]). After a hit, the site takes the shortest quiet run
-/// of its tracepoints, and the thread passes that many of its next hits by: it decrements a count
-/// of its own and returns, touching nothing of the tracepoints. The next hit credits them to
-/// every tracepoint at once, so the hits evaluated, and their weights, are the ones a hit-by-hit
-/// count would give. Passed by, a hit touches the site, the program and the thread's count, and
-/// none of the tracepoints' data, which in a busy service is out of cache when a sampled-out hit
-/// comes (the `cold_hits` example: 1.1–1.3 µs passed by, 1.3–1.4 µs through three tracepoints).
+/// ones is known in advance ([`cpu::quiet`]). After a hit, the program answers the shortest quiet
+/// run of its tracepoints, and the site passes that many of the thread's next hits by
+/// (`site::pass`: a count in the thread's own table, touching nothing of the program). The next
+/// hit credits them to every tracepoint at once, so the hits evaluated, and their weights, are
+/// the ones a hit-by-hit count would give.
 pub(crate) struct Program {
-    lanes: ThreadLocal<Lane>,
     pub tracepoints: Vec<Arc<Installed>>,
-}
-
-/// One thread's run of hits to pass by at a site. Only that thread writes it.
-#[derive(Debug, Default)]
-#[repr(align(64))]
-struct Lane {
-    /// Hits still to pass by.
-    quiet: AtomicU64,
-    /// Hits passed by since the last one the tracepoints saw.
-    passed: AtomicU64,
 }
 
 /// A run of hits passed by never exceeds this: a tracepoint outside its time window or
@@ -68,10 +54,7 @@ const MAX_QUIET: u64 = 1024;
 
 impl Program {
     pub fn new(tracepoints: Vec<Arc<Installed>>) -> Self {
-        Self {
-            lanes: ThreadLocal::new(),
-            tracepoints,
-        }
+        Self { tracepoints }
     }
 }
 
@@ -534,18 +517,7 @@ thread_local! {
 impl site::Program for Program {
     /// Runs every tracepoint bound to `site` (never inside another hit: `Site::hit` skips a
     /// hit reached while evaluating, or from a provider).
-    fn hit(&self, site: &'static Site, values: &[&dyn Capture]) {
-        let lane = self.lanes.get_or_default();
-        let quiet = lane.quiet.load(Ordering::Relaxed);
-        if quiet > 0 {
-            lane.quiet.store(quiet - 1, Ordering::Relaxed);
-            cpu::add_own(&lane.passed, 1);
-            return;
-        }
-        let passed = lane.passed.load(Ordering::Relaxed);
-        if passed > 0 {
-            lane.passed.store(0, Ordering::Relaxed);
-        }
+    fn hit(&self, site: &'static Site, values: &[&dyn Capture], passed: u64) -> u64 {
         let vars = HitVars {
             names: site.names(),
             values,
@@ -565,7 +537,7 @@ impl site::Program for Program {
                 }
             }
         }
-        lane.quiet.store(quiet, Ordering::Relaxed);
+        quiet
     }
 }
 
