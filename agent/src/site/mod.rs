@@ -9,7 +9,9 @@
 //! the program after, so a hit never sees a flag without a program for long, and when it does it
 //! finds nothing to run. A hit reads the pointer inside a [`grace`] section (plain stores to a
 //! counter of its own thread, no locked instruction); a program swapped out is [`Retired`] and
-//! dropped once every hit that may still run it has ended.
+//! dropped once every hit that may still run it has ended. Before that, a hit the program said it
+//! has no use for (a sampled-out one) is passed by from the thread's own table ([`pass`]), which
+//! touches neither the program nor the grace counter.
 //!
 //! Sites are collected at link time into one distributed slice ([`linkme`]), so the agent can
 //! enumerate every site of the binary at start-up without any registration call at run time.
