@@ -295,7 +295,8 @@ impl Retired {
             // Called inside a hit (by code a tracepoint evaluation ran): the program may be the
             // one running. Keeping it is safe; freeing it is not.
             tracing::warn!(
-                "sonde agent: a site's tracepoints were replaced from inside a hit; the old ones                  are kept"
+                "sonde agent: a site's tracepoints were replaced from inside a hit; the old ones \
+                 are kept"
             );
             return;
         }
