@@ -174,6 +174,12 @@ fn main() {
             .min()
     };
     let settled = every(&sampled);
+    if settled.is_none_or(|n| n < 64) {
+        eprintln!(
+            "cold_hits: the tracepoints settled on sampling {settled:?}, not far enough for the \
+             'sampled out' row to be made of sampled-out hits"
+        );
+    }
     rows.push(("sampled out", cold(&mut junk, a.hits, &hit), settled));
     sampled.shutdown();
 

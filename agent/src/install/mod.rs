@@ -288,7 +288,7 @@ impl Installer {
         }
         self.armed = programs.values().map(|(s, _)| *s).collect();
         for (site, tracepoints) in programs.into_values() {
-            retired.push(site.arm(Box::new(Program::new(tracepoints))));
+            retired.push(site.arm(Box::new(Program { tracepoints })));
         }
         // One grace period for every site, then the old programs (and with them the metrics of
         // the tracepoints removed) drop here, on the agent's thread.

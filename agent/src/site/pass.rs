@@ -19,7 +19,7 @@ use std::cell::Cell;
 /// Entries per thread: direct-mapped by the site's address.
 const ENTRIES: usize = 8;
 
-#[derive(Clone, Copy, Default)]
+#[derive(Clone, Copy)]
 struct Entry {
     /// The site's address; 0 for a free entry.
     site: usize,
@@ -31,13 +31,16 @@ struct Entry {
     passed: u32,
 }
 
+/// An entry no site holds.
+const FREE: Entry = Entry {
+    site: 0,
+    generation: 0,
+    quiet: 0,
+    passed: 0,
+};
+
 thread_local! {
-    static TABLE: [Cell<Entry>; ENTRIES] = const { [const { Cell::new(Entry {
-        site: 0,
-        generation: 0,
-        quiet: 0,
-        passed: 0,
-    }) }; ENTRIES] };
+    static TABLE: [Cell<Entry>; ENTRIES] = const { [const { Cell::new(FREE) }; ENTRIES] };
 }
 
 #[inline]
@@ -75,7 +78,7 @@ pub(crate) fn take(site: usize, generation: u64) -> u64 {
                 return 0;
             }
             // This site's entry: paid now, or stale (a new generation: its hits are dropped).
-            cell.set(Entry::default());
+            cell.set(FREE);
             if e.generation == generation {
                 u64::from(e.passed)
             } else {

@@ -52,12 +52,6 @@ pub(crate) struct Program {
 /// disarmed does not shorten the run, and this bounds how late the site notices a change.
 const MAX_QUIET: u64 = 1024;
 
-impl Program {
-    pub fn new(tracepoints: Vec<Arc<Installed>>) -> Self {
-        Self { tracepoints }
-    }
-}
-
 /// Where a label value comes from, compiled.
 pub(crate) enum Label {
     Static(String),
