@@ -10,8 +10,9 @@
 //! finds nothing to run. A hit reads the pointer inside a [`grace`] section (plain stores to a
 //! counter of its own thread, no locked instruction); a program swapped out is [`Retired`] and
 //! dropped once every hit that may still run it has ended. Before that, a hit the program said it
-//! has no use for (a sampled-out one) is passed by from the thread's own table ([`pass`]), which
-//! touches neither the program nor the grace counter.
+//! has no use for (a sampled-out one) is passed by from the thread's own table ([`pass`]), in code
+//! inlined at the line: it touches the site's first cache line and one line of the table, and
+//! neither the program, the grace counter nor any of the agent's code.
 //!
 //! Sites are collected at link time into one distributed slice ([`linkme`]), so the agent can
 //! enumerate every site of the binary at start-up without any registration call at run time.
@@ -60,17 +61,22 @@ pub(crate) trait Program: Send + Sync {
 pub(crate) type SiteProgram = Box<dyn Program>;
 
 /// A probe site: where it is, what it captures, and whether a tracepoint is bound to it.
+///
+/// Laid out by hand and aligned to a cache line: what a hit reads (the state, the generation,
+/// the program) comes first, so a hit passed by touches one line of the site, the one the line of
+/// code already loaded its state from.
+#[repr(C, align(64))]
 pub struct Site {
+    /// [`ARMED`] and [`UNSEEN`]: the line takes the cold path while either is set.
+    state: AtomicU8,
+    /// Bumped each time `program` is replaced: a thread's run of hits to pass by is for one.
+    generation: AtomicU64,
+    /// Owned: made by `Box::into_raw`, freed through [`Retired`] after a grace period.
+    program: AtomicPtr<SiteProgram>,
     file: &'static str,
     line: u32,
     module: &'static str,
     names: &'static [&'static str],
-    /// [`ARMED`] and [`UNSEEN`]: the line takes the cold path while either is set.
-    state: AtomicU8,
-    /// Owned: made by `Box::into_raw`, freed through [`Retired`] after a grace period.
-    program: AtomicPtr<SiteProgram>,
-    /// Bumped each time `program` is replaced: a thread's run of hits to pass by is for one.
-    generation: AtomicU64,
     /// Per captured name, the field names its value offered on the site's first run (a static
     /// beside the site's, one slot per name: recording them allocates nothing).
     fields: &'static [FieldSlot],
@@ -186,15 +192,34 @@ impl Site {
         )
     }
 
-    /// Runs the bound tracepoints over the captured values. Called by `probe!` when
-    /// [`wants_hit`](Self::wants_hit).
+    /// Runs the bound tracepoints over the captured values. Called by `probe!` when the site is
+    /// armed.
+    ///
+    /// Inlined where the line is: a hit the program has no use for (this thread's run of
+    /// sampled-out hits, [`pass`]) is passed by right there, reading the site's line and one line
+    /// of the thread's table, and no code of the agent's; the rest go to [`run`](Self::run).
     #[doc(hidden)]
+    #[inline(always)]
+    pub fn hit(&'static self, values: &[&dyn Capture]) {
+        // Relaxed: a generation older than the program's only makes this thread pass a hit by on
+        // behalf of the program before, whose hits the next `run` drops as stale.
+        let generation = self.generation.load(Ordering::Relaxed);
+        if !pass::pass(self as *const Site as usize, generation) {
+            self.run(values);
+        }
+    }
+
+    /// A hit not passed by: runs the site's program, if any, and starts the thread's next run of
+    /// hits to pass by.
     #[cold]
     #[inline(never)]
-    pub fn hit(&'static self, values: &[&dyn Capture]) {
+    fn run(&'static self, values: &[&dyn Capture]) {
         if self.state.load(Ordering::Relaxed) & UNSEEN != 0 {
             self.first_run(values);
         }
+        // A hit inside another (a probed function called while a program runs) is dropped: a
+        // program never runs inside itself. Passing such a hit by above is harmless: it only
+        // counts on the thread's own table.
         if grace::inside() {
             return;
         }
@@ -202,9 +227,6 @@ impl Site {
         // Acquire, and before the program: a generation seen here was bumped after its program
         // was published.
         let generation = self.generation.load(Ordering::Acquire);
-        if pass::pass(key, generation) {
-            return;
-        }
         grace::read(|| {
             // Acquire: the program's contents were written before it was published.
             let program = self.program.load(Ordering::Acquire);
@@ -375,6 +397,16 @@ mod tests {
     }
 
     static QUIET_SITE: Site = Site::new("pass_test.rs", 1, "tests", &[], &[]);
+
+    #[test]
+    fn what_a_hit_reads_of_a_site_is_on_one_cache_line() {
+        assert_eq!(std::mem::align_of::<Site>(), 64);
+        let end = |offset: usize, size: usize| offset + size;
+        assert!(end(std::mem::offset_of!(Site, state), 1) <= 64);
+        assert!(end(std::mem::offset_of!(Site, generation), 8) <= 64);
+        assert!(end(std::mem::offset_of!(Site, program), 8) <= 64);
+        assert_eq!(&QUIET_SITE as *const Site as usize % 64, 0);
+    }
 
     /// A program that asks for every fourth hit and tallies what it is given.
     struct EveryFourth {

@@ -19,28 +19,35 @@ use std::cell::Cell;
 /// Entries per thread: direct-mapped by the site's address.
 const ENTRIES: usize = 8;
 
+/// 32 bytes, aligned: an entry never straddles two cache lines.
 #[derive(Clone, Copy)]
+#[repr(C, align(32))]
 struct Entry {
     /// The site's address; 0 for a free entry.
     site: usize,
     /// The site's generation when the run began.
     generation: u64,
-    /// Hits still to pass by.
+    /// The run's length: hits to pass by when it began.
+    run: u32,
+    /// Hits still to pass by; the `run - quiet` passed by are owed to the program. (Counting
+    /// one word down, not two, keeps the pass-by free of any constant to load.)
     quiet: u32,
-    /// Hits passed by, owed to the program.
-    passed: u32,
 }
 
 /// An entry no site holds.
 const FREE: Entry = Entry {
     site: 0,
     generation: 0,
+    run: 0,
     quiet: 0,
-    passed: 0,
 };
 
+/// The table, on cache lines of its own.
+#[repr(C, align(64))]
+struct Table([Cell<Entry>; ENTRIES]);
+
 thread_local! {
-    static TABLE: [Cell<Entry>; ENTRIES] = const { [const { Cell::new(FREE) }; ENTRIES] };
+    static TABLE: Table = const { Table([const { Cell::new(FREE) }; ENTRIES]) };
 }
 
 #[inline]
@@ -54,13 +61,12 @@ fn index(site: usize) -> usize {
 pub(crate) fn pass(site: usize, generation: u64) -> bool {
     TABLE
         .try_with(|table| {
-            let cell = &table[index(site)];
+            let cell = &table.0[index(site)];
             let mut e = cell.get();
             if e.site != site || e.generation != generation || e.quiet == 0 {
                 return false;
             }
             e.quiet -= 1;
-            e.passed += 1;
             cell.set(e);
             true
         })
@@ -72,7 +78,7 @@ pub(crate) fn pass(site: usize, generation: u64) -> bool {
 pub(crate) fn take(site: usize, generation: u64) -> u64 {
     TABLE
         .try_with(|table| {
-            let cell = &table[index(site)];
+            let cell = &table.0[index(site)];
             let e = cell.get();
             if e.site != site {
                 return 0;
@@ -80,7 +86,7 @@ pub(crate) fn take(site: usize, generation: u64) -> u64 {
             // This site's entry: paid now, or stale (a new generation: its hits are dropped).
             cell.set(FREE);
             if e.generation == generation {
-                u64::from(e.passed)
+                u64::from(e.run - e.quiet)
             } else {
                 0
             }
@@ -96,16 +102,17 @@ pub(crate) fn start(site: usize, generation: u64, quiet: u64) {
         return;
     }
     let _ = TABLE.try_with(|table| {
-        let cell = &table[index(site)];
+        let cell = &table.0[index(site)];
         let e = cell.get();
-        if e.site != site && e.site != 0 && e.passed > 0 {
+        if e.site != site && e.site != 0 && e.run > e.quiet {
             return;
         }
+        let run = u32::try_from(quiet).unwrap_or(u32::MAX);
         cell.set(Entry {
             site,
             generation,
-            quiet: u32::try_from(quiet).unwrap_or(u32::MAX),
-            passed: 0,
+            run,
+            quiet: run,
         });
     });
 }
