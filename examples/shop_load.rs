@@ -15,8 +15,11 @@
 //! The phases alternate for `--rounds` rounds (the tracepoints are created before each armed
 //! phase and deleted after it), so drift on a shared machine falls on all alike. It prints each
 //! phase's throughput, p50 and p99 latency and the shop's CPU time per request (from
-//! `/proc/<pid>/stat`), the armed phases' means as ratios of the others', and per round the sample
-//! factor each tracepoint settled on (`sonde_agent_tracepoint_sample_every`), its CPU per timed
+//! `/proc/<pid>/stat`; of it, the agent's own thread's, from its `schedstat`), the armed phases'
+//! means as ratios of the others', with 3 rounds or more the same paired (each armed phase over
+//! the unarmed phases on either side of it: the mean of those ratios and two standard errors;
+//! `--seconds 6 --rounds 16` tells 1% from 3% where two long rounds cannot), and per round the
+//! sample factor each tracepoint settled on (`sonde_agent_tracepoint_sample_every`), its CPU per timed
 //! evaluation, and how far its count is from the orders the generator completed.
 //!
 //! ```text
@@ -121,12 +124,27 @@ fn cpu_time(pid: u32) -> anyhow::Result<(Duration, Duration)> {
     Ok((ticks(11)?, ticks(12)?))
 }
 
+/// The time a thread of `pid` has run, from its `schedstat` (nanoseconds, unlike `stat`'s ticks):
+/// the thread is the one named `name`.
+fn thread_cpu(pid: u32, name: &str) -> Option<Duration> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
+    let task = tasks.filter_map(Result::ok).find(|t| {
+        std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim_end() == name)
+    })?;
+    let stat = std::fs::read_to_string(task.path().join("schedstat")).ok()?;
+    let ns = stat.split_whitespace().next()?.parse().ok()?;
+    Some(Duration::from_nanos(ns))
+}
+
 struct Phase {
     name: &'static str,
     report: load::LoadReport,
     cpu: Duration,
     /// The part of `cpu` spent in the kernel (the rest is the shop's own code).
     sys: Duration,
+    /// The part of `cpu` the agent's own thread ran (its client and metrics endpoint, not the
+    /// hits, which run on the shop's threads); `None` when it could not be read.
+    agent: Option<Duration>,
     /// Instructions the shop executed in the measured run (`--callgrind`).
     instructions: Option<u64>,
 }
@@ -138,6 +156,12 @@ impl Phase {
 
     fn sys_per_request_us(&self) -> f64 {
         self.sys.as_secs_f64() * 1e6 / self.report.ok.max(1) as f64
+    }
+
+    fn agent_per_request_us(&self) -> f64 {
+        self.agent.map_or(f64::NAN, |a| {
+            a.as_secs_f64() * 1e6 / self.report.ok.max(1) as f64
+        })
     }
 
     fn instructions_per_request(&self) -> Option<f64> {
@@ -210,8 +234,12 @@ fn measure(
         cg.dump(pid)?;
     }
     let (user0, sys0) = cpu_time(pid)?;
+    let agent0 = thread_cpu(pid, "sonde-agent");
     let report = load::run_paced(shop, connections, Duration::from_secs(seconds), rate);
     let (user1, sys1) = cpu_time(pid)?;
+    let agent = thread_cpu(pid, "sonde-agent")
+        .zip(agent0)
+        .map(|(after, before)| after.saturating_sub(before));
     let sys = sys1.saturating_sub(sys0);
     let cpu = user1.saturating_sub(user0) + sys;
     let instructions = callgrind.map(|cg| cg.dump(pid)).transpose()?;
@@ -225,6 +253,7 @@ fn measure(
         report,
         cpu,
         sys,
+        agent,
         instructions,
     })
 }
@@ -587,24 +616,26 @@ fn main() -> anyhow::Result<()> {
     println!();
     let counted = callgrind.is_some();
     println!(
-        "{:<18} {:>10} {:>10} {:>10} {:>14} {:>10}{}",
+        "{:<18} {:>10} {:>10} {:>10} {:>14} {:>10} {:>10}{}",
         "phase",
         "req/s",
         "p50 µs",
         "p99 µs",
         "CPU µs/req",
         "of it sys",
+        "agent thr",
         if counted { "   instructions/req" } else { "" }
     );
     for p in &phases {
         println!(
-            "{:<18} {:>10.0} {:>10} {:>10} {:>14.1} {:>10.1}{}",
+            "{:<18} {:>10.0} {:>10} {:>10} {:>14.1} {:>10.1} {:>10.2}{}",
             p.name,
             p.report.throughput(),
             p.report.latency_us(0.5),
             p.report.latency_us(0.99),
             p.cpu_per_request_us(),
             p.sys_per_request_us(),
+            p.agent_per_request_us(),
             p.instructions_per_request()
                 .map_or(String::new(), |i| format!(" {i:>18.0}"))
         );
@@ -620,13 +651,14 @@ fn main() -> anyhow::Result<()> {
         }
         let ratio = |f: &dyn Fn(&Phase) -> f64| mean(armed, f) / mean("no tracepoint", f);
         println!(
-            "{:<18} {:>10.3} {:>10.3} {:>10.3} {:>14.3} {:>10.3}{}",
+            "{:<18} {:>10.3} {:>10.3} {:>10.3} {:>14.3} {:>10.3} {:>10.3}{}",
             format!("ratio {}", &armed[..armed.find(' ').unwrap_or(armed.len())]),
             ratio(&|p| p.report.throughput()),
             ratio(&|p| p.report.latency_us(0.5) as f64),
             ratio(&|p| p.report.latency_us(0.99) as f64),
             ratio(&|p| p.cpu_per_request_us()),
             ratio(&|p| p.sys_per_request_us()),
+            ratio(&|p| p.agent_per_request_us()),
             if counted {
                 format!(
                     " {:>18.4}",
@@ -635,6 +667,25 @@ fn main() -> anyhow::Result<()> {
             } else {
                 String::new()
             }
+        );
+    }
+    // The same, paired: drift of a shared machine over the run moves CPU per request by more
+    // than the tracepoints cost, and pairing each armed phase with its unarmed neighbours
+    // cancels most of it.
+    for armed in ["three tracepoints", "native tracepoint"] {
+        let figure = |f: &dyn Fn(&Phase) -> f64| {
+            paired(&phases, armed, f).map_or("-".to_owned(), |(m, e)| format!("{m:.3} ± {e:.3}"))
+        };
+        if paired(&phases, armed, &|p| p.report.throughput()).is_none() {
+            continue;
+        }
+        println!(
+            "paired {}: CPU/req {}, p50 {}, p99 {} (each phase over its unarmed neighbours; \
+             mean ± 2 standard errors)",
+            &armed[..armed.find(' ').unwrap_or(armed.len())],
+            figure(&|p| p.cpu_per_request_us()),
+            figure(&|p| p.report.latency_us(0.5) as f64),
+            figure(&|p| p.report.latency_us(0.99) as f64),
         );
     }
     let mut last = None;
@@ -649,6 +700,31 @@ fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// Each `armed` phase's figure `f` over the mean of the unarmed phases on either side of it (the
+/// one before it in its round, and the next round's), so slow drift of the machine cancels: the
+/// mean of those ratios and two standard errors. `None` with fewer than 3 armed phases.
+fn paired(phases: &[Phase], armed: &str, f: &dyn Fn(&Phase) -> f64) -> Option<(f64, f64)> {
+    let unarmed = |p: &&Phase| p.name == "no tracepoint";
+    let ratios: Vec<f64> = phases
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| p.name == armed)
+        .filter_map(|(i, p)| {
+            let before = phases[..i].iter().rev().find(unarmed);
+            let after = phases[i + 1..].iter().find(unarmed);
+            let base: Vec<f64> = before.into_iter().chain(after).map(f).collect();
+            (!base.is_empty()).then(|| f(p) * base.len() as f64 / base.iter().sum::<f64>())
+        })
+        .collect();
+    if ratios.len() < 3 {
+        return None;
+    }
+    let n = ratios.len() as f64;
+    let mean = ratios.iter().sum::<f64>() / n;
+    let variance = ratios.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / (n - 1.0);
+    Some((mean, 2.0 * (variance / n).sqrt()))
 }
 
 /// Per tracepoint: the sample factor it settled on, its CPU per timed evaluation, and how far
