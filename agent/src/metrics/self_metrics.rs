@@ -10,7 +10,7 @@
 //! | `sonde_agent_tracepoint_fires_total` | `tracepoint` | hits that recorded or logged |
 //! | `sonde_agent_tracepoint_condition_false_total` | `tracepoint` | hits whose condition was false |
 //! | `sonde_agent_tracepoint_errors_total` | `tracepoint`, `stage`, `kind` | evaluation errors (`stage`: condition, label, value, log, panic) |
-//! | `sonde_agent_tracepoint_evaluation_seconds` | `tracepoint` | CPU time per evaluated hit (at most one evaluation in 64 is timed, on the thread's CPU clock) |
+//! | `sonde_agent_tracepoint_evaluation_seconds` | `tracepoint` | CPU time per evaluated hit (at most one evaluation in 64 is timed, on the thread's CPU clock, less what the clock's reads add) |
 //! | `sonde_agent_tracepoint_sample_every` | `tracepoint` | N: one hit in N is evaluated and recorded with weight N (1: every hit) |
 //! | `sonde_agent_tracepoint_disarms_total` | `tracepoint`, `reason` | local disarms (`cpu`, `errors`) |
 //! | `sonde_agent_cardinality_overflow_total` | `tracepoint` | records folded into the overflow series |
@@ -95,7 +95,7 @@ impl SelfMetrics {
             ),
             evaluation: m.timer_vec(
                 "tracepoint_evaluation_seconds",
-                "CPU time spent evaluating a tracepoint per evaluated hit (at most one in 64 is timed).",
+                "CPU time spent evaluating a tracepoint per evaluated hit (at most one in 64 is timed; the clock's reads are not counted).",
                 &["tracepoint"],
             ),
             disarms: m.counter_vec(

@@ -160,6 +160,18 @@ impl ThreadTime {
         Self(ThreadClock::Wall(Instant::now()))
     }
 
+    /// What the clock's reads add to a measurement: the least that timing nothing measures
+    /// (over 32 tries), about one read's cost. A timed evaluation subtracts it, and its charge
+    /// adds the two reads it really cost once, not once per evaluation it stands for: with
+    /// reads at 0.1-0.3 µs (a system call) a cheap tracepoint would otherwise look several
+    /// times dearer than it is, and sample more than it needs to.
+    pub(crate) fn floor_ns() -> u64 {
+        (0..32)
+            .map(|_| Self::now().elapsed_ns())
+            .min()
+            .unwrap_or(0)
+    }
+
     /// Nanoseconds since `self` on the same clock.
     #[inline]
     pub(crate) fn elapsed_ns(self) -> u64 {
@@ -191,6 +203,8 @@ pub(crate) struct AgentCpu {
     spent: AtomicU64,
     /// Multiplies every tracepoint's allowance (f64 bits, in (0, 1]).
     scale: AtomicU64,
+    /// What timing an evaluation adds to its measurement: [`ThreadTime::floor_ns`].
+    pub(crate) clock_floor: u64,
     /// The process's CPU nanoseconds per wall nanosecond over the last closed window (f64 bits;
     /// NaN until one closed, or where the platform does not say).
     rate: AtomicU64,
@@ -210,6 +224,7 @@ impl AgentCpu {
             window: budgets.cpu_window,
             spent: AtomicU64::new(0),
             scale: AtomicU64::new(1.0f64.to_bits()),
+            clock_floor: ThreadTime::floor_ns(),
             rate: AtomicU64::new(f64::NAN.to_bits()),
             state: Mutex::new(AgentWindow {
                 start: Instant::now(),
@@ -423,10 +438,12 @@ impl Sampler {
             .store(u64::from(next.trailing_zeros()), Ordering::Relaxed);
     }
 
-    /// Charges a timed evaluation that took `ns` and stands for `span` evaluations; closes the
-    /// window if it has passed.
+    /// Charges a timed evaluation that took `ns` (less the clock's floor) and stands for `span`
+    /// evaluations, plus the two clock reads that timed it; closes the window if it has passed.
     pub(crate) fn charge(&self, agent: &AgentCpu, ns: u64, span: u64, now: Instant) -> Verdict {
-        let ns = ns.saturating_mul(span);
+        let ns = ns
+            .saturating_mul(span)
+            .saturating_add(2 * agent.clock_floor);
         self.spent.fetch_add(ns, Ordering::Relaxed);
         agent.spent.fetch_add(ns, Ordering::Relaxed);
         self.timed.fetch_add(1, Ordering::Relaxed);
@@ -732,6 +749,31 @@ mod tests {
             max_sample_every: 64,
             ..Budgets::default()
         }
+    }
+
+    #[test]
+    fn timing_nothing_measures_about_the_clock_floor() {
+        let floor = ThreadTime::floor_ns();
+        assert!(floor > 0, "reading a clock costs something");
+        // Nothing timed, less the floor: the median is a small part of the floor, so an
+        // evaluation's measurement is not inflated by the reads that time it.
+        let mut net: Vec<u64> = (0..101)
+            .map(|_| ThreadTime::now().elapsed_ns().saturating_sub(floor))
+            .collect();
+        net.sort_unstable();
+        assert!(net[50] < floor, "median {} ns after a floor of {floor} ns", net[50]);
+    }
+
+    #[test]
+    fn the_clock_reads_are_charged_once_not_once_per_evaluation_stood_for() {
+        let b = budgets(Duration::from_secs(3600));
+        let agent = AgentCpu::new(&b);
+        let s = Sampler::new(&b, 0.01, true);
+        s.charge(&agent, 100, 64, Instant::now());
+        assert_eq!(
+            s.spent.load(Ordering::Relaxed),
+            100 * 64 + 2 * agent.clock_floor
+        );
     }
 
     #[test]

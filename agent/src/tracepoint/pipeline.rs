@@ -298,7 +298,10 @@ impl Installed {
         };
         let started = cpu::ThreadTime::now();
         self.run(vars, weight, place, admitted.counts);
-        let ns = started.elapsed_ns();
+        // Less what the clock's reads add, which the charge counts once (`ThreadTime::floor_ns`).
+        let ns = started
+            .elapsed_ns()
+            .saturating_sub(self.agent_cpu.clock_floor);
         if let Some(own) = &self.own {
             own.evaluation.record(Duration::from_nanos(ns));
         }
