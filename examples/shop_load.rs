@@ -15,7 +15,8 @@
 //! The phases alternate for `--rounds` rounds (the tracepoints are created before each armed
 //! phase and deleted after it), so drift on a shared machine falls on all alike. It prints each
 //! phase's throughput, p50 and p99 latency and the shop's CPU time per request (from
-//! `/proc/<pid>/stat`; of it, the agent's own thread's, from its `schedstat`), the armed phases'
+//! `/proc/<pid>/stat`; of it, the agent's own thread's, from its `schedstat`; and beside it the
+//! CPU `sonde server` used, which shares the machine here but not in production), the armed phases'
 //! means as ratios of the others', with 3 rounds or more the same paired (each armed phase over
 //! the unarmed phases on either side of it: the mean of those ratios and two standard errors;
 //! `--seconds 6 --rounds 16` tells 1% from 3% where two long rounds cannot), and per round the
@@ -145,6 +146,9 @@ struct Phase {
     /// The part of `cpu` the agent's own thread ran (its client and metrics endpoint, not the
     /// hits, which run on the shop's threads); `None` when it could not be read.
     agent: Option<Duration>,
+    /// The CPU `sonde server` used meanwhile (not the shop's: in production it runs elsewhere,
+    /// but here it shares the machine, and its bursts delay the shop's requests).
+    server: Duration,
     /// Instructions the shop executed in the measured run (`--callgrind`).
     instructions: Option<u64>,
 }
@@ -156,6 +160,10 @@ impl Phase {
 
     fn sys_per_request_us(&self) -> f64 {
         self.sys.as_secs_f64() * 1e6 / self.report.ok.max(1) as f64
+    }
+
+    fn server_per_request_us(&self) -> f64 {
+        self.server.as_secs_f64() * 1e6 / self.report.ok.max(1) as f64
     }
 
     fn agent_per_request_us(&self) -> f64 {
@@ -225,6 +233,7 @@ fn measure(
     name: &'static str,
     shop: SocketAddr,
     (pid, callgrind): (u32, Option<&Callgrind>),
+    server_pid: u32,
     (connections, seconds, rate): (usize, u64, Option<f64>),
     on_start: impl FnOnce() -> anyhow::Result<()>,
 ) -> anyhow::Result<Phase> {
@@ -235,8 +244,11 @@ fn measure(
     }
     let (user0, sys0) = cpu_time(pid)?;
     let agent0 = thread_cpu(pid, "sonde-agent");
+    let server0 = cpu_time(server_pid)?;
     let report = load::run_paced(shop, connections, Duration::from_secs(seconds), rate);
     let (user1, sys1) = cpu_time(pid)?;
+    let server1 = cpu_time(server_pid)?;
+    let server = (server1.0 + server1.1).saturating_sub(server0.0 + server0.1);
     let agent = thread_cpu(pid, "sonde-agent")
         .zip(agent0)
         .map(|(after, before)| after.saturating_sub(before));
@@ -254,6 +266,7 @@ fn measure(
         cpu,
         sys,
         agent,
+        server,
         instructions,
     })
 }
@@ -495,7 +508,7 @@ fn main() -> anyhow::Result<()> {
         })
         .transpose()?;
     let data = tempfile::tempdir()?;
-    let (_server, server_out) = spawn(
+    let (server_proc, server_out) = spawn(
         Command::new(beside_me("sonde")?)
             .args(["server", "--listen", "127.0.0.1", "--grpc-port", "0"])
             .args(["--http-port", "0", "--data-dir"])
@@ -527,6 +540,7 @@ fn main() -> anyhow::Result<()> {
     )?;
     let shop = address_after(&shop_out, "listening on http://")?;
     let pid = shop_proc.0.id();
+    let server_pid = server_proc.0.id();
     println!("shop_load: sonde server {http} (gRPC {grpc}), shop {shop} (pid {pid})");
     if let Some(cg) = &callgrind {
         println!(
@@ -568,6 +582,7 @@ fn main() -> anyhow::Result<()> {
             "no tracepoint",
             shop,
             (pid, callgrind.as_ref()),
+            server_pid,
             load,
             || Ok(()),
         )?);
@@ -599,7 +614,7 @@ fn main() -> anyhow::Result<()> {
                 }
             };
             let mut before = String::new();
-            let armed = measure(name, shop, (pid, callgrind.as_ref()), load, || {
+            let armed = measure(name, shop, (pid, callgrind.as_ref()), server_pid, load, || {
                 before = get(&api, &format!("http://{shop}/metrics"))?;
                 Ok(())
             })?;
@@ -616,7 +631,7 @@ fn main() -> anyhow::Result<()> {
     println!();
     let counted = callgrind.is_some();
     println!(
-        "{:<18} {:>10} {:>10} {:>10} {:>14} {:>10} {:>10}{}",
+        "{:<18} {:>10} {:>10} {:>10} {:>14} {:>10} {:>10} {:>10}{}",
         "phase",
         "req/s",
         "p50 µs",
@@ -624,11 +639,12 @@ fn main() -> anyhow::Result<()> {
         "CPU µs/req",
         "of it sys",
         "agent thr",
+        "server",
         if counted { "   instructions/req" } else { "" }
     );
     for p in &phases {
         println!(
-            "{:<18} {:>10.0} {:>10} {:>10} {:>14.1} {:>10.1} {:>10.2}{}",
+            "{:<18} {:>10.0} {:>10} {:>10} {:>14.1} {:>10.1} {:>10.2} {:>10.2}{}",
             p.name,
             p.report.throughput(),
             p.report.latency_us(0.5),
@@ -636,6 +652,7 @@ fn main() -> anyhow::Result<()> {
             p.cpu_per_request_us(),
             p.sys_per_request_us(),
             p.agent_per_request_us(),
+            p.server_per_request_us(),
             p.instructions_per_request()
                 .map_or(String::new(), |i| format!(" {i:>18.0}"))
         );
@@ -651,7 +668,7 @@ fn main() -> anyhow::Result<()> {
         }
         let ratio = |f: &dyn Fn(&Phase) -> f64| mean(armed, f) / mean("no tracepoint", f);
         println!(
-            "{:<18} {:>10.3} {:>10.3} {:>10.3} {:>14.3} {:>10.3} {:>10.3}{}",
+            "{:<18} {:>10.3} {:>10.3} {:>10.3} {:>14.3} {:>10.3} {:>10.3} {:>10.3}{}",
             format!("ratio {}", &armed[..armed.find(' ').unwrap_or(armed.len())]),
             ratio(&|p| p.report.throughput()),
             ratio(&|p| p.report.latency_us(0.5) as f64),
@@ -659,6 +676,7 @@ fn main() -> anyhow::Result<()> {
             ratio(&|p| p.cpu_per_request_us()),
             ratio(&|p| p.sys_per_request_us()),
             ratio(&|p| p.agent_per_request_us()),
+            ratio(&|p| p.server_per_request_us()),
             if counted {
                 format!(
                     " {:>18.4}",
