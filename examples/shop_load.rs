@@ -614,10 +614,17 @@ fn main() -> anyhow::Result<()> {
                 }
             };
             let mut before = String::new();
-            let armed = measure(name, shop, (pid, callgrind.as_ref()), server_pid, load, || {
-                before = get(&api, &format!("http://{shop}/metrics"))?;
-                Ok(())
-            })?;
+            let armed = measure(
+                name,
+                shop,
+                (pid, callgrind.as_ref()),
+                server_pid,
+                load,
+                || {
+                    before = get(&api, &format!("http://{shop}/metrics"))?;
+                    Ok(())
+                },
+            )?;
             let after = get(&api, &format!("http://{shop}/metrics"))?;
             settled.push((
                 round,

@@ -166,10 +166,7 @@ impl ThreadTime {
     /// reads at 0.1-0.3 µs (a system call) a cheap tracepoint would otherwise look several
     /// times dearer than it is, and sample more than it needs to.
     pub(crate) fn floor_ns() -> u64 {
-        (0..32)
-            .map(|_| Self::now().elapsed_ns())
-            .min()
-            .unwrap_or(0)
+        (0..32).map(|_| Self::now().elapsed_ns()).min().unwrap_or(0)
     }
 
     /// Nanoseconds since `self` on the same clock.
@@ -761,7 +758,11 @@ mod tests {
             .map(|_| ThreadTime::now().elapsed_ns().saturating_sub(floor))
             .collect();
         net.sort_unstable();
-        assert!(net[50] < floor, "median {} ns after a floor of {floor} ns", net[50]);
+        assert!(
+            net[50] < floor,
+            "median {} ns after a floor of {floor} ns",
+            net[50]
+        );
     }
 
     #[test]
