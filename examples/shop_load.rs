@@ -125,16 +125,23 @@ fn cpu_time(pid: u32) -> anyhow::Result<(Duration, Duration)> {
     Ok((ticks(11)?, ticks(12)?))
 }
 
-/// The time a thread of `pid` has run, from its `schedstat` (nanoseconds, unlike `stat`'s ticks):
-/// the thread is the one named `name`.
-fn thread_cpu(pid: u32, name: &str) -> Option<Duration> {
+/// The time the threads of `pid` named `name` (all of them with `None`) have run, from their
+/// `schedstat` (nanoseconds, where `stat` counts 10 ms ticks); `None` when there is none.
+fn threads_cpu(pid: u32, name: Option<&str>) -> Option<Duration> {
     let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
-    let task = tasks.filter_map(Result::ok).find(|t| {
-        std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.trim_end() == name)
-    })?;
-    let stat = std::fs::read_to_string(task.path().join("schedstat")).ok()?;
-    let ns = stat.split_whitespace().next()?.parse().ok()?;
-    Some(Duration::from_nanos(ns))
+    let mut total = None;
+    for task in tasks.filter_map(Result::ok) {
+        let named = name.is_none_or(|name| {
+            std::fs::read_to_string(task.path().join("comm")).is_ok_and(|c| c.trim_end() == name)
+        });
+        let ran = std::fs::read_to_string(task.path().join("schedstat"))
+            .ok()
+            .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok());
+        if let (true, Some(ns)) = (named, ran) {
+            total = Some(total.unwrap_or(Duration::ZERO) + Duration::from_nanos(ns));
+        }
+    }
+    total
 }
 
 struct Phase {
@@ -148,7 +155,7 @@ struct Phase {
     agent: Option<Duration>,
     /// The CPU `sonde server` used meanwhile (not the shop's: in production it runs elsewhere,
     /// but here it shares the machine, and its bursts delay the shop's requests).
-    server: Duration,
+    server: Option<Duration>,
     /// Instructions the shop executed in the measured run (`--callgrind`).
     instructions: Option<u64>,
 }
@@ -163,7 +170,9 @@ impl Phase {
     }
 
     fn server_per_request_us(&self) -> f64 {
-        self.server.as_secs_f64() * 1e6 / self.report.ok.max(1) as f64
+        self.server.map_or(f64::NAN, |s| {
+            s.as_secs_f64() * 1e6 / self.report.ok.max(1) as f64
+        })
     }
 
     fn agent_per_request_us(&self) -> f64 {
@@ -243,13 +252,14 @@ fn measure(
         cg.dump(pid)?;
     }
     let (user0, sys0) = cpu_time(pid)?;
-    let agent0 = thread_cpu(pid, "sonde-agent");
-    let server0 = cpu_time(server_pid)?;
+    let agent0 = threads_cpu(pid, Some("sonde-agent"));
+    let server0 = threads_cpu(server_pid, None);
     let report = load::run_paced(shop, connections, Duration::from_secs(seconds), rate);
     let (user1, sys1) = cpu_time(pid)?;
-    let server1 = cpu_time(server_pid)?;
-    let server = (server1.0 + server1.1).saturating_sub(server0.0 + server0.1);
-    let agent = thread_cpu(pid, "sonde-agent")
+    let server = threads_cpu(server_pid, None)
+        .zip(server0)
+        .map(|(after, before)| after.saturating_sub(before));
+    let agent = threads_cpu(pid, Some("sonde-agent"))
         .zip(agent0)
         .map(|(after, before)| after.saturating_sub(before));
     let sys = sys1.saturating_sub(sys0);
@@ -673,9 +683,17 @@ fn main() -> anyhow::Result<()> {
         if !phases.iter().any(|p| p.name == armed) {
             continue;
         }
-        let ratio = |f: &dyn Fn(&Phase) -> f64| mean(armed, f) / mean("no tracepoint", f);
+        // "-" where the unarmed phases had none of it (the server's CPU rounds to 0 there).
+        let ratio = |f: &dyn Fn(&Phase) -> f64| {
+            let r = mean(armed, f) / mean("no tracepoint", f);
+            if r.is_finite() {
+                format!("{r:.3}")
+            } else {
+                "-".to_owned()
+            }
+        };
         println!(
-            "{:<18} {:>10.3} {:>10.3} {:>10.3} {:>14.3} {:>10.3} {:>10.3} {:>10.3}{}",
+            "{:<18} {:>10} {:>10} {:>10} {:>14} {:>10} {:>10} {:>10}{}",
             format!("ratio {}", &armed[..armed.find(' ').unwrap_or(armed.len())]),
             ratio(&|p| p.report.throughput()),
             ratio(&|p| p.report.latency_us(0.5) as f64),
@@ -686,7 +704,7 @@ fn main() -> anyhow::Result<()> {
             ratio(&|p| p.server_per_request_us()),
             if counted {
                 format!(
-                    " {:>18.4}",
+                    " {:>18}",
                     ratio(&|p| p.instructions_per_request().unwrap_or(0.0))
                 )
             } else {
