@@ -50,6 +50,10 @@
 //! ```text
 //! target/release/examples/shop_load --callgrind --rate 100 --seconds 20 --connections 4
 //! ```
+//!
+//! `--pin` runs the shop on the last CPU this process may use and the server and the generator
+//! on the others, so the shop's threads never wait behind the generator's (the shop's runtime
+//! then starts one worker per CPU it has: one on a 2-core machine).
 
 #[path = "../tests/common/load.rs"]
 mod load;
@@ -300,6 +304,9 @@ struct Args {
     native: bool,
     /// Whether to run the shop under callgrind and count its instructions per request.
     callgrind: bool,
+    /// Whether to run the shop on a CPU of its own, and the server and the generator on the
+    /// others.
+    pin: bool,
 }
 
 fn args() -> anyhow::Result<Args> {
@@ -307,6 +314,7 @@ fn args() -> anyhow::Result<Args> {
     let mut rate = None;
     let mut native = true;
     let mut callgrind = false;
+    let mut pin = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = |flag: &str| args.next().with_context(|| format!("{flag} needs a value"));
@@ -319,12 +327,14 @@ fn args() -> anyhow::Result<Args> {
             "--rate" => rate = Some(value("--rate")?.parse::<f64>().context("--rate")?),
             "--no-native" => native = false,
             "--callgrind" => callgrind = true,
+            "--pin" => pin = true,
             "-h" | "--help" => {
                 println!(
                     "usage: shop_load [--seconds N (15)] [--connections N (32)] [--rounds N (2)] \
                      [--rate REQUESTS_PER_SECOND (closed loop when absent)] [--no-native] \
                      [--callgrind (count the shop's instructions per request under valgrind; \
-                     give a low --rate, such as 100)]"
+                     give a low --rate, such as 100)] [--pin (the shop on the last CPU, the \
+                     server and the generator on the others)]"
                 );
                 std::process::exit(0);
             }
@@ -342,7 +352,51 @@ fn args() -> anyhow::Result<Args> {
         rate,
         native: native && !callgrind,
         callgrind,
+        pin,
     })
+}
+
+/// A CPU set holding `cpus`.
+fn cpu_set(cpus: &[usize]) -> libc::cpu_set_t {
+    // SAFETY: an all-zero cpu_set_t is the empty set.
+    let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    for &cpu in cpus {
+        // SAFETY: CPU_SET writes the bit of `cpu` in the set it is given (cpu below its size).
+        unsafe { libc::CPU_SET(cpu, &mut set) };
+    }
+    set
+}
+
+/// `--pin`: keeps this process (the generator) and what it starts from now on (the server) off
+/// the last CPU it may use, and returns that CPU for the shop, so the shop's threads never wait
+/// for the generator's. Needs two CPUs or more.
+fn pin_apart() -> anyhow::Result<usize> {
+    // SAFETY: an all-zero cpu_set_t is a valid set for sched_getaffinity to fill.
+    let mut allowed: libc::cpu_set_t = unsafe { std::mem::zeroed() };
+    // SAFETY: the set is as large as the size given.
+    let rc = unsafe { libc::sched_getaffinity(0, std::mem::size_of_val(&allowed), &mut allowed) };
+    ensure!(
+        rc == 0,
+        "sched_getaffinity: {}",
+        std::io::Error::last_os_error()
+    );
+    let cpus: Vec<usize> = (0..libc::CPU_SETSIZE as usize)
+        // SAFETY: CPU_ISSET reads the bit of a CPU below the set's size.
+        .filter(|&c| unsafe { libc::CPU_ISSET(c, &allowed) })
+        .collect();
+    let Some((&shop, rest)) = cpus.split_last().filter(|(_, rest)| !rest.is_empty()) else {
+        bail!("--pin needs two CPUs or more; this process may use {cpus:?}");
+    };
+    let set = cpu_set(rest);
+    // SAFETY: pid 0 is this thread; threads started after this inherit the set.
+    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) };
+    ensure!(
+        rc == 0,
+        "sched_setaffinity: {}",
+        std::io::Error::last_os_error()
+    );
+    println!("shop_load: --pin: the shop on CPU {shop}, the server and the generator on {rest:?}");
+    Ok(shop)
 }
 
 fn beside_me(name: &str) -> anyhow::Result<PathBuf> {
@@ -508,7 +562,9 @@ fn main() -> anyhow::Result<()> {
         rate,
         native,
         callgrind,
+        pin,
     } = args()?;
+    let shop_cpu = pin.then(pin_apart).transpose()?;
     let callgrind = callgrind
         .then(|| {
             tempfile::Builder::new()
@@ -540,6 +596,20 @@ fn main() -> anyhow::Result<()> {
         }
         None => Command::new(beside_me("shop")?),
     };
+    if let Some(cpu) = shop_cpu {
+        use std::os::unix::process::CommandExt as _;
+        // SAFETY: between fork and exec the closure only calls sched_setaffinity on a set built
+        // on its stack: async-signal-safe, no allocation, no lock.
+        unsafe {
+            shop_cmd.pre_exec(move || {
+                let set = cpu_set(&[cpu]);
+                if libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
     let (shop_proc, shop_out) = spawn(
         shop_cmd
             .args(["--listen", "127.0.0.1:0"])
