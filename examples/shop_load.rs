@@ -51,6 +51,10 @@
 //! target/release/examples/shop_load --callgrind --rate 100 --seconds 20 --connections 4
 //! ```
 //!
+//! With `--cache-sim` callgrind also simulates the caches: the dumps then hold each function's
+//! cache misses (`callgrind_annotate --show=Ir,D1mr,D1mw`), which is how the shop's own code was
+//! seen to miss more often in its L1 when tracepoints are armed.
+//!
 //! `--pin` runs the shop on the last CPU this process may use and the server and the generator
 //! on the others, so the shop's threads never wait behind the generator's (the shop's runtime
 //! then starts one worker per CPU it has: one on a 2-core machine).
@@ -304,6 +308,8 @@ struct Args {
     native: bool,
     /// Whether to run the shop under callgrind and count its instructions per request.
     callgrind: bool,
+    /// Whether callgrind also simulates the caches (its dumps then hold misses per function).
+    cache_sim: bool,
     /// Whether to run the shop on a CPU of its own, and the server and the generator on the
     /// others.
     pin: bool,
@@ -315,6 +321,7 @@ fn args() -> anyhow::Result<Args> {
     let mut native = true;
     let mut callgrind = false;
     let mut pin = false;
+    let mut cache_sim = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = |flag: &str| args.next().with_context(|| format!("{flag} needs a value"));
@@ -328,19 +335,22 @@ fn args() -> anyhow::Result<Args> {
             "--no-native" => native = false,
             "--callgrind" => callgrind = true,
             "--pin" => pin = true,
+            "--cache-sim" => cache_sim = true,
             "-h" | "--help" => {
                 println!(
                     "usage: shop_load [--seconds N (15)] [--connections N (32)] [--rounds N (2)] \
                      [--rate REQUESTS_PER_SECOND (closed loop when absent)] [--no-native] \
                      [--callgrind (count the shop's instructions per request under valgrind; \
-                     give a low --rate, such as 100)] [--pin (the shop on the last CPU, the \
-                     server and the generator on the others)]"
+                     give a low --rate, such as 100)] [--cache-sim (with --callgrind: simulate \
+                     the caches too)] [--pin (the shop on the last CPU, the server and the \
+                     generator on the others)]"
                 );
                 std::process::exit(0);
             }
             other => bail!("unknown argument {other:?} (try --help)"),
         }
     }
+    ensure!(callgrind || !cache_sim, "--cache-sim goes with --callgrind");
     ensure!(
         seconds > 0 && connections > 0 && rounds > 0 && rate.is_none_or(|r| r > 0.0),
         "--seconds, --connections, --rounds and --rate must be above 0"
@@ -352,6 +362,7 @@ fn args() -> anyhow::Result<Args> {
         rate,
         native: native && !callgrind,
         callgrind,
+        cache_sim,
         pin,
     })
 }
@@ -562,6 +573,7 @@ fn main() -> anyhow::Result<()> {
         rate,
         native,
         callgrind,
+        cache_sim,
         pin,
     } = args()?;
     let shop_cpu = pin.then(pin_apart).transpose()?;
@@ -587,6 +599,10 @@ fn main() -> anyhow::Result<()> {
         Some(cg) => {
             let mut c = Command::new("valgrind");
             c.arg("--tool=callgrind")
+                .arg(format!(
+                    "--cache-sim={}",
+                    if cache_sim { "yes" } else { "no" }
+                ))
                 .arg(format!("--callgrind-out-file={}/shop.%p", cg.dir.display()))
                 .arg(beside_me("shop")?);
             if std::env::var_os("SONDE_AGENT_CPU_PERCENT").is_none() {
