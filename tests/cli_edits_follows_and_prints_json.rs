@@ -120,13 +120,24 @@ fn edits_without_metric_json_documents_and_tail() {
     );
 
     // tail: one line a second while the shop takes checkouts, until SIGINT.
-    let mut tail = Command::new(env!("CARGO_BIN_EXE_sonde"))
-        .args(["tail", &id])
+    let mut tail = Command::new(env!("CARGO_BIN_EXE_sonde"));
+    tail.args(["tail", &id])
         .env("SONDE_SERVER", &server.http)
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("sonde tail");
+        .stderr(Stdio::piped());
+    // As from a terminal: SIGINT at its default. A test run started in the background of a
+    // non-interactive shell (`cargo test &`) has SIGINT ignored, and a child inherits that.
+    // SAFETY: between fork and exec the closure only calls signal(2), which is
+    // async-signal-safe.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut tail, || {
+            if libc::signal(libc::SIGINT, libc::SIG_DFL) == libc::SIG_ERR {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut tail = tail.spawn().expect("sonde tail");
     let (tx, rx) = mpsc::channel();
     let stdout = tail.stdout.take().expect("stdout");
     std::thread::spawn(move || {
