@@ -169,24 +169,27 @@ struct Phase {
 }
 
 impl Phase {
+    /// `time` per completed request, in microseconds; NaN when it could not be read.
+    fn per_request_us(&self, time: Option<Duration>) -> f64 {
+        time.map_or(f64::NAN, |t| {
+            t.as_secs_f64() * 1e6 / self.report.ok.max(1) as f64
+        })
+    }
+
     fn cpu_per_request_us(&self) -> f64 {
-        self.cpu.as_secs_f64() * 1e6 / self.report.ok.max(1) as f64
+        self.per_request_us(Some(self.cpu))
     }
 
     fn sys_per_request_us(&self) -> f64 {
-        self.sys.as_secs_f64() * 1e6 / self.report.ok.max(1) as f64
+        self.per_request_us(Some(self.sys))
     }
 
     fn server_per_request_us(&self) -> f64 {
-        self.server.map_or(f64::NAN, |s| {
-            s.as_secs_f64() * 1e6 / self.report.ok.max(1) as f64
-        })
+        self.per_request_us(self.server)
     }
 
     fn agent_per_request_us(&self) -> f64 {
-        self.agent.map_or(f64::NAN, |a| {
-            a.as_secs_f64() * 1e6 / self.report.ok.max(1) as f64
-        })
+        self.per_request_us(self.agent)
     }
 
     fn instructions_per_request(&self) -> Option<f64> {
@@ -367,15 +370,20 @@ fn args() -> anyhow::Result<Args> {
     })
 }
 
-/// A CPU set holding `cpus`.
-fn cpu_set(cpus: &[usize]) -> libc::cpu_set_t {
+/// Keeps the calling thread, and the threads and processes it starts from now on, on `cpus`.
+/// Builds the set on the stack and makes one system call, so it may run between fork and exec.
+fn run_on(cpus: &[usize]) -> std::io::Result<()> {
     // SAFETY: an all-zero cpu_set_t is the empty set.
     let mut set: libc::cpu_set_t = unsafe { std::mem::zeroed() };
     for &cpu in cpus {
         // SAFETY: CPU_SET writes the bit of `cpu` in the set it is given (cpu below its size).
         unsafe { libc::CPU_SET(cpu, &mut set) };
     }
-    set
+    // SAFETY: pid 0 is the calling thread; the set is as large as the size given.
+    if unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
 }
 
 /// `--pin`: keeps this process (the generator) and what it starts from now on (the server) off
@@ -398,14 +406,7 @@ fn pin_apart() -> anyhow::Result<usize> {
     let Some((&shop, rest)) = cpus.split_last().filter(|(_, rest)| !rest.is_empty()) else {
         bail!("--pin needs two CPUs or more; this process may use {cpus:?}");
     };
-    let set = cpu_set(rest);
-    // SAFETY: pid 0 is this thread; threads started after this inherit the set.
-    let rc = unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) };
-    ensure!(
-        rc == 0,
-        "sched_setaffinity: {}",
-        std::io::Error::last_os_error()
-    );
+    run_on(rest).context("sched_setaffinity")?;
     println!("shop_load: --pin: the shop on CPU {shop}, the server and the generator on {rest:?}");
     Ok(shop)
 }
@@ -615,15 +616,9 @@ fn main() -> anyhow::Result<()> {
     if let Some(cpu) = shop_cpu {
         use std::os::unix::process::CommandExt as _;
         // SAFETY: between fork and exec the closure only calls sched_setaffinity on a set built
-        // on its stack: async-signal-safe, no allocation, no lock.
+        // on its stack (`run_on`): async-signal-safe, no allocation, no lock.
         unsafe {
-            shop_cmd.pre_exec(move || {
-                let set = cpu_set(&[cpu]);
-                if libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
+            shop_cmd.pre_exec(move || run_on(&[cpu]));
         }
     }
     let (shop_proc, shop_out) = spawn(
@@ -780,7 +775,7 @@ fn main() -> anyhow::Result<()> {
         };
         println!(
             "{:<18} {:>10} {:>10} {:>10} {:>14} {:>10} {:>10} {:>10}{}",
-            format!("ratio {}", &armed[..armed.find(' ').unwrap_or(armed.len())]),
+            format!("ratio {}", short(armed)),
             ratio(&|p| p.report.throughput()),
             ratio(&|p| p.report.latency_us(0.5) as f64),
             ratio(&|p| p.report.latency_us(0.99) as f64),
@@ -811,7 +806,7 @@ fn main() -> anyhow::Result<()> {
         println!(
             "paired {}: CPU/req {}, p50 {}, p99 {} (each phase over its unarmed neighbours; \
              mean ± 2 standard errors)",
-            &armed[..armed.find(' ').unwrap_or(armed.len())],
+            short(armed),
             figure(&|p| p.cpu_per_request_us()),
             figure(&|p| p.report.latency_us(0.5) as f64),
             figure(&|p| p.report.latency_us(0.99) as f64),
@@ -829,6 +824,11 @@ fn main() -> anyhow::Result<()> {
         }
     }
     Ok(())
+}
+
+/// A phase's name up to its first space ("three", "native"), for the ratio lines.
+fn short(name: &str) -> &str {
+    name.split(' ').next().unwrap_or(name)
 }
 
 /// Each `armed` phase's figure `f` over the mean of the unarmed phases on either side of it (the
