@@ -21,7 +21,8 @@
 //! the unarmed phases on either side of it: the mean of those ratios and two standard errors;
 //! `--seconds 6 --rounds 16` tells 1% from 3% where two long rounds cannot), and per round the
 //! sample factor each tracepoint settled on (`sonde_agent_tracepoint_sample_every`), its CPU per timed
-//! evaluation, and how far its count is from the orders the generator completed.
+//! evaluation and the cache refill estimated for it, and how far its count is from the orders the
+//! generator completed.
 //!
 //! ```text
 //! cargo build --release --bin sonde --example shop_load
@@ -856,8 +857,8 @@ fn paired(phases: &[Phase], armed: &str, f: &dyn Fn(&Phase) -> f64) -> Option<(f
     Some((mean, 2.0 * (variance / n).sqrt()))
 }
 
-/// Per tracepoint: the sample factor it settled on, its CPU per timed evaluation, and how far
-/// its count is from the orders completed in the phase.
+/// Per tracepoint: the sample factor it settled on, its CPU per timed evaluation and the refill
+/// estimated for it, and how far its count is from the orders completed in the phase.
 fn describe(ids: &[(&'static str, String)], before: &str, after: &str, orders: f64) -> Vec<String> {
     let delta = |name: &str| load::total(after, name) - load::total(before, name);
     ids.iter()
@@ -866,12 +867,16 @@ fn describe(ids: &[(&'static str, String)], before: &str, after: &str, orders: f
                 after,
                 &format!(r#"sonde_agent_tracepoint_sample_every{{tracepoint="{id}"}}"#),
             );
-            let own = |suffix: &str| {
-                delta(&format!(
-                    r#"sonde_agent_tracepoint_evaluation_seconds_{suffix}{{tracepoint="{id}"}}"#
-                ))
+            let per_timed_us = |metric: &str| {
+                let own = |suffix: &str| {
+                    delta(&format!(
+                        r#"sonde_agent_tracepoint_{metric}_seconds_{suffix}{{tracepoint="{id}"}}"#
+                    ))
+                };
+                own("sum") / own("count").max(1.0) * 1e6
             };
-            let per_evaluation_us = own("sum") / own("count").max(1.0) * 1e6;
+            let per_evaluation_us = per_timed_us("evaluation");
+            let refill_us = per_timed_us("cache_refill");
             let counted = match *what {
                 "general" => Some(("deep_checkouts_total", delta("deep_checkouts_total"))),
                 "histogram" => Some(("deep_order_total_count", delta("deep_order_total_count"))),
@@ -887,7 +892,7 @@ fn describe(ids: &[(&'static str, String)], before: &str, after: &str, orders: f
                 .unwrap_or_default();
             format!(
                 "{what:<10} sample 1 in {every:<5} {per_evaluation_us:>6.2} µs CPU per timed \
-                 evaluation{accuracy}"
+                 evaluation, {refill_us:.2} µs estimated refill{accuracy}"
             )
         })
         .collect()

@@ -45,6 +45,9 @@ struct Args {
     tracepoints: usize,
     junk_kib: usize,
     hits: usize,
+    /// Only this row (`disarmed`, `sampled`, `evaluated`): for counting one kind of hit under
+    /// callgrind, whose `--toggle-collect` then sees nothing else.
+    only: Option<String>,
 }
 
 fn args() -> Args {
@@ -52,6 +55,7 @@ fn args() -> Args {
         tracepoints: 1,
         junk_kib: 16 << 10,
         hits: 2000,
+        only: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -66,11 +70,17 @@ fn args() -> Args {
             }
             "--junk-kib" => a.junk_kib = value("a size in KiB").max(1),
             "--hits" => a.hits = value("a number of hits").max(10),
+            "--only" => match it.next().as_deref() {
+                Some(row @ ("disarmed" | "sampled" | "evaluated")) => a.only = Some(row.into()),
+                other => panic!("--only takes disarmed, sampled or evaluated, not {other:?}"),
+            },
             "--help" | "-h" => {
                 println!(
-                    "cold_hits [--tracepoints N] [--junk-kib KIB] [--hits N]\n\
+                    "cold_hits [--tracepoints N] [--junk-kib KIB] [--hits N] [--only ROW]\n\
                      Times one hit of an armed probe site with cold caches: disarmed, sampled \
-                     out, evaluated."
+                     out, evaluated (--only disarmed|sampled|evaluated: that row alone, for \
+                     callgrind --toggle-collect='*checkout*' to count what one kind of hit \
+                     touches)."
                 );
                 std::process::exit(0);
             }
@@ -118,6 +128,14 @@ fn agent(budgets: Budgets) -> AgentHandle {
         .expect("the agent starts")
 }
 
+/// The smallest sample factor among the agent's tracepoints.
+fn every(h: &AgentHandle) -> Option<u64> {
+    h.statuses()
+        .iter()
+        .filter_map(|s| s.summary.as_ref().map(|s| s.sample_every))
+        .min()
+}
+
 /// Median and 95th percentile of `f`'s time, each call after the buffer was walked.
 fn cold(junk: &mut [u8], hits: usize, f: &dyn Fn()) -> (Duration, Duration) {
     let mut times = Vec::with_capacity(hits);
@@ -145,53 +163,57 @@ fn main() {
         tier: "gold".into(),
     };
     let hit = || checkout(black_box(&order), black_box(&user));
+    let wanted = |row: &str| a.only.as_deref().is_none_or(|only| only == row);
     let mut rows = Vec::new();
-    rows.push((
-        "nothing (the timer alone)",
-        cold(&mut junk, a.hits, &|| {}),
-        None,
-    ));
-    rows.push(("disarmed", cold(&mut junk, a.hits, &hit), None));
+    if a.only.is_none() {
+        rows.push((
+            "nothing (the timer alone)",
+            cold(&mut junk, a.hits, &|| {}),
+            None,
+        ));
+    }
+    if wanted("disarmed") {
+        rows.push(("disarmed", cold(&mut junk, a.hits, &hit), None));
+    }
 
-    let sampled = agent(Budgets {
-        cpu_share: 1e-5,
-        cpu_floor: Duration::ZERO,
-        cpu_window: Duration::from_millis(10),
-        max_sample_every: 1024,
-        ..Budgets::default()
-    });
-    sampled.apply(tracepoints(a.tracepoints));
-    // Settle: the factor rises window by window, each window needing a few timed evaluations.
-    let started = Instant::now();
-    while started.elapsed() < Duration::from_millis(300) {
+    if wanted("sampled") {
+        let sampled = agent(Budgets {
+            cpu_share: 1e-5,
+            cpu_floor: Duration::ZERO,
+            cpu_window: Duration::from_millis(10),
+            max_sample_every: 1024,
+            ..Budgets::default()
+        });
+        sampled.apply(tracepoints(a.tracepoints));
+        // Settle: the factor rises window by window, each window needing a few timed
+        // evaluations.
+        let started = Instant::now();
+        while started.elapsed() < Duration::from_millis(300) {
+            hit();
+        }
+        let _ = cold(&mut junk, a.hits / 4, &hit);
+        let settled = every(&sampled);
+        if settled.is_none_or(|n| n < 64) {
+            eprintln!(
+                "cold_hits: the tracepoints settled on sampling {settled:?}, not far enough for \
+                 the 'sampled out' row to be made of sampled-out hits"
+            );
+        }
+        rows.push(("sampled out", cold(&mut junk, a.hits, &hit), settled));
+        sampled.shutdown();
+    }
+
+    if wanted("evaluated") {
+        let evaluated = agent(Budgets::unlimited_cpu());
+        evaluated.apply(tracepoints(a.tracepoints));
         hit();
+        rows.push((
+            "evaluated",
+            cold(&mut junk, a.hits, &hit),
+            every(&evaluated),
+        ));
+        evaluated.shutdown();
     }
-    let _ = cold(&mut junk, a.hits / 4, &hit);
-    let every = |h: &AgentHandle| {
-        h.statuses()
-            .iter()
-            .filter_map(|s| s.summary.as_ref().map(|s| s.sample_every))
-            .min()
-    };
-    let settled = every(&sampled);
-    if settled.is_none_or(|n| n < 64) {
-        eprintln!(
-            "cold_hits: the tracepoints settled on sampling {settled:?}, not far enough for the \
-             'sampled out' row to be made of sampled-out hits"
-        );
-    }
-    rows.push(("sampled out", cold(&mut junk, a.hits, &hit), settled));
-    sampled.shutdown();
-
-    let evaluated = agent(Budgets::unlimited_cpu());
-    evaluated.apply(tracepoints(a.tracepoints));
-    hit();
-    rows.push((
-        "evaluated",
-        cold(&mut junk, a.hits, &hit),
-        every(&evaluated),
-    ));
-    evaluated.shutdown();
 
     println!(
         "{} tracepoint(s) on the site, {} KiB walked between hits, {} hits each",

@@ -289,7 +289,7 @@ impl AgentBuilder {
     /// `SONDE_AGENT_MODE` (`auto`, `watch`, `poll`), `SONDE_AGENT_REDACT` (comma-separated names
     /// added to the redaction list, or `only:a,b` to replace it), `SONDE_AGENT_CPU_PERCENT` and
     /// `SONDE_AGENT_TOTAL_CPU_PERCENT` (a tracepoint's and all tracepoints' share of the process's
-    /// CPU, [`Budgets::cpu_share`] and [`Budgets::agent_cpu_share`] in percent, default 1 and 3),
+    /// CPU, [`Budgets::cpu_share`] and [`Budgets::agent_cpu_share`] in percent, default 1 and 2),
     /// `SONDE_SERVICE_NAME`, `SONDE_SERVICE_VERSION`, `SONDE_TENANT` and
     /// `SONDE_RESOURCE_ATTRIBUTES` (`k=v,k=v`), and with feature `native` `SONDE_AGENT_NATIVE`
     /// (`1` arms lines without a probe site natively). Values set on the builder before this call are

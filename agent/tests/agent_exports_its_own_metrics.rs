@@ -1,6 +1,7 @@
 //! With `self_metrics`, the agent exports `sonde_agent_*`: tracepoints installed and active,
-//! fires, false conditions, errors by stage and kind, sampled evaluation time, and control-plane
-//! failures while the server cannot be reached. One agent per process: one test.
+//! fires, false conditions, errors by stage and kind, sampled evaluation time and the cache refill
+//! estimated for it, and control-plane failures while the server cannot be reached. One agent per
+//! process: one test.
 #![allow(clippy::unwrap_used)] // test helpers outside #[test] fns
 
 use std::time::{Duration, Instant};
@@ -50,30 +51,43 @@ fn the_agent_counts_what_it_does() {
         }],
         ..Default::default()
     };
-    agent.apply(vec![tp("good", "n > 0", "n"), tp("bad", "true", "n / 0")]);
+    // A tracepoint with a log line is timed too, but not repeated to estimate a refill: the
+    // repeat would not log, and the log's cost would be taken for a refill.
+    let mut logged = tp("logged", "true", "n");
+    logged.args.insert("log_msg".into(), "n={n}".into());
+    agent.apply(vec![
+        tp("good", "n > 0", "n"),
+        tp("bad", "true", "n / 0"),
+        logged.clone(),
+    ]);
     for n in [1, 2, -1] {
         step(n);
     }
     let text = exposition(&registry);
     for line in [
-        "sonde_agent_tracepoints_installed_total 2",
-        "sonde_agent_tracepoints_active 2",
+        "sonde_agent_tracepoints_installed_total 3",
+        "sonde_agent_tracepoints_active 3",
         r#"sonde_agent_tracepoint_fires_total{tracepoint="good"} 2"#,
         r#"sonde_agent_tracepoint_condition_false_total{tracepoint="good"} 1"#,
         r#"sonde_agent_tracepoint_errors_total{kind="arithmetic",stage="value",tracepoint="bad"} 3"#,
         // The first hit of each tracepoint is one of the sampled ones.
         r#"sonde_agent_tracepoint_evaluation_seconds_count{tracepoint="good"} 1"#,
+        r#"sonde_agent_tracepoint_cache_refill_seconds_count{tracepoint="good"} 1"#,
+        r#"sonde_agent_tracepoint_evaluation_seconds_count{tracepoint="logged"} 1"#,
+        r#"sonde_agent_tracepoint_cache_refill_seconds_count{tracepoint="logged"} 0"#,
+        // The repeat records nothing: the metric counts each hit once.
+        r#"deep_m_good_total 3"#,
     ] {
         assert!(has(&text, line), "missing {line:?} in\n{text}");
     }
 
-    agent.apply(vec![tp("good", "n > 0", "n")]);
+    agent.apply(vec![tp("good", "n > 0", "n"), logged]);
     let text = exposition(&registry);
     assert!(
         has(&text, "sonde_agent_tracepoints_removed_total 1"),
         "{text}"
     );
-    assert!(has(&text, "sonde_agent_tracepoints_active 1"), "{text}");
+    assert!(has(&text, "sonde_agent_tracepoints_active 2"), "{text}");
 
     // A tracepoint whose window ended long ago: reached once, it counts as expired and does
     // nothing more.

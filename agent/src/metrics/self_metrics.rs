@@ -11,6 +11,7 @@
 //! | `sonde_agent_tracepoint_condition_false_total` | `tracepoint` | hits whose condition was false |
 //! | `sonde_agent_tracepoint_errors_total` | `tracepoint`, `stage`, `kind` | evaluation errors (`stage`: condition, label, value, log, panic) |
 //! | `sonde_agent_tracepoint_evaluation_seconds` | `tracepoint` | CPU time per evaluated hit (at most one evaluation in 64 is timed, on the thread's CPU clock, less what the clock's reads add) |
+//! | `sonde_agent_tracepoint_cache_refill_seconds` | `tracepoint` | estimated CPU time the application loses per evaluated hit fetching back what the evaluation displaced from the caches (the timed evaluation less the same one repeated at once; tracepoints with only a condition and metrics) |
 //! | `sonde_agent_tracepoint_sample_every` | `tracepoint` | N: one hit in N is evaluated and recorded with weight N (1: every hit) |
 //! | `sonde_agent_tracepoint_disarms_total` | `tracepoint`, `reason` | local disarms (`cpu`, `errors`) |
 //! | `sonde_agent_cardinality_overflow_total` | `tracepoint` | records folded into the overflow series |
@@ -52,6 +53,7 @@ pub(crate) struct SelfMetrics {
     condition_false: CounterVec,
     errors: CounterVec,
     evaluation: TimerVec,
+    refill: TimerVec,
     disarms: CounterVec,
     overflow: CounterVec,
     sample_every: GaugeVec,
@@ -96,6 +98,11 @@ impl SelfMetrics {
             evaluation: m.timer_vec(
                 "tracepoint_evaluation_seconds",
                 "CPU time spent evaluating a tracepoint per evaluated hit (at most one in 64 is timed; the clock's reads are not counted).",
+                &["tracepoint"],
+            ),
+            refill: m.timer_vec(
+                "tracepoint_cache_refill_seconds",
+                "Estimated CPU time the application loses per evaluated hit refilling the caches the evaluation displaced (the timed evaluation less the same one repeated at once, warm).",
                 &["tracepoint"],
             ),
             disarms: m.counter_vec(
@@ -194,6 +201,7 @@ impl SelfMetrics {
             fires: self.fires.with(&[id]),
             condition_false: self.condition_false.with(&[id]),
             evaluation: self.evaluation.with(&[id]),
+            refill: self.refill.with(&[id]),
             overflow: self.overflow.with(&[id]),
             errors: self.errors.clone(),
             disarms: self.disarms.clone(),
@@ -226,6 +234,7 @@ pub(crate) struct TracepointMetrics {
     pub fires: Counter,
     pub condition_false: Counter,
     pub evaluation: Timer,
+    pub refill: Timer,
     pub overflow: Counter,
     errors: CounterVec,
     disarms: CounterVec,

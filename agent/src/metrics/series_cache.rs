@@ -257,6 +257,13 @@ impl SeriesCache {
         probe(self.live()?, hash, values)
     }
 
+    /// Whether a label set has a series of its own (not folded into the overflow one); makes
+    /// nothing.
+    #[inline]
+    pub fn contains(&self, values: &[&str]) -> bool {
+        self.find(hash(values), values).is_some()
+    }
+
     /// Calls `f` with the cached series for a label set (see [`SeriesCache::with`]), made with
     /// `make` on first use, or with the overflow series (made by `make` with every value
     /// [`OVERFLOW_LABEL`]) once `max_series` label sets exist.

@@ -26,7 +26,7 @@ pub struct Budgets {
     /// The share of the process's CPU time one tracepoint may use (default 0.01, 1%). A
     /// tracepoint's `cpu_percent` arg overrides it.
     pub cpu_share: f64,
-    /// The share all tracepoints of the agent may use together (default 0.03, 3%).
+    /// The share all tracepoints of the agent may use together (default 0.02, 2%).
     pub agent_cpu_share: f64,
     /// CPU time per second a tracepoint may always use, however idle the process (default 1 ms,
     /// 0.1% of a core).
@@ -48,7 +48,7 @@ impl Default for Budgets {
     fn default() -> Self {
         Self {
             cpu_share: 0.01,
-            agent_cpu_share: 0.03,
+            agent_cpu_share: 0.02,
             cpu_floor: Duration::from_millis(1),
             cpu_window: Duration::from_secs(1),
             max_sample_every: 4096,

@@ -22,7 +22,9 @@
 //!   standing for the evaluations it represents), as if every hit had been evaluated. They are
 //!   timed on the thread's CPU clock, not the wall clock: on a busy machine a thread is often
 //!   preempted in the middle of an evaluation, and wall time would charge the wait to the
-//!   tracepoint (seen: a counter sampled 1 in 1024 under load where 1 in 16 sufficed);
+//!   tracepoint (seen: a counter sampled 1 in 1024 under load where 1 in 16 sufficed). Each is
+//!   charged its own time and the cache refill it leaves the application, estimated by repeating
+//!   it at once, warm ([`Cost`], and `Installed::rehearse` in the pipeline);
 //! - its allowance is [`Budgets::cpu_share`] (1%) of the CPU the process used over the window,
 //!   times the agent's scale (below), but never less than [`Budgets::cpu_floor`] per second, so a
 //!   mostly idle process can still afford its hits;
@@ -32,7 +34,7 @@
 //!
 //! The process's CPU time is read once per window for the whole agent ([`AgentCpu`]:
 //! `getrusage`), never per hit. The agent also holds all tracepoints together to
-//! [`Budgets::agent_cpu_share`] (3%): when their total exceeds it, a scale below 1 shrinks every
+//! [`Budgets::agent_cpu_share`] (2%): when their total exceeds it, a scale below 1 shrinks every
 //! tracepoint's allowance in proportion, and recovers by a quarter a window once it fits.
 //!
 //! # The last resort
@@ -172,12 +174,18 @@ impl ThreadTime {
     /// Nanoseconds since `self` on the same clock.
     #[inline]
     pub(crate) fn elapsed_ns(self) -> u64 {
-        match (self.0, Self::now().0) {
+        Self::now().since(self)
+    }
+
+    /// Nanoseconds from `earlier` to `self` (0 if the two are not on the same clock).
+    #[inline]
+    pub(crate) fn since(self, earlier: Self) -> u64 {
+        match (earlier.0, self.0) {
             (ThreadClock::Cpu(then), ThreadClock::Cpu(now)) => now.saturating_sub(then),
-            (ThreadClock::Wall(then), _) => {
-                u64::try_from(then.elapsed().as_nanos()).unwrap_or(u64::MAX)
+            (ThreadClock::Wall(then), ThreadClock::Wall(now)) => {
+                u64::try_from(now.saturating_duration_since(then).as_nanos()).unwrap_or(u64::MAX)
             }
-            (ThreadClock::Cpu(_), ThreadClock::Wall(_)) => 0,
+            _ => 0,
         }
     }
 }
@@ -260,6 +268,17 @@ impl AgentCpu {
         store_f64(&self.scale, scale);
         *state = AgentWindow { start: now, cpu };
     }
+}
+
+/// What a timed evaluation cost, as charged.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct Cost {
+    /// Nanoseconds charged for each evaluation the timed one stands for: its own time (less the
+    /// clock's floor) and the cache refill it is estimated to leave the application.
+    pub each: u64,
+    /// Nanoseconds charged once: the clock's reads that timed it, and the rehearsal that
+    /// estimated the refill.
+    pub once: u64,
 }
 
 /// What a closed window decided.
@@ -435,12 +454,10 @@ impl Sampler {
             .store(u64::from(next.trailing_zeros()), Ordering::Relaxed);
     }
 
-    /// Charges a timed evaluation that took `ns` (less the clock's floor) and stands for `span`
-    /// evaluations, plus the two clock reads that timed it; closes the window if it has passed.
-    pub(crate) fn charge(&self, agent: &AgentCpu, ns: u64, span: u64, now: Instant) -> Verdict {
-        let ns = ns
-            .saturating_mul(span)
-            .saturating_add(2 * agent.clock_floor);
+    /// Charges a timed evaluation that stands for `span` evaluations; closes the window if it has
+    /// passed.
+    pub(crate) fn charge(&self, agent: &AgentCpu, cost: Cost, span: u64, now: Instant) -> Verdict {
+        let ns = cost.each.saturating_mul(span).saturating_add(cost.once);
         self.spent.fetch_add(ns, Ordering::Relaxed);
         agent.spent.fetch_add(ns, Ordering::Relaxed);
         self.timed.fetch_add(1, Ordering::Relaxed);
@@ -765,16 +782,19 @@ mod tests {
         );
     }
 
+    /// A cost of `ns` for each evaluation, nothing once.
+    fn each(ns: u64) -> Cost {
+        Cost { each: ns, once: 0 }
+    }
+
     #[test]
-    fn the_clock_reads_are_charged_once_not_once_per_evaluation_stood_for() {
+    fn the_timing_is_charged_once_not_once_per_evaluation_stood_for() {
         let b = budgets(Duration::from_secs(3600));
         let agent = AgentCpu::new(&b);
         let s = Sampler::new(&b, 0.01, true);
-        s.charge(&agent, 100, 64, Instant::now());
-        assert_eq!(
-            s.spent.load(Ordering::Relaxed),
-            100 * 64 + 2 * agent.clock_floor
-        );
+        s.charge(&agent, Cost { each: 100, once: 7 }, 64, Instant::now());
+        assert_eq!(s.spent.load(Ordering::Relaxed), 100 * 64 + 7);
+        assert_eq!(agent.spent.load(Ordering::Relaxed), 100 * 64 + 7);
     }
 
     #[test]
@@ -788,13 +808,13 @@ mod tests {
         let cheap = Sampler::new(&b, 0.01, true);
         // 20 timed evaluations of 1 ms each, standing for 16 each: far over 1% of anything.
         for _ in 0..20 {
-            dear.charge(&agent, 1_000_000, 16, t);
-            cheap.charge(&agent, 10, 1, t);
+            dear.charge(&agent, each(1_000_000), 16, t);
+            cheap.charge(&agent, each(10), 1, t);
         }
         t += Duration::from_secs(1);
-        assert!(matches!(dear.charge(&agent, 1_000_000, 16, t), Verdict::Every(n) if n > 1));
+        assert!(matches!(dear.charge(&agent, each(1_000_000), 16, t), Verdict::Every(n) if n > 1));
         assert!(dear.every() > 1);
-        assert_eq!(cheap.charge(&agent, 10, 1, t), Verdict::Keep);
+        assert_eq!(cheap.charge(&agent, each(10), 1, t), Verdict::Keep);
         assert_eq!(cheap.every(), 1);
     }
 
@@ -809,12 +829,12 @@ mod tests {
         let mut hard_verdicts = Vec::new();
         for _ in 0..6 {
             for _ in 0..10 {
-                s.charge(&agent, 10_000_000, 1, t);
-                hard.charge(&agent, 10_000_000, 1, t);
+                s.charge(&agent, each(10_000_000), 1, t);
+                hard.charge(&agent, each(10_000_000), 1, t);
             }
             t += Duration::from_secs(1);
-            verdicts.push(s.charge(&agent, 10_000_000, 1, t));
-            hard_verdicts.push(hard.charge(&agent, 10_000_000, 1, t));
+            verdicts.push(s.charge(&agent, each(10_000_000), 1, t));
+            hard_verdicts.push(hard.charge(&agent, each(10_000_000), 1, t));
         }
         assert_eq!(verdicts[0], Verdict::Every(64), "{verdicts:?}");
         assert!(verdicts.contains(&Verdict::Disarm), "{verdicts:?}");
