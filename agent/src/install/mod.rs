@@ -287,7 +287,9 @@ impl Installer {
             }
         }
         self.armed = programs.values().map(|(s, _)| *s).collect();
-        for (site, tracepoints) in programs.into_values() {
+        for (site, mut tracepoints) in programs.into_values() {
+            // Oldest first: it numbers the thread's hits for the ones added after it.
+            tracepoints.sort_by_key(|tp| tp.seq);
             retired.push(site.arm(Box::new(Program { tracepoints })));
         }
         // One grace period for every site, then the old programs (and with them the metrics of

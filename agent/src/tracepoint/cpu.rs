@@ -8,8 +8,11 @@
 //! and records each evaluated hit with weight `N`. Each thread numbers its own hits of the
 //! tracepoint ([`ThreadCounts`]: a word only that thread writes, so counting a hit is a load and a
 //! store, with no locked instruction and no cache line shared between threads) and cuts them into
-//! blocks of `N`; in each block exactly one hit is evaluated, at an offset drawn from a hash of
-//! the block's number and the thread's own seed ([`picked`]). So over any `k` blocks exactly `k`
+//! blocks of `N`; in each block exactly one hit is evaluated, at a place drawn from hashes of
+//! the block's number and the thread's seed ([`picked`]). The picks nest (the pick of a block of
+//! `2N` is a pick of one of its halves), and the tracepoints at a site number a thread's hits
+//! alike and share its seed, so the program at a site runs once per block of its densest
+//! tracepoint and evaluates the sparser ones on the same hits. So over any `k` blocks exactly `k`
 //! hits are evaluated: a count is exact to within `N` per thread that hits the line; and since the
 //! offset is random, a periodic workload (round-robin over four backends, with `N` = 4) is not
 //! aliased onto one phase: counter totals and rates, histogram and summary counts and sums stay
@@ -95,19 +98,42 @@ pub(crate) fn process_cpu_ns() -> Option<u64> {
 }
 
 /// Whether hit number `hit` is the one evaluated in its block of `every` (a power of two): one
-/// per block, at an offset that a hash of the block's number and `seed` picks. No state, no
-/// lock: three multiplies and some shifts.
+/// per block, at a place that hashes of the block's number and `seed` pick. No state, no lock.
+///
+/// The picks nest: a hit picked in its block of `2 * every` is also picked in its block of
+/// `every`. The place in a block is chosen from the top down: a hash bit of the block says which
+/// half holds it, a hash bit of that half which quarter, and so on, so the pick of a block is
+/// always the pick of one of its halves. Tracepoints at one site number a thread's hits alike and
+/// share the thread's seed, so whatever their factors, the hits the sparser ones evaluate are
+/// among those the densest one evaluates: the site's program runs on a thread once per block of
+/// the smallest factor, and evaluates the tracepoints due together, while their code and the
+/// hit's variables are in the caches, instead of each on a hit of its own.
 #[inline]
 pub(crate) fn picked(hit: u64, every: u64, seed: u64) -> bool {
-    let mask = every - 1;
-    hit & mask == offset(hit >> every.trailing_zeros(), seed) & mask
+    // From the bottom up: half the hits fail at the first level, so a hit not picked costs about
+    // two hashes.
+    (1..=every.trailing_zeros())
+        .all(|level| (hit >> (level - 1)) & 1 == half(hit >> level, level, seed))
 }
 
-/// The hash that places a block's evaluated hit: the finaliser of splitmix64, so consecutive
-/// blocks get unrelated offsets.
+/// Which half (0 or 1) of the block `block` of `1 << level` hits holds the block's pick.
 #[inline]
-fn offset(block: u64, seed: u64) -> u64 {
-    let mut z = (block ^ seed).wrapping_add(0x9E37_79B9_7F4A_7C15);
+fn half(block: u64, level: u32, seed: u64) -> u64 {
+    offset((block << 6) | u64::from(level), seed) >> 63
+}
+
+/// The hit picked in block `block` of `1 << shift` hits.
+#[inline]
+fn pick_in(block: u64, shift: u32, seed: u64) -> u64 {
+    (1..=shift)
+        .rev()
+        .fold(block, |b, level| (b << 1) | half(b, level, seed))
+}
+
+/// The splitmix64 finaliser over a key and `seed`: unrelated outputs for neighbouring keys.
+#[inline]
+fn offset(key: u64, seed: u64) -> u64 {
+    let mut z = (key ^ seed).wrapping_add(0x9E37_79B9_7F4A_7C15);
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     z ^ (z >> 31)
@@ -115,18 +141,24 @@ fn offset(block: u64, seed: u64) -> u64 {
 
 /// How many hits from hit number `next` on are sure to be sampled out under a factor of
 /// `1 << shift`: up to the block's evaluated hit if it is still to come, else up to the next
-/// block's start. 0 when every hit is evaluated, and when `next` starts a block (where the thread
-/// takes up a new factor, if one came).
+/// block's start, or with `cross`, on to the next block's evaluated hit. 0 when every hit is
+/// evaluated. Without `cross` also 0 when `next` starts a block: a thread with a new factor to
+/// take up must see the start of a block to take it up there.
 #[inline]
-pub(crate) fn quiet(next: u64, shift: u32, seed: u64) -> u64 {
+pub(crate) fn quiet(next: u64, shift: u32, seed: u64, cross: bool) -> u64 {
+    if shift == 0 {
+        return 0;
+    }
     let mask = (1u64 << shift) - 1;
-    if next & mask == 0 {
+    if next & mask == 0 && !cross {
         return 0;
     }
     let block = next >> shift;
-    let pick = (block << shift) | (offset(block, seed) & mask);
+    let pick = pick_in(block, shift, seed);
     if pick >= next {
         pick - next
+    } else if cross {
+        pick_in(block + 1, shift, seed) - next
     } else {
         ((block + 1) << shift) - next
     }
@@ -311,12 +343,19 @@ pub(crate) struct ThreadCounts {
     pub condition_false: AtomicU64,
 }
 
-impl Default for ThreadCounts {
-    fn default() -> Self {
+thread_local! {
+    /// The thread's seed, shared by every tracepoint's counts on the thread, so that tracepoints
+    /// at one site pick the same hits ([`picked`]); each thread's differs.
+    static THREAD_SEED: u64 = fastrand::u64(..);
+}
+
+impl ThreadCounts {
+    /// Counts whose next hit is number `hit`.
+    fn starting_at(hit: u64) -> Self {
         Self {
-            hits: AtomicU64::new(0),
+            hits: AtomicU64::new(hit),
             shift: AtomicU64::new(0),
-            seed: fastrand::u64(..),
+            seed: THREAD_SEED.with(|s| *s),
             fires: AtomicU64::new(0),
             condition_false: AtomicU64::new(0),
         }
@@ -417,11 +456,19 @@ impl Sampler {
     /// Counts `skipped` hits that were sure to be sampled out (the site passed them by, see
     /// [`quiet`]) and then this one, and says whether to evaluate it; `Err` with how many of the
     /// thread's next hits are sure to be sampled out when not.
+    ///
+    /// `align` carries a hit number from one tracepoint of a site to the next on the same hit:
+    /// when it holds one and this thread has no counts yet, they start so that this hit gets that
+    /// number (a tracepoint added to a busy site picks the same hits as the ones already there);
+    /// when it holds none, it gets this hit's number.
     #[inline]
-    pub(crate) fn admit(&self, skipped: u64) -> Result<Admitted<'_>, u64> {
-        let counts = self.threads.get_or_default();
+    pub(crate) fn admit(&self, skipped: u64, align: &mut Option<u64>) -> Result<Admitted<'_>, u64> {
+        let counts = self
+            .threads
+            .get_or(|| ThreadCounts::starting_at(align.map_or(0, |hit| hit.wrapping_sub(skipped))));
         let hit = counts.hits.load(Ordering::Relaxed).wrapping_add(skipped);
         counts.hits.store(hit.wrapping_add(1), Ordering::Relaxed);
+        align.get_or_insert(hit);
         let mut shift = counts.shift.load(Ordering::Relaxed);
         let now = self.shift.load(Ordering::Relaxed);
         if now != shift {
@@ -433,7 +480,10 @@ impl Sampler {
             }
         }
         let every = 1u64 << shift;
-        let quiet = quiet(hit.wrapping_add(1), shift as u32, counts.seed);
+        // A run may cross into the next block only while no new factor waits to be taken up at
+        // its start. One that comes during the run is taken up at a later start: a block is
+        // never cut in two, it just takes effect a block or two later.
+        let quiet = quiet(hit.wrapping_add(1), shift as u32, counts.seed, now == shift);
         if every > 1 && !picked(hit, every, counts.seed) {
             return Err(quiet);
         }
@@ -600,7 +650,7 @@ mod tests {
             // An odd number of hits, so every switch is asked for in the middle of a block.
             for _ in 0..(10_007 + round as u64 * 997) {
                 hits += 1;
-                if let Ok(a) = s.admit(0) {
+                if let Ok(a) = s.admit(0, &mut None) {
                     weight += a.every;
                     timed += u64::from(a.timed.is_some());
                 }
@@ -609,7 +659,7 @@ mod tests {
         }
         for _ in 0..5_003 {
             hits += 1;
-            if let Ok(a) = s.admit(0) {
+            if let Ok(a) = s.admit(0, &mut None) {
                 weight += a.every;
             }
         }
@@ -639,7 +689,7 @@ mod tests {
                             // Mid-run change, asked for in the middle of blocks.
                             s.switch_to(64);
                         }
-                        if let Ok(a) = s.admit(0) {
+                        if let Ok(a) = s.admit(0, &mut None) {
                             weight += a.every;
                             if firsts.len() < 8 {
                                 firsts.push(hit);
@@ -664,55 +714,144 @@ mod tests {
         );
     }
 
-    #[test]
-    fn skipping_the_quiet_hits_evaluates_the_same_hits_with_the_same_weights() {
-        let b = Budgets::default();
-        let stepped = Sampler::new(&b, 0.01, true);
-        let skipping = Sampler::new(&b, 0.01, true);
-        let (mut stepped_evaluated, mut skipping_evaluated) = (Vec::new(), Vec::new());
-        let mut rng = fastrand::Rng::with_seed(7);
-        // Both on this thread: give both lanes the same seed (it comes from fastrand's).
-        fastrand::seed(11);
-        stepped.threads.get_or_default();
-        fastrand::seed(11);
-        skipping.threads.get_or_default();
-        assert_eq!(
-            stepped.threads.get().map(|c| c.seed),
-            skipping.threads.get().map(|c| c.seed)
-        );
-        let mut skip = 0u64;
-        let mut skipped = 0u64;
-        let mut quiet_hits = 0u64;
-        for hit in 0..200_000u64 {
-            if hit % 7_919 == 0 {
-                let next = 1u64 << rng.u32(0..11);
-                stepped.switch_to(next);
-                skipping.switch_to(next);
-            }
-            if let Ok(a) = stepped.admit(0) {
-                stepped_evaluated.push((hit, a.every));
-            }
+    /// Runs `hits` hits through `samplers` as a site's program does: a hit the thread passes by
+    /// is only counted; the next one credits it to every sampler; a run is at most 1,024 hits
+    /// (the pipeline's `MAX_QUIET`). `switch` may change factors before a hit. Returns each
+    /// sampler's evaluations (hit, weight) and the number of hits the program ran on.
+    fn through_a_site(
+        samplers: &[&Sampler],
+        hits: u64,
+        mut switch: impl FnMut(u64),
+    ) -> (Vec<Vec<(u64, u64)>>, u64) {
+        let mut evaluated = vec![Vec::new(); samplers.len()];
+        let (mut skip, mut skipped, mut runs) = (0u64, 0u64, 0u64);
+        for hit in 0..hits {
+            switch(hit);
             if skip > 0 {
                 skip -= 1;
                 skipped += 1;
-                quiet_hits += 1;
                 continue;
             }
-            match skipping.admit(skipped) {
-                Ok(a) => {
-                    skipping_evaluated.push((hit, a.every));
-                    skip = a.quiet;
-                }
-                Err(q) => skip = q,
+            runs += 1;
+            let mut align = None;
+            skip = 1024;
+            for (s, out) in samplers.iter().zip(&mut evaluated) {
+                let q = match s.admit(skipped, &mut align) {
+                    Ok(a) => {
+                        out.push((hit, a.every));
+                        a.quiet
+                    }
+                    Err(q) => q,
+                };
+                skip = skip.min(q);
             }
             skipped = 0;
         }
-        assert_eq!(stepped_evaluated, skipping_evaluated);
+        (evaluated, runs)
+    }
+
+    #[test]
+    fn skipping_the_quiet_hits_evaluates_the_same_hits_with_the_same_weights() {
+        let b = Budgets::default();
+        for every in [1u64, 2, 8, 64, 1024] {
+            let stepped = Sampler::new(&b, 0.01, true);
+            let skipping = Sampler::new(&b, 0.01, true);
+            stepped.switch_to(every);
+            skipping.switch_to(every);
+            let mut stepped_evaluated = Vec::new();
+            for hit in 0..50_000u64 {
+                if let Ok(a) = stepped.admit(0, &mut None) {
+                    stepped_evaluated.push((hit, a.every));
+                }
+            }
+            let (evaluated, runs) = through_a_site(&[&skipping], 50_000, |_| {});
+            // Both take up `every` at the first hit; the thread's seed then picks the same hits.
+            assert_eq!(evaluated[0], stepped_evaluated, "1 in {every}");
+            assert_eq!(stepped.hits(), 50_000);
+            // The hits passed by after the last one the program ran on are not counted yet.
+            assert!(skipping.hits() <= 50_000 && skipping.hits() + every.max(1024) > 50_000);
+            if every >= 8 {
+                // The program runs on the evaluated hits, and where a run reached its cap.
+                assert!(
+                    runs <= stepped_evaluated.len() as u64 + 50_000 / 1024 + 1,
+                    "1 in {every}: {runs} runs for {} evaluations",
+                    stepped_evaluated.len()
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn passing_hits_by_keeps_weights_exact_however_often_the_factor_changes() {
+        let b = Budgets::default();
+        let s = Sampler::new(&b, 0.01, true);
+        let mut rng = fastrand::Rng::with_seed(7);
+        let hits = 300_000u64;
+        let (evaluated, runs) = through_a_site(&[&s], hits, |hit| {
+            if hit % 7_919 == 0 {
+                s.switch_to(1u64 << rng.u32(0..11));
+            }
+        });
+        let weight: u64 = evaluated[0].iter().map(|e| e.1).sum();
+        // Only the last, unfinished block may be off, by less than the largest factor.
+        assert!(weight.abs_diff(hits) < 1024, "{weight} for {hits} hits");
+        // Factors from 1 to 1024: about 2/11 of the hits are evaluated.
+        assert!(runs < hits / 4, "most hits were passed by: {runs} runs");
+    }
+
+    #[test]
+    fn tracepoints_at_one_site_evaluate_on_the_same_hits() {
+        let b = Budgets::default();
+        let dense = Sampler::new(&b, 0.01, true);
+        let sparse = Sampler::new(&b, 0.01, true);
+        let sparser = Sampler::new(&b, 0.01, true);
+        // The dense one is older: it has counted hits of its own before the others came.
+        dense.switch_to(8);
+        let _ = through_a_site(&[&dense], 10_001, |_| {});
+        sparse.switch_to(32);
+        sparser.switch_to(256);
+        let hits = 100_000;
+        let (evaluated, runs) = through_a_site(&[&dense, &sparse, &sparser], hits, |_| {});
+        let dense_hits: std::collections::HashSet<u64> = evaluated[0].iter().map(|e| e.0).collect();
+        for (i, every) in [(1, 32u64), (2, 256)] {
+            // Past the first blocks (1 in 1 until each takes up its factor) ...
+            let late: Vec<_> = evaluated[i].iter().filter(|e| e.0 >= 512).collect();
+            assert!(late.len() as u64 >= (hits - 512) / every - 1, "{late:?}");
+            // ... each of its evaluations is on a hit the dense one evaluates too.
+            for e in late {
+                assert!(
+                    dense_hits.contains(&e.0),
+                    "1 in {every} evaluated {e:?} alone"
+                );
+            }
+        }
+        // So the program runs once per block of the densest, not once per tracepoint's pick
+        // (about hits / 8 + hits / 32 + hits / 256 if their picks were independent), but for
+        // the hits before the new ones took up their factors (each evaluates every hit until
+        // the start of one of its blocks).
         assert!(
-            quiet_hits > 100_000,
-            "most hits were passed by: {quiet_hits}"
+            runs <= dense_hits.len() as u64 + 256,
+            "{runs} runs for {} evaluations of the densest",
+            dense_hits.len()
         );
-        assert_eq!(skipping.hits() + skipped, stepped.hits());
+    }
+
+    #[test]
+    fn the_picks_nest() {
+        for seed in [0u64, 99, u64::MAX] {
+            for shift in 1..12u32 {
+                for hit in 0..20_000u64 {
+                    if picked(hit, 1 << shift, seed) {
+                        assert!(picked(hit, 1 << (shift - 1), seed), "{seed} {shift} {hit}");
+                    }
+                }
+                for block in 0..(20_000 >> shift) {
+                    let pick = pick_in(block, shift, seed);
+                    assert_eq!(pick >> shift, block);
+                    assert!(picked(pick, 1 << shift, seed));
+                }
+            }
+        }
     }
 
     #[test]
@@ -720,7 +859,7 @@ mod tests {
         for shift in 1..8u32 {
             let every = 1u64 << shift;
             for next in 0..(every * 50) {
-                let q = quiet(next, shift, 99);
+                let q = quiet(next, shift, 99, false);
                 // No hit in the quiet run is picked, and the run does not cross a block start.
                 for h in next..next + q {
                     assert!(!picked(h, every, 99), "shift {shift}, next {next}, q {q}");
@@ -735,10 +874,19 @@ mod tests {
                 if next.is_multiple_of(every) {
                     assert_eq!(q, 0);
                 }
+                // Allowed to cross, it runs to the next pick, wherever that is.
+                let q = quiet(next, shift, 99, true);
+                for h in next..next + q {
+                    assert!(!picked(h, every, 99), "shift {shift}, next {next}, q {q}");
+                }
+                assert!(
+                    picked(next + q, every, 99),
+                    "shift {shift}, next {next}, q {q}"
+                );
             }
         }
         assert_eq!(
-            quiet(5, 0, 1),
+            quiet(5, 0, 1, true),
             0,
             "every hit is evaluated: nothing is quiet"
         );

@@ -108,6 +108,10 @@ pub(crate) enum DisarmReason {
 /// A compiled, installed tracepoint.
 pub(crate) struct Installed {
     pub id: String,
+    /// Installed before every tracepoint with a larger one: a site's program runs its
+    /// tracepoints in this order, so the oldest numbers a thread's hits for the others
+    /// ([`Sampler::admit`]).
+    pub seq: u64,
     pub condition: Option<Expr>,
     pub log: Option<Expr>,
     pub log_level: tracing::Level,
@@ -178,8 +182,10 @@ impl Installed {
         #[cfg(not(feature = "opentelemetry"))]
         let spans = false;
         let rehearsable = p.log.is_none() && p.snapshot.is_none() && !spans;
+        static SEQ: AtomicU64 = AtomicU64::new(0);
         Self {
             id: p.id,
+            seq: SEQ.fetch_add(1, Ordering::Relaxed),
             condition: p.condition,
             log: p.log,
             log_level: p.log_level,
@@ -267,14 +273,17 @@ impl Installed {
 
     /// Runs the tracepoint on one hit that stands for `hits` hits (1 at a probe site; more for a
     /// native capture that also stands for the hits its trap budget turned away before it),
-    /// after `passed` hits the site passed by (sure to be sampled out). Returns how many of the
-    /// thread's next hits are sure to be sampled out (`u64::MAX`: this tracepoint does not mind).
+    /// after `passed` hits the site passed by (sure to be sampled out). `align` carries the
+    /// hit's number between the tracepoints of a site ([`Sampler::admit`]). Returns how many of
+    /// the thread's next hits are sure to be sampled out (`u64::MAX`: this tracepoint does not
+    /// mind).
     fn fire<L: Lookup + Variables + ?Sized>(
         &self,
         vars: &L,
         hits: u64,
         place: Option<Place>,
         passed: u64,
+        align: &mut Option<u64>,
     ) -> u64 {
         if self.disarmed.load(Ordering::Relaxed) {
             return u64::MAX;
@@ -294,7 +303,7 @@ impl Installed {
                 return u64::MAX;
             }
         }
-        let admitted = match self.sampler.admit(passed) {
+        let admitted = match self.sampler.admit(passed, align) {
             Ok(admitted) => admitted,
             Err(quiet) => return quiet,
         };
@@ -580,13 +589,16 @@ impl site::Program for Program {
             values,
         };
         let mut quiet = MAX_QUIET;
+        let mut align = None;
         for tp in &self.tracepoints {
             let place = Place {
                 file: site.file(),
                 line: site.line(),
                 module: site.module(),
             };
-            match catch_unwind(AssertUnwindSafe(|| tp.fire(&vars, 1, Some(place), passed))) {
+            match catch_unwind(AssertUnwindSafe(|| {
+                tp.fire(&vars, 1, Some(place), passed, &mut align)
+            })) {
                 Ok(q) => quiet = quiet.min(q),
                 Err(_) => {
                     quiet = 0;
@@ -607,7 +619,7 @@ impl site::Program for Program {
     allow(dead_code)
 )]
 pub(crate) fn fire_decoded(tp: &Installed, vars: &(impl Lookup + Variables + ?Sized), hits: u64) {
-    if catch_unwind(AssertUnwindSafe(|| tp.fire(vars, hits, None, 0))).is_err() {
+    if catch_unwind(AssertUnwindSafe(|| tp.fire(vars, hits, None, 0, &mut None))).is_err() {
         tp.error("panic", "panic", "a panic inside the tracepoint was caught");
     }
 }
