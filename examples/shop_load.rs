@@ -18,8 +18,10 @@
 //! `/proc/<pid>/stat`; of it, the agent's own thread's, from its `schedstat`; and beside it the
 //! CPU `sonde server` used, which shares the machine here but not in production), the armed phases'
 //! means as ratios of the others', with 3 rounds or more the same paired (each armed phase over
-//! the unarmed phases on either side of it: the mean of those ratios and two standard errors;
-//! `--seconds 6 --rounds 16` tells 1% from 3% where two long rounds cannot), and per round the
+//! the unarmed phases on either side of it: the mean of those ratios, two standard errors and the
+//! median; `--seconds 6 --rounds 16` tells 1% from 3% where two long rounds cannot), with 2 rounds
+//! or more the latency quantiles over every request of each kind of phase together (a phase's p99
+//! is made by the stalls of the machine it happened to catch), and per round the
 //! sample factor each tracepoint settled on (`sonde_agent_tracepoint_sample_every`), its CPU per timed
 //! evaluation and the cache refill estimated for it, and how far its count is from the orders the
 //! generator completed.
@@ -317,6 +319,9 @@ struct Args {
     /// Whether to run the shop on a CPU of its own, and the server and the generator on the
     /// others.
     pin: bool,
+    /// Whether the three tracepoints go on the shop's rejection line, which this load never
+    /// reaches: what tracepoints installed cost the shop without a single hit.
+    unhit: bool,
 }
 
 fn args() -> anyhow::Result<Args> {
@@ -326,6 +331,7 @@ fn args() -> anyhow::Result<Args> {
     let mut callgrind = false;
     let mut pin = false;
     let mut cache_sim = false;
+    let mut unhit = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = |flag: &str| args.next().with_context(|| format!("{flag} needs a value"));
@@ -340,6 +346,7 @@ fn args() -> anyhow::Result<Args> {
             "--callgrind" => callgrind = true,
             "--pin" => pin = true,
             "--cache-sim" => cache_sim = true,
+            "--unhit" => unhit = true,
             "-h" | "--help" => {
                 println!(
                     "usage: shop_load [--seconds N (15)] [--connections N (32)] [--rounds N (2)] \
@@ -347,7 +354,9 @@ fn args() -> anyhow::Result<Args> {
                      [--callgrind (count the shop's instructions per request under valgrind; \
                      give a low --rate, such as 100)] [--cache-sim (with --callgrind: simulate \
                      the caches too)] [--pin (the shop on the last CPU, the server and the \
-                     generator on the others)]"
+                     generator on the others)] [--unhit (the three tracepoints on the shop's \
+                     rejection line, which this load never reaches: what installed \
+                     tracepoints cost without a hit)]"
                 );
                 std::process::exit(0);
             }
@@ -368,6 +377,7 @@ fn args() -> anyhow::Result<Args> {
         callgrind,
         cache_sim,
         pin,
+        unhit,
     })
 }
 
@@ -432,13 +442,14 @@ fn beside_me(name: &str) -> anyhow::Result<PathBuf> {
     Ok(path)
 }
 
-/// The three tracepoints of the armed phase: what each is, and its metric.
-fn tracepoints() -> [(&'static str, Value); 3] {
+/// The three tracepoints of the armed phase: what each is, and its metric. `charged` is the
+/// first counter's value (`order.total` on the rejection line, which has no `charged`).
+fn tracepoints(charged: &str) -> [(&'static str, Value); 3] {
     let label = |key: &str, expression: &str| json!({"key": key, "expression": expression});
     [
         (
             "paths",
-            json!({"name": "checkout_value", "type": "COUNTER", "expression": "charged",
+            json!({"name": "checkout_value", "type": "COUNTER", "expression": charged,
                    "labelExpressions": [label("country", "order.country"),
                                         label("tier", "order.user.tier")]}),
         ),
@@ -577,6 +588,7 @@ fn main() -> anyhow::Result<()> {
         callgrind,
         cache_sim,
         pin,
+        unhit,
     } = args()?;
     let shop_cpu = pin.then(pin_apart).transpose()?;
     let callgrind = callgrind
@@ -650,11 +662,25 @@ fn main() -> anyhow::Result<()> {
         },
         if native { "three" } else { "two" }
     );
-    let line = include_str!("shop.rs")
-        .lines()
-        .position(|l| l.contains("probe!(order, discount, charged, took)"))
-        .context("the checkout probe")?
-        + 1;
+    let probe_line = |probe: &str| {
+        include_str!("shop.rs")
+            .lines()
+            .position(|l| l.contains(probe))
+            .map(|at| at + 1)
+            .with_context(|| format!("{probe} in shop.rs"))
+    };
+    let (line, charged) = if unhit {
+        println!(
+            "shop_load: --unhit: the three tracepoints go on the rejection line, which no \
+             request of this load reaches"
+        );
+        (probe_line("probe!(reason, order)")?, "order.total")
+    } else {
+        (
+            probe_line("probe!(order, discount, charged, took)")?,
+            "charged",
+        )
+    };
     let native_line = include_str!("shop.rs")
         .lines()
         .position(|l| l.contains("let order_id = order_number();"))
@@ -681,7 +707,7 @@ fn main() -> anyhow::Result<()> {
         let mut armed_phases = vec![(
             "three tracepoints",
             line,
-            tracepoints().to_vec(),
+            tracepoints(charged).to_vec(),
             "deep_checkouts_total",
         )];
         if native {
@@ -799,18 +825,55 @@ fn main() -> anyhow::Result<()> {
     // cancels most of it.
     for armed in ["three tracepoints", "native tracepoint"] {
         let figure = |f: &dyn Fn(&Phase) -> f64| {
-            paired(&phases, armed, f).map_or("-".to_owned(), |(m, e)| format!("{m:.3} ± {e:.3}"))
+            paired(&phases, armed, f).map_or("-".to_owned(), |p| {
+                format!("{:.3} ± {:.3} (median {:.3})", p.mean, p.error, p.median)
+            })
         };
         if paired(&phases, armed, &|p| p.report.throughput()).is_none() {
             continue;
         }
         println!(
             "paired {}: CPU/req {}, p50 {}, p99 {} (each phase over its unarmed neighbours; \
-             mean ± 2 standard errors)",
+             mean ± 2 standard errors, and the median, which a stall of the machine in one \
+             phase does not move)",
             short(armed),
             figure(&|p| p.cpu_per_request_us()),
             figure(&|p| p.report.latency_us(0.5) as f64),
             figure(&|p| p.report.latency_us(0.99) as f64),
+        );
+    }
+    // Latency over every request of the phases of each kind together: a phase's p99 is made by
+    // the few stalls of the machine it happened to catch; over all rounds, both kinds catch
+    // about as many.
+    let pooled = |name: &str| {
+        let mut all: Vec<u32> = phases
+            .iter()
+            .filter(|p| p.name == name)
+            .flat_map(|p| p.report.latencies_us.iter().copied())
+            .collect();
+        all.sort_unstable();
+        load::LoadReport {
+            latencies_us: all,
+            ..Default::default()
+        }
+    };
+    let unarmed = pooled("no tracepoint");
+    for armed in ["three tracepoints", "native tracepoint"] {
+        let armed_all = pooled(armed);
+        if armed_all.latencies_us.is_empty() || rounds < 2 {
+            continue;
+        }
+        let ratio = |q: f64| armed_all.latency_us(q) as f64 / unarmed.latency_us(q).max(1) as f64;
+        println!(
+            "pooled {}: p50 {:.3}, p90 {:.3}, p99 {:.3}, p99.9 {:.3} (every request of its phases \
+             against every request of the unarmed ones: {} and {} µs at p99)",
+            short(armed),
+            ratio(0.5),
+            ratio(0.9),
+            ratio(0.99),
+            ratio(0.999),
+            armed_all.latency_us(0.99),
+            unarmed.latency_us(0.99),
         );
     }
     let mut last = None;
@@ -832,12 +895,19 @@ fn short(name: &str) -> &str {
     name.split(' ').next().unwrap_or(name)
 }
 
+/// The paired ratios of one figure: their mean, two standard errors of it, and their median.
+struct Paired {
+    mean: f64,
+    error: f64,
+    median: f64,
+}
+
 /// Each `armed` phase's figure `f` over the mean of the unarmed phases on either side of it (the
-/// one before it in its round, and the next round's), so slow drift of the machine cancels: the
-/// mean of those ratios and two standard errors. `None` with fewer than 3 armed phases.
-fn paired(phases: &[Phase], armed: &str, f: &dyn Fn(&Phase) -> f64) -> Option<(f64, f64)> {
+/// one before it in its round, and the next round's), so slow drift of the machine cancels.
+/// `None` with fewer than 3 armed phases.
+fn paired(phases: &[Phase], armed: &str, f: &dyn Fn(&Phase) -> f64) -> Option<Paired> {
     let unarmed = |p: &&Phase| p.name == "no tracepoint";
-    let ratios: Vec<f64> = phases
+    let mut ratios: Vec<f64> = phases
         .iter()
         .enumerate()
         .filter(|(_, p)| p.name == armed)
@@ -854,7 +924,18 @@ fn paired(phases: &[Phase], armed: &str, f: &dyn Fn(&Phase) -> f64) -> Option<(f
     let n = ratios.len() as f64;
     let mean = ratios.iter().sum::<f64>() / n;
     let variance = ratios.iter().map(|r| (r - mean).powi(2)).sum::<f64>() / (n - 1.0);
-    Some((mean, 2.0 * (variance / n).sqrt()))
+    ratios.sort_by(f64::total_cmp);
+    let mid = ratios.len() / 2;
+    let median = if ratios.len() % 2 == 1 {
+        ratios[mid]
+    } else {
+        (ratios[mid - 1] + ratios[mid]) / 2.0
+    };
+    Some(Paired {
+        mean,
+        error: 2.0 * (variance / n).sqrt(),
+        median,
+    })
 }
 
 /// Per tracepoint: the sample factor it settled on, its CPU per timed evaluation and the refill

@@ -63,7 +63,9 @@ use super::budget::Budgets;
 const MIN_TIMED: u64 = 8;
 
 /// At most one evaluation in this many is timed: reading a thread's CPU clock is a system call
-/// (about 0.3 µs here), so timing costs about 10 ns per evaluation at this rate.
+/// (0.2-0.3 µs here), and a timed evaluation reads it three times and repeats itself once to
+/// estimate its refill, so timing costs about 10-15 ns per evaluation at this rate (and is
+/// charged).
 const TIME_EVERY: u64 = 64;
 
 /// `N` is chosen so the cost stays within this share of the allowance.
