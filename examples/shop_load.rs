@@ -12,6 +12,12 @@
 //!    feature, `SONDE_AGENT_NATIVE=1`, which this sets for the shop). Skipped with `--no-native`,
 //!    and with a note when the shop was built without the feature.
 //!
+//! With `--control`, each round also has a control phase before the armed one: the same three
+//! tracepoints on the shop's rejection line, which this load never reaches. It is armed and
+//! disarmed the same way, so the armed phase over the control leaves out what arming itself and
+//! installed tracepoints cost (a bias of the harness shows in the control over the unarmed
+//! phases), and what remains is the hits'.
+//!
 //! The phases alternate for `--rounds` rounds (the tracepoints are created before each armed
 //! phase and deleted after it), so drift on a shared machine falls on all alike. It prints each
 //! phase's throughput, p50 and p99 latency and the shop's CPU time per request (from
@@ -319,9 +325,10 @@ struct Args {
     /// Whether to run the shop on a CPU of its own, and the server and the generator on the
     /// others.
     pin: bool,
-    /// Whether the three tracepoints go on the shop's rejection line, which this load never
-    /// reaches: what tracepoints installed cost the shop without a single hit.
-    unhit: bool,
+    /// Whether each round also has a control phase: the three tracepoints on the shop's
+    /// rejection line, which this load never reaches (what installed tracepoints and the
+    /// harness's arming cost the shop without a single hit).
+    control: bool,
 }
 
 fn args() -> anyhow::Result<Args> {
@@ -331,7 +338,7 @@ fn args() -> anyhow::Result<Args> {
     let mut callgrind = false;
     let mut pin = false;
     let mut cache_sim = false;
-    let mut unhit = false;
+    let mut control = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = |flag: &str| args.next().with_context(|| format!("{flag} needs a value"));
@@ -346,7 +353,7 @@ fn args() -> anyhow::Result<Args> {
             "--callgrind" => callgrind = true,
             "--pin" => pin = true,
             "--cache-sim" => cache_sim = true,
-            "--unhit" => unhit = true,
+            "--control" => control = true,
             "-h" | "--help" => {
                 println!(
                     "usage: shop_load [--seconds N (15)] [--connections N (32)] [--rounds N (2)] \
@@ -354,9 +361,9 @@ fn args() -> anyhow::Result<Args> {
                      [--callgrind (count the shop's instructions per request under valgrind; \
                      give a low --rate, such as 100)] [--cache-sim (with --callgrind: simulate \
                      the caches too)] [--pin (the shop on the last CPU, the server and the \
-                     generator on the others)] [--unhit (the three tracepoints on the shop's \
-                     rejection line, which this load never reaches: what installed \
-                     tracepoints cost without a hit)]"
+                     generator on the others)] [--control (each round also arms the three \
+                     tracepoints on the shop's rejection line, which this load never reaches: \
+                     what installed tracepoints and the arming cost without a hit)]"
                 );
                 std::process::exit(0);
             }
@@ -377,7 +384,7 @@ fn args() -> anyhow::Result<Args> {
         callgrind,
         cache_sim,
         pin,
-        unhit,
+        control,
     })
 }
 
@@ -588,7 +595,7 @@ fn main() -> anyhow::Result<()> {
         callgrind,
         cache_sim,
         pin,
-        unhit,
+        control,
     } = args()?;
     let shop_cpu = pin.then(pin_apart).transpose()?;
     let callgrind = callgrind
@@ -669,18 +676,8 @@ fn main() -> anyhow::Result<()> {
             .map(|at| at + 1)
             .with_context(|| format!("{probe} in shop.rs"))
     };
-    let (line, charged) = if unhit {
-        println!(
-            "shop_load: --unhit: the three tracepoints go on the rejection line, which no \
-             request of this load reaches"
-        );
-        (probe_line("probe!(reason, order)")?, "order.total")
-    } else {
-        (
-            probe_line("probe!(order, discount, charged, took)")?,
-            "charged",
-        )
-    };
+    let line = probe_line("probe!(order, discount, charged, took)")?;
+    let rejection_line = probe_line("probe!(reason, order)")?;
     let native_line = include_str!("shop.rs")
         .lines()
         .position(|l| l.contains("let order_id = order_number();"))
@@ -704,12 +701,22 @@ fn main() -> anyhow::Result<()> {
             load,
             || Ok(()),
         )?);
-        let mut armed_phases = vec![(
+        let mut armed_phases = Vec::new();
+        if control {
+            // The rejection line has no `charged`; the first counter counts `order.total`.
+            armed_phases.push((
+                "unhit tracepoints",
+                rejection_line,
+                tracepoints("order.total").to_vec(),
+                "deep_checkouts_total",
+            ));
+        }
+        armed_phases.push((
             "three tracepoints",
             line,
-            tracepoints(charged).to_vec(),
+            tracepoints("charged").to_vec(),
             "deep_checkouts_total",
-        )];
+        ));
         if native {
             armed_phases.push((
                 "native tracepoint",
@@ -787,7 +794,7 @@ fn main() -> anyhow::Result<()> {
         let xs: Vec<f64> = phases.iter().filter(|p| p.name == name).map(f).collect();
         xs.iter().sum::<f64>() / xs.len().max(1) as f64
     };
-    for armed in ["three tracepoints", "native tracepoint"] {
+    for armed in ARMED {
         if !phases.iter().any(|p| p.name == armed) {
             continue;
         }
@@ -820,23 +827,37 @@ fn main() -> anyhow::Result<()> {
             }
         );
     }
+    // What is compared with what: each kind of armed phase with the unarmed phases, and with a
+    // control, the three tracepoints with the same three on a line the load never reaches (which
+    // leaves out what arming itself and installed tracepoints cost).
+    let mut comparisons: Vec<(&str, &str)> = ARMED.iter().map(|a| (*a, "no tracepoint")).collect();
+    comparisons.push(("three tracepoints", "unhit tracepoints"));
+    let present = |name: &str| phases.iter().any(|p| p.name == name);
+    comparisons.retain(|(armed, base)| present(armed) && present(base));
+    let label = |armed: &str, base: &str| {
+        if base == "no tracepoint" {
+            short(armed).to_owned()
+        } else {
+            format!("{} over {}", short(armed), short(base))
+        }
+    };
     // The same, paired: drift of a shared machine over the run moves CPU per request by more
-    // than the tracepoints cost, and pairing each armed phase with its unarmed neighbours
-    // cancels most of it.
-    for armed in ["three tracepoints", "native tracepoint"] {
+    // than the tracepoints cost, and pairing each armed phase with its neighbours cancels most
+    // of it.
+    for &(armed, base) in &comparisons {
         let figure = |f: &dyn Fn(&Phase) -> f64| {
-            paired(&phases, armed, f).map_or("-".to_owned(), |p| {
+            paired_over(&phases, armed, base, f).map_or("-".to_owned(), |p| {
                 format!("{:.3} ± {:.3} (median {:.3})", p.mean, p.error, p.median)
             })
         };
-        if paired(&phases, armed, &|p| p.report.throughput()).is_none() {
+        if paired_over(&phases, armed, base, &|p| p.report.throughput()).is_none() {
             continue;
         }
         println!(
-            "paired {}: CPU/req {}, p50 {}, p99 {} (each phase over its unarmed neighbours; \
+            "paired {}: CPU/req {}, p50 {}, p99 {} (each phase over its {base:?} neighbours; \
              mean ± 2 standard errors, and the median, which a stall of the machine in one \
              phase does not move)",
-            short(armed),
+            label(armed, base),
             figure(&|p| p.cpu_per_request_us()),
             figure(&|p| p.report.latency_us(0.5) as f64),
             figure(&|p| p.report.latency_us(0.99) as f64),
@@ -857,23 +878,22 @@ fn main() -> anyhow::Result<()> {
             ..Default::default()
         }
     };
-    let unarmed = pooled("no tracepoint");
-    for armed in ["three tracepoints", "native tracepoint"] {
-        let armed_all = pooled(armed);
-        if armed_all.latencies_us.is_empty() || rounds < 2 {
+    for &(armed, base) in &comparisons {
+        let (armed_all, base_all) = (pooled(armed), pooled(base));
+        if rounds < 2 {
             continue;
         }
-        let ratio = |q: f64| armed_all.latency_us(q) as f64 / unarmed.latency_us(q).max(1) as f64;
+        let ratio = |q: f64| armed_all.latency_us(q) as f64 / base_all.latency_us(q).max(1) as f64;
         println!(
             "pooled {}: p50 {:.3}, p90 {:.3}, p99 {:.3}, p99.9 {:.3} (every request of its phases \
-             against every request of the unarmed ones: {} and {} µs at p99)",
-            short(armed),
+             against every request of the {base:?} ones: {} and {} µs at p99)",
+            label(armed, base),
             ratio(0.5),
             ratio(0.9),
             ratio(0.99),
             ratio(0.999),
             armed_all.latency_us(0.99),
-            unarmed.latency_us(0.99),
+            base_all.latency_us(0.99),
         );
     }
     let mut last = None;
@@ -890,7 +910,14 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// A phase's name up to its first space ("three", "native"), for the ratio lines.
+/// The phases other than "no tracepoint", in the order a round runs them.
+const ARMED: [&str; 3] = [
+    "unhit tracepoints",
+    "three tracepoints",
+    "native tracepoint",
+];
+
+/// A phase's name up to its first space ("unhit", "three", "native"), for the ratio lines.
 fn short(name: &str) -> &str {
     name.split(' ').next().unwrap_or(name)
 }
@@ -902,11 +929,16 @@ struct Paired {
     median: f64,
 }
 
-/// Each `armed` phase's figure `f` over the mean of the unarmed phases on either side of it (the
+/// Each `armed` phase's figure `f` over the mean of the `base` phases on either side of it (the
 /// one before it in its round, and the next round's), so slow drift of the machine cancels.
 /// `None` with fewer than 3 armed phases.
-fn paired(phases: &[Phase], armed: &str, f: &dyn Fn(&Phase) -> f64) -> Option<Paired> {
-    let unarmed = |p: &&Phase| p.name == "no tracepoint";
+fn paired_over(
+    phases: &[Phase],
+    armed: &str,
+    base: &str,
+    f: &dyn Fn(&Phase) -> f64,
+) -> Option<Paired> {
+    let unarmed = |p: &&Phase| p.name == base;
     let mut ratios: Vec<f64> = phases
         .iter()
         .enumerate()
