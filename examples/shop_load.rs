@@ -18,6 +18,10 @@
 //! installed tracepoints cost (a bias of the harness shows in the control over the unarmed
 //! phases), and what remains is the hits'.
 //!
+//! `--shop-nice N` starts the shop at that nice value: with the generator's threads on the same
+//! cores, `-5` gives the shop's threads more weight than theirs, as a service usually has over
+//! whatever else runs beside it.
+//!
 //! The phases alternate for `--rounds` rounds (the tracepoints are created before each armed
 //! phase and deleted after it), so drift on a shared machine falls on all alike. It prints each
 //! phase's throughput, p50 and p99 latency and the shop's CPU time per request (from
@@ -325,6 +329,8 @@ struct Args {
     /// Whether to run the shop on a CPU of its own, and the server and the generator on the
     /// others.
     pin: bool,
+    /// The shop's nice value (its threads' CFS weight against the generator's), when given.
+    shop_nice: Option<i32>,
     /// Whether each round also has a control phase: the three tracepoints on the shop's
     /// rejection line, which this load never reaches (what installed tracepoints and the
     /// harness's arming cost the shop without a single hit).
@@ -339,6 +345,7 @@ fn args() -> anyhow::Result<Args> {
     let mut pin = false;
     let mut cache_sim = false;
     let mut control = false;
+    let mut shop_nice = None;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = |flag: &str| args.next().with_context(|| format!("{flag} needs a value"));
@@ -354,6 +361,14 @@ fn args() -> anyhow::Result<Args> {
             "--pin" => pin = true,
             "--cache-sim" => cache_sim = true,
             "--control" => control = true,
+            "--shop-nice" => {
+                let n: i32 = value("--shop-nice")?.parse().context("--shop-nice")?;
+                ensure!(
+                    (-20..=19).contains(&n),
+                    "--shop-nice takes -20 to 19, not {n}"
+                );
+                shop_nice = Some(n);
+            }
             "-h" | "--help" => {
                 println!(
                     "usage: shop_load [--seconds N (15)] [--connections N (32)] [--rounds N (2)] \
@@ -363,7 +378,9 @@ fn args() -> anyhow::Result<Args> {
                      the caches too)] [--pin (the shop on the last CPU, the server and the \
                      generator on the others)] [--control (each round also arms the three \
                      tracepoints on the shop's rejection line, which this load never reaches: \
-                     what installed tracepoints and the arming cost without a hit)]"
+                     what installed tracepoints and the arming cost without a hit)] [--shop-nice N (the \
+                     shop's nice value, -20 to 19: below 0 its threads outweigh the generator's \
+                     on shared cores)]"
                 );
                 std::process::exit(0);
             }
@@ -385,6 +402,7 @@ fn args() -> anyhow::Result<Args> {
         cache_sim,
         pin,
         control,
+        shop_nice,
     })
 }
 
@@ -596,6 +614,7 @@ fn main() -> anyhow::Result<()> {
         cache_sim,
         pin,
         control,
+        shop_nice,
     } = args()?;
     let shop_cpu = pin.then(pin_apart).transpose()?;
     let callgrind = callgrind
@@ -633,12 +652,23 @@ fn main() -> anyhow::Result<()> {
         }
         None => Command::new(beside_me("shop")?),
     };
-    if let Some(cpu) = shop_cpu {
+    if shop_cpu.is_some() || shop_nice.is_some() {
         use std::os::unix::process::CommandExt as _;
         // SAFETY: between fork and exec the closure only calls sched_setaffinity on a set built
-        // on its stack (`run_on`): async-signal-safe, no allocation, no lock.
+        // on its stack (`run_on`) and setpriority: async-signal-safe, no allocation, no lock.
+        // Threads the shop starts later inherit both.
         unsafe {
-            shop_cmd.pre_exec(move || run_on(&[cpu]));
+            shop_cmd.pre_exec(move || {
+                if let Some(cpu) = shop_cpu {
+                    run_on(&[cpu])?;
+                }
+                if let Some(n) = shop_nice
+                    && libc::setpriority(libc::PRIO_PROCESS, 0, n) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
         }
     }
     let (shop_proc, shop_out) = spawn(
@@ -667,7 +697,7 @@ fn main() -> anyhow::Result<()> {
             Some(r) => format!("paced at {r:.0} requests/s (latency from when each was due)"),
             None => "closed loop".to_owned(),
         },
-        if native { "three" } else { "two" }
+        ["two", "three", "four"][usize::from(native) + usize::from(control)]
     );
     let probe_line = |probe: &str| {
         include_str!("shop.rs")
