@@ -110,7 +110,10 @@ pub(crate) fn process_cpu_ns() -> Option<u64> {
 /// among those the densest one evaluates: the site's program runs on a thread once per block of
 /// the smallest factor, and evaluates the tracepoints due together, while their code and the
 /// hit's variables are in the caches, instead of each on a hit of its own.
-#[inline]
+///
+/// The hit path uses [`schedule`], which places the block's pick once for both questions; this
+/// and [`quiet`] answer each on their own, for the tests to check it against.
+#[cfg(test)]
 pub(crate) fn picked(hit: u64, every: u64, seed: u64) -> bool {
     // From the bottom up: half the hits fail at the first level, so a hit not picked costs about
     // two hashes.
@@ -146,7 +149,7 @@ fn offset(key: u64, seed: u64) -> u64 {
 /// block's start, or with `cross`, on to the next block's evaluated hit. 0 when every hit is
 /// evaluated. Without `cross` also 0 when `next` starts a block: a thread with a new factor to
 /// take up must see the start of a block to take it up there.
-#[inline]
+#[cfg(test)]
 pub(crate) fn quiet(next: u64, shift: u32, seed: u64, cross: bool) -> u64 {
     if shift == 0 {
         return 0;
@@ -164,6 +167,35 @@ pub(crate) fn quiet(next: u64, shift: u32, seed: u64, cross: bool) -> u64 {
     } else {
         ((block + 1) << shift) - next
     }
+}
+
+/// For hit number `hit` under a factor of `1 << shift`: whether it is the one evaluated in its
+/// block ([`picked`]), and how many hits after it are sure to be sampled out ([`quiet`] from
+/// `hit + 1`). One placing of the block's pick answers both (the next block's too, when the run
+/// may go on into it): `shift` hashes, or twice that.
+#[inline]
+pub(crate) fn schedule(hit: u64, shift: u32, seed: u64, cross: bool) -> (bool, u64) {
+    if shift == 0 {
+        return (true, 0);
+    }
+    let block = hit >> shift;
+    let next = hit.wrapping_add(1);
+    let pick = pick_in(block, shift, seed);
+    let to_next_block = || {
+        if cross {
+            pick_in(block.wrapping_add(1), shift, seed).wrapping_sub(next)
+        } else {
+            block.wrapping_add(1).wrapping_shl(shift).wrapping_sub(next)
+        }
+    };
+    // The pick is behind `next` when `next` starts the next block, too: without `cross` the
+    // run then ends at once.
+    let quiet = if pick >= next {
+        pick - next
+    } else {
+        to_next_block()
+    };
+    (pick == hit, quiet)
 }
 
 /// A point on the calling thread's CPU clock (wall time where the platform has none): what a
@@ -485,8 +517,8 @@ impl Sampler {
         // A run may cross into the next block only while no new factor waits to be taken up at
         // its start. One that comes during the run is taken up at a later start: a block is
         // never cut in two, it just takes effect a block or two later.
-        let quiet = quiet(hit.wrapping_add(1), shift as u32, counts.seed, now == shift);
-        if every > 1 && !picked(hit, every, counts.seed) {
+        let (picked, quiet) = schedule(hit, shift as u32, counts.seed, now == shift);
+        if !picked {
             return Err(quiet);
         }
         // One evaluation in `span` is timed: the one of every `span`-th block.
@@ -836,6 +868,26 @@ mod tests {
             "{runs} runs for {} evaluations of the densest",
             dense_hits.len()
         );
+    }
+
+    #[test]
+    fn the_schedule_answers_as_picked_and_quiet_do() {
+        for seed in [0u64, 99, u64::MAX] {
+            for shift in 0..11u32 {
+                for hit in 0..(64u64 << shift).min(40_000) {
+                    for cross in [false, true] {
+                        assert_eq!(
+                            schedule(hit, shift, seed, cross),
+                            (
+                                picked(hit, 1 << shift, seed),
+                                quiet(hit + 1, shift, seed, cross)
+                            ),
+                            "seed {seed}, shift {shift}, hit {hit}, cross {cross}"
+                        );
+                    }
+                }
+            }
+        }
     }
 
     #[test]
