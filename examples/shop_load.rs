@@ -18,6 +18,11 @@
 //! installed tracepoints cost (a bias of the harness shows in the control over the unarmed
 //! phases), and what remains is the hits'.
 //!
+//! `sonde server` runs with the batch policy at nice 10: here it shares the shop's cores, which it
+//! does not in production, and its work on each status report would otherwise delay the shop's
+//! requests. The shop's agent thread runs behind the shop's own threads as it does by default
+//! (`SONDE_AGENT_THREAD_NICE`, which the shop inherits from this process's environment).
+//!
 //! `--shop-nice N` starts the shop at that nice value: with the generator's threads on the same
 //! cores, `-5` gives the shop's threads more weight than theirs, as a service usually has over
 //! whatever else runs beside it.
@@ -67,6 +72,13 @@
 //! With `--cache-sim` callgrind also simulates the caches: the dumps then hold each function's
 //! cache misses (`callgrind_annotate --show=Ir,D1mr,D1mw`), which is how the shop's own code was
 //! seen to miss more often in its L1 when tracepoints are armed.
+//!
+//! `--unarmed-twice` adds a second phase with nothing armed right after the first: phases of the
+//! same kind in different places of the round, to see what the place does by itself.
+//!
+//! `--trace DIR` writes each phase's requests (when each was sent and its latency) and the CPU
+//! used by the shop's agent thread, its other threads and the server every 5 ms, as CSV files, to
+//! see where the slow requests fall (`ops/shop_tails.py DIR` sums them up).
 //!
 //! `--pin` runs the shop on the last CPU this process may use and the server and the generator
 //! on the others, so the shop's threads never wait behind the generator's (the shop's runtime
@@ -261,6 +273,94 @@ impl Callgrind {
     }
 }
 
+/// `--trace DIR`: where each measured phase's requests and CPU samples go, numbered in order.
+struct Trace {
+    dir: PathBuf,
+    phases: std::cell::Cell<usize>,
+}
+
+impl Trace {
+    /// Writes `NN-<kind>.requests.csv` (each request: when it was sent, in µs from the
+    /// phase's start, and its latency in µs, by send time) and `NN-<kind>.cpu.csv` (every 5 ms:
+    /// µs from the start, then the CPU ns used since the start by the shop's agent thread, by
+    /// its other threads, and by `sonde server`).
+    fn write(
+        &self,
+        name: &str,
+        report: &load::LoadReport,
+        samples: &[Sample],
+    ) -> anyhow::Result<()> {
+        use std::fmt::Write as _;
+        let n = self.phases.get() + 1;
+        self.phases.set(n);
+        let stem = self.dir.join(format!("{n:02}-{}", short(name)));
+        let mut requests = String::from("sent_us,latency_us\n");
+        let mut timeline = report.timeline.clone();
+        timeline.sort_unstable();
+        for (sent, latency) in timeline {
+            writeln!(requests, "{sent},{latency}")?;
+        }
+        std::fs::write(stem.with_extension("requests.csv"), requests)?;
+        let mut cpu = String::from("t_us,agent_ns,shop_other_ns,server_ns\n");
+        let first = samples.first().copied().unwrap_or_default();
+        for s in samples {
+            writeln!(
+                cpu,
+                "{},{},{},{}",
+                s.at_us,
+                s.agent_ns - first.agent_ns,
+                (s.shop_ns - s.agent_ns) - (first.shop_ns - first.agent_ns),
+                s.server_ns - first.server_ns
+            )?;
+        }
+        std::fs::write(stem.with_extension("cpu.csv"), cpu)?;
+        Ok(())
+    }
+}
+
+/// CPU time read off `/proc` at one moment (cumulative ns per thread group).
+#[derive(Clone, Copy, Default)]
+struct Sample {
+    at_us: u64,
+    agent_ns: u64,
+    shop_ns: u64,
+    server_ns: u64,
+}
+
+/// Reads the shop's and the server's thread times every 5 ms on a thread of its own.
+struct CpuSampler {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    thread: std::thread::JoinHandle<Vec<Sample>>,
+}
+
+impl CpuSampler {
+    fn start(pid: u32, server_pid: u32) -> Self {
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::spawn(move || {
+            let started = Instant::now();
+            let ns = |t: Option<Duration>| t.map_or(0, |t| t.as_nanos() as u64);
+            let mut samples = Vec::new();
+            while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                samples.push(Sample {
+                    at_us: started.elapsed().as_micros() as u64,
+                    agent_ns: ns(threads_cpu(pid, Some("sonde-agent"))),
+                    shop_ns: ns(threads_cpu(pid, None)),
+                    server_ns: ns(threads_cpu(server_pid, None)),
+                });
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            samples
+        });
+        Self { stop, thread }
+    }
+
+    fn stop(self) -> Vec<Sample> {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.thread.join().unwrap_or_default()
+    }
+}
+
 /// A phase: 2 s of warm-up, then `on_start` (to read the counters), then the measured run.
 fn measure(
     name: &'static str,
@@ -268,6 +368,7 @@ fn measure(
     (pid, callgrind): (u32, Option<&Callgrind>),
     server_pid: u32,
     (connections, seconds, rate): (usize, u64, Option<f64>),
+    trace: Option<&Trace>,
     on_start: impl FnOnce() -> anyhow::Result<()>,
 ) -> anyhow::Result<Phase> {
     load::run_paced(shop, connections, Duration::from_secs(2), rate);
@@ -278,7 +379,9 @@ fn measure(
     let (user0, sys0) = cpu_time(pid)?;
     let agent0 = threads_cpu(pid, Some("sonde-agent"));
     let server0 = threads_cpu(server_pid, None);
+    let sampler = trace.map(|_| CpuSampler::start(pid, server_pid));
     let report = load::run_paced(shop, connections, Duration::from_secs(seconds), rate);
+    let samples = sampler.map(CpuSampler::stop);
     let (user1, sys1) = cpu_time(pid)?;
     let server = threads_cpu(server_pid, None)
         .zip(server0)
@@ -289,6 +392,9 @@ fn measure(
     let sys = sys1.saturating_sub(sys0);
     let cpu = user1.saturating_sub(user0) + sys;
     let instructions = callgrind.map(|cg| cg.dump(pid)).transpose()?;
+    if let (Some(trace), Some(samples)) = (trace, samples) {
+        trace.write(name, &report, &samples)?;
+    }
     ensure!(
         report.failed == 0,
         "{name}: {} requests failed",
@@ -335,6 +441,10 @@ struct Args {
     /// rejection line, which this load never reaches (what installed tracepoints and the
     /// harness's arming cost the shop without a single hit).
     control: bool,
+    /// Where to write each phase's requests and CPU samples (`--trace DIR`).
+    trace: Option<PathBuf>,
+    /// Whether each round runs a second unarmed phase right after the first (`--unarmed-twice`).
+    twice: bool,
 }
 
 fn args() -> anyhow::Result<Args> {
@@ -346,6 +456,8 @@ fn args() -> anyhow::Result<Args> {
     let mut cache_sim = false;
     let mut control = false;
     let mut shop_nice = None;
+    let mut trace = None;
+    let mut twice = false;
     let mut args = std::env::args().skip(1);
     while let Some(arg) = args.next() {
         let mut value = |flag: &str| args.next().with_context(|| format!("{flag} needs a value"));
@@ -361,6 +473,8 @@ fn args() -> anyhow::Result<Args> {
             "--pin" => pin = true,
             "--cache-sim" => cache_sim = true,
             "--control" => control = true,
+            "--trace" => trace = Some(PathBuf::from(value("--trace")?)),
+            "--unarmed-twice" => twice = true,
             "--shop-nice" => {
                 let n: i32 = value("--shop-nice")?.parse().context("--shop-nice")?;
                 ensure!(
@@ -380,7 +494,10 @@ fn args() -> anyhow::Result<Args> {
                      tracepoints on the shop's rejection line, which this load never reaches: \
                      what installed tracepoints and the arming cost without a hit)] [--shop-nice N (the \
                      shop's nice value, -20 to 19: below 0 its threads outweigh the generator's \
-                     on shared cores)]"
+                     on shared cores)] [--trace DIR (each phase's requests, by send time with \
+                     their latency, and the shop's and server's CPU every 5 ms, as CSV files in \
+                     DIR)] [--unarmed-twice (a second phase with nothing armed right after \
+                     the first, before the others: what a phase's place in the round does)]"
                 );
                 std::process::exit(0);
             }
@@ -403,6 +520,8 @@ fn args() -> anyhow::Result<Args> {
         pin,
         control,
         shop_nice,
+        trace,
+        twice,
     })
 }
 
@@ -615,7 +734,19 @@ fn main() -> anyhow::Result<()> {
         pin,
         control,
         shop_nice,
+        trace,
+        twice,
     } = args()?;
+    let trace = trace
+        .map(|dir| {
+            std::fs::create_dir_all(&dir)
+                .with_context(|| format!("--trace: creating {}", dir.display()))?;
+            anyhow::Ok(Trace {
+                dir,
+                phases: std::cell::Cell::new(0),
+            })
+        })
+        .transpose()?;
     let shop_cpu = pin.then(pin_apart).transpose()?;
     let callgrind = callgrind
         .then(|| {
@@ -626,8 +757,26 @@ fn main() -> anyhow::Result<()> {
         })
         .transpose()?;
     let data = tempfile::tempdir()?;
+    let mut server_cmd = Command::new(beside_me("sonde")?);
+    {
+        use std::os::unix::process::CommandExt as _;
+        // SAFETY: between fork and exec the closure only calls sched_setscheduler (with a
+        // parameter on its stack) and setpriority: system calls, no allocation, no lock. The
+        // server's threads inherit both.
+        unsafe {
+            server_cmd.pre_exec(|| {
+                let param = libc::sched_param { sched_priority: 0 };
+                if libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) != 0
+                    || libc::setpriority(libc::PRIO_PROCESS, 0, SERVER_NICE) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
     let (server_proc, server_out) = spawn(
-        Command::new(beside_me("sonde")?)
+        server_cmd
             .args(["server", "--listen", "127.0.0.1", "--grpc-port", "0"])
             .args(["--http-port", "0", "--data-dir"])
             .arg(data.path())
@@ -697,7 +846,8 @@ fn main() -> anyhow::Result<()> {
             Some(r) => format!("paced at {r:.0} requests/s (latency from when each was due)"),
             None => "closed loop".to_owned(),
         },
-        ["two", "three", "four"][usize::from(native) + usize::from(control)]
+        ["two", "three", "four", "five"]
+            [usize::from(native) + usize::from(control) + usize::from(twice)]
     );
     let probe_line = |probe: &str| {
         include_str!("shop.rs")
@@ -725,9 +875,14 @@ fn main() -> anyhow::Result<()> {
             (pid, callgrind.as_ref()),
             server_pid,
             load,
+            trace.as_ref(),
             || Ok(()),
         )?);
         let mut armed_phases = Vec::new();
+        if twice {
+            // Nothing to arm: what its place in the round does to a phase.
+            armed_phases.push(("second unarmed", line, Vec::new(), "deep_checkouts_total"));
+        }
         if control {
             // The rejection line has no `charged`; the first counter counts `order.total`.
             armed_phases.push((
@@ -771,6 +926,7 @@ fn main() -> anyhow::Result<()> {
                 (pid, callgrind.as_ref()),
                 server_pid,
                 load,
+                trace.as_ref(),
                 || {
                     before = get(&api, &format!("http://{shop}/metrics"))?;
                     Ok(())
@@ -936,14 +1092,21 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
+/// The server's nice value (with the batch policy): in production it runs on other machines;
+/// here it shares the shop's cores, and each status report costs it a few hundred microseconds,
+/// which at the shop's priority would delay the shop's requests in a way no deployment sees.
+const SERVER_NICE: i32 = 10;
+
 /// The phases other than "no tracepoint", in the order a round runs them.
-const ARMED: [&str; 3] = [
+const ARMED: [&str; 4] = [
+    "second unarmed",
     "unhit tracepoints",
     "three tracepoints",
     "native tracepoint",
 ];
 
-/// A phase's name up to its first space ("unhit", "three", "native"), for the ratio lines.
+/// A phase's name up to its first space ("second", "unhit", "three", "native"), for the ratio
+/// lines and the trace's file names.
 fn short(name: &str) -> &str {
     name.split(' ').next().unwrap_or(name)
 }

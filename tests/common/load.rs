@@ -29,6 +29,9 @@ pub struct LoadReport {
     pub total_sum: f64,
     /// Latency of each completed request, in microseconds (sorted).
     pub latencies_us: Vec<u32>,
+    /// Each completed request as (when it was sent, in microseconds from the run's start; its
+    /// latency in microseconds), in no particular order: where in the run the slow ones fell.
+    pub timeline: Vec<(u32, u32)>,
     pub elapsed: Duration,
 }
 
@@ -91,7 +94,7 @@ pub fn run_paced(
             // Each thread's schedule starts a fraction of an interval after the previous one's,
             // so the threads do not send in bursts.
             let pace = interval.map(|every| (every, every.mul_f64(i as f64 / connections as f64)));
-            std::thread::spawn(move || worker(addr, i as u64, &stop, pace))
+            std::thread::spawn(move || worker(addr, i as u64, &stop, pace, started))
         })
         .collect();
     while started.elapsed() < duration {
@@ -105,6 +108,7 @@ pub fn run_paced(
         report.failed += part.failed;
         report.total_sum += part.total_sum;
         report.latencies_us.extend(part.latencies_us);
+        report.timeline.extend(part.timeline);
     }
     report.elapsed = started.elapsed();
     report.latencies_us.sort_unstable();
@@ -116,6 +120,7 @@ fn worker(
     index: u64,
     stop: &AtomicBool,
     pace: Option<(Duration, Duration)>,
+    started: Instant,
 ) -> LoadReport {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .http_status_as_error(false)
@@ -152,9 +157,12 @@ fn worker(
                 let _ = resp.body_mut().as_reader().read_to_end(&mut sink);
                 report.ok += 1;
                 report.total_sum += total;
+                let micros = |d: Duration| d.as_micros().min(u32::MAX as u128) as u32;
+                let latency = micros(sent.elapsed());
+                report.latencies_us.push(latency);
                 report
-                    .latencies_us
-                    .push(sent.elapsed().as_micros().min(u32::MAX as u128) as u32);
+                    .timeline
+                    .push((micros(sent.saturating_duration_since(started)), latency));
             }
             _ => report.failed += 1,
         }
