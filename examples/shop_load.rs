@@ -158,23 +158,37 @@ fn cpu_time(pid: u32) -> anyhow::Result<(Duration, Duration)> {
     Ok((ticks(11)?, ticks(12)?))
 }
 
-/// The time the threads of `pid` named `name` (all of them with `None`) have run, from their
-/// `schedstat` (nanoseconds, where `stat` counts 10 ms ticks); `None` when there is none.
-fn threads_cpu(pid: u32, name: Option<&str>) -> Option<Duration> {
+/// The time a process's threads have run, from their `schedstat` (nanoseconds, where `stat`
+/// counts 10 ms ticks), read in one pass over `/proc/<pid>/task`.
+struct ThreadsCpu {
+    /// All of its threads.
+    all: Duration,
+    /// Its threads named `sonde-agent` (the agent's own); `None` when it has none.
+    agent: Option<Duration>,
+}
+
+/// `None` when `/proc/<pid>/task` cannot be read.
+fn threads_cpu(pid: u32) -> Option<ThreadsCpu> {
     let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).ok()?;
-    let mut total = None;
+    let mut out = ThreadsCpu {
+        all: Duration::ZERO,
+        agent: None,
+    };
     for task in tasks.filter_map(Result::ok) {
-        let named = name.is_none_or(|name| {
-            std::fs::read_to_string(task.path().join("comm")).is_ok_and(|c| c.trim_end() == name)
-        });
         let ran = std::fs::read_to_string(task.path().join("schedstat"))
             .ok()
             .and_then(|s| s.split_whitespace().next()?.parse::<u64>().ok());
-        if let (true, Some(ns)) = (named, ran) {
-            total = Some(total.unwrap_or(Duration::ZERO) + Duration::from_nanos(ns));
+        let Some(ran) = ran.map(Duration::from_nanos) else {
+            continue;
+        };
+        out.all += ran;
+        if std::fs::read_to_string(task.path().join("comm"))
+            .is_ok_and(|c| c.trim_end() == "sonde-agent")
+        {
+            out.agent = Some(out.agent.unwrap_or_default() + ran);
         }
     }
-    total
+    Some(out)
 }
 
 struct Phase {
@@ -342,11 +356,13 @@ impl CpuSampler {
             let ns = |t: Option<Duration>| t.map_or(0, |t| t.as_nanos() as u64);
             let mut samples = Vec::new();
             while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+                let at_us = started.elapsed().as_micros() as u64;
+                let shop = threads_cpu(pid);
                 samples.push(Sample {
-                    at_us: started.elapsed().as_micros() as u64,
-                    agent_ns: ns(threads_cpu(pid, Some("sonde-agent"))),
-                    shop_ns: ns(threads_cpu(pid, None)),
-                    server_ns: ns(threads_cpu(server_pid, None)),
+                    at_us,
+                    agent_ns: ns(shop.as_ref().and_then(|t| t.agent)),
+                    shop_ns: ns(shop.map(|t| t.all)),
+                    server_ns: ns(threads_cpu(server_pid).map(|t| t.all)),
                 });
                 std::thread::sleep(Duration::from_millis(5));
             }
@@ -377,16 +393,18 @@ fn measure(
         cg.dump(pid)?;
     }
     let (user0, sys0) = cpu_time(pid)?;
-    let agent0 = threads_cpu(pid, Some("sonde-agent"));
-    let server0 = threads_cpu(server_pid, None);
+    let agent0 = threads_cpu(pid).and_then(|t| t.agent);
+    let server0 = threads_cpu(server_pid).map(|t| t.all);
     let sampler = trace.map(|_| CpuSampler::start(pid, server_pid));
     let report = load::run_paced(shop, connections, Duration::from_secs(seconds), rate);
     let samples = sampler.map(CpuSampler::stop);
     let (user1, sys1) = cpu_time(pid)?;
-    let server = threads_cpu(server_pid, None)
+    let server = threads_cpu(server_pid)
+        .map(|t| t.all)
         .zip(server0)
         .map(|(after, before)| after.saturating_sub(before));
-    let agent = threads_cpu(pid, Some("sonde-agent"))
+    let agent = threads_cpu(pid)
+        .and_then(|t| t.agent)
         .zip(agent0)
         .map(|(after, before)| after.saturating_sub(before));
     let sys = sys1.saturating_sub(sys0);
@@ -536,6 +554,23 @@ fn run_on(cpus: &[usize]) -> std::io::Result<()> {
     }
     // SAFETY: pid 0 is the calling thread; the set is as large as the size given.
     if unsafe { libc::sched_setaffinity(0, std::mem::size_of_val(&set), &set) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Sets the calling thread's nice value to `nice` and, with `batch`, the batch policy (a thread
+/// that wakes waits for its turn rather than preempting). One or two system calls, so it may run
+/// between fork and exec.
+fn set_priority(nice: i32, batch: bool) -> std::io::Result<()> {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: both calls change the calling thread's scheduling only; the parameter is on the
+    // stack.
+    let failed = unsafe {
+        (batch && libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) != 0)
+            || libc::setpriority(libc::PRIO_PROCESS, 0, nice) != 0
+    };
+    if failed {
         return Err(std::io::Error::last_os_error());
     }
     Ok(())
@@ -760,19 +795,10 @@ fn main() -> anyhow::Result<()> {
     let mut server_cmd = Command::new(beside_me("sonde")?);
     {
         use std::os::unix::process::CommandExt as _;
-        // SAFETY: between fork and exec the closure only calls sched_setscheduler (with a
-        // parameter on its stack) and setpriority: system calls, no allocation, no lock. The
-        // server's threads inherit both.
+        // SAFETY: between fork and exec the closure only makes system calls with arguments on
+        // its stack (`set_priority`): no allocation, no lock. The server's threads inherit it.
         unsafe {
-            server_cmd.pre_exec(|| {
-                let param = libc::sched_param { sched_priority: 0 };
-                if libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) != 0
-                    || libc::setpriority(libc::PRIO_PROCESS, 0, SERVER_NICE) != 0
-                {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
+            server_cmd.pre_exec(|| set_priority(SERVER_NICE, true));
         }
     }
     let (server_proc, server_out) = spawn(
@@ -803,20 +829,18 @@ fn main() -> anyhow::Result<()> {
     };
     if shop_cpu.is_some() || shop_nice.is_some() {
         use std::os::unix::process::CommandExt as _;
-        // SAFETY: between fork and exec the closure only calls sched_setaffinity on a set built
-        // on its stack (`run_on`) and setpriority: async-signal-safe, no allocation, no lock.
-        // Threads the shop starts later inherit both.
+        // SAFETY: between fork and exec the closure only makes system calls with arguments on
+        // its stack (`run_on`, `set_priority`): no allocation, no lock. Threads the shop starts
+        // later inherit both.
         unsafe {
             shop_cmd.pre_exec(move || {
                 if let Some(cpu) = shop_cpu {
                     run_on(&[cpu])?;
                 }
-                if let Some(n) = shop_nice
-                    && libc::setpriority(libc::PRIO_PROCESS, 0, n) != 0
-                {
-                    return Err(std::io::Error::last_os_error());
+                match shop_nice {
+                    Some(n) => set_priority(n, false),
+                    None => Ok(()),
                 }
-                Ok(())
             });
         }
     }
